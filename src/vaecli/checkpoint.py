@@ -1,0 +1,310 @@
+"""Runs on disk: ``config.json`` + ``model.safetensors`` + ``train_state.safetensors`` +
+``metrics.jsonl`` + ``summary.json`` + ``loss.png`` in ``<runs dir>/<name>/``.
+
+Only safetensors and JSON are ever read: no pickle, no ``torch.load`` on user files.
+Every write goes through :mod:`vaecli.fileio` (temp file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import RunConfig
+from .errors import CheckpointError, ConfigError, RunNotFoundError
+from .fileio import atomic_write, atomic_write_json, atomic_write_text
+from .paths import runs_dir
+
+CONFIG = "config.json"
+MODEL = "model.safetensors"
+STATE = "train_state.safetensors"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+LOSS_PLOT = "loss.png"
+MODEL_FORMAT = "vaecli-model-1"
+STATE_FORMAT = "vaecli-train-state-1"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def validate_run_name(name: str) -> str:
+    """A run name is a plain folder name: letters, digits, ``.``, ``_``, ``-``."""
+    if not _NAME_RE.match(name) or name in (".", ".."):
+        raise ConfigError(f"invalid run name {name!r}: use letters, digits, '.', '_' and '-' (max 128)")
+    return name
+
+
+def generate_run_name(prefix: str = "vae") -> str:
+    """A fresh name like ``vae-20261124-223015`` (suffixed when taken)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = f"{prefix}-{stamp}"
+    name, i = base, 2
+    while (runs_dir() / name).exists():
+        name, i = f"{base}-{i}", i + 1
+    return name
+
+
+def utc_now() -> str:
+    """ISO-8601 UTC timestamp, second precision."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+# ----------------------------------------------------------------------------- locating runs
+
+
+def resolve_run(ref: str | os.PathLike[str] | None = None) -> Path:
+    """Folder of a run given its name, its folder, or its ``model.safetensors``; None = the latest run."""
+    if ref is None:
+        return latest_run()
+    p = Path(ref).expanduser()
+    if p.is_file() and p.name.endswith(".safetensors"):
+        p = p.parent
+    if p.is_dir() and (p / CONFIG).exists():
+        return p
+    s = str(ref)
+    if "/" not in s and s not in (".", ".."):
+        cand = runs_dir() / s
+        if (cand / CONFIG).exists():
+            return cand
+    if p.is_dir():
+        raise CheckpointError(f"{p} is not a vaecli run (no {CONFIG})")
+    if p.is_file():
+        raise CheckpointError(f"{p} is not a vaecli checkpoint (expected a run folder or its {MODEL})")
+    raise RunNotFoundError(f"no run named {s!r} in {runs_dir()} (see `vae runs`)")
+
+
+def list_runs() -> list[Path]:
+    """Run folders under :func:`runs_dir`, oldest first (by creation time in config.json)."""
+    root = runs_dir()
+    if not root.is_dir():
+        return []
+    runs = [p for p in root.iterdir() if p.is_dir() and (p / CONFIG).exists()]
+
+    def key(p: Path) -> tuple[str, float]:
+        try:
+            created = json.loads((p / CONFIG).read_text("utf-8")).get("created", "")
+        except (OSError, ValueError, AttributeError):
+            created = ""
+        return (str(created), (p / CONFIG).stat().st_mtime)
+
+    return sorted(runs, key=key)
+
+
+def latest_run() -> Path:
+    """The most recently created run that has weights."""
+    runs = [p for p in list_runs() if (p / MODEL).exists()]
+    if not runs:
+        raise RunNotFoundError(f"no trained runs in {runs_dir()}: train one with `vae train`")
+    return runs[-1]
+
+
+def create_run_dir(name: str, overwrite: bool = False) -> Path:
+    """Make ``<runs dir>/<name>``; an existing run is refused unless ``overwrite``."""
+    validate_run_name(name)
+    path = runs_dir() / name
+    if path.exists():
+        if not overwrite:
+            raise ConfigError(f"run {name!r} already exists: use --resume {name} to continue it or --overwrite to replace it")
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def write_config(run: Path, cfg: RunConfig) -> None:
+    """Write ``config.json``."""
+    atomic_write_json(run / CONFIG, cfg.to_dict())
+
+
+def read_config(run: Path) -> RunConfig:
+    """Read and validate ``config.json``."""
+    path = run / CONFIG
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise RunNotFoundError(f"{run} has no {CONFIG}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc.__class__.__name__})") from None
+    try:
+        return RunConfig.from_dict(data)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- tensors
+
+
+def _safe_load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a safetensors file (tensors and metadata); anything else -> CheckpointError."""
+    from safetensors import safe_open
+
+    if not path.exists():
+        raise CheckpointError(f"{path} is missing")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # safetensors raises SafetensorError / OSError / others on junk
+        head = path.read_bytes()[:2] if path.is_file() else b""
+        hint = " (it looks like a pickle: refused, pickles are never loaded)" if head[:1] == b"\x80" or head[:2] == b"PK" else ""
+        raise CheckpointError(f"{path}: not a safetensors file{hint} ({str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__})") from None
+    return tensors, meta
+
+
+def _safe_save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
+
+
+def save_model(run: Path, model: torch.nn.Module, config: dict[str, Any]) -> None:
+    """Write ``model.safetensors`` (state dict of the bare model, config in the metadata)."""
+    sd = _unwrap(model).state_dict()
+    _safe_save(run / MODEL, dict(sd), {"format": MODEL_FORMAT, "model_config": json.dumps(config)})
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DDP / compile wrapper."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def load_state_dict_into(model: torch.nn.Module, path: Path) -> None:
+    """Load ``model.safetensors`` into ``model``, checking names and shapes."""
+    tensors, meta = _safe_load(path)
+    if meta.get("format") != MODEL_FORMAT:
+        raise CheckpointError(f"{path}: not a vaecli model (format {meta.get('format')!r})")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"{path}: tensors do not match the config (missing {missing[:3]}, unexpected {extra[:3]})")
+    for k, v in expected.items():
+        if tuple(v.shape) != tuple(tensors[k].shape) or v.dtype != tensors[k].dtype:
+            raise CheckpointError(f"{path}: tensor {k} has shape {tuple(tensors[k].shape)}, the config needs {tuple(v.shape)}")
+    model.load_state_dict(tensors)
+
+
+def load_model(ref: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu"):  # type: ignore[no-untyped-def]
+    """Load a run's model in eval mode: returns ``(model, run_config, run_path)``."""
+    from .model import VAE
+
+    run = resolve_run(ref)
+    cfg = read_config(run)
+    model = VAE(cfg.model)
+    load_state_dict_into(model, run / MODEL)
+    model.to(device).eval()
+    return model, cfg, run
+
+
+def save_train_state(run: Path, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """Write ``train_state.safetensors``: optimizer state, RNG states (``tensors``) and scalars (``state``)."""
+    sd = optimizer.state_dict()
+    out = {f"rng.{k}": v for k, v in tensors.items()}
+    for idx, pstate in sd["state"].items():
+        for key, val in pstate.items():
+            t = val if isinstance(val, torch.Tensor) else torch.tensor(val)
+            out[f"opt.{idx}.{key}"] = t
+    meta = {"format": STATE_FORMAT, "param_groups": json.dumps(sd["param_groups"]), "state": json.dumps(state)}
+    _safe_save(run / STATE, out, meta)
+
+
+def load_train_state(run: Path, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Restore the optimizer from ``train_state.safetensors``; return (rng tensors, scalar state)."""
+    path = run / STATE
+    tensors, meta = _safe_load(path)
+    if meta.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path}: not a vaecli training state")
+    try:
+        groups = json.loads(meta["param_groups"])
+        state = json.loads(meta["state"])
+    except (KeyError, ValueError):
+        raise CheckpointError(f"{path}: damaged metadata") from None
+    opt_state: dict[int, dict[str, torch.Tensor]] = {}
+    rng: dict[str, torch.Tensor] = {}
+    for k, v in tensors.items():
+        if k.startswith("rng."):
+            rng[k[4:]] = v
+        elif k.startswith("opt."):
+            _, idx, key = k.split(".", 2)
+            opt_state.setdefault(int(idx), {})[key] = v
+    try:
+        optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: optimizer state does not match the model ({exc})") from None
+    return rng, state
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def write_metrics(run: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite ``metrics.jsonl`` (one JSON object per completed epoch)."""
+    atomic_write_text(run / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_metrics(run: Path) -> list[dict[str, Any]]:
+    """Rows of ``metrics.jsonl``; unparsable lines are skipped."""
+    path = run / METRICS
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text("utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def write_summary(run: Path, summary: dict[str, Any]) -> None:
+    """Write ``summary.json`` (the latest end-of-training numbers)."""
+    atomic_write_json(run / SUMMARY, summary)
+
+
+def read_summary(run: Path) -> dict[str, Any]:
+    """``summary.json`` or {} when absent/damaged."""
+    try:
+        data = json.loads((run / SUMMARY).read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def run_info(run: Path) -> dict[str, Any]:
+    """What ``vae info`` shows: name, path, config, parameters, epochs, latest metrics."""
+    from .model import VAE, count_parameters
+
+    cfg = read_config(run)
+    metrics = read_metrics(run)
+    summary = read_summary(run)
+    return {
+        "name": run.name,
+        "path": str(run),
+        "created": cfg.created,
+        "parameters": count_parameters(VAE(cfg.model)),
+        "epochs": summary.get("epochs", len(metrics)),
+        "steps": summary.get("steps"),
+        "trained": (run / MODEL).exists(),
+        "resumable": (run / STATE).exists(),
+        "world_size": cfg.train.world_size,
+        "test": summary.get("test") or (metrics[-1].get("test") if metrics else None),
+        "train": summary.get("train") or (metrics[-1].get("train") if metrics else None),
+        "active_units": summary.get("active_units"),
+        "config": cfg.to_dict(),
+    }

@@ -1,0 +1,88 @@
+"""The Typer app and the single error boundary: VaeError -> one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+DEBUG = {"on": os.environ.get("VAE_DEBUG", "") not in ("", "0", "false", "no")}
+
+
+def _err(msg: str) -> None:
+    sys.stderr.write(msg.rstrip("\n") + "\n")
+    sys.stderr.flush()
+
+
+class VaeGroup(TyperGroup):
+    """Runs commands with click's standalone mode off so that every error is reported here."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:  # noqa: D102
+        from ..errors import VaeError
+
+        try:
+            rv = super().main(args=args, prog_name=prog_name or "vae", complete_var=complete_var, standalone_mode=False, **extra)
+        except VaeError as exc:
+            if DEBUG["on"]:
+                raise
+            _err(f"vae: error: {exc}")
+            sys.exit(2)
+        except KeyboardInterrupt:
+            _err("vae: interrupted")
+            sys.exit(130)
+        except BrokenPipeError:
+            sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - reader went away (e.g. `| head`)
+            sys.exit(1)
+        except OSError as exc:
+            if DEBUG["on"]:
+                raise
+            where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+            _err(f"vae: error: {exc.strerror or exc}{where}")
+            sys.exit(2)
+        except Exception as exc:
+            # click/typer usage errors carry exit_code and format_message (duck-typed: no click import)
+            if hasattr(exc, "exit_code") and hasattr(exc, "format_message"):
+                ctx = getattr(exc, "ctx", None)
+                cmd = ctx.command_path if ctx is not None else "vae"
+                _err(f"{cmd}: error: {exc.format_message()} (see {cmd} --help)")
+                sys.exit(exc.exit_code)
+            if type(exc).__name__ == "Abort":
+                _err("vae: aborted")
+                sys.exit(1)
+            if DEBUG["on"]:
+                raise
+            _err(f"vae: internal error: {type(exc).__name__}: {exc} (run with VAE_DEBUG=1 for the traceback)")
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(
+    cls=VaeGroup,
+    name="vae",
+    help="Train and study (beta-)Variational Autoencoders on images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"vaecli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks (also VAE_DEBUG=1)."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Train and study (beta-)Variational Autoencoders on images."""
+    if debug:
+        DEBUG["on"] = True

@@ -1,0 +1,86 @@
+"""`vae runs` and `vae info`."""
+
+from __future__ import annotations
+
+import typer
+
+from .app import app
+from .common import fmt, print_json, stdout_console
+
+
+@app.command("runs")
+def runs_cmd(as_json: bool = typer.Option(False, "--json", help="Print a JSON list.")) -> None:
+    """List trained runs (name, date, data, beta, epochs, test -ELBO)."""
+    from .. import checkpoint as ckpt
+
+    rows = []
+    for path in ckpt.list_runs():
+        try:
+            cfg = ckpt.read_config(path)
+        except Exception:  # a damaged run is listed, not fatal
+            rows.append({"name": path.name, "path": str(path), "error": "unreadable config.json"})
+            continue
+        summary = ckpt.read_summary(path)
+        metrics = ckpt.read_metrics(path)
+        test = summary.get("test") or (metrics[-1].get("test") if metrics else None) or {}
+        rows.append({
+            "name": path.name, "path": str(path), "created": cfg.created, "data": cfg.data.name,
+            "arch": cfg.model.arch, "latent_dim": cfg.model.latent_dim, "beta": cfg.train.beta,
+            "epochs": summary.get("epochs", len(metrics)), "test_neg_elbo": test.get("neg_elbo"),
+        })  # fmt: skip
+    if as_json:
+        print_json(rows)
+        return
+    from rich.table import Table
+
+    console = stdout_console()
+    if not rows:
+        from ..paths import runs_dir
+
+        console.print(f"no runs yet in {runs_dir()} (train one with `vae train`)")
+        return
+    t = Table(title=f"runs ({len(rows)})")
+    for col in ("name", "created", "data", "arch", "z", "beta", "epochs", "test -ELBO"):
+        t.add_column(col, justify="right" if col in ("z", "beta", "epochs", "test -ELBO") else "left")
+    for r in rows:
+        if "error" in r:
+            t.add_row(r["name"], "[red]" + r["error"] + "[/red]", "", "", "", "", "", "")
+            continue
+        t.add_row(r["name"], r["created"].replace("T", " ")[:19], str(r["data"])[-28:], r["arch"], str(r["latent_dim"]),
+                  fmt(r["beta"], 2), str(r["epochs"]), fmt(r["test_neg_elbo"]))  # fmt: skip
+    console.print(t)
+
+
+@app.command("info")
+def info_cmd(
+    run: str = typer.Argument(..., help="Run name or path (folder or model.safetensors)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show one run: config, parameter count, epochs and latest metrics."""
+    from .. import checkpoint as ckpt
+
+    info = ckpt.run_info(ckpt.resolve_run(run))
+    if as_json:
+        print_json(info)
+        return
+    from rich.table import Table
+
+    cfg = info["config"]
+    t = Table(title=f"run {info['name']}", show_header=False)
+    t.add_column("key", style="bold")
+    t.add_column("value")
+    m, d, tr = cfg["model"], cfg["data"], cfg["train"]
+    test = info.get("test") or {}
+    for k, v in [
+        ("path", info["path"]), ("created", info["created"]),
+        ("model", f"{m['arch']}, z={m['latent_dim']}, {m['channels']}x{m['image_size']}x{m['image_size']}, {m['likelihood']}"),
+        ("parameters", f"{info['parameters']:,}"),
+        ("data", f"{d['name']} ({d.get('train_size')} train / {d.get('test_size')} test, fingerprint {d.get('fingerprint')})"),
+        ("training", f"beta={tr['beta']} anneal={tr['anneal']} lr={tr['lr']} batch={tr['batch_size']} x {tr.get('world_size', 1)} seed={tr['seed']}"),
+        ("epochs", f"{info['epochs']} of {tr['epochs']} ({info.get('steps')} steps)"),
+        ("test -ELBO", f"{fmt(test.get('neg_elbo'))} (recon {fmt(test.get('recon'))} + KL {fmt(test.get('kl'))}) nats/image"),
+        ("active units", fmt(info.get("active_units"))),
+        ("resumable", "yes" if info["resumable"] else "no"),
+    ]:  # fmt: skip
+        t.add_row(k, str(v))
+    stdout_console().print(t)

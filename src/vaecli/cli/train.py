@@ -1,0 +1,155 @@
+"""`vae train`."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+import typer
+
+from .app import app
+from .common import DEVICE_HELP, fmt, print_json, stderr_console, stdout_console
+
+
+@app.command("train")
+def train_cmd(
+    data: str = typer.Option("fashion-mnist", "--data", help="fashion-mnist | mnist | fashion-mnist-mini | a folder of images."),
+    data_dir: str = typer.Option(None, "--data-dir", help="Dataset root (default $VAE_DATA_DIR, else the user cache dir)."),
+    image_size: int = typer.Option(None, "--image-size", help="Image side for folders (default 28)."),
+    channels: int = typer.Option(None, "--channels", help="1 or 3 (default: detected)."),
+    beta: float = typer.Option(1.0, "--beta", help="Weight of the KL term (beta-VAE)."),
+    anneal: int = typer.Option(0, "--anneal", help="Ramp beta linearly from 0 over N epochs (0 = off)."),
+    epochs: int = typer.Option(10, "--epochs", help="Total epochs of the run."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Images per step."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
+    lr_schedule: str = typer.Option("constant", "--lr-schedule", help="constant | cosine (decays to 1% over the run)."),
+    grad_clip: float = typer.Option(1.0, "--grad-clip", help="Gradient-norm clip (0 = off)."),
+    latent_dim: int = typer.Option(32, "--latent-dim", help="Latent dimensions."),
+    arch: str = typer.Option("conv", "--arch", help="conv (lean, fast) | seed (the seed document's layers)."),
+    likelihood: str = typer.Option("bernoulli", "--likelihood", help="bernoulli (BCE) | gaussian."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (weights, shuffling, sampling, split)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    precision: str = typer.Option("fp32", "--precision", help="auto | fp32 | bf16 (bf16 autocast, fp32 weights)."),
+    name: str = typer.Option(None, "--name", help="Run name (default: generated)."),
+    resume: str = typer.Option(None, "--resume", help="Continue the run NAME where it stopped."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run of the same --name."),
+    max_steps: int = typer.Option(None, "--max-steps", help="Stop after N steps (this invocation)."),
+    time_budget: float = typer.Option(None, "--time-budget", help="Stop at the first step after SECONDS (this invocation)."),
+    save_every: float = typer.Option(300.0, "--save-every", help="Also checkpoint every SECONDS."),
+    skip_nonfinite: bool = typer.Option(False, "--skip-nonfinite", help="Skip batches with a non-finite loss instead of stopping."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout at the end (progress on stderr)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train a (beta-)VAE and store the run (weights, config, metrics, loss.png)."""
+    from ..config import DataConfig, ModelConfig, TrainConfig
+    from ..errors import ConfigError
+    from ..training import resume_run, start_run
+
+    if resume:
+        if name and name != resume:
+            raise ConfigError("--name and --resume name different runs")
+        overrides: dict[str, Any] = {"device": device, "max_steps": max_steps, "time_budget": time_budget,
+                                     "save_every": save_every, "skip_nonfinite": skip_nonfinite}  # fmt: skip
+        ctx = typer.get_current_context()
+        for opt, key, val in (("epochs", "epochs", epochs), ("precision", "precision", precision)):
+            if ctx.get_parameter_source(opt).name != "DEFAULT":  # type: ignore[union-attr]
+                overrides[key] = val
+        trainer = resume_run(resume, overrides)
+    else:
+        model_cfg = ModelConfig(arch=arch, latent_dim=latent_dim, likelihood=likelihood)
+        data_cfg = DataConfig(name=data, root=data_dir, image_size=image_size, channels=channels, split_seed=seed)
+        train_cfg = TrainConfig(beta=beta, anneal=anneal, epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
+                                grad_clip=grad_clip, seed=seed, device=device, precision=precision, max_steps=max_steps,
+                                time_budget=time_budget, save_every=save_every, skip_nonfinite=skip_nonfinite)  # fmt: skip
+        train_cfg.validate()
+        ModelConfig(arch=arch, latent_dim=latent_dim, likelihood=likelihood, image_size=image_size or 28).validate()
+        trainer = start_run(model_cfg, data_cfg, train_cfg, name=name, overwrite=overwrite)
+
+    err = stderr_console()
+    stop = threading.Event()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        err.print("[yellow]stopping after this step and saving (Ctrl-C again to abort)[/yellow]")
+
+    old = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
+    try:
+        result = _fit_with_progress(trainer, stop, quiet, err)
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+    summary = result.to_dict()
+    if as_json:
+        summary.pop("stopped", None)
+        summary.pop("precision", None)
+        summary.pop("device", None)
+        print_json(summary)
+        _summary_table(result, err)
+    else:
+        _summary_table(result, stdout_console())
+    if result.stopped == "interrupted":
+        err.print(f"interrupted: the run is saved; continue with [bold]vae train --resume {result.run}[/bold]")
+        raise typer.Exit(130)
+
+
+def _fit_with_progress(trainer: Any, stop: threading.Event, quiet: bool, console: Any) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    cfg = trainer.cfg
+    console.print(
+        f"run [bold]{trainer.path.name}[/bold]: {cfg.model.arch} z={cfg.model.latent_dim} on {cfg.data.name} "
+        f"({cfg.data.train_size} train / {cfg.data.test_size} test), beta={cfg.train.beta}"
+        f"{f' annealed over {cfg.train.anneal} epochs' if cfg.train.anneal else ''}, device {trainer.device}, {trainer.precision}"
+    )
+    progress = Progress(
+        TextColumn("[bold]epoch {task.fields[epoch]}"),
+        BarColumn(bar_width=24),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]} recon {task.fields[recon]} KL {task.fields[kl]} beta {task.fields[beta]}"),
+        TextColumn("{task.fields[ips]} img/s"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet,
+        transient=False,
+    )
+    task = None
+
+    def on_progress(p: Any) -> None:
+        nonlocal task
+        fields = {"epoch": f"{p.epoch + 1}/{p.epochs}", "loss": fmt(p.loss, 1), "recon": fmt(p.recon, 1), "kl": fmt(p.kl, 2),
+                  "beta": fmt(p.beta, 2), "ips": f"{p.images_per_second:,.0f}"}  # fmt: skip
+        if p.kind == "start":
+            task = progress.add_task("train", total=p.steps_per_epoch, completed=p.step, **fields)
+        elif p.kind == "step" and task is not None:
+            progress.update(task, completed=p.step, **fields)
+        elif p.kind == "epoch" and task is not None:
+            m = p.metrics
+            progress.console.print(
+                f"epoch {m['epoch']:>3}/{p.epochs}  train -ELBO {m['train']['neg_elbo']:.2f} (recon {m['train']['recon']:.2f} "
+                f"KL {m['train']['kl']:.2f})  test -ELBO {m['test']['neg_elbo']:.2f}  beta {m['beta']:.2f}  "
+                f"active {m['active_units']}  {m['train_seconds']:.0f}s"
+            )
+            if p.epoch + 1 < p.epochs:
+                progress.reset(task, total=p.steps_per_epoch, completed=0, **{**fields, "epoch": f"{p.epoch + 2}/{p.epochs}"})
+
+    with progress:
+        return trainer.fit(on_progress, stop)
+
+
+def _summary_table(result: Any, console: Any) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"run {result.run}: {result.epochs} epochs, {result.steps} steps ({result.stopped})")
+    for col in ("split", "-ELBO", "recon", "KL"):
+        t.add_column(col, justify="right" if col != "split" else "left")
+    t.add_row("train (running avg)", fmt(result.train["neg_elbo"]), fmt(result.train["recon"]), fmt(result.train["kl"]))
+    t.add_row("test", fmt(result.test["neg_elbo"]), fmt(result.test["recon"]), fmt(result.test["kl"]))
+    console.print(t)
+    console.print(
+        f"nats/image (BCE on continuous pixels for bernoulli)  active units {result.active_units}  "
+        f"time {result.seconds:.1f}s  {result.images_per_second:,.0f} img/s  {result.device} {result.precision}"
+    )
+    console.print(f"run saved in {result.path}")

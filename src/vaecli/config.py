@@ -1,0 +1,245 @@
+"""Configuration dataclasses: the single source of truth, stored as JSON with every run."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
+
+from .errors import ConfigError
+
+ARCHS = ("conv", "seed")
+LIKELIHOODS = ("bernoulli", "gaussian")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+T = TypeVar("T", bound="_Config")
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def _finite(name: str, value: float) -> None:
+    _check(isinstance(value, (int, float)) and math.isfinite(value), f"{name} must be a finite number, got {value!r}")
+
+
+class _Config:
+    """JSON round trip with type checks, shared by the config dataclasses."""
+
+    def validate(self) -> None:  # pragma: no cover - overridden
+        """Raise :class:`ConfigError` when a value is out of range."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON dict of the fields."""
+        out = asdict(self)  # type: ignore[call-overload]
+        for k, v in out.items():
+            if isinstance(v, tuple):
+                out[k] = list(v)
+        return out
+
+    @classmethod
+    def from_dict(cls: type[T], data: Any) -> T:
+        """Build from a dict (e.g. ``config.json``), checking types; unknown keys are ignored."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            if f.name not in data:
+                continue
+            v = data[f.name]
+            default = (
+                f.default
+                if f.default is not dataclasses.MISSING
+                else f.default_factory()  # type: ignore[misc]
+                if f.default_factory is not dataclasses.MISSING
+                else None
+            )
+            if default is None:  # optional field: check against the annotated type
+                ann = str(f.type)
+                default = 0.0 if "float" in ann else 0 if "int" in ann else "" if "str" in ann else None
+            kwargs[f.name] = _coerce(cls.__name__, f.name, v, default)
+        obj = cls(**kwargs)
+        obj.validate()
+        return obj
+
+
+def _coerce(owner: str, name: str, value: Any, default: Any) -> Any:
+    """Check ``value`` against the type of the field's default (None defaults accept anything JSON)."""
+    where = f"{owner}.{name}"
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+            raise ConfigError(f"{where} must be a list of integers, got {value!r}")
+        return tuple(value)
+    return value
+
+
+@dataclass
+class ModelConfig(_Config):
+    """Everything needed to rebuild a model: stored with its weights in ``config.json``.
+
+    ``widths`` are the channel counts of the strided conv stages (``conv`` arch), ``hidden``
+    the width of the fully connected layer; the ``seed`` arch ignores both (fixed table).
+    """
+
+    arch: str = "conv"
+    channels: int = 1
+    image_size: int = 28
+    latent_dim: int = 32
+    widths: tuple[int, ...] = (32, 64)
+    hidden: int = 512
+    likelihood: str = "bernoulli"
+
+    def validate(self) -> None:
+        _check(self.arch in ARCHS, f"unknown arch {self.arch!r} (choose from {', '.join(ARCHS)})")
+        _check(self.likelihood in LIKELIHOODS, f"unknown likelihood {self.likelihood!r} (choose from {', '.join(LIKELIHOODS)})")
+        _check(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}")
+        _check(self.latent_dim >= 1, f"--latent-dim must be >= 1, got {self.latent_dim}")
+        _check(self.latent_dim <= 4096, f"--latent-dim must be <= 4096, got {self.latent_dim}")
+        _check(self.hidden >= 1, f"hidden must be >= 1, got {self.hidden}")
+        _check(len(self.widths) >= 1 and all(w >= 1 for w in self.widths), f"widths must be positive, got {list(self.widths)}")
+        stages = 2 if self.arch == "seed" else len(self.widths)
+        _check(
+            8 <= self.image_size <= 512 and self.image_size % (2**stages) == 0,
+            f"--image-size must be a multiple of {2**stages} between 8 and 512 for arch {self.arch}, got {self.image_size}",
+        )
+
+
+@dataclass
+class DataConfig(_Config):
+    """Which data a run was trained on. ``name`` is a registry name or a folder path."""
+
+    name: str = "fashion-mnist"
+    root: str | None = None
+    image_size: int | None = None
+    channels: int | None = None
+    split_seed: int = 0
+    binarize: bool = False
+    fingerprint: str | None = None
+    train_size: int | None = None
+    test_size: int | None = None
+
+    def validate(self) -> None:
+        _check(bool(self.name), "--data must not be empty")
+        if self.image_size is not None:
+            _check(self.image_size >= 1, f"--image-size must be >= 1, got {self.image_size}")
+        if self.channels is not None:
+            _check(self.channels in (1, 3), f"--channels must be 1 or 3, got {self.channels}")
+
+
+@dataclass
+class TrainConfig(_Config):
+    """Optimisation settings of ``vae train`` (the seed's defaults: Adam 1e-3, batch 128, clip 1.0)."""
+
+    beta: float = 1.0
+    anneal: int = 0
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    max_steps: int | None = None
+    time_budget: float | None = None
+    save_every: float = 300.0
+    skip_nonfinite: bool = False
+    world_size: int = 1
+
+    def validate(self) -> None:
+        _finite("--beta", self.beta)
+        _check(self.beta >= 0, f"--beta must be >= 0, got {self.beta}")
+        _check(self.anneal >= 0, f"--anneal must be >= 0, got {self.anneal}")
+        _check(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
+        _check(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
+        _finite("--lr", self.lr)
+        _check(self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        _check(self.lr_schedule in ("constant", "cosine"), f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
+        _check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        _finite("--grad-clip", self.grad_clip)
+        _check(self.grad_clip >= 0, f"--grad-clip must be >= 0 (0 = off), got {self.grad_clip}")
+        _check(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        _check(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.max_steps is not None:
+            _check(self.max_steps >= 1, f"--max-steps must be >= 1, got {self.max_steps}")
+        if self.time_budget is not None:
+            _finite("--time-budget", self.time_budget)
+            _check(self.time_budget > 0, f"--time-budget must be > 0, got {self.time_budget}")
+        _finite("--save-every", self.save_every)
+        _check(self.save_every > 0, f"--save-every must be > 0, got {self.save_every}")
+        _check(self.world_size >= 1, f"world_size must be >= 1, got {self.world_size}")
+
+
+@dataclass
+class RunConfig(_Config):
+    """Everything ``config.json`` holds: the three configs plus provenance."""
+
+    name: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    created: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    format: int = 1
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.data.validate()
+        self.train.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "name": self.name,
+            "created": self.created,
+            "versions": dict(self.versions),
+            "model": self.model.to_dict(),
+            "data": self.data.to_dict(),
+            "train": self.train.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RunConfig:
+        if not isinstance(data, dict):
+            raise ConfigError("config.json: expected a JSON object")
+        if data.get("format") != 1:
+            raise ConfigError(f"config.json: unsupported format {data.get('format')!r}")
+        for key in ("model", "data", "train"):
+            if key not in data:
+                raise ConfigError(f"config.json: missing {key!r}")
+        name = data.get("name", "")
+        created = data.get("created", "")
+        versions = data.get("versions", {})
+        if not isinstance(name, str) or not isinstance(created, str) or not isinstance(versions, dict):
+            raise ConfigError("config.json: name, created and versions have the wrong types")
+        cfg = cls(
+            name=name,
+            created=created,
+            versions={str(k): str(v) for k, v in versions.items()},
+            model=ModelConfig.from_dict(data["model"]),
+            data=DataConfig.from_dict(data["data"]),
+            train=TrainConfig.from_dict(data["train"]),
+        )
+        return cfg

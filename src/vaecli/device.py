@@ -1,0 +1,70 @@
+"""Device and precision selection."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from .errors import DeviceError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; asking for an absent device is an error."""
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps and mps.is_available())
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if has_mps else torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise DeviceError("--device cuda: CUDA is not available on this machine (try --device cpu)")
+        return torch.device(name)
+    if name == "mps":
+        if not has_mps:
+            raise DeviceError("--device mps: Apple MPS is not available on this machine (try --device cpu)")
+        return torch.device("mps")
+    raise DeviceError(f"unknown device {name!r} (choose auto, cpu, cuda or mps)")
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 matmul (AVX-512-BF16 or AMX)."""
+    try:
+        cap = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # pragma: no cover - very old torch
+        return False
+    if cap in ("AVX512_BF16", "AMX"):
+        return True
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
+            flags = fh.read(200_000)
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """``auto`` -> bf16 where it is fast and safe (CUDA with bf16, CPUs with AVX-512-BF16/AMX), else fp32."""
+    if requested != "auto":
+        if requested == "bf16" and device.type == "mps":
+            raise DeviceError("--precision bf16 is not supported on mps")
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_bf16() else "fp32"
+    return "fp32"
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """bf16 autocast for the forward pass when ``precision == 'bf16'`` (fp32 master weights)."""
+    if precision == "bf16":
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            yield
+    else:
+        yield

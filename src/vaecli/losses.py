@@ -1,0 +1,78 @@
+"""Pure loss functions, all per image in nats (summed over pixels / latent dimensions).
+
+Negative ELBO (Kingma & Welling 2014, eq. 3; beta-VAE: Higgins et al. 2017):
+
+    -ELBO_beta(x) = E_q[-log p(x|z)] + beta * KL(q(z|x) || N(0, I))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, 1)) per latent dimension, shape (B, D).
+
+    Closed form (Kingma & Welling 2014, appendix B): 0.5 * (mu^2 + sigma^2 - 1 - log sigma^2).
+    """
+    mu, logvar = mu.float(), logvar.float()
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Total KL per image, shape (B,)."""
+    return kl_per_dim(mu, logvar).sum(dim=1)
+
+
+def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """-log p(x|z) for a Bernoulli decoder = binary cross-entropy summed over pixels, shape (B,).
+
+    On continuous pixels in [0, 1] this is the BCE the seed trains with; it is not a
+    normalised likelihood (report it as "BCE nats/image").
+    """
+    bce = F.binary_cross_entropy_with_logits(logits.float(), x.float(), reduction="none")
+    return bce.flatten(1).sum(dim=1)
+
+
+def gaussian_nll(logits: torch.Tensor, x: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """-log N(x; sigmoid(logits), exp(log_scale)^2) summed over pixels, shape (B,)."""
+    mean = torch.sigmoid(logits.float())
+    log_scale = log_scale.float()
+    z = (x.float() - mean) * torch.exp(-log_scale)
+    nll = 0.5 * z.pow(2) + log_scale + 0.5 * LOG_2PI
+    return nll.flatten(1).sum(dim=1)
+
+
+def reconstruction_nll(
+    logits: torch.Tensor, x: torch.Tensor, likelihood: str = "bernoulli", log_scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Reconstruction term -log p(x|z) per image for the given likelihood."""
+    if likelihood == "bernoulli":
+        return bernoulli_nll(logits, x)
+    if likelihood == "gaussian":
+        if log_scale is None:
+            raise ValueError("gaussian likelihood needs log_scale")
+        return gaussian_nll(logits, x, log_scale)
+    raise ValueError(f"unknown likelihood {likelihood!r}")
+
+
+@dataclass
+class LossTerms:
+    """Per-batch means (per image, nats). ``loss`` is what gets back-propagated."""
+
+    loss: torch.Tensor  # recon + beta * kl, mean over the batch
+    neg_elbo: torch.Tensor  # recon + kl (beta = 1), mean over the batch
+    recon: torch.Tensor
+    kl: torch.Tensor
+
+
+def elbo_terms(recon: torch.Tensor, kl: torch.Tensor, beta: float) -> LossTerms:
+    """Combine per-image ``recon`` and ``kl`` (shape (B,)) into batch means."""
+    r, k = recon.mean(), kl.mean()
+    return LossTerms(loss=r + beta * k, neg_elbo=r + k, recon=r, kl=k)

@@ -1,0 +1,142 @@
+"""The VAE: encoder q(z|x) = N(mu, diag(sigma^2)), decoder p(x|z), reparameterisation.
+
+Kingma & Welling (2014), "Auto-Encoding Variational Bayes". Two architectures:
+
+* ``conv`` (default): a lean conv net, strided convs then one fully connected layer, the
+  fastest per unit of ELBO on a CPU (see docs/performance.md);
+* ``seed``: the seed document's layer table, exactly (7,048,865 parameters at 1x28x28, z=32).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+
+
+@dataclass
+class VAEOutput:
+    """What :meth:`VAE.forward` returns."""
+
+    logits: torch.Tensor  # decoder output before the sigmoid, shape (B, C, H, W)
+    mu: torch.Tensor  # posterior means (B, D)
+    logvar: torch.Tensor  # posterior log-variances (B, D)
+    z: torch.Tensor  # the sample that was decoded (B, D)
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """z = mu + sigma * eps, eps ~ N(0, I) (Kingma & Welling 2014, eq. 10)."""
+    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+def _act() -> nn.Module:
+    return nn.LeakyReLU(0.2)
+
+
+class _Reshape(nn.Module):
+    def __init__(self, *shape: int) -> None:
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.shape)
+
+
+def _build_conv(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, int]:
+    """Lean conv net: k4 s2 convs (widths), FC hidden, mirrored decoder. Returns (enc, dec, feat)."""
+    c, widths = cfg.channels, list(cfg.widths)
+    side = cfg.image_size // 2 ** len(widths)
+    enc: list[nn.Module] = []
+    prev = c
+    for w in widths:
+        enc += [nn.Conv2d(prev, w, 4, 2, 1), _act()]
+        prev = w
+    flat = prev * side * side
+    enc += [nn.Flatten(), nn.Linear(flat, cfg.hidden), _act()]
+    dec: list[nn.Module] = [nn.Linear(cfg.latent_dim, cfg.hidden), _act(), nn.Linear(cfg.hidden, flat), _act()]
+    dec.append(_Reshape(prev, side, side))
+    rev = widths[::-1]
+    for i, w in enumerate(rev):
+        out = rev[i + 1] if i + 1 < len(rev) else c
+        dec.append(nn.ConvTranspose2d(w, out, 4, 2, 1))
+        if i + 1 < len(rev):
+            dec.append(_act())
+    return nn.Sequential(*enc), nn.Sequential(*dec), cfg.hidden
+
+
+def _build_seed(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, int]:
+    """The seed document's layer table (DESIGN.md), for any channels and size divisible by 4."""
+    c = cfg.channels
+    side = cfg.image_size // 4
+    flat = 128 * side * side
+    enc = nn.Sequential(
+        nn.Conv2d(c, 32, 4, 2, 1), nn.BatchNorm2d(32), _act(),
+        nn.Conv2d(32, 64, 4, 2, 1), nn.BatchNorm2d(64), _act(),
+        nn.Conv2d(64, 128, 3, 1, 1), nn.BatchNorm2d(128), _act(),
+        nn.Conv2d(128, 128, 3, 1, 1), nn.BatchNorm2d(128), _act(),
+        nn.Flatten(), nn.Linear(flat, 512), nn.BatchNorm1d(512), _act(), nn.Dropout(0.3),
+    )  # fmt: skip
+    dec = nn.Sequential(
+        nn.Linear(cfg.latent_dim, 512), nn.BatchNorm1d(512), _act(), nn.Dropout(0.3),
+        nn.Linear(512, flat), _act(), _Reshape(128, side, side),
+        nn.ConvTranspose2d(128, 128, 3, 1, 1), nn.BatchNorm2d(128), _act(),
+        nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.BatchNorm2d(64), _act(),
+        nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.BatchNorm2d(32), _act(),
+        nn.ConvTranspose2d(32, c, 3, 1, 1),
+    )  # fmt: skip
+    return enc, dec, 512
+
+
+class VAE(nn.Module):
+    """A (beta-)VAE built from a :class:`ModelConfig`.
+
+    ``encode(x) -> (mu, logvar)``, ``decode_logits(z)``, ``decode(z)`` (the likelihood's mean,
+    i.e. Bernoulli probabilities / Gaussian means in [0, 1]) and ``forward(x) -> VAEOutput``.
+    Inputs are float images in [0, 1], shape (B, C, H, W).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        builder = _build_seed if config.arch == "seed" else _build_conv
+        self.encoder, self.decoder, feat = builder(config)
+        self.fc_mu = nn.Linear(feat, config.latent_dim)
+        self.fc_logvar = nn.Linear(feat, config.latent_dim)
+        # Start with small posterior variances (the seed: weight 0, bias -6) so early
+        # training is not drowned in sampling noise.
+        nn.init.zeros_(self.fc_logvar.weight)
+        nn.init.constant_(self.fc_logvar.bias, -6.0 if config.arch == "seed" else -4.0)
+        if config.likelihood == "gaussian":
+            # One learned observation log-scale shared by all pixels: a normalised density.
+            self.log_scale = nn.Parameter(torch.tensor(math.log(0.1)))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior parameters (mu, logvar), each (B, latent_dim)."""
+        h = self.encoder(x)
+        return self.fc_mu(h), self.fc_logvar(h)
+
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder output before the sigmoid, (B, C, H, W)."""
+        return self.decoder(z)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The likelihood's mean in [0, 1] (never thresholded)."""
+        return torch.sigmoid(self.decode_logits(z).float())
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True) -> VAEOutput:
+        """Encode, draw z (or take the mean when ``sample`` is false) and decode."""
+        mu, logvar = self.encode(x)
+        mu, logvar = mu.float(), logvar.float()
+        z = reparameterize(mu, logvar, generator) if sample else mu
+        return VAEOutput(logits=self.decode_logits(z), mu=mu, logvar=logvar, z=z)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

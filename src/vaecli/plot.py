@@ -1,0 +1,274 @@
+"""Dependency-free (Pillow only) PNG line charts for training curves and comparisons."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Sequence
+
+from PIL import Image, ImageDraw, ImageFont
+
+from .fileio import atomic_write_bytes
+
+Series = dict[str, tuple[Sequence[float], Sequence[float]]]
+Segments = list[list[tuple[float, float]]]
+Span = tuple[float, float]
+
+# Okabe-Ito colour-blind-safe palette (yellow last: weak on white).
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]
+MARKERS = ["o", "s", "^", "D"]
+MAX_MARKED = 30  # series with at most this many points get markers
+_SS = 2  # supersampling: draw at 2x, downscale with LANCZOS (PIL lines are not anti-aliased)
+_GRID, _AXIS, _TEXT, _MUTED = "#e5e5e5", "#555555", "#222222", "#888888"
+
+
+def _font(px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=px)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def nice_ticks(lo: float, hi: float, target: int = 6, integer: bool = False) -> list[float]:
+    """About `target` evenly spaced 1-2-5 tick values covering [lo, hi] (requires hi > lo)."""
+    raw = (hi - lo) / max(target - 1, 1)
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw * (1 - 1e-9))
+    step = max(step, 1.0) if integer else step
+    digits = max(0, -math.floor(math.log10(step))) + 1
+    start, end = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+    return [round(i * step, digits) + 0.0 for i in range(start, end + 1)]
+
+
+def _fmt(v: float, step: float) -> str:
+    if abs(v) >= 1e6 or 0 < abs(v) < 1e-3:
+        return f"{v:.3g}"
+    return f"{v:.{max(0, -math.floor(math.log10(step) + 1e-9))}f}"
+
+
+def _segments(xs: Sequence[float], ys: Sequence[float]) -> Segments:
+    """Split a series into runs of finite points (NaN/inf are skipped and break the line)."""
+    if len(xs) != len(ys):
+        raise ValueError(f"xs and ys differ in length ({len(xs)} != {len(ys)})")
+    segs: Segments = [[]]
+    for x, y in zip(xs, ys):
+        x, y = float(x), float(y)
+        if math.isfinite(x) and math.isfinite(y):
+            segs[-1].append((x, y))
+        elif segs[-1]:
+            segs.append([])
+    return [s for s in segs if s]
+
+
+def _span(values: list[float], integer: bool = False) -> Span | None:
+    """Axis limits: data range plus a small margin; constant data gets a symmetric pad."""
+    if not values:
+        return None
+    lo, hi = min(values), max(values)
+    if hi - lo <= 1e-12 * max(1.0, abs(lo)):
+        pad = 1.0 if integer else (abs(lo) * 0.1 or 1.0)
+        return lo - pad, hi + pad
+    return lo - 0.04 * (hi - lo), hi + 0.04 * (hi - lo)
+
+
+def _axis(span: Span | None, target: int = 6, integer: bool = False) -> list[tuple[float, str]]:
+    """(value, label) for the nice ticks inside `span`."""
+    if span is None:
+        return []
+    ticks = nice_ticks(*span, target=target, integer=integer)
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
+    return [(t, _fmt(t, step)) for t in ticks if span[0] - 1e-9 * step <= t <= span[1] + 1e-9 * step]
+
+
+def _size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
+    l, t, r, b = draw.textbbox((0, 0), text, font=font)
+    return r - l, b - t
+
+
+def _put(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font, anchor: str, fill: str = _TEXT) -> None:
+    """Draw text aligned by a two-letter anchor (l/m/r, t/m/b); works for bitmap fonts too."""
+    l, t, r, b = draw.textbbox((0, 0), text, font=font)
+    dx = {"l": -l, "m": -(l + r) / 2, "r": -r}[anchor[0]]
+    dy = {"t": -t, "m": -(t + b) / 2, "b": -b}[anchor[1]]
+    draw.text((xy[0] + dx, xy[1] + dy), text, font=font, fill=fill)
+
+
+def _vtext(img: Image.Image, center: tuple[float, float], text: str, font) -> None:
+    """Paste `text` rotated 90 degrees counter-clockwise, centred on `center`."""
+    w, h = _size(ImageDraw.Draw(img), text, font)
+    tile = Image.new("RGBA", (w + 4, h + 8), (255, 255, 255, 0))
+    _put(ImageDraw.Draw(tile), (tile.width / 2, tile.height / 2), text, font, "mm")
+    tile = tile.rotate(90, expand=True)
+    img.paste(tile, (round(center[0] - tile.width / 2), round(center[1] - tile.height / 2)), tile)
+
+
+def _line(draw: ImageDraw.ImageDraw, pts: list[tuple[float, float]], fill: str, dashed: bool) -> None:
+    width, on, off, pos = 2 * _SS, 9 * _SS, 5 * _SS, 0.0
+    if len(pts) < 2:
+        return
+    if not dashed:
+        draw.line(pts, fill=fill, width=width, joint="curve")
+        return
+    for (ax, ay), (bx, by) in zip(pts, pts[1:]):
+        length, t = math.hypot(bx - ax, by - ay), 0.0
+        while t < length:
+            phase = pos % (on + off)
+            t2 = min(length, t + (on - phase if phase < on else on + off - phase))
+            if phase < on:
+                a, b = t / length, t2 / length
+                draw.line([(ax + (bx - ax) * a, ay + (by - ay) * a), (ax + (bx - ax) * b, ay + (by - ay) * b)], fill=fill, width=width)
+            pos, t = pos + t2 - t, t2
+
+
+def _marker(draw: ImageDraw.ImageDraw, x: float, y: float, kind: str, fill: str) -> None:
+    r = 3.6 * _SS
+    if kind == "o":
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=fill, outline="white", width=_SS)
+    elif kind == "s":
+        draw.rectangle([x - 0.9 * r, y - 0.9 * r, x + 0.9 * r, y + 0.9 * r], fill=fill, outline="white", width=_SS)
+    elif kind == "^":
+        draw.polygon([(x, y - 1.2 * r), (x - 1.1 * r, y + 0.8 * r), (x + 1.1 * r, y + 0.8 * r)], fill=fill, outline="white")
+    else:
+        draw.polygon([(x, y - 1.25 * r), (x + r, y), (x, y + 1.25 * r), (x - r, y)], fill=fill, outline="white")
+
+
+def _legend(draw: ImageDraw.ImageDraw, entries: list[tuple[str, str, str, bool]], x0: float, x1: float, top: float, font) -> float:
+    """Centred legend rows (label, colour, marker, dashed) wrapped to [x0, x1]; returns the y below it."""
+    sample, gap, lh = 28 * _SS, 18 * _SS, _size(draw, "Ag", font)[1] + 8 * _SS
+    widths = [sample + 6 * _SS + _size(draw, e[0], font)[0] + gap for e in entries]
+    rows: list[list[int]] = []
+    for i, w in enumerate(widths):
+        if not rows or sum(widths[j] for j in rows[-1]) + w > x1 - x0:
+            rows.append([])
+        rows[-1].append(i)
+    for row in rows:
+        lx, cy = (x0 + x1) / 2 - (sum(widths[j] for j in row) - gap) / 2, top + lh / 2
+        for j in row:
+            label, colour, marker, dashed = entries[j]
+            _line(draw, [(lx, cy), (lx + sample, cy)], colour, dashed)
+            if marker:
+                _marker(draw, lx + sample / 2, cy, marker, colour)
+            _put(draw, (lx + sample + 6 * _SS, cy), label, font, "lm")
+            lx += widths[j]
+        top += lh
+    return top
+
+
+def _panel(img: Image.Image, box: tuple[int, int, int, int], series: Series, secondary: Series | None,
+           title: str, xlabel: str, ylabel: str, secondary_label: str) -> None:
+    """Draw one chart (title, legend, frame, grid, ticks, lines) inside `box` of the supersampled image."""
+    draw, S = ImageDraw.Draw(img), _SS
+    f_title, f_label, f_tick = _font(17 * S), _font(14 * S), _font(12 * S)
+    x0, y0, x1, y1 = box
+    pad = 14 * S
+    groups = [[(lab, _segments(xs, ys)) for lab, (xs, ys) in s.items()] for s in (series, secondary or {})]
+    pts = [[p for _, segs in g for s in segs for p in s] for g in groups]
+    xs_all = [p[0] for p in pts[0] + pts[1]]
+    integer_x = all(x.is_integer() for x in xs_all)
+    xspan, spans = _span(xs_all, integer_x), [_span([p[1] for p in g]) for g in pts]
+
+    top = y0 + pad
+    if title:
+        _put(draw, ((x0 + x1) / 2, top), title, f_title, "mt")
+        top += _size(draw, "Ag", f_title)[1] + 10 * S
+    styles = [(PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]) for i in range(len(groups[0]) + len(groups[1]))]
+    labelled = [(lab, segs, k == 1) for k, g in enumerate(groups) for lab, segs in g]
+    marked = [sum(map(len, segs)) <= MAX_MARKED for _, segs, _ in labelled]
+    entries = [(lab, c, m if mk else "", d) for (lab, _, d), (c, m), mk in zip(labelled, styles, marked)]
+    top = _legend(draw, entries, x0 + pad, x1 - pad, top, f_label) + 6 * S if entries else top
+
+    # Margins follow the tick-label widths.
+    yticks, sticks = _axis(spans[0]), _axis(spans[1])
+    lab_h, tick_h = _size(draw, "Ag", f_label)[1], _size(draw, "0", f_tick)[1]
+    widest = lambda ticks: max([_size(draw, t, f_tick)[0] for _, t in ticks] + [0])  # noqa: E731
+    left = x0 + pad + (lab_h + 10 * S if ylabel else 0) + max(widest(yticks), 20 * S) + 8 * S
+    right = x1 - pad - (8 * S + widest(sticks) + (lab_h + 10 * S if secondary_label else 0) if groups[1] else 6 * S)
+    bottom = y1 - pad - tick_h - 8 * S - (lab_h + 10 * S if xlabel else 0)
+    xticks = _axis(xspan, max(2, min(10, int((right - left) / (80 * S)))), integer_x)
+    xlo, xhi = xspan or (0.0, 1.0)
+
+    def fx(v: float) -> float:
+        return left + (v - xlo) / (xhi - xlo) * (right - left)
+
+    def fy(v: float, span: Span | None) -> float:
+        lo, hi = span or (0.0, 1.0)
+        return bottom - (v - lo) / (hi - lo) * (bottom - top)
+
+    for v, t in yticks:
+        draw.line([(left, fy(v, spans[0])), (right, fy(v, spans[0]))], fill=_GRID, width=S)
+        _put(draw, (left - 8 * S, fy(v, spans[0])), t, f_tick, "rm")
+    for v, t in xticks:
+        draw.line([(fx(v), top), (fx(v), bottom)], fill=_GRID, width=S)
+        draw.line([(fx(v), bottom), (fx(v), bottom + 4 * S)], fill=_AXIS, width=S)
+        _put(draw, (fx(v), bottom + 8 * S), t, f_tick, "mt")
+    for v, t in sticks:
+        draw.line([(right, fy(v, spans[1])), (right + 4 * S, fy(v, spans[1]))], fill=_AXIS, width=S)
+        _put(draw, (right + 8 * S, fy(v, spans[1])), t, f_tick, "lm")
+    draw.rectangle([left, top, right, bottom], outline=_AXIS, width=S)
+    if xlabel:
+        _put(draw, ((left + right) / 2, y1 - pad), xlabel, f_label, "mb")
+    if ylabel:
+        _vtext(img, (x0 + pad + lab_h / 2, (top + bottom) / 2), ylabel, f_label)
+    if secondary_label and groups[1]:
+        _vtext(img, (x1 - pad - lab_h / 2, (top + bottom) / 2), secondary_label, f_label)
+    if not xs_all:
+        _put(draw, ((left + right) / 2, (top + bottom) / 2), "no data", f_title, "mm", fill=_MUTED)
+        return
+    for (_, segs, sec), (colour, marker), mk in zip(labelled, styles, marked):
+        mapped = [[(fx(x), fy(y, spans[sec])) for x, y in s] for s in segs]
+        for m in mapped:
+            _line(draw, m, colour, sec)
+        for m in mapped if mk else [m for m in mapped if len(m) == 1]:  # isolated points stay visible
+            for x, y in m:
+                _marker(draw, x, y, marker, colour)
+
+
+def _finish(img: Image.Image, size: tuple[int, int], path: str | os.PathLike[str] | None) -> bytes:
+    buf = io.BytesIO()
+    img.resize(size, Image.Resampling.LANCZOS).save(buf, format="PNG", optimize=True)
+    data = buf.getvalue()
+    if path is not None:
+        atomic_write_bytes(path, data)
+    return data
+
+
+def line_chart(
+    path: str | os.PathLike[str] | None,
+    series: dict[str, tuple[list[float], list[float]]],
+    *,
+    title: str = "",
+    xlabel: str = "epoch",
+    ylabel: str = "",
+    secondary: dict[str, tuple[list[float], list[float]]] | None = None,
+    secondary_label: str = "",
+    size: tuple[int, int] = (900, 560),
+) -> bytes:
+    """Render a PNG line chart; write it atomically to `path` when given; return the PNG bytes."""
+    img = Image.new("RGB", (size[0] * _SS, size[1] * _SS), "white")
+    _panel(img, (0, 0, img.width, img.height), series, secondary, title, xlabel, ylabel, secondary_label)
+    return _finish(img, size, path)
+
+
+def _metric(rows: list[dict], split: str, key: str) -> tuple[list[float], list[float]]:
+    pairs = [(r["epoch"], r[split][key]) for r in rows if isinstance(r.get(split), dict) and r[split].get(key) is not None]
+    return [float(e) for e, _ in pairs], [float(v) for _, v in pairs]
+
+
+def plot_training_curves(path: str | os.PathLike[str] | None, metrics: list[dict]) -> bytes:
+    """loss.png of a run from metrics.jsonl rows: top panel train -ELBO, train recon, test -ELBO
+    (nats/image); bottom panel train/test KL (nats) with beta on a right-hand axis. Returns PNG bytes."""
+    rows = sorted((r for r in metrics if "epoch" in r), key=lambda r: r["epoch"])
+    top: Series = {"train -ELBO": _metric(rows, "train", "neg_elbo"), "train recon": _metric(rows, "train", "recon")}
+    bottom: Series = {"train KL": _metric(rows, "train", "kl")}
+    if any(isinstance(r.get("test"), dict) for r in rows):
+        top["test -ELBO"] = _metric(rows, "test", "neg_elbo")
+        bottom["test KL"] = _metric(rows, "test", "kl")
+    b_rows = [r for r in rows if r.get("beta") is not None]
+    beta = {"beta": ([float(r["epoch"]) for r in b_rows], [float(r["beta"]) for r in b_rows])} if b_rows else None
+    size = (900, 1040)
+    img = Image.new("RGB", (size[0] * _SS, size[1] * _SS), "white")
+    half = img.height // 2
+    _panel(img, (0, 0, img.width, half), top, None, "Loss per epoch", "epoch", "nats / image", "")
+    _panel(img, (0, half, img.width, img.height), bottom, beta, "KL divergence per epoch", "epoch", "KL (nats)", "beta")
+    return _finish(img, size, path)

@@ -1,0 +1,397 @@
+"""The training loop. Reports progress through a callback and never prints.
+
+``start_run`` creates a run folder and ``resume_run`` reopens one; both return a
+:class:`Trainer` whose :meth:`Trainer.fit` trains until the epochs are done, ``max_steps``
+or ``time_budget`` (per invocation) is reached, or ``stop`` is set (Ctrl-C in the CLI).
+A checkpoint is written at every epoch end, every ``save_every`` seconds and when stopping,
+so an interrupted run resumes exactly where it left off.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from . import checkpoint as ckpt
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from .data import ImageData, load_data, to_float
+from .device import autocast, resolve_device, resolve_precision
+from .errors import ConfigError, TrainingError
+from .losses import elbo_terms, kl_divergence, reconstruction_nll
+from .metrics import EvalResult, evaluate
+from .model import VAE
+from .schedules import beta_at, lr_at
+
+WARMUP_STEPS = 5  # steps excluded from images_per_second
+
+
+@dataclass
+class Progress:
+    """One progress report (``kind`` is 'start', 'step', 'epoch' or 'end')."""
+
+    kind: str
+    epoch: int  # 0-based index of the current epoch
+    epochs: int
+    step: int  # step within the epoch (completed)
+    steps_per_epoch: int
+    global_step: int
+    loss: float = float("nan")
+    recon: float = float("nan")
+    kl: float = float("nan")
+    beta: float = 0.0
+    lr: float = 0.0
+    images_per_second: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` returns (also written to ``summary.json``)."""
+
+    run: str
+    path: str
+    epochs: int
+    steps: int
+    seconds: float
+    images_per_second: float
+    train: dict[str, float]
+    test: dict[str, float]
+    active_units: int
+    stopped: str  # 'done', 'max_steps', 'time_budget', 'interrupted'
+    precision: str = "fp32"
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run": self.run,
+            "path": self.path,
+            "epochs": self.epochs,
+            "steps": self.steps,
+            "seconds": self.seconds,
+            "images_per_second": self.images_per_second,
+            "train": self.train,
+            "test": self.test,
+            "active_units": self.active_units,
+            "stopped": self.stopped,
+            "precision": self.precision,
+            "device": self.device,
+        }
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffling order of ``epoch``: derived from (seed, epoch), so resuming needs no state."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Batches per epoch; a last batch of a single image is dropped (BatchNorm needs two)."""
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest >= 2 else 0)
+
+
+def _versions() -> dict[str, str]:
+    import torchvision
+
+    return {"vaecli": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version()}
+
+
+def start_run(
+    model_cfg: ModelConfig,
+    data_cfg: DataConfig,
+    train_cfg: TrainConfig,
+    name: str | None = None,
+    overwrite: bool = False,
+    data: tuple[ImageData, ImageData] | None = None,
+) -> Trainer:
+    """Load the data, create the run folder and write ``config.json``; returns a fresh :class:`Trainer`."""
+    train_cfg.validate()
+    data_cfg.validate()
+    if data is None:
+        train, test, data_cfg = load_data(data_cfg)
+    else:
+        train, test = data
+        data_cfg = replace(data_cfg, image_size=train.image_size, channels=train.channels, train_size=len(train), test_size=len(test))
+    model_cfg = replace(model_cfg, channels=train.channels, image_size=train.image_size)
+    model_cfg.validate()
+    name = ckpt.validate_run_name(name) if name else ckpt.generate_run_name()
+    if (ckpt.runs_dir() / name).exists() and not overwrite:
+        raise ConfigError(f"run {name!r} already exists: use --resume {name} to continue it or --overwrite to replace it")
+    run_cfg = RunConfig(name=name, model=model_cfg, data=data_cfg, train=train_cfg, created=ckpt.utc_now(), versions=_versions())
+    path = ckpt.create_run_dir(name, overwrite=overwrite)
+    ckpt.write_config(path, run_cfg)
+    return Trainer(path, run_cfg, train, test)
+
+
+def resume_run(ref: str, overrides: dict[str, Any] | None = None, data: tuple[ImageData, ImageData] | None = None) -> Trainer:
+    """Reopen run ``ref`` to continue it. ``overrides`` may change epochs, max_steps, time_budget,
+    device, precision and save_every; the data must be the data the run started on."""
+    path = ckpt.resolve_run(ref)
+    run_cfg = ckpt.read_config(path)
+    allowed = {"epochs", "max_steps", "time_budget", "device", "precision", "save_every", "skip_nonfinite", "world_size"}
+    bad = set(overrides or {}) - allowed
+    if bad:
+        raise ConfigError(f"cannot change {', '.join(sorted(bad))} when resuming")
+    run_cfg.train = replace(run_cfg.train, **(overrides or {}))
+    run_cfg.train.validate()
+    if data is None:
+        train, test, loaded = load_data(run_cfg.data)
+        if run_cfg.data.fingerprint and loaded.fingerprint != run_cfg.data.fingerprint:
+            raise ConfigError(f"the data of run {path.name!r} changed since it started (fingerprint {loaded.fingerprint} != {run_cfg.data.fingerprint})")
+    else:
+        train, test = data
+    if not (path / ckpt.STATE).exists():
+        raise ConfigError(f"run {path.name!r} has no training state to resume from")
+    trainer = Trainer(path, run_cfg, train, test)
+    trainer.restore()
+    ckpt.write_config(path, run_cfg)
+    return trainer
+
+
+class Trainer:
+    """Owns the model, optimizer, data and position of one run."""
+
+    def __init__(self, path: Path, cfg: RunConfig, train: ImageData, test: ImageData) -> None:
+        self.path = path
+        self.cfg = cfg
+        tc = cfg.train
+        self.device = resolve_device(tc.device)
+        self.precision = resolve_precision(tc.precision, self.device)
+        torch.manual_seed(tc.seed)
+        self.model = VAE(cfg.model).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, **_adam_kwargs(self.device))
+        self.train_data = train
+        self.test_data = test
+        self.train_images = train.images.to(self.device)
+        self.noise = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
+        self.epoch = 0
+        self.step = 0  # completed steps in the current epoch
+        self.global_step = 0
+        self.train_seconds = 0.0
+        self.nonfinite_skipped = 0
+        self.history: list[dict[str, Any]] = []
+        self._epoch_sums = torch.zeros(4, dtype=torch.float64)  # neg_elbo, recon, kl, images (host)
+        self._acc = torch.zeros(4, dtype=torch.float64, device=self.device)  # the same, not yet synced
+
+    def _fold(self) -> torch.Tensor:
+        """Move the on-device running sums to the host (one sync) and return the epoch sums."""
+        self._epoch_sums += self._acc.cpu()
+        self._acc.zero_()
+        return self._epoch_sums
+
+    # -------------------------------------------------------------- state
+    def _state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "global_step": self.global_step,
+            "train_seconds": self.train_seconds,
+            "nonfinite_skipped": self.nonfinite_skipped,
+            "epoch_sums": [float(v) for v in self._fold()],
+        }
+
+    def save(self) -> None:
+        """Write weights, then training state (each atomically); metrics and plot at epoch ends."""
+        ckpt.save_model(self.path, self.model, self.cfg.model.to_dict())
+        rng = {"cpu": torch.get_rng_state(), "noise": self.noise.get_state().cpu()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        ckpt.save_train_state(self.path, self.optimizer, rng, self._state())
+
+    def restore(self) -> None:
+        """Load weights, optimizer, position and RNG states from the run folder."""
+        ckpt.load_state_dict_into(self.model, self.path / ckpt.MODEL)
+        rng, st = ckpt.load_train_state(self.path, self.optimizer)
+        try:
+            self.epoch, self.step, self.global_step = int(st["epoch"]), int(st["step"]), int(st["global_step"])
+            self.train_seconds = float(st.get("train_seconds", 0.0))
+            self.nonfinite_skipped = int(st.get("nonfinite_skipped", 0))
+            self._epoch_sums = torch.tensor(st.get("epoch_sums", [0.0] * 4), dtype=torch.float64)
+        except (KeyError, TypeError, ValueError):
+            raise ckpt.CheckpointError(f"{self.path / ckpt.STATE}: damaged training state") from None
+        if "cpu" in rng:
+            torch.set_rng_state(rng["cpu"])
+        if "noise" in rng:
+            self.noise.set_state(rng["noise"].to(self.noise.get_state().device))
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.history = [r for r in ckpt.read_metrics(self.path) if int(r.get("epoch", 0)) <= self.epoch]
+
+    # -------------------------------------------------------------- loop
+    def fit(self, callback: Callable[[Progress], None] | None = None, stop: threading.Event | None = None) -> TrainResult:
+        """Train; returns the final numbers. Checkpoints as it goes (see module docstring)."""
+        tc = self.cfg.train
+        n = len(self.train_data)
+        bs = min(tc.batch_size, n)
+        spe = steps_per_epoch(n, bs)
+        if spe == 0:
+            raise TrainingError("the training split is empty")
+        total_steps = spe * tc.epochs
+        cb = callback or (lambda p: None)
+        likelihood = self.cfg.model.likelihood
+        log_scale = getattr(self.model, "log_scale", None)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        session_steps = 0
+        t0 = time.perf_counter()
+        last_save = t0
+        last_report = 0.0
+        warm_t: float | None = None
+        warm_images = 0
+        images_done = 0
+        stopped = "done"
+        cb(Progress("start", self.epoch, tc.epochs, self.step, spe, self.global_step))
+        self.model.train()
+        seg_start = time.perf_counter()
+        while self.epoch < tc.epochs:
+            perm = epoch_permutation(n, tc.seed, self.epoch)
+            while self.step < spe:
+                if stop is not None and stop.is_set():
+                    stopped = "interrupted"
+                    break
+                if tc.max_steps is not None and session_steps >= tc.max_steps:
+                    stopped = "max_steps"
+                    break
+                if tc.time_budget is not None and time.perf_counter() - t0 >= tc.time_budget:
+                    stopped = "time_budget"
+                    break
+                idx = perm[self.step * bs : (self.step + 1) * bs].to(self.device)
+                x = to_float(self.train_images[idx])
+                beta = beta_at(self.epoch + self.step / spe, tc.beta, tc.anneal)
+                lr = lr_at(self.global_step, total_steps, tc.lr, tc.lr_schedule, tc.warmup_steps)
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr
+                with autocast(self.device, self.precision):
+                    out = self.model(x, generator=self.noise)
+                recon = reconstruction_nll(out.logits, x, likelihood, log_scale)
+                kl = kl_divergence(out.mu, out.logvar)
+                terms = elbo_terms(recon, kl, beta)
+                if not bool(torch.isfinite(terms.loss)):
+                    if not tc.skip_nonfinite:
+                        raise TrainingError(
+                            f"non-finite loss at epoch {self.epoch + 1}, step {self.step + 1}: stopped, "
+                            "the last good checkpoint is kept (use --skip-nonfinite to skip such batches)"
+                        )
+                    self.nonfinite_skipped += 1
+                    self.optimizer.zero_grad(set_to_none=True)
+                else:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    terms.loss.backward()
+                    if tc.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+                    self.optimizer.step()
+                    b = x.shape[0]
+                    self._acc[:3] += torch.stack([terms.neg_elbo, terms.recon, terms.kl]).detach().double() * b
+                    self._acc[3] += b
+                self.step += 1
+                self.global_step += 1
+                session_steps += 1
+                images_done += x.shape[0]
+                if session_steps == WARMUP_STEPS:
+                    _sync(self.device)
+                    warm_t, warm_images = time.perf_counter(), images_done
+                now = time.perf_counter()
+                if now - last_report >= 0.1 or self.step == spe:
+                    last_report = now
+                    ips = (images_done - warm_images) / (now - warm_t) if warm_t and now > warm_t else 0.0
+                    cb(Progress("step", self.epoch, tc.epochs, self.step, spe, self.global_step,
+                                loss=float(terms.loss.detach()), recon=float(terms.recon.detach()), kl=float(terms.kl.detach()),
+                                beta=beta, lr=lr, images_per_second=ips))  # fmt: skip
+                if now - last_save >= tc.save_every:
+                    self.train_seconds += now - seg_start
+                    seg_start = now
+                    self.save()
+                    last_save = time.perf_counter()
+            if self.step < spe:
+                break
+            # ---- epoch end: evaluate, record, checkpoint
+            now = time.perf_counter()
+            self.train_seconds += now - seg_start
+            row = self._end_epoch(tc, spe)
+            self.epoch += 1
+            self.step = 0
+            self._epoch_sums.zero_()
+            self.history.append(row)
+            self.save()
+            ckpt.write_metrics(self.path, self.history)
+            _plot(self.path, self.history)
+            cb(Progress("epoch", self.epoch - 1, tc.epochs, spe, spe, self.global_step, metrics=row))
+            last_save = seg_start = time.perf_counter()
+        _sync(self.device)
+        t_end = time.perf_counter()
+        if self.step != 0 or stopped != "done":
+            self.train_seconds += t_end - seg_start
+        ips = (images_done - warm_images) / (t_end - warm_t) if warm_t and t_end > warm_t else 0.0
+        if stopped != "done" and session_steps > 0:
+            self.save()
+        test = evaluate(self.model, self.test_data, device=self.device, seed=tc.seed)
+        sums = self._fold() if self._fold()[3] > 0 else None
+        if sums is not None:
+            train_brief = {"neg_elbo": float(sums[0] / sums[3]), "recon": float(sums[1] / sums[3]), "kl": float(sums[2] / sums[3])}
+        elif self.history:
+            train_brief = dict(self.history[-1]["train"])
+        else:
+            train_brief = {"neg_elbo": float("nan"), "recon": float("nan"), "kl": float("nan")}
+        result = TrainResult(
+            run=self.path.name,
+            path=str(self.path),
+            epochs=self.epoch,
+            steps=self.global_step,
+            seconds=round(time.perf_counter() - t0, 3),
+            images_per_second=round(ips, 2),
+            train=train_brief,
+            test=test.brief(),
+            active_units=test.active_units,
+            stopped=stopped,
+            precision=self.precision,
+            device=str(self.device),
+        )
+        summary = result.to_dict()
+        summary["test_per_dim_kl"] = test.per_dim_kl
+        summary["nonfinite_skipped"] = self.nonfinite_skipped
+        summary["train_seconds"] = round(self.train_seconds, 3)
+        ckpt.write_summary(self.path, summary)
+        cb(Progress("end", self.epoch, tc.epochs, self.step, spe, self.global_step, images_per_second=ips, metrics=summary))
+        return result
+
+    def _end_epoch(self, tc: TrainConfig, spe: int) -> dict[str, Any]:
+        sums = self._fold()
+        count = max(float(sums[3]), 1.0)
+        test: EvalResult = evaluate(self.model, self.test_data, device=self.device, seed=tc.seed)
+        self.model.train()
+        return {
+            "epoch": self.epoch + 1,
+            "step": self.global_step,
+            "beta": beta_at(self.epoch + 1 - 1e-9, tc.beta, tc.anneal),
+            "train": {"neg_elbo": float(sums[0]) / count, "recon": float(sums[1]) / count, "kl": float(sums[2]) / count},
+            "test": test.brief(),
+            "active_units": test.active_units,
+            "train_seconds": round(self.train_seconds, 3),
+        }
+
+
+def _adam_kwargs(device: torch.device) -> dict[str, Any]:
+    """foreach Adam everywhere (fused on CUDA): fewer kernel launches than the per-tensor loop."""
+    return {"fused": True} if device.type == "cuda" else {"foreach": True}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
+    try:
+        from .plot import plot_training_curves
+    except ImportError:  # pragma: no cover
+        return
+    plot_training_curves(path / ckpt.LOSS_PLOT, rows)
+
+
+__all__ = ["Progress", "TrainResult", "Trainer", "start_run", "resume_run", "epoch_permutation", "steps_per_epoch"]
