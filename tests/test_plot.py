@@ -107,14 +107,16 @@ def test_many_points_and_mismatched_lengths(tmp_path):
 
 def test_nice_ticks_use_1_2_5_steps():
     assert nice_ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    assert nice_ticks(3.0, 97.0) == [0.0, 20.0, 40.0, 60.0, 80.0, 100.0]
-    ticks = nice_ticks(0.013, 0.0871, target=5)
-    steps = {round(b - a, 12) for a, b in zip(ticks, ticks[1:])}
-    assert len(steps) == 1
-    mantissa = steps.pop() / 10 ** math.floor(math.log10(ticks[1] - ticks[0]))
-    assert round(mantissa, 9) in (1.0, 2.0, 5.0)
-    assert ticks[0] <= 0.013 and ticks[-1] >= 0.0871
-    assert all(float(t).is_integer() for t in nice_ticks(0.5, 3.5, integer=True))
+    assert nice_ticks(3.0, 97.0) == [20.0, 40.0, 60.0, 80.0]
+    for lo, hi in [(0.013, 0.0871), (125.3, 297.9), (-3.2, 7.7), (1e-5, 3e-5), (0.9, 20.1)]:
+        ticks = nice_ticks(lo, hi)
+        assert 3 <= len(ticks) <= 10 and lo <= ticks[0] and ticks[-1] <= hi
+        step = ticks[1] - ticks[0]
+        assert all(math.isclose(b - a, step, rel_tol=1e-6) for a, b in zip(ticks, ticks[1:]))
+        mantissa = step / 10 ** math.floor(math.log10(step) + 1e-9)
+        assert any(math.isclose(mantissa, m, rel_tol=1e-6) for m in (1, 2, 5))
+    assert nice_ticks(2.7, 3.3, integer=True) == [3.0]
+    assert all(t.is_integer() for t in nice_ticks(0.5, 3.5, integer=True))
 
 
 def test_plot_training_curves_two_panels(tmp_path):

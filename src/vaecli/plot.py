@@ -31,14 +31,16 @@ def _font(px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def nice_ticks(lo: float, hi: float, target: int = 6, integer: bool = False) -> list[float]:
-    """About `target` evenly spaced 1-2-5 tick values covering [lo, hi] (requires hi > lo)."""
-    raw = (hi - lo) / max(target - 1, 1)
-    mag = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw * (1 - 1e-9))
-    step = max(step, 1.0) if integer else step
+    """Tick values inside [lo, hi] (hi > lo) on a 1-2-5 step, about `target` of them."""
+    e = math.floor(math.log10((hi - lo) / max(target - 1, 1)))
+    steps = [m * 10.0**k for k in (e - 1, e, e + 1) for m in (1, 2, 5) if not integer or m * 10.0**k >= 1] or [1.0]
+
+    def count(step: float) -> int:
+        return math.floor(hi / step + 1e-9) - math.ceil(lo / step - 1e-9) + 1
+
+    step = min(steps, key=lambda st: (abs(count(st) - target) + (count(st) < 2) * 100, -st))
     digits = max(0, -math.floor(math.log10(step))) + 1
-    start, end = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
-    return [round(i * step, digits) + 0.0 for i in range(start, end + 1)]
+    return [round(i * step, digits) + 0.0 for i in range(math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9) + 1)]
 
 
 def _fmt(v: float, step: float) -> str:
@@ -78,7 +80,7 @@ def _axis(span: Span | None, target: int = 6, integer: bool = False) -> list[tup
         return []
     ticks = nice_ticks(*span, target=target, integer=integer)
     step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
-    return [(t, _fmt(t, step)) for t in ticks if span[0] - 1e-9 * step <= t <= span[1] + 1e-9 * step]
+    return [(t, _fmt(t, step)) for t in ticks]
 
 
 def _size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
@@ -173,7 +175,7 @@ def _panel(img: Image.Image, box: tuple[int, int, int, int], series: Series, sec
         _put(draw, ((x0 + x1) / 2, top), title, f_title, "mt")
         top += _size(draw, "Ag", f_title)[1] + 10 * S
     styles = [(PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]) for i in range(len(groups[0]) + len(groups[1]))]
-    labelled = [(lab, segs, k == 1) for k, g in enumerate(groups) for lab, segs in g]
+    labelled = [(lab + (" (right axis)" if k else ""), segs, k == 1) for k, g in enumerate(groups) for lab, segs in g]
     marked = [sum(map(len, segs)) <= MAX_MARKED for _, segs, _ in labelled]
     entries = [(lab, c, m if mk else "", d) for (lab, _, d), (c, m), mk in zip(labelled, styles, marked)]
     top = _legend(draw, entries, x0 + pad, x1 - pad, top, f_label) + 6 * S if entries else top

@@ -1,0 +1,115 @@
+"""Tensors in, tensors out: sampling, reconstruction, encoding, decoding, interpolation, traversal.
+
+Decoded images are the likelihood's mean (Bernoulli probabilities), never thresholded, as
+float tensors in [0, 1] of shape (N, C, H, W). Every random function takes a ``generator``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .errors import ConfigError
+from .model import VAE
+
+
+def _device(model: VAE) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def encode(model: VAE, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior parameters (mu, logvar) of float images in [0, 1], each (N, D), on the CPU."""
+    model.eval()
+    dev = _device(model)
+    mus, logvars = [], []
+    for i in range(0, images.shape[0], batch_size):
+        mu, logvar = model.encode(images[i : i + batch_size].to(dev).float())
+        mus.append(mu.float().cpu())
+        logvars.append(logvar.float().cpu())
+    if not mus:
+        d = model.config.latent_dim
+        return torch.empty(0, d), torch.empty(0, d)
+    return torch.cat(mus), torch.cat(logvars)
+
+
+@torch.no_grad()
+def decode(model: VAE, z: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Decode latents (N, D) to images (N, C, H, W) in [0, 1], on the CPU."""
+    model.eval()
+    d = model.config.latent_dim
+    if z.ndim != 2 or z.shape[1] != d:
+        raise ConfigError(f"latent vectors must have {d} values, got shape {tuple(z.shape)}")
+    if not torch.isfinite(z).all():
+        raise ConfigError("latent vectors must be finite numbers")
+    dev = _device(model)
+    outs = [model.decode(z[i : i + batch_size].to(dev).float()).cpu() for i in range(0, z.shape[0], batch_size)]
+    if not outs:
+        c, s = model.config.channels, model.config.image_size
+        return torch.empty(0, c, s, s)
+    return torch.cat(outs)
+
+
+def sample_prior(n: int, latent_dim: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """z ~ N(0, temperature^2 I), shape (n, latent_dim), on the CPU."""
+    if n < 1:
+        raise ConfigError(f"-n must be >= 1, got {n}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ConfigError(f"--temperature must be a finite number >= 0, got {temperature}")
+    return torch.randn(n, latent_dim, generator=generator) * temperature
+
+
+def sample(model: VAE, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Decode ``n`` draws from the prior (the seed's "generation from noise")."""
+    return decode(model, sample_prior(n, model.config.latent_dim, temperature, generator))
+
+
+@torch.no_grad()
+def reconstruct(model: VAE, images: torch.Tensor, sample_z: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Decode the posterior mean (or a posterior sample when ``sample_z``) of each image."""
+    mu, logvar = encode(model, images)
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator) if sample_z else mu
+    return decode(model, z)
+
+
+def interpolate_latents(z_a: torch.Tensor, z_b: torch.Tensor, steps: int, mode: str = "lerp") -> torch.Tensor:
+    """``steps`` points from ``z_a`` to ``z_b`` inclusive, (steps, D). ``slerp``: spherical
+    interpolation (Shoemake 1985; White 2016, "Sampling Generative Networks")."""
+    if steps < 2:
+        raise ConfigError(f"--steps must be >= 2, got {steps}")
+    t = torch.linspace(0.0, 1.0, steps).unsqueeze(1)
+    a, b = z_a.reshape(1, -1).float(), z_b.reshape(1, -1).float()
+    if mode == "lerp":
+        return (1 - t) * a + t * b
+    if mode != "slerp":
+        raise ConfigError(f"--mode must be lerp or slerp, got {mode!r}")
+    na, nb = a.norm(), b.norm()
+    if na < 1e-8 or nb < 1e-8:
+        return (1 - t) * a + t * b
+    cos = ((a / na) * (b / nb)).sum().clamp(-1.0, 1.0)
+    omega = torch.arccos(cos)
+    if omega.abs() < 1e-6:
+        return (1 - t) * a + t * b
+    so = torch.sin(omega)
+    return (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
+
+
+def traverse_latents(base: torch.Tensor, dims: list[int], value_range: float = 3.0, steps: int = 11) -> torch.Tensor:
+    """Latent sweeps: for each dim in ``dims``, ``steps`` copies of ``base`` with that dim set
+    from -range to +range (in prior standard deviations). Shape (len(dims) * steps, D)."""
+    d = base.numel()
+    if steps < 2:
+        raise ConfigError(f"--steps must be >= 2, got {steps}")
+    if not math.isfinite(value_range) or value_range <= 0:
+        raise ConfigError(f"--range must be a finite number > 0, got {value_range}")
+    for j in dims:
+        if not 0 <= j < d:
+            raise ConfigError(f"--dim {j} is out of range: the model has latent dims 0..{d - 1}")
+    values = torch.linspace(-value_range, value_range, steps)
+    rows = []
+    for j in dims:
+        z = base.reshape(1, d).float().repeat(steps, 1)
+        z[:, j] = values
+        rows.append(z)
+    return torch.cat(rows) if rows else torch.empty(0, d)

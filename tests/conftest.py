@@ -1,0 +1,43 @@
+"""Shared fixtures: every test gets its own runs dir and data dir (no user dirs touched)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+if str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VAE_HOME", str(tmp_path / "runs"))
+    monkeypatch.setenv("VAE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.delenv("VAE_DEBUG", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run trained for a few steps on fashion-mnist-mini (shared by read-only tests)."""
+    from vaecli.config import DataConfig, ModelConfig, TrainConfig
+    from vaecli.training import start_run
+
+    home = tmp_path_factory.mktemp("tiny-home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VAE_HOME", str(home))
+    try:
+        trainer = start_run(
+            ModelConfig(latent_dim=8, widths=(8, 16), hidden=64),
+            DataConfig(name="fashion-mnist-mini"),
+            TrainConfig(epochs=1, batch_size=64, max_steps=20, device="cpu", seed=0),
+            name="tiny",
+        )
+        trainer.fit()
+    finally:
+        mp.undo()
+    return home / "tiny"
