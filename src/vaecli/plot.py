@@ -26,8 +26,11 @@ _GRID, _AXIS, _TEXT, _MUTED = "#e5e5e5", "#555555", "#222222", "#888888"
 def _font(px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=px)
-    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
-        return ImageFont.load_default()
+    except TypeError:  # Pillow < 10.1: try a common system TrueType font, else the tiny bitmap one
+        try:
+            return ImageFont.truetype("DejaVuSans.ttf", px)
+        except OSError:
+            return ImageFont.load_default()
 
 
 def nice_ticks(lo: float, hi: float, target: int = 6, integer: bool = False) -> list[float]:

@@ -1,0 +1,132 @@
+import json
+import pickle
+
+import pytest
+import torch
+
+from vaecli import checkpoint as ckpt
+from vaecli.config import ModelConfig, RunConfig
+from vaecli.errors import CheckpointError, ConfigError, RunNotFoundError
+from vaecli.model import VAE
+
+
+def _make_run(tmp_path, name="r", **model_kwargs):
+    cfg = RunConfig(name=name, model=ModelConfig(latent_dim=4, widths=(4, 8), hidden=16, **model_kwargs), created="2026")
+    run = ckpt.create_run_dir(name)
+    ckpt.write_config(run, cfg)
+    model = VAE(cfg.model)
+    ckpt.save_model(run, model, cfg.model.to_dict())
+    return run, model
+
+
+def test_model_round_trip_bit_exact(tmp_path):
+    run, model = _make_run(tmp_path, arch="conv")
+    loaded, cfg, path = ckpt.load_model("r")
+    assert path == run and cfg.model.latent_dim == 4
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    # also by folder path and by the weights file
+    assert ckpt.resolve_run(run) == run
+    assert ckpt.resolve_run(run / ckpt.MODEL) == run
+
+
+def test_seed_arch_round_trip_keeps_batchnorm_buffers(tmp_path):
+    cfg = RunConfig(name="s", model=ModelConfig(arch="seed", latent_dim=4))
+    run = ckpt.create_run_dir("s")
+    ckpt.write_config(run, cfg)
+    m = VAE(cfg.model)
+    m.train()
+    m(torch.rand(4, 1, 28, 28))  # updates running stats
+    ckpt.save_model(run, m, cfg.model.to_dict())
+    loaded, _, _ = ckpt.load_model(run)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+
+
+def test_train_state_round_trip(tmp_path):
+    run, model = _make_run(tmp_path)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.rand(2, 1, 28, 28)).logits.sum().backward()
+    opt.step()
+    ckpt.save_train_state(run, opt, {"cpu": torch.get_rng_state()}, {"epoch": 3, "step": 7})
+    opt2 = torch.optim.Adam(model.parameters(), lr=5.0)
+    rng, state = ckpt.load_train_state(run, opt2)
+    assert state == {"epoch": 3, "step": 7}
+    assert torch.equal(rng["cpu"], torch.get_rng_state())
+    s1, s2 = opt.state_dict(), opt2.state_dict()
+    assert s2["param_groups"][0]["lr"] == 1e-3
+    for i in s1["state"]:
+        for k in s1["state"][i]:
+            assert torch.equal(torch.as_tensor(s1["state"][i][k]), torch.as_tensor(s2["state"][i][k]))
+
+
+class _Boom:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_pickle_checkpoint_refused_without_executing(tmp_path):
+    run, _ = _make_run(tmp_path)
+    marker = tmp_path / "pwned"
+    (run / ckpt.MODEL).write_bytes(pickle.dumps({"state": _Boom(str(marker))}))
+    with pytest.raises(CheckpointError, match="pickle"):
+        ckpt.load_model(run)
+    assert not marker.exists()
+    # torch.save zip format is refused too
+    torch.save({"w": torch.zeros(1)}, run / ckpt.MODEL)
+    with pytest.raises(CheckpointError):
+        ckpt.load_model(run)
+
+
+def test_tensors_not_matching_config(tmp_path):
+    run, _ = _make_run(tmp_path)
+    cfg = json.loads((run / ckpt.CONFIG).read_text())
+    cfg["model"]["latent_dim"] = 5
+    (run / ckpt.CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="shape"):
+        ckpt.load_model(run)
+
+
+def test_config_with_wrong_types(tmp_path):
+    run, _ = _make_run(tmp_path)
+    cfg = json.loads((run / ckpt.CONFIG).read_text())
+    cfg["train"]["batch_size"] = "big"
+    (run / ckpt.CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="batch_size"):
+        ckpt.load_model(run)
+    (run / ckpt.CONFIG).write_text("{not json")
+    with pytest.raises(CheckpointError):
+        ckpt.read_config(run)
+
+
+def test_unknown_run_and_latest(tmp_path):
+    with pytest.raises(RunNotFoundError):
+        ckpt.resolve_run("nope")
+    with pytest.raises(RunNotFoundError):
+        ckpt.latest_run()
+    _make_run(tmp_path, name="a")
+    _make_run(tmp_path, name="b")
+    assert ckpt.latest_run().name in ("a", "b")
+    with pytest.raises(ConfigError):
+        ckpt.create_run_dir("a")
+    with pytest.raises(ConfigError):
+        ckpt.validate_run_name("../evil")
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    from vaecli.fileio import atomic_write, atomic_write_text
+
+    p = tmp_path / "f.txt"
+    atomic_write_text(p, "old")
+
+    def bad(tmp):
+        tmp.write_text("partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(p, bad)
+    assert p.read_text() == "old"
+    assert [x.name for x in tmp_path.iterdir()] == ["f.txt"]
