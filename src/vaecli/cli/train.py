@@ -14,6 +14,7 @@ from .common import DEVICE_HELP, fmt, print_json, stderr_console, stdout_console
 
 @app.command("train")
 def train_cmd(
+    ctx: typer.Context,
     data: str = typer.Option("fashion-mnist", "--data", help="fashion-mnist | mnist | fashion-mnist-mini | a folder of images."),
     data_dir: str = typer.Option(None, "--data-dir", help="Dataset root (default $VAE_DATA_DIR, else the user cache dir)."),
     image_size: int = typer.Option(None, "--image-size", help="Image side for folders (default 28)."),
@@ -51,7 +52,6 @@ def train_cmd(
             raise ConfigError("--name and --resume name different runs")
         overrides: dict[str, Any] = {"device": device, "max_steps": max_steps, "time_budget": time_budget,
                                      "save_every": save_every, "skip_nonfinite": skip_nonfinite}  # fmt: skip
-        ctx = typer.get_current_context()
         for opt, key, val in (("epochs", "epochs", epochs), ("precision", "precision", precision)):
             if ctx.get_parameter_source(opt).name != "DEFAULT":  # type: ignore[union-attr]
                 overrides[key] = val
