@@ -51,6 +51,22 @@ def to_float(batch: torch.Tensor) -> torch.Tensor:
     return batch.float().div_(255.0)
 
 
+BINARIZE_SEED = 2016  # the fixed binarisation of test splits (the same for every run)
+
+
+def binarize_fixed(data: ImageData, seed: int = BINARIZE_SEED) -> ImageData:
+    """A fixed stochastic binarisation: each pixel becomes 255 with probability pixel / 255, else 0.
+
+    Used for test splits when ``DataConfig.binarize`` is on (training binarises every batch
+    afresh instead, "dynamic binarisation"), so that Bernoulli likelihoods are true likelihoods
+    of binary data, comparable with the binarised-MNIST literature. Images that are already
+    binary are returned unchanged.
+    """
+    g = torch.Generator().manual_seed(seed)
+    imgs = torch.bernoulli(to_float(data.images), generator=g).to(torch.uint8).mul_(255)
+    return ImageData(images=imgs, labels=data.labels, paths=data.paths)
+
+
 # ----------------------------------------------------------------------------- IDX files
 
 
@@ -274,6 +290,8 @@ def load_data(cfg: DataConfig, download: bool = True) -> tuple[ImageData, ImageD
     if name in REGISTRY:
         if cfg.image_size not in (None, train.image_size) or cfg.channels not in (None, train.channels):
             train, test = _resize(train, cfg), _resize(test, cfg)
+    if cfg.binarize:
+        test = binarize_fixed(test)
     out = replace(
         cfg,
         image_size=train.image_size,

@@ -263,6 +263,8 @@ class Trainer:
                     break
                 idx = perm[self.step * bs : (self.step + 1) * bs].to(self.device)
                 x = to_float(self.train_images[idx])
+                if self.cfg.data.binarize:  # dynamic binarisation, x ~ Bernoulli(pixel) per batch (issue 7)
+                    x = torch.bernoulli(x, generator=self.noise)
                 beta = beta_at(self.epoch + self.step / spe, tc.beta, tc.anneal)
                 lr = lr_at(self.global_step, total_steps, tc.lr, tc.lr_schedule, tc.warmup_steps)
                 for g in self.optimizer.param_groups:

@@ -19,6 +19,7 @@ def train_cmd(
     data_dir: str = typer.Option(None, "--data-dir", help="Dataset root (default $VAE_DATA_DIR, else the user cache dir)."),
     image_size: int = typer.Option(None, "--image-size", help="Image side for folders (default 28)."),
     channels: int = typer.Option(None, "--channels", help="1 or 3 (default: detected)."),
+    binarize: bool = typer.Option(False, "--binarize", help="Binarise pixels: x ~ Bernoulli(pixel) afresh per batch; a fixed binarisation of the test set."),
     beta: float = typer.Option(1.0, "--beta", help="Weight of the KL term (beta-VAE)."),
     anneal: int = typer.Option(0, "--anneal", help="Ramp beta linearly from 0 over N epochs (0 = off)."),
     epochs: int = typer.Option(10, "--epochs", help="Total epochs of the run."),
@@ -58,7 +59,8 @@ def train_cmd(
         trainer = resume_run(resume, overrides)
     else:
         model_cfg = ModelConfig(arch=arch, latent_dim=latent_dim, likelihood=likelihood)
-        data_cfg = DataConfig(name=data, root=data_dir, image_size=image_size, channels=channels, split_seed=seed)
+        data_cfg = DataConfig(name=data, root=data_dir, image_size=image_size, channels=channels, split_seed=seed,
+                              binarize=binarize)
         train_cfg = TrainConfig(beta=beta, anneal=anneal, epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
                                 grad_clip=grad_clip, seed=seed, device=device, precision=precision, max_steps=max_steps,
                                 time_budget=time_budget, save_every=save_every, skip_nonfinite=skip_nonfinite)  # fmt: skip
@@ -81,15 +83,19 @@ def train_cmd(
     finally:
         if old is not None:
             signal.signal(signal.SIGINT, old)
+    from ..metrics import likelihood_label
+
+    label = likelihood_label(trainer.cfg.model.likelihood, trainer.cfg.data.binarize)
     summary = result.to_dict()
     if as_json:
         summary.pop("stopped", None)
         summary.pop("precision", None)
         summary.pop("device", None)
+        summary["likelihood"] = label
         print_json(summary)
-        _summary_table(result, err)
+        _summary_table(result, err, label)
     else:
-        _summary_table(result, stdout_console())
+        _summary_table(result, stdout_console(), label)
     if result.stopped == "interrupted":
         err.print(f"interrupted: the run is saved; continue with [bold]vae train --resume {result.run}[/bold]")
         raise typer.Exit(130)
@@ -139,7 +145,7 @@ def _fit_with_progress(trainer: Any, stop: threading.Event, quiet: bool, console
         return trainer.fit(on_progress, stop)
 
 
-def _summary_table(result: Any, console: Any) -> None:
+def _summary_table(result: Any, console: Any, label: str) -> None:
     from rich.table import Table
 
     t = Table(title=f"run {result.run}: {result.epochs} epochs, {result.steps} steps ({result.stopped})")
@@ -149,7 +155,7 @@ def _summary_table(result: Any, console: Any) -> None:
     t.add_row("test", fmt(result.test["neg_elbo"]), fmt(result.test["recon"]), fmt(result.test["kl"]))
     console.print(t)
     console.print(
-        f"nats/image (BCE on continuous pixels for bernoulli)  active units {result.active_units}  "
+        f"nats/image ({label})  active units {result.active_units}  "
         f"time {result.seconds:.1f}s  {result.images_per_second:,.0f} img/s  {result.device} {result.precision}"
     )
     console.print(f"run saved in {result.path}")
