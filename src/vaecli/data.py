@@ -1,8 +1,9 @@
 """Datasets held in memory as uint8 tensors (N, C, H, W), converted to float per batch.
 
 Registry names: ``fashion-mnist``, ``mnist`` (torchvision, downloaded when missing),
-``fashion-mnist-mini`` (a real 2,000 + 500 image subset shipped in the package), or a path
-to a folder of images (recursive; 90/10 train/test split by seed).
+``fashion-mnist-mini`` (a real 2,000 + 500 image subset shipped in the package), ``shapes``
+(dSprites-like images with known factors, rendered and cached on first use; see shapes.py;
+90/10 split by seed), or a path to a folder of images (recursive; 90/10 train/test split by seed).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .config import DataConfig
 from .errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-REGISTRY = ("fashion-mnist", "mnist", "fashion-mnist-mini")
+REGISTRY = ("fashion-mnist", "mnist", "fashion-mnist-mini", "shapes")
 MAX_IMAGE_PIXELS = 64_000_000  # decompression-bomb limit for user images
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -279,6 +280,12 @@ def load_data(cfg: DataConfig, download: bool = True) -> tuple[ImageData, ImageD
         root = data_root(cfg.root)
         train = _load_torchvision(name, root, "train", download)
         test = _load_torchvision(name, root, "test", download)
+    elif name == "shapes":
+        from .shapes import load_shapes
+
+        everything = load_shapes(data_root(cfg.root), cfg.image_size or 32)
+        tr, te = split_indices(len(everything), cfg.split_seed)
+        train, test = _subset(everything, tr), _subset(everything, te)
     else:
         folder = Path(name).expanduser()
         if not folder.exists():

@@ -15,9 +15,9 @@ from .common import DEVICE_HELP, fmt, print_json, stderr_console, stdout_console
 @app.command("train")
 def train_cmd(
     ctx: typer.Context,
-    data: str = typer.Option("fashion-mnist", "--data", help="fashion-mnist | mnist | fashion-mnist-mini | a folder of images."),
+    data: str = typer.Option("fashion-mnist", "--data", help="fashion-mnist | mnist | fashion-mnist-mini | shapes (dSprites-like, known factors) | a folder of images."),
     data_dir: str = typer.Option(None, "--data-dir", help="Dataset root (default $VAE_DATA_DIR, else the user cache dir)."),
-    image_size: int = typer.Option(None, "--image-size", help="Image side for folders (default 28)."),
+    image_size: int = typer.Option(None, "--image-size", help="Image side for folders (default 28) or shapes (32 | 64, default 32)."),
     channels: int = typer.Option(None, "--channels", help="1 or 3 (default: detected)."),
     binarize: bool = typer.Option(False, "--binarize", help="Binarise pixels: x ~ Bernoulli(pixel) afresh per batch; a fixed binarisation of the test set."),
     beta: float = typer.Option(1.0, "--beta", help="Weight of the KL term (beta-VAE)."),
