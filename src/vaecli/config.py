@@ -167,6 +167,12 @@ class TrainConfig(_Config):
     save_every: float = 300.0
     skip_nonfinite: bool = False
     world_size: int = 1
+    # other objectives and schedules (issue 7); 0 = off
+    cyclical: int = 0  # cyclical beta annealing, number of cycles (Fu et al. 2019)
+    capacity: float = 0.0  # capacity annealing C_max in nats (Burgess et al. 2018)
+    capacity_epochs: int = 0  # epochs for C to reach C_max (0 = the whole run)
+    free_bits: float = 0.0  # free bits per latent dimension, nats (Kingma et al. 2016)
+    tc_beta: float = 0.0  # weight of the total correlation (beta-TCVAE, Chen et al. 2018)
 
     def validate(self) -> None:
         _finite("--beta", self.beta)
@@ -190,6 +196,14 @@ class TrainConfig(_Config):
         _finite("--save-every", self.save_every)
         _check(self.save_every > 0, f"--save-every must be > 0, got {self.save_every}")
         _check(self.world_size >= 1, f"world_size must be >= 1, got {self.world_size}")
+        _check(self.cyclical >= 0, f"--cyclical must be >= 0, got {self.cyclical}")
+        _check(not (self.cyclical and self.anneal), "--cyclical and --anneal are two beta schedules: choose one")
+        _check(self.capacity_epochs >= 0, f"--capacity-epochs must be >= 0, got {self.capacity_epochs}")
+        for flag, v in (("--capacity", self.capacity), ("--free-bits", self.free_bits), ("--tc-beta", self.tc_beta)):
+            _finite(flag, v)
+            _check(v >= 0, f"{flag} must be >= 0, got {v}")
+        used = [f for f, v in (("--capacity", self.capacity), ("--free-bits", self.free_bits), ("--tc-beta", self.tc_beta)) if v]
+        _check(len(used) <= 1, f"{' and '.join(used)} each change the KL term: choose one")
 
 
 @dataclass

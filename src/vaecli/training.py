@@ -25,10 +25,10 @@ from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data import ImageData, load_data, to_float
 from .device import autocast, resolve_device, resolve_precision
 from .errors import ConfigError, TrainingError
-from .losses import elbo_terms, kl_divergence, reconstruction_nll
+from .losses import elbo_terms, kl_divergence, objective_loss, reconstruction_nll
 from .metrics import EvalResult, evaluate
 from .model import VAE
-from .schedules import beta_at, lr_at
+from .schedules import beta_at, capacity_at, lr_at
 
 WARMUP_STEPS = 5  # steps excluded from images_per_second
 
@@ -265,7 +265,7 @@ class Trainer:
                 x = to_float(self.train_images[idx])
                 if self.cfg.data.binarize:  # dynamic binarisation, x ~ Bernoulli(pixel) per batch (issue 7)
                     x = torch.bernoulli(x, generator=self.noise)
-                beta = beta_at(self.epoch + self.step / spe, tc.beta, tc.anneal)
+                beta = beta_at(self.epoch + self.step / spe, tc.beta, tc.anneal, tc.cyclical, tc.epochs)
                 lr = lr_at(self.global_step, total_steps, tc.lr, tc.lr_schedule, tc.warmup_steps)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
@@ -274,6 +274,9 @@ class Trainer:
                 recon = reconstruction_nll(out.logits, x, likelihood, log_scale)
                 kl = kl_divergence(out.mu, out.logvar)
                 terms = elbo_terms(recon, kl, beta)
+                if tc.capacity or tc.free_bits or tc.tc_beta:  # capacity / free bits / beta-TCVAE (issue 7)
+                    cap = capacity_at(self.epoch + self.step / spe, tc.capacity, tc.capacity_epochs or tc.epochs) if tc.capacity else None
+                    terms.loss = objective_loss(recon, out.mu, out.logvar, out.z, beta, capacity=cap, free_bits=tc.free_bits, tc_beta=tc.tc_beta)
                 if not bool(torch.isfinite(terms.loss)):
                     if not tc.skip_nonfinite:
                         raise TrainingError(
@@ -370,7 +373,7 @@ class Trainer:
         return {
             "epoch": self.epoch + 1,
             "step": self.global_step,
-            "beta": beta_at(self.epoch + 1 - 1e-9, tc.beta, tc.anneal),
+            "beta": beta_at(self.epoch + 1 - 1e-9, tc.beta, tc.anneal, tc.cyclical, tc.epochs),
             "train": {"neg_elbo": float(sums[0]) / count, "recon": float(sums[1]) / count, "kl": float(sums[2]) / count},
             "test": test.brief(),
             "active_units": test.active_units,

@@ -22,6 +22,11 @@ def train_cmd(
     binarize: bool = typer.Option(False, "--binarize", help="Binarise pixels: x ~ Bernoulli(pixel) afresh per batch; a fixed binarisation of the test set."),
     beta: float = typer.Option(1.0, "--beta", help="Weight of the KL term (beta-VAE)."),
     anneal: int = typer.Option(0, "--anneal", help="Ramp beta linearly from 0 over N epochs (0 = off)."),
+    cyclical: int = typer.Option(0, "--cyclical", help="Cyclical beta annealing: N cycles over the run, each ramping 0 -> beta over its first half (Fu et al. 2019; 0 = off)."),
+    capacity: float = typer.Option(0.0, "--capacity", help="Capacity annealing: minimise recon + beta * |KL - C|, C ramping 0 -> C_MAX nats (Burgess et al. 2018; 0 = off)."),
+    capacity_epochs: int = typer.Option(0, "--capacity-epochs", help="Epochs for C to reach --capacity (0 = the whole run)."),
+    free_bits: float = typer.Option(0.0, "--free-bits", help="Free bits: nats per latent dimension not penalised (Kingma et al. 2016; 0 = off)."),
+    tc_beta: float = typer.Option(0.0, "--tc-beta", help="beta-TCVAE: weight of the total correlation, the rest of the KL keeps --beta (Chen et al. 2018; 0 = off)."),
     epochs: int = typer.Option(10, "--epochs", help="Total epochs of the run."),
     batch_size: int = typer.Option(128, "--batch-size", help="Images per step."),
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
@@ -63,7 +68,9 @@ def train_cmd(
                               binarize=binarize)
         train_cfg = TrainConfig(beta=beta, anneal=anneal, epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
                                 grad_clip=grad_clip, seed=seed, device=device, precision=precision, max_steps=max_steps,
-                                time_budget=time_budget, save_every=save_every, skip_nonfinite=skip_nonfinite)  # fmt: skip
+                                time_budget=time_budget, save_every=save_every, skip_nonfinite=skip_nonfinite,
+                                cyclical=cyclical, capacity=capacity, capacity_epochs=capacity_epochs, free_bits=free_bits,
+                                tc_beta=tc_beta)  # fmt: skip
         train_cfg.validate()
         ModelConfig(arch=arch, latent_dim=latent_dim, likelihood=likelihood, image_size=image_size or 28).validate()
         trainer = start_run(model_cfg, data_cfg, train_cfg, name=name, overwrite=overwrite)
@@ -108,7 +115,7 @@ def _fit_with_progress(trainer: Any, stop: threading.Event, quiet: bool, console
     console.print(
         f"run [bold]{trainer.path.name}[/bold]: {cfg.model.arch} z={cfg.model.latent_dim} on {cfg.data.name} "
         f"({cfg.data.train_size} train / {cfg.data.test_size} test), beta={cfg.train.beta}"
-        f"{f' annealed over {cfg.train.anneal} epochs' if cfg.train.anneal else ''}, device {trainer.device}, {trainer.precision}"
+        f"{f' annealed over {cfg.train.anneal} epochs' if cfg.train.anneal else ''}{_objective(cfg)}, device {trainer.device}, {trainer.precision}"
     )
     progress = Progress(
         TextColumn("[bold]epoch {task.fields[epoch]}"),
@@ -143,6 +150,21 @@ def _fit_with_progress(trainer: Any, stop: threading.Event, quiet: bool, console
 
     with progress:
         return trainer.fit(on_progress, stop)
+
+
+def _objective(cfg: Any) -> str:
+    """The non-default objective settings of a run, for the first progress line."""
+    tc = cfg.train
+    parts = [f" in {tc.cyclical} cycles" if tc.cyclical else ""]
+    if tc.capacity:
+        parts.append(f", capacity C -> {tc.capacity:g} nats over {tc.capacity_epochs or tc.epochs} epochs")
+    if tc.free_bits:
+        parts.append(f", free bits {tc.free_bits:g} nats/dim")
+    if tc.tc_beta:
+        parts.append(f", beta-TCVAE tc_beta={tc.tc_beta:g}")
+    if cfg.data.binarize:
+        parts.append(", binarised pixels")
+    return "".join(parts)
 
 
 def _summary_table(result: Any, console: Any, label: str) -> None:
