@@ -109,6 +109,8 @@ def create_run_dir(name: str, overwrite: bool = False) -> Path:
     """Make ``<runs dir>/<name>``; an existing run is refused unless ``overwrite``."""
     validate_run_name(name)
     path = runs_dir() / name
+    if path.exists() and not overwrite and not (path / MODEL).exists() and not (path / STATE).exists():
+        overwrite = True  # a run that never saved weights (failed at start) holds nothing to lose
     if path.exists():
         if not overwrite:
             raise ConfigError(f"run {name!r} already exists: use --resume {name} to continue it or --overwrite to replace it")

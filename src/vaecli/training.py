@@ -122,7 +122,8 @@ def start_run(
     model_cfg = replace(model_cfg, channels=train.channels, image_size=train.image_size)
     model_cfg.validate()
     name = ckpt.validate_run_name(name) if name else ckpt.generate_run_name()
-    if (ckpt.runs_dir() / name).exists() and not overwrite:
+    existing = ckpt.runs_dir() / name
+    if existing.exists() and not overwrite and ((existing / ckpt.MODEL).exists() or (existing / ckpt.STATE).exists()):
         raise ConfigError(f"run {name!r} already exists: use --resume {name} to continue it or --overwrite to replace it")
     run_cfg = RunConfig(name=name, model=model_cfg, data=data_cfg, train=train_cfg, created=ckpt.utc_now(), versions=_versions())
     path = ckpt.create_run_dir(name, overwrite=overwrite)
@@ -245,6 +246,7 @@ class Trainer:
         warm_t: float | None = None
         warm_images = 0
         images_done = 0
+        paused = 0.0  # seconds spent evaluating / checkpointing after warm-up (not training)
         stopped = "done"
         cb(Progress("start", self.epoch, tc.epochs, self.step, spe, self.global_step))
         self.model.train()
@@ -299,7 +301,7 @@ class Trainer:
                 now = time.perf_counter()
                 if now - last_report >= 0.1 or self.step == spe:
                     last_report = now
-                    ips = (images_done - warm_images) / (now - warm_t) if warm_t and now > warm_t else 0.0
+                    ips = (images_done - warm_images) / (now - warm_t - paused) if warm_t and now > warm_t + paused else 0.0
                     cb(Progress("step", self.epoch, tc.epochs, self.step, spe, self.global_step,
                                 loss=float(terms.loss.detach()), recon=float(terms.recon.detach()), kl=float(terms.kl.detach()),
                                 beta=beta, lr=lr, images_per_second=ips))  # fmt: skip
@@ -308,6 +310,7 @@ class Trainer:
                     seg_start = now
                     self.save()
                     last_save = time.perf_counter()
+                    paused += last_save - now if warm_t else 0.0
             if self.step < spe:
                 break
             # ---- epoch end: evaluate, record, checkpoint
@@ -323,11 +326,12 @@ class Trainer:
             _plot(self.path, self.history)
             cb(Progress("epoch", self.epoch - 1, tc.epochs, spe, spe, self.global_step, metrics=row))
             last_save = seg_start = time.perf_counter()
+            paused += last_save - now if warm_t else 0.0
         _sync(self.device)
         t_end = time.perf_counter()
         if self.step != 0 or stopped != "done":
             self.train_seconds += t_end - seg_start
-        ips = (images_done - warm_images) / (t_end - warm_t) if warm_t and t_end > warm_t else 0.0
+        ips = (images_done - warm_images) / (t_end - warm_t - paused) if warm_t and t_end > warm_t + paused else 0.0
         if stopped != "done" and session_steps > 0:
             self.save()
         test = evaluate(self.model, self.test_data, device=self.device, seed=tc.seed)
