@@ -93,6 +93,15 @@ def test_sample_to_stdout_is_a_png_and_seeded(ck: list[str]) -> None:
     assert r1.stdout_bytes == r2.stdout_bytes != r3.stdout_bytes
 
 
+def test_grid_commands_default_to_command_png(tmp_path: Path, ck: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    r = ok(["sample", "-n", 3, *ck])
+    assert "wrote sample.png" in r.stderr
+    assert pixels(tmp_path / "sample.png").shape == (2 * S + 3 * PAD, 2 * S + 3 * PAD)
+    ok(["traverse", "--dim", 0, "--steps", 2, *ck])
+    assert (tmp_path / "traverse.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
 def test_sample_defaults_to_the_latest_run(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VAE_HOME", str(tiny_run.parent))
     ok(["sample", "-n", 2, "--scale", 2, "-o", tmp_path / "s.png"])
@@ -190,7 +199,7 @@ def test_traverse_rows_vary_only_their_own_dimension(tmp_path: Path, ck: list[st
 def test_traverse_orders_rows_by_kl_and_labels_them(tmp_path: Path, ck: list[str]) -> None:
     r = ok(["traverse", "--steps", 3, "-o", tmp_path / "t.png", "--gif", tmp_path / "t.gif", *ck])
     kl = json.loads(ok(["eval-kl", "--json", *ck]).stdout)["per_dim_kl"]
-    legend = r.stderr.split("rows (top to bottom):", 1)[1]
+    legend = next(ln for ln in r.stderr.splitlines() if ln.startswith("rows (top to bottom):")).split(":", 1)[1]
     order = [int(part.split()[0][1:]) for part in legend.split(",")]
     assert order == sorted(range(len(kl)), key=lambda j: -kl[j])
     im = Image.open(tmp_path / "t.png")
@@ -283,7 +292,8 @@ def _error_cases(tiny_run: Path, tmp: Path) -> list[tuple[list[str], str | None]
         (["sample", "--checkpoint", str(tiny_run / "train_state.safetensors"), "-o", out], None),
         (["sample", "--checkpoint", str(tmp / "missing"), "-o", out], None),
         (["sample", "-n", "0", "-o", out, *ck], None),
-        (["sample", *ck], None),  # nothing to write
+        (["decode", *ck], "[0, 0, 0, 0, 0, 0, 0, 0]\n"),  # nothing to write
+        (["sample", "-o", str(tmp), *ck], None),  # -o is a folder
         (["traverse", "--dim", "8", "-o", out, *ck], None),
         (["traverse", "--dim", "-1", "-o", out, *ck], None),
         (["reconstruct", str(tmp / "bad.png"), "-o", out, "--out-dir", od, *ck], None),

@@ -131,6 +131,12 @@ def label_grid(img, row_labels: Sequence[str], tile: int, padding: int, col_labe
         box = measure.textbbox((0, 0), s, font=font)
         return int(box[2] - box[0])
 
+    def put(x: float, y: float, s: str, fill, align: str) -> None:  # type: ignore[no-untyped-def]
+        # manual anchoring (right-middle or centre-middle): bitmap fonts of old Pillow have no anchor=
+        l, t, r, b = measure.textbbox((0, 0), s, font=font)
+        dx = -(r - l) if align == "right" else -(r - l) / 2
+        draw.text((x + dx - l, y - (b - t) / 2 - t), s, font=font, fill=fill)
+
     left = max((width(s) for s in row_labels), default=0) + 2 * max(4, padding)
     top = px + 2 * max(3, padding) if col_labels else 0
     mode = img.mode
@@ -140,14 +146,14 @@ def label_grid(img, row_labels: Sequence[str], tile: int, padding: int, col_labe
     fill = 235 if mode == "L" else (235, 235, 235)
     for r, s in enumerate(row_labels):
         cy = top + padding + r * step + tile / 2
-        draw.text((left - max(4, padding), cy), s, font=font, fill=fill, anchor="rm")
+        put(left - max(4, padding), cy, s, fill, "right")
     if col_labels:
         muted = 170 if mode == "L" else (170, 170, 170)
         for c, s in enumerate(col_labels):
             if not s:
                 continue
             cx = left + padding + c * step + tile / 2
-            draw.text((cx, top / 2), s, font=font, fill=muted, anchor="mm")
+            put(cx, top / 2, s, muted, "centre")
     return out
 
 

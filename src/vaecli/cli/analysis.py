@@ -23,7 +23,8 @@ DEVICE = typer.Option("auto", "--device", help=DEVICE_HELP)
 SEED = typer.Option(0, "--seed", help="Random seed (prior samples, posterior samples).")
 PADDING = typer.Option(2, "--padding", help="Pixels between grid tiles (make_grid padding).")
 SCALE = typer.Option(1, "--scale", help="Upscale every image by this integer factor (nearest neighbour).")
-OUTPUT = typer.Option(None, "--output", "-o", help="Grid PNG to write ('-' = PNG bytes on stdout).")
+OUTPUT = typer.Option(None, "--output", "-o", help="Grid PNG to write ('-' = PNG bytes on stdout; default <command>.png).")
+DECODE_OUTPUT = typer.Option(None, "--output", "-o", help="Also write a grid PNG ('-' = PNG bytes on stdout).")
 SPLIT_HELP = "Split of the run's dataset: test or train."
 
 
@@ -118,11 +119,16 @@ def _write_all(files: list[tuple[str, bytes]]) -> None:
     """Write rendered outputs: '-' goes to stdout, files atomically (temp + fsync + rename)."""
     from ..fileio import atomic_write_bytes
 
+    written = []
     for target, data in files:
         if target == "-":
             _stdout_binary(data)
         else:
-            atomic_write_bytes(Path(target).expanduser(), data)
+            written.append(atomic_write_bytes(Path(target).expanduser(), data))
+    if written:
+        shown = ", ".join(str(w) for w in written[:3])
+        more = f" and {len(written) - 3} more" if len(written) > 3 else ""
+        stderr_console().print(f"wrote {shown}{more}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _dir_files(out_dir: str, names: list[Any], pngs: list[bytes]) -> list[tuple[str, bytes]]:
@@ -189,7 +195,7 @@ def sample_cmd(
     check_positive("--nrow", nrow)
     check_positive("--padding", padding, 0)
     if output is None and out_dir is None:
-        raise ConfigError("nothing to write: give -o grid.png (or -o - for stdout) and/or --out-dir DIR")
+        output = "sample.png"
     _check_target(output)
     _check_out_dir(out_dir)
     model, cfg, _ = _load(run, checkpoint, device)
@@ -233,7 +239,7 @@ def reconstruct_cmd(
     check_positive("--nrow", nrow)
     check_positive("--padding", padding, 0)
     if output is None and out_dir is None and not as_json:
-        raise ConfigError("nothing to write: give -o grid.png (or -o -), --out-dir DIR and/or --json")
+        output = "reconstruct.png"
     if as_json and output == "-":
         raise ConfigError("--json and -o - both write to stdout: give -o a file name")
     _check_target(output)
@@ -301,7 +307,7 @@ def interpolate_cmd(
     if index and len(index) != 2:
         raise ConfigError(f"give --index exactly twice, got {len(index)}")
     if output is None and gif is None:
-        raise ConfigError("nothing to write: give -o row.png (or -o -) and/or --gif anim.gif")
+        output = "interpolate.png"
     if mode not in ("lerp", "slerp"):
         raise ConfigError(f"--mode must be lerp or slerp, got {mode!r}")
     check_positive("--steps", steps, 2)
@@ -373,7 +379,7 @@ def traverse_cmd(
     if image is not None and index is not None:
         raise ConfigError("give --image or --index, not both")
     if output is None and gif is None:
-        raise ConfigError("nothing to write: give -o traverse.png (or -o -) and/or --gif anim.gif")
+        output = "traverse.png"
     check_positive("--steps", steps, 2)
     check_positive("--padding", padding, 0)
     _check_target(output)
@@ -517,7 +523,7 @@ def encode_cmd(
 def decode_cmd(
     source: str = typer.Argument("-", help="JSON lines from `vae encode` (or lists of floats); - = stdin."),
     out_dir: str = typer.Option(None, "--out-dir", help="Write one PNG per line (named after \"path\", else 000000.png ...)."),
-    output: str = OUTPUT,
+    output: str = DECODE_OUTPUT,
     nrow: int = typer.Option(None, "--nrow", help="Images per grid row for -o (default ceil(sqrt(n)))."),
     padding: int = PADDING,
     scale: int = SCALE,
