@@ -232,10 +232,21 @@ def test_eval_kl_json_sums_and_keys(ck: list[str], tiny) -> None:  # type: ignor
     assert 0 <= out["active_units"] <= cfg.model.latent_dim
 
 
-def test_eval_kl_table(ck: list[str]) -> None:
-    r = ok(["eval-kl", "--split", "train", *ck])
+def test_eval_kl_table_and_svg(tmp_path: Path, ck: list[str]) -> None:
+    r = ok(["eval-kl", "--split", "train", "--svg", tmp_path / "kl.svg", *ck])
     assert "KL per latent dimension, train split" in r.stdout
     assert "█" in r.stdout and "active units" in r.stdout
+    svg = (tmp_path / "kl.svg").read_text()
+    assert svg.lstrip().startswith("<svg") and "KL per latent dimension" in svg.replace("&#160;", " ")
+
+
+def test_outputs_get_the_usual_file_permissions(tmp_path: Path, ck: list[str]) -> None:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    ok(["sample", "-n", 1, "-o", tmp_path / "s.png", *ck])
+    assert (tmp_path / "s.png").stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
 
 
 # ----------------------------------------------------------------------------- encode / decode

@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from .app import app
-from .common import DEVICE_HELP, fmt, print_json, stderr_console, stdout_console
+from .common import DEVICE_HELP, fmt, print_json, stderr_console
 
 # Shared options (Typer reads these defaults; they are never mutated).
 RUN = typer.Option(None, "--run", help="Run name (default: the most recently trained run).")
@@ -335,7 +335,7 @@ def interpolate_cmd(
 # ----------------------------------------------------------------------------- traverse
 
 
-def _per_dim_kl(model: Any, cfg: Any, folder: Path, device: Any, seed: int) -> list[float]:
+def _per_dim_kl(model: Any, cfg: Any, folder: Path, seed: int) -> list[float]:
     """Per-dimension KL on the test split: from summary.json when training stored it, else computed."""
     from .. import checkpoint as ckpt
     from ..metrics import evaluate
@@ -392,7 +392,7 @@ def traverse_cmd(
             raise ConfigError(f"--dim {j} is out of range: the model has latent dims 0..{d - 1}")
     traverse_latents(torch.zeros(d), dims, value_range, steps)  # validates --range / --steps before any work
     try:
-        kl: list[float] | None = _per_dim_kl(model, cfg, folder, next(model.parameters()).device, seed)
+        kl: list[float] | None = _per_dim_kl(model, cfg, folder, seed)
     except DataError:
         if not dims:
             raise
@@ -436,6 +436,7 @@ def traverse_cmd(
 def eval_kl_cmd(
     split: str = typer.Option("test", "--split", help=SPLIT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+    svg: str = typer.Option(None, "--svg", help="Also save the table as an SVG image."),
     batch_size: int = typer.Option(500, "--batch-size", help="Images per forward pass."),
     run: str = RUN,
     checkpoint: str = CHECKPOINT,
@@ -447,6 +448,11 @@ def eval_kl_cmd(
     from .common import check_positive
 
     check_positive("--batch-size", batch_size)
+    _check_target(svg, "--svg")
+    if svg is not None and as_json:
+        from ..errors import ConfigError
+
+        raise ConfigError("--svg saves the table: use it without --json")
     model, cfg, folder = _load(run, checkpoint, device)
     data = _split_data(cfg, split)
     dev = next(model.parameters()).device
@@ -455,10 +461,13 @@ def eval_kl_cmd(
         print_json({"run": folder.name, "split": split, "images": res.images, "neg_elbo": res.neg_elbo, "recon": res.recon,
                     "kl": res.kl, "per_dim_kl": res.per_dim_kl, "active_units": res.active_units})  # fmt: skip
         return
-    _kl_table(res, folder.name, split)
+    _kl_table(res, folder.name, split, svg)
 
 
-def _kl_table(res: Any, name: str, split: str) -> None:
+_PARTIAL = ["", "▏", "▎", "▍", "▌", "▋", "▊", "▉"]
+
+
+def _kl_table(res: Any, name: str, split: str, svg: str | None = None) -> None:
     from rich.table import Table
 
     from ..inference import dims_by_kl
@@ -472,20 +481,26 @@ def _kl_table(res: Any, name: str, split: str) -> None:
     total = res.kl if res.kl > 0 else 1.0
     for j in dims_by_kl(kl):
         var = res.mu_variance[j] if j < len(res.mu_variance) else float("nan")
-        filled = kl[j] / top * width
-        full = int(filled)
-        bar = "█" * full + ("▌" if filled - full >= 0.5 else "")
+        eighths = round(max(kl[j], 0.0) / top * width * 8)
+        bar = "█" * (eighths // 8) + _PARTIAL[eighths % 8]
         active = var > 0.01
         t.add_row(str(j), fmt(kl[j], 3), f"[{'cyan' if active else 'grey50'}]{bar}[/]", f"{kl[j] / total:.1%}",
                   fmt(var, 3), "yes" if active else "-")  # fmt: skip
-    console = stdout_console()
+    from rich.console import Console
+
+    console = Console(record=svg is not None)
     console.print(t)
     console.print(
         f"-ELBO {fmt(res.neg_elbo)} = recon {fmt(res.recon)} + KL {fmt(res.kl)} nats/image; "
         f"active units {res.active_units}/{len(kl)} (Burda et al. 2016: Cov_x(E_q[z_j]) > 0.01)",
         highlight=False,
         markup=False,
+        soft_wrap=True,
     )
+    if svg is not None:
+        from ..fileio import atomic_write_text
+
+        atomic_write_text(Path(svg).expanduser(), console.export_svg(title=f"vae eval-kl --run {name}"))
 
 
 # ----------------------------------------------------------------------------- encode / decode
