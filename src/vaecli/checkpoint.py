@@ -305,6 +305,7 @@ def run_info(run: Path) -> dict[str, Any]:
         "trained": (run / MODEL).exists(),
         "resumable": (run / STATE).exists(),
         "world_size": cfg.train.world_size,
+        "effective_batch_size": cfg.train.batch_size * cfg.train.world_size,  # per-rank batch x world size
         "test": summary.get("test") or (metrics[-1].get("test") if metrics else None),
         "train": summary.get("train") or (metrics[-1].get("train") if metrics else None),
         "active_units": summary.get("active_units"),
