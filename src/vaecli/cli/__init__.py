@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import runs, train  # noqa: F401  (register commands)
+from . import explore, runs, train  # noqa: F401  (register commands)
 from .app import app
 
 
