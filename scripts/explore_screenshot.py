@@ -50,11 +50,11 @@ def main() -> None:
             driver.execute_script(
                 "const [seed, nudge] = arguments;"
                 "api('/api/random?' + q('&seed=' + seed)).then((r) => {"
-                "  showInput(r.input, r.label_name || ('test #' + r.index));"
+                "  showSource(r.input, r.label_name, 'test image #' + r.index + ' \u00b7 posterior mean');"
                 "  const top = S.info.order[0]; r.z[top] = nudge; setZ(r.z); setFocus(top); });",
                 args.seed, args.nudge,
             )
-            wait.until(lambda d: d.find_element("id", "inset").is_displayed())
+            wait.until(lambda d: d.find_element("id", "input").is_displayed())
             time.sleep(1.5)  # let the debounced decode and strip requests finish
             wait.until(lambda d: d.execute_script("return document.getElementById('status').className === ''"))
             height = driver.execute_script("return document.documentElement.scrollHeight")

@@ -106,14 +106,15 @@ def test_runs_and_run_info(url: str, tiny_run: Path) -> None:
 
     status, _, body = call(url, "GET", "/api/run?run=tiny")
     info = json.loads(body)
-    kl = ckpt.read_summary(tiny_run)["test_per_dim_kl"]
+    summary = ckpt.read_summary(tiny_run)
+    kl, var = summary["test_per_dim_kl"], summary["test_mu_variance"]
     assert status == 200 and info["per_dim_kl"] == pytest.approx(kl)
-    assert info["kl_source"] == "summary.json"
+    assert info["kl_source"] == "summary.json" and info["mu_variance"] == pytest.approx(var)
     assert sorted(info["order"]) == list(range(LATENT))
     ordered = [kl[j] for j in info["order"]]
     assert ordered == sorted(kl, reverse=True)
-    assert info["active"] == [v >= explore.INACTIVE_KL for v in kl]
-    assert info["active_units"] == sum(info["active"])
+    assert info["active"] == [v > 0.01 for v in var] and info["active_rule"] == "Var(mu) > 0.01"
+    assert info["active_units"] == sum(info["active"]) == summary["active_units"]  # as `vae info` counts them
     assert (info["channels"], info["image_size"]) == (1, 28)
     # no run given: the default
     assert json.loads(call(url, "GET", "/api/run")[2])["name"] == "tiny"
@@ -301,17 +302,42 @@ def test_kl_computed_when_summary_lacks_it(tiny_run: Path) -> None:
     copy = home / "tiny2"
     shutil.copytree(tiny_run, copy)
     summary = ckpt.read_summary(copy)
-    kl = summary.pop("test_per_dim_kl")
+    kl, var = summary.pop("test_per_dim_kl"), summary.pop("test_mu_variance")
     ckpt.write_summary(copy, summary)
     logs: list[str] = []
     ex = Explorer("tiny2", log=logs.append)
     info = ex.get(None).info()
     assert info["kl_source"] == "500 test images"
     assert info["per_dim_kl"] == pytest.approx(kl, rel=1e-4, abs=1e-6)  # same evaluate(), same test split
+    assert info["mu_variance"] == pytest.approx(var, rel=1e-4, abs=1e-6)
+    assert info["active_units"] == summary["active_units"]
     assert any("computing per-dimension KL" in m for m in logs)
     assert ex.get("tiny2") is ex.get(None)  # cached: computed once
     listing = ex.list_runs()
     assert [r["name"] for r in listing["runs"]] == ["tiny2"] and listing["runs"][0]["per_dim_kl"] == info["per_dim_kl"]
+
+
+def test_without_test_data_kl_comes_from_summary_and_random_says_why(tiny_run: Path) -> None:
+    home = Path(os.environ["VAE_HOME"])
+    copy = home / "moved"
+    shutil.copytree(tiny_run, copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["data"]["name"] = str(home / "no-such-folder")
+    (copy / "config.json").write_text(json.dumps(cfg))
+    summary = ckpt.read_summary(copy)
+    kl = summary.pop("test_mu_variance") and summary["test_per_dim_kl"]
+    ckpt.write_summary(copy, summary)
+    base, server = start(Explorer("moved"))
+    try:
+        info = json.loads(call(base, "GET", "/api/run")[2])
+        assert info["kl_source"] == "summary.json" and info["per_dim_kl"] == pytest.approx(kl)
+        assert info["mu_variance"] is None and info["active_rule"] == "KL >= 0.01"
+        assert info["active"] == [v >= explore.INACTIVE_KL for v in kl]
+        assert "no-such-folder" in error_of(*call(base, "GET", "/api/random"))
+        assert call(base, "POST", "/api/decode", {"z": [0.0] * LATENT})[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_explorer_refuses_runs_without_weights(tiny_run: Path) -> None:

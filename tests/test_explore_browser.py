@@ -96,7 +96,8 @@ def test_sliders_move_the_image_and_uploads_encode(page: Any, tiny_run: Path, tm
     sliders = driver.find_elements("css selector", "input.zslider")
     assert len(sliders) == 8
     info = driver.execute_script("return S.info")
-    assert [int(s.get_attribute("data-dim")) for s in sliders] == info["order"]  # ordered by KL
+    by_kl = [j for j in info["order"] if info["active"][j]] + [j for j in info["order"] if not info["active"][j]]
+    assert [int(s.get_attribute("data-dim")) for s in sliders] == by_kl  # active first, each group ordered by KL
     greyed = [s.get_attribute("data-dim") for s in driver.find_elements("css selector", ".dim.inactive input")]
     assert greyed == [str(j) for j in info["order"] if not info["active"][j]]
     before = png_of(decoded_src(driver))
@@ -122,12 +123,13 @@ def test_sliders_move_the_image_and_uploads_encode(page: Any, tiny_run: Path, tm
     path = tmp_path / "upload.png"
     Image.fromarray(x[0].numpy(), "L").save(path)
     driver.find_element("id", "upload").send_keys(str(path))
-    wait_for(driver, "the uploaded image's inset", lambda d: d.find_element("id", "inset").is_displayed())
+    wait_for(driver, "the uploaded image's thumbnail", lambda d: d.find_element("id", "input").is_displayed())
     model, _, _ = ckpt.load_model(tiny_run)
     mu = encode(model, to_float(x.unsqueeze(0)))[0][0].tolist()
     wait_for(driver, "z to become the posterior mean", lambda d: d.execute_script("return S.z") == pytest.approx(mu, abs=1e-5))
     wait_for(driver, "the decoded upload", lambda d: png_of(decoded_src(d)) not in (before, after))
-    assert driver.find_element("id", "input-caption").text == "upload.png"
+    assert driver.find_element("id", "source-text").text.startswith("upload.png\n")
+    assert size_of(png_of(driver.find_element("id", "input").get_attribute("src"))) == (28, 28)
 
     # a non-image upload shows the server's message and the page keeps working
     junk = tmp_path / "junk.png"
@@ -135,7 +137,7 @@ def test_sliders_move_the_image_and_uploads_encode(page: Any, tiny_run: Path, tm
     driver.find_element("id", "upload").send_keys(str(junk))
     wait_for(driver, "the error message", lambda d: "cannot decode image" in d.find_element("id", "status").text)
     driver.find_element("id", "btn-prior").click()
-    wait_for(driver, "a prior sample", lambda d: not d.find_element("id", "inset").is_displayed())
+    wait_for(driver, "a prior sample", lambda d: not d.find_element("id", "input").is_displayed())
     wait_for(driver, "the prior sample's image", lambda d: d.find_element("id", "status").get_attribute("class") != "error")
 
     severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and "400" not in e["message"]]

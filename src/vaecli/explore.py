@@ -7,9 +7,11 @@ requests get HTTP 400 with ``{"error": message}``; the server keeps serving. The
 are documented in ``docs/explore.md``.
 
 Per-dimension KL, KL(q(z_j|x) || N(0, 1)) averaged over test images (Kingma & Welling 2014,
-appendix B), orders the sliders: it is read from ``summary.json`` (``test_per_dim_kl``, which
-training writes) or computed once with :func:`vaecli.metrics.evaluate` on a subset of the
-run's test split, then cached per run.
+appendix B), orders the sliders; a dimension is active when the variance of its posterior mean
+over test images exceeds 0.01 (Burda et al. 2016, sec. 5.2, as ``vae info``'s active units).
+Both are read from ``summary.json`` (``test_per_dim_kl``, ``test_mu_variance``, which training
+writes) or computed once with :func:`vaecli.metrics.evaluate` on a subset of the run's test
+split, then cached per run.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # an uploaded image
 MAX_JSON_BYTES = 256 * 1024  # a JSON request body (4096 latent values fit many times over)
 DRAIN_LIMIT = 64 * 1024 * 1024  # larger bodies are not even read: the connection is dropped
 KL_IMAGES = 2000  # test images used when per-dimension KL must be computed
-INACTIVE_KL = 0.01  # nats: a dimension below this KL carries (almost) no information
+ACTIVE_VARIANCE = 0.01  # Burda et al. 2016: active when Cov_x(E_q[z_j|x]) > 0.01 (metrics.evaluate's default)
+INACTIVE_KL = 0.01  # nats: the fallback rule when no posterior-mean variances are known
 MAX_ABS_Z = 1e4  # decode refuses larger latent values (finite but meaningless)
 MAX_STEPS = 33  # traversal strip length limit
 # what a cross-site <form> can POST without a CORS preflight: refused, so other sites cannot drive the server
@@ -65,6 +68,8 @@ class ExploreRun:
     config: Any
     per_dim_kl: list[float]
     kl_source: str
+    mu_variance: list[float] | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     test_images: torch.Tensor | None = None  # uint8 (N, C, H, W), loaded on first use
     test_labels: torch.Tensor | None = None
@@ -79,6 +84,12 @@ class ExploreRun:
         kl = self.per_dim_kl
         order = sorted(range(len(kl)), key=lambda j: (-kl[j], j))
         m, t = self.config.model, self.config.train
+        if self.mu_variance is not None:
+            active = [v > ACTIVE_VARIANCE for v in self.mu_variance]
+            rule = f"Var(mu) > {ACTIVE_VARIANCE:g}"
+        else:
+            active = [v >= INACTIVE_KL for v in kl]
+            rule = f"KL >= {INACTIVE_KL:g}"
         return {
             "name": self.name,
             "latent_dim": self.latent_dim,
@@ -87,12 +98,15 @@ class ExploreRun:
             "arch": m.arch,
             "beta": t.beta,
             "data": self.config.data.name,
+            "epochs": self.summary.get("epochs"),
+            "test_neg_elbo": _finite_or_none((self.summary.get("test") or {}).get("neg_elbo")),
             "per_dim_kl": kl,
             "kl_source": self.kl_source,
+            "mu_variance": self.mu_variance,
             "order": order,
-            "active": [v >= INACTIVE_KL for v in kl],
-            "active_units": sum(v >= INACTIVE_KL for v in kl),
-            "inactive_threshold": INACTIVE_KL,
+            "active": active,
+            "active_units": sum(active),
+            "active_rule": rule,
         }
 
 
@@ -160,7 +174,7 @@ class Explorer:
                 continue
             summary = ckpt.read_summary(path)
             loaded = self._runs.get(name)
-            kl = loaded.per_dim_kl if loaded else _summary_kl(summary, cfg.model.latent_dim)
+            kl = loaded.per_dim_kl if loaded else _summary_list(summary, "test_per_dim_kl", cfg.model.latent_dim)
             rows.append({
                 "name": name, "created": cfg.created, "data": cfg.data.name, "arch": cfg.model.arch,
                 "latent_dim": cfg.model.latent_dim, "beta": cfg.train.beta, "epochs": summary.get("epochs"),
@@ -195,21 +209,24 @@ class Explorer:
     def _load(self, name: str, path: Path) -> ExploreRun:
         model, cfg, path = ckpt.load_model(path, device="cpu")
         d = cfg.model.latent_dim
-        kl = _summary_kl(ckpt.read_summary(path), d)
-        run = ExploreRun(name=name, path=path, model=model, config=cfg, per_dim_kl=kl or [], kl_source="summary.json")
-        if kl is None:
+        summary = ckpt.read_summary(path)
+        kl = _summary_list(summary, "test_per_dim_kl", d)
+        var = _summary_list(summary, "test_mu_variance", d)
+        run = ExploreRun(name=name, path=path, model=model, config=cfg, per_dim_kl=kl or [0.0] * d, kl_source="summary.json",
+                         mu_variance=var, summary=summary)  # fmt: skip
+        if kl is None or var is None:  # a run trained before summary.json had them
             self.log(f"computing per-dimension KL of run {name} on up to {self.kl_images} test images")
             self._load_test(run)
-            if run.test_images is None:
-                run.per_dim_kl, run.kl_source = [0.0] * d, f"unavailable ({run.test_error})"
-            else:
+            if run.test_images is not None:
                 from .data import ImageData
                 from .metrics import evaluate
 
                 subset = ImageData(images=run.test_images[: self.kl_images])
-                res = evaluate(model, subset, batch_size=250, binarize=cfg.data.binarize)
-                run.per_dim_kl = [float(v) for v in res.per_dim_kl]
+                res = evaluate(model, subset, batch_size=250, binarize=cfg.data.binarize, active_threshold=ACTIVE_VARIANCE)
+                run.per_dim_kl, run.mu_variance = [float(v) for v in res.per_dim_kl], [float(v) for v in res.mu_variance]
                 run.kl_source = f"{len(subset)} test images"
+            elif kl is None:
+                run.kl_source = f"unavailable ({run.test_error})"
         return run
 
     def _load_test(self, run: ExploreRun) -> None:
@@ -306,13 +323,18 @@ class Explorer:
 # ----------------------------------------------------------------------------- validation
 
 
-def _summary_kl(summary: dict[str, Any], latent_dim: int) -> list[float] | None:
-    kl = summary.get("test_per_dim_kl")
-    if not isinstance(kl, list) or len(kl) != latent_dim:
+def _finite_or_none(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _summary_list(summary: dict[str, Any], key: str, latent_dim: int) -> list[float] | None:
+    """``summary[key]`` when it is a list of ``latent_dim`` finite numbers, else None."""
+    vals = summary.get(key)
+    if not isinstance(vals, list) or len(vals) != latent_dim:
         return None
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in kl):
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vals):
         return None
-    return [float(v) for v in kl]
+    return [float(v) for v in vals]
 
 
 def parse_z(z: Any, latent_dim: int) -> torch.Tensor:
