@@ -399,6 +399,7 @@ class Trainer:
         )
         summary = result.to_dict()
         summary["test_per_dim_kl"] = test.per_dim_kl
+        summary["test_mu_variance"] = test.mu_variance
         summary["nonfinite_skipped"] = self.nonfinite_skipped
         summary["train_seconds"] = round(self.train_seconds, 3)
         # ---- DDP: record the world size and effective batch; check that the ranks agree
