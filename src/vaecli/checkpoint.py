@@ -109,6 +109,8 @@ def create_run_dir(name: str, overwrite: bool = False) -> Path:
     """Make ``<runs dir>/<name>``; an existing run is refused unless ``overwrite``."""
     validate_run_name(name)
     path = runs_dir() / name
+    if path.exists() and not overwrite and not (path / MODEL).exists() and not (path / STATE).exists():
+        overwrite = True  # a run that never saved weights (failed at start) holds nothing to lose
     if path.exists():
         if not overwrite:
             raise ConfigError(f"run {name!r} already exists: use --resume {name} to continue it or --overwrite to replace it")
@@ -303,6 +305,7 @@ def run_info(run: Path) -> dict[str, Any]:
         "trained": (run / MODEL).exists(),
         "resumable": (run / STATE).exists(),
         "world_size": cfg.train.world_size,
+        "effective_batch_size": cfg.train.batch_size * cfg.train.world_size,  # per-rank batch x world size
         "test": summary.get("test") or (metrics[-1].get("test") if metrics else None),
         "train": summary.get("train") or (metrics[-1].get("train") if metrics else None),
         "active_units": summary.get("active_units"),

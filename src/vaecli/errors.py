@@ -29,3 +29,7 @@ class DeviceError(VaeError):
 
 class TrainingError(VaeError):
     """Training cannot continue (for example a non-finite loss)."""
+
+
+class DistributedError(VaeError):
+    """Distributed training (torchrun) cannot start or lost a rank."""

@@ -11,6 +11,7 @@ import math
 import torch
 
 from .errors import ConfigError
+from .losses import kl_per_dim, reconstruction_nll
 from .model import VAE
 
 
@@ -92,7 +93,9 @@ def interpolate_latents(z_a: torch.Tensor, z_b: torch.Tensor, steps: int, mode: 
     if omega.abs() < 1e-6:
         return (1 - t) * a + t * b
     so = torch.sin(omega)
-    return (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
+    out = (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
+    out[0], out[-1] = a[0], b[0]  # exact endpoints (the formula is only equal up to rounding)
+    return out
 
 
 def traverse_latents(base: torch.Tensor, dims: list[int], value_range: float = 3.0, steps: int = 11) -> torch.Tensor:
@@ -113,3 +116,41 @@ def traverse_latents(base: torch.Tensor, dims: list[int], value_range: float = 3
         z[:, j] = values
         rows.append(z)
     return torch.cat(rows) if rows else torch.empty(0, d)
+
+
+def dims_by_kl(per_dim_kl: list[float] | torch.Tensor) -> list[int]:
+    """Latent dimensions ordered by KL, most informative first (ties: lower index first)."""
+    kl = [float(v) for v in per_dim_kl]
+    return sorted(range(len(kl)), key=lambda j: (-kl[j], j))
+
+
+@torch.no_grad()
+def elbo_per_image(
+    model: VAE,
+    images: torch.Tensor,
+    generator: torch.Generator | None = None,
+    binarize: bool = False,
+    batch_size: int = 500,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image reconstruction -log p(x|z) and KL(q(z|x) || N(0, I)) in nats, each (N,), on the CPU.
+
+    One posterior sample z = mu + sigma * eps per image (Kingma & Welling 2014, eq. 10), as
+    :func:`vaecli.metrics.evaluate` does; -ELBO = recon + KL. ``images`` are floats in [0, 1].
+    """
+    model.eval()
+    dev = _device(model)
+    log_scale = getattr(model, "log_scale", None)
+    recons, kls = [], []
+    for i in range(0, images.shape[0], batch_size):
+        x = images[i : i + batch_size].float()
+        if binarize:
+            x = (x > 0.5).float()
+        mu, logvar = model.encode(x.to(dev))
+        mu, logvar = mu.float().cpu(), logvar.float().cpu()
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator)
+        logits = model.decode_logits(z.to(dev))
+        recons.append(reconstruction_nll(logits, x.to(dev), model.config.likelihood, log_scale).float().cpu())
+        kls.append(kl_per_dim(mu, logvar).sum(1))
+    if not recons:
+        return torch.empty(0), torch.empty(0)
+    return torch.cat(recons), torch.cat(kls)

@@ -21,9 +21,10 @@ import torch
 
 from . import __version__
 from . import checkpoint as ckpt
+from . import distributed
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data import ImageData, load_data, to_float
-from .device import autocast, resolve_device, resolve_precision
+from .device import autocast, resolve_precision
 from .errors import ConfigError, TrainingError
 from .losses import elbo_terms, kl_divergence, objective_loss, reconstruction_nll
 from .metrics import EvalResult, evaluate
@@ -114,19 +115,26 @@ def start_run(
     """Load the data, create the run folder and write ``config.json``; returns a fresh :class:`Trainer`."""
     train_cfg.validate()
     data_cfg.validate()
+    train_cfg = replace(train_cfg, world_size=distributed.world_size())  # DDP: recorded in config.json
     if data is None:
-        train, test, data_cfg = load_data(data_cfg)
+        train, test, data_cfg = distributed.local_main_first(lambda: load_data(data_cfg))  # DDP: one download per machine
     else:
         train, test = data
         data_cfg = replace(data_cfg, image_size=train.image_size, channels=train.channels, train_size=len(train), test_size=len(test))
     model_cfg = replace(model_cfg, channels=train.channels, image_size=train.image_size)
     model_cfg.validate()
-    name = ckpt.validate_run_name(name) if name else ckpt.generate_run_name()
-    if (ckpt.runs_dir() / name).exists() and not overwrite:
-        raise ConfigError(f"run {name!r} already exists: use --resume {name} to continue it or --overwrite to replace it")
-    run_cfg = RunConfig(name=name, model=model_cfg, data=data_cfg, train=train_cfg, created=ckpt.utc_now(), versions=_versions())
-    path = ckpt.create_run_dir(name, overwrite=overwrite)
-    ckpt.write_config(path, run_cfg)
+
+    def create() -> tuple[Path, RunConfig]:
+        run_name = ckpt.validate_run_name(name) if name else ckpt.generate_run_name()
+        existing = ckpt.runs_dir() / run_name
+        if existing.exists() and not overwrite and ((existing / ckpt.MODEL).exists() or (existing / ckpt.STATE).exists()):
+            raise ConfigError(f"run {run_name!r} already exists: use --resume {run_name} to continue it or --overwrite to replace it")
+        run_cfg = RunConfig(name=run_name, model=model_cfg, data=data_cfg, train=train_cfg, created=ckpt.utc_now(), versions=_versions())
+        path = ckpt.create_run_dir(run_name, overwrite=overwrite)
+        ckpt.write_config(path, run_cfg)
+        return path, run_cfg
+
+    path, run_cfg = distributed.on_main(create)  # DDP: rank 0 names and creates the run, the others get it
     return Trainer(path, run_cfg, train, test)
 
 
@@ -139,10 +147,10 @@ def resume_run(ref: str, overrides: dict[str, Any] | None = None, data: tuple[Im
     bad = set(overrides or {}) - allowed
     if bad:
         raise ConfigError(f"cannot change {', '.join(sorted(bad))} when resuming")
-    run_cfg.train = replace(run_cfg.train, **(overrides or {}))
+    run_cfg.train = replace(run_cfg.train, **{**(overrides or {}), "world_size": distributed.world_size()})
     run_cfg.train.validate()
     if data is None:
-        train, test, loaded = load_data(run_cfg.data)
+        train, test, loaded = distributed.local_main_first(lambda: load_data(run_cfg.data))  # DDP: one download per machine
         if run_cfg.data.fingerprint and loaded.fingerprint != run_cfg.data.fingerprint:
             raise ConfigError(f"the data of run {path.name!r} changed since it started (fingerprint {loaded.fingerprint} != {run_cfg.data.fingerprint})")
     else:
@@ -151,7 +159,7 @@ def resume_run(ref: str, overrides: dict[str, Any] | None = None, data: tuple[Im
         raise ConfigError(f"run {path.name!r} has no training state to resume from")
     trainer = Trainer(path, run_cfg, train, test)
     trainer.restore()
-    ckpt.write_config(path, run_cfg)
+    distributed.on_main(lambda: ckpt.write_config(path, run_cfg))  # DDP: rank 0 writes
     return trainer
 
 
@@ -162,15 +170,22 @@ class Trainer:
         self.path = path
         self.cfg = cfg
         tc = cfg.train
-        self.device = resolve_device(tc.device)
+        self.device = distributed.device_for(tc.device)  # DDP: cuda:LOCAL_RANK or cpu under torchrun
         self.precision = resolve_precision(tc.precision, self.device)
         torch.manual_seed(tc.seed)
         self.model = VAE(cfg.model).to(self.device)
+        # ---- DDP (distributed.py): the training forward runs through the DDP wrapper (``self.net``);
+        # ``self.model`` stays the bare VAE for evaluation and checkpoints. Other ranks draw their own
+        # noise (seed + 1 + rank; rank 0 matches a single process) and dropout masks (seed + rank).
+        self.net = distributed.wrap(self.model, self.device)
+        if distributed.rank() > 0:
+            torch.manual_seed(tc.seed + distributed.rank())
+        # ---- end DDP
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, **_adam_kwargs(self.device))
         self.train_data = train
         self.test_data = test
         self.train_images = train.images.to(self.device)
-        self.noise = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
+        self.noise = torch.Generator(device=self.device).manual_seed(tc.seed + 1 + distributed.rank())
         self.epoch = 0
         self.step = 0  # completed steps in the current epoch
         self.global_step = 0
@@ -182,7 +197,7 @@ class Trainer:
 
     def _fold(self) -> torch.Tensor:
         """Move the on-device running sums to the host (one sync) and return the epoch sums."""
-        self._epoch_sums += self._acc.cpu()
+        self._epoch_sums += distributed.all_reduce_sum(self._acc).cpu()  # DDP: sums over all ranks
         self._acc.zero_()
         return self._epoch_sums
 
@@ -195,15 +210,20 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "nonfinite_skipped": self.nonfinite_skipped,
             "epoch_sums": [float(v) for v in self._fold()],
+            "world_size": distributed.world_size(),
         }
 
     def save(self) -> None:
-        """Write weights, then training state (each atomically); metrics and plot at epoch ends."""
-        ckpt.save_model(self.path, self.model, self.cfg.model.to_dict())
-        rng = {"cpu": torch.get_rng_state(), "noise": self.noise.get_state().cpu()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        ckpt.save_train_state(self.path, self.optimizer, rng, self._state())
+        """Write weights, then training state (each atomically); metrics and plot at epoch ends.
+        Under DDP every rank calls this (the running sums are all-reduced); rank 0 writes."""
+        state = self._state()
+        if distributed.is_main():
+            ckpt.save_model(self.path, self.model, self.cfg.model.to_dict())
+            rng = {"cpu": torch.get_rng_state(), "noise": self.noise.get_state().cpu()}
+            if self.device.type == "cuda":
+                rng["cuda"] = torch.cuda.get_rng_state(self.device)
+            ckpt.save_train_state(self.path, self.optimizer, rng, state)
+        distributed.barrier()  # DDP: the others wait until the checkpoint is on disk
 
     def restore(self) -> None:
         """Load weights, optimizer, position and RNG states from the run folder."""
@@ -214,23 +234,44 @@ class Trainer:
             self.train_seconds = float(st.get("train_seconds", 0.0))
             self.nonfinite_skipped = int(st.get("nonfinite_skipped", 0))
             self._epoch_sums = torch.tensor(st.get("epoch_sums", [0.0] * 4), dtype=torch.float64)
+            saved_world = int(st.get("world_size", 1))
         except (KeyError, TypeError, ValueError):
             raise ckpt.CheckpointError(f"{self.path / ckpt.STATE}: damaged training state") from None
-        if "cpu" in rng:
-            torch.set_rng_state(rng["cpu"])
-        if "noise" in rng:
-            self.noise.set_state(rng["noise"].to(self.noise.get_state().device))
-        if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self._convert_position(saved_world)
+        if distributed.rank() == 0:  # the saved RNG states are rank 0's
+            if "cpu" in rng:
+                torch.set_rng_state(rng["cpu"])
+            if "noise" in rng:
+                self.noise.set_state(rng["noise"].to(self.noise.get_state().device))
+            if "cuda" in rng and self.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
+        else:  # DDP: the other ranks derive theirs from (seed, rank, step)
+            seed = (self.cfg.train.seed + 1 + distributed.rank()) * 1_000_003 + self.global_step
+            self.noise.manual_seed(seed)
+            torch.manual_seed(seed + 1)
         self.history = [r for r in ckpt.read_metrics(self.path) if int(r.get("epoch", 0)) <= self.epoch]
+
+    def _convert_position(self, saved_world: int) -> None:
+        """DDP: a run resumed with another world size keeps its place as a fraction of the epoch
+        (steps per epoch scale with 1 / world size); ``global_step`` is recounted in the new steps
+        so the learning-rate schedule continues smoothly. Exact at epoch boundaries."""
+        world = distributed.world_size()
+        if saved_world == world:
+            return
+        n, bs = len(self.train_data), self.cfg.train.batch_size
+        old, new = _rank_steps(n, bs, saved_world), _rank_steps(n, bs, world)
+        if old > 0 and new > 0:
+            self.step = min(self.step * new // old, new - 1) if self.step else 0
+            self.global_step = self.epoch * new + self.step
 
     # -------------------------------------------------------------- loop
     def fit(self, callback: Callable[[Progress], None] | None = None, stop: threading.Event | None = None) -> TrainResult:
         """Train; returns the final numbers. Checkpoints as it goes (see module docstring)."""
         tc = self.cfg.train
         n = len(self.train_data)
-        bs = min(tc.batch_size, n)
-        spe = steps_per_epoch(n, bs)
+        n_rank = distributed.shard_size(n)  # DDP: images per rank per epoch (n in a single process)
+        bs = min(tc.batch_size, n_rank)
+        spe = steps_per_epoch(n_rank, bs)
         if spe == 0:
             raise TrainingError("the training split is empty")
         total_steps = spe * tc.epochs
@@ -245,20 +286,21 @@ class Trainer:
         warm_t: float | None = None
         warm_images = 0
         images_done = 0
+        paused = 0.0  # seconds spent evaluating / checkpointing after warm-up (not training)
         stopped = "done"
         cb(Progress("start", self.epoch, tc.epochs, self.step, spe, self.global_step))
         self.model.train()
         seg_start = time.perf_counter()
         while self.epoch < tc.epochs:
-            perm = epoch_permutation(n, tc.seed, self.epoch)
+            perm = distributed.shard(epoch_permutation(n, tc.seed, self.epoch))  # DDP: this rank's part
             while self.step < spe:
-                if stop is not None and stop.is_set():
+                if distributed.any_true(stop is not None and stop.is_set()):  # DDP: ranks stop together
                     stopped = "interrupted"
                     break
                 if tc.max_steps is not None and session_steps >= tc.max_steps:
                     stopped = "max_steps"
                     break
-                if tc.time_budget is not None and time.perf_counter() - t0 >= tc.time_budget:
+                if tc.time_budget is not None and distributed.any_true(time.perf_counter() - t0 >= tc.time_budget):
                     stopped = "time_budget"
                     break
                 idx = perm[self.step * bs : (self.step + 1) * bs].to(self.device)
@@ -270,14 +312,14 @@ class Trainer:
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
                 with autocast(self.device, self.precision):
-                    out = self.model(x, generator=self.noise)
+                    out = self.net(x, generator=self.noise)  # DDP: the wrapper averages gradients
                 recon = reconstruction_nll(out.logits, x, likelihood, log_scale)
                 kl = kl_divergence(out.mu, out.logvar)
                 terms = elbo_terms(recon, kl, beta)
                 if tc.capacity or tc.free_bits or tc.tc_beta:  # capacity / free bits / beta-TCVAE (issue 7)
                     cap = capacity_at(self.epoch + self.step / spe, tc.capacity, tc.capacity_epochs or tc.epochs) if tc.capacity else None
                     terms.loss = objective_loss(recon, out.mu, out.logvar, out.z, beta, capacity=cap, free_bits=tc.free_bits, tc_beta=tc.tc_beta)
-                if not bool(torch.isfinite(terms.loss)):
+                if not distributed.all_finite(terms.loss):  # DDP: all ranks skip or stop together
                     if not tc.skip_nonfinite:
                         raise TrainingError(
                             f"non-finite loss at epoch {self.epoch + 1}, step {self.step + 1}: stopped, "
@@ -297,22 +339,23 @@ class Trainer:
                 self.step += 1
                 self.global_step += 1
                 session_steps += 1
-                images_done += x.shape[0]
+                images_done += x.shape[0] * distributed.world_size()  # DDP: every rank takes bs images
                 if session_steps == WARMUP_STEPS:
                     _sync(self.device)
                     warm_t, warm_images = time.perf_counter(), images_done
                 now = time.perf_counter()
                 if now - last_report >= 0.1 or self.step == spe:
                     last_report = now
-                    ips = (images_done - warm_images) / (now - warm_t) if warm_t and now > warm_t else 0.0
+                    ips = (images_done - warm_images) / (now - warm_t - paused) if warm_t and now > warm_t + paused else 0.0
                     cb(Progress("step", self.epoch, tc.epochs, self.step, spe, self.global_step,
                                 loss=float(terms.loss.detach()), recon=float(terms.recon.detach()), kl=float(terms.kl.detach()),
                                 beta=beta, lr=lr, images_per_second=ips))  # fmt: skip
-                if now - last_save >= tc.save_every:
+                if distributed.any_true(now - last_save >= tc.save_every):  # DDP: ranks save together
                     self.train_seconds += now - seg_start
                     seg_start = now
                     self.save()
                     last_save = time.perf_counter()
+                    paused += last_save - now if warm_t else 0.0
             if self.step < spe:
                 break
             # ---- epoch end: evaluate, record, checkpoint
@@ -324,15 +367,17 @@ class Trainer:
             self._epoch_sums.zero_()
             self.history.append(row)
             self.save()
-            ckpt.write_metrics(self.path, self.history)
-            _plot(self.path, self.history)
+            if distributed.is_main():  # DDP: rank 0 writes
+                ckpt.write_metrics(self.path, self.history)
+                _plot(self.path, self.history)
             cb(Progress("epoch", self.epoch - 1, tc.epochs, spe, spe, self.global_step, metrics=row))
             last_save = seg_start = time.perf_counter()
+            paused += last_save - now if warm_t else 0.0
         _sync(self.device)
         t_end = time.perf_counter()
         if self.step != 0 or stopped != "done":
             self.train_seconds += t_end - seg_start
-        ips = (images_done - warm_images) / (t_end - warm_t) if warm_t and t_end > warm_t else 0.0
+        ips = (images_done - warm_images) / (t_end - warm_t - paused) if warm_t and t_end > warm_t + paused else 0.0
         if stopped != "done" and session_steps > 0:
             self.save()
         test = evaluate(self.model, self.test_data, device=self.device, seed=tc.seed)
@@ -359,9 +404,20 @@ class Trainer:
         )
         summary = result.to_dict()
         summary["test_per_dim_kl"] = test.per_dim_kl
+        summary["test_mu_variance"] = test.mu_variance
         summary["nonfinite_skipped"] = self.nonfinite_skipped
         summary["train_seconds"] = round(self.train_seconds, 3)
-        ckpt.write_summary(self.path, summary)
+        # ---- DDP: record the world size and effective batch; check that the ranks agree
+        summary["world_size"] = distributed.world_size()
+        summary["effective_batch_size"] = bs * distributed.world_size()
+        digests = distributed.param_digests(self.model) if distributed.is_distributed() else []
+        if digests:
+            summary["param_sha256_per_rank"] = digests
+        if distributed.is_main():
+            ckpt.write_summary(self.path, summary)
+        if len(set(digests)) > 1:
+            raise TrainingError(f"the {len(digests)} ranks ended with different parameters (a DDP bug); the checkpoint holds rank 0's")
+        # ---- end DDP
         cb(Progress("end", self.epoch, tc.epochs, self.step, spe, self.global_step, images_per_second=ips, metrics=summary))
         return result
 
@@ -379,6 +435,12 @@ class Trainer:
             "active_units": test.active_units,
             "train_seconds": round(self.train_seconds, 3),
         }
+
+
+def _rank_steps(n: int, batch_size: int, world: int) -> int:
+    """Steps per epoch of each rank when ``n`` images are sharded over ``world`` ranks."""
+    m = distributed.shard_size(n, world)
+    return steps_per_epoch(m, min(batch_size, m)) if m else 0
 
 
 def _adam_kwargs(device: torch.device) -> dict[str, Any]:

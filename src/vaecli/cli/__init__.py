@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from . import disentangle, likelihood, runs, train  # noqa: F401  (register commands)
+from . import runs, train  # noqa: F401  (register commands)
+from . import analysis  # noqa: F401, I001  (registered after train: listed after it in --help)
+from . import explore  # noqa: F401, I001
+from . import disentangle, likelihood  # noqa: F401, I001
 from .app import app
 
 

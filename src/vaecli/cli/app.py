@@ -12,7 +12,14 @@ from typer.core import TyperGroup
 DEBUG = {"on": os.environ.get("VAE_DEBUG", "") not in ("", "0", "false", "no")}
 
 
-def _err(msg: str) -> None:
+def _err(msg: str, exc: BaseException | None = None) -> None:
+    """Write one line on stderr. Under torchrun, other ranks than 0 label their lines and
+    stay silent on errors they only mirror from rank 0 (``exc.mirrored``)."""
+    rank = os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1") else "0"
+    if rank not in ("", "0"):
+        if getattr(exc, "mirrored", False):
+            return
+        msg = msg.replace("vae: ", f"vae (rank {rank}): ", 1)
     sys.stderr.write(msg.rstrip("\n") + "\n")
     sys.stderr.flush()
 
@@ -28,7 +35,7 @@ class VaeGroup(TyperGroup):
         except VaeError as exc:
             if DEBUG["on"]:
                 raise
-            _err(f"vae: error: {exc}")
+            _err(f"vae: error: {exc}", exc)
             sys.exit(2)
         except KeyboardInterrupt:
             _err("vae: interrupted")
@@ -40,7 +47,7 @@ class VaeGroup(TyperGroup):
             if DEBUG["on"]:
                 raise
             where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
-            _err(f"vae: error: {exc.strerror or exc}{where}")
+            _err(f"vae: error: {exc.strerror or exc}{where}", exc)
             sys.exit(2)
         except Exception as exc:
             # click/typer usage errors carry exit_code and format_message (duck-typed: no click import)
@@ -54,7 +61,7 @@ class VaeGroup(TyperGroup):
                 sys.exit(1)
             if DEBUG["on"]:
                 raise
-            _err(f"vae: internal error: {type(exc).__name__}: {exc} (run with VAE_DEBUG=1 for the traceback)")
+            _err(f"vae: internal error: {type(exc).__name__}: {exc} (run with VAE_DEBUG=1 for the traceback)", exc)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
 

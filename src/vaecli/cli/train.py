@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from typing import Any
 
 import typer
@@ -28,7 +29,7 @@ def train_cmd(
     free_bits: float = typer.Option(0.0, "--free-bits", help="Free bits: nats per latent dimension not penalised (Kingma et al. 2016; 0 = off)."),
     tc_beta: float = typer.Option(0.0, "--tc-beta", help="beta-TCVAE: weight of the total correlation, the rest of the KL keeps --beta (Chen et al. 2018; 0 = off)."),
     epochs: int = typer.Option(10, "--epochs", help="Total epochs of the run."),
-    batch_size: int = typer.Option(128, "--batch-size", help="Images per step."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Images per step (per rank under torchrun: effective batch = this x ranks)."),
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
     lr_schedule: str = typer.Option("constant", "--lr-schedule", help="constant | cosine (decays to 1% over the run)."),
     grad_clip: float = typer.Option(1.0, "--grad-clip", help="Gradient-norm clip (0 = off)."),
@@ -48,11 +49,17 @@ def train_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout at the end (progress on stderr)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Train a (beta-)VAE and store the run (weights, config, metrics, loss.png)."""
+    """Train a (beta-)VAE and store the run (weights, config, metrics, loss.png).
+
+    Under torchrun (`torchrun --nproc-per-node N -m vaecli train ...`) it trains with
+    DistributedDataParallel; --batch-size is per rank (see docs/distributed.md)."""
+    from .. import distributed
     from ..config import DataConfig, ModelConfig, TrainConfig
     from ..errors import ConfigError
     from ..training import resume_run, start_run
 
+    distributed.init(device)  # under torchrun: join the process group (no-op otherwise)
+    main = distributed.is_main()  # only rank 0 prints
     if resume:
         if name and name != resume:
             raise ConfigError("--name and --resume name different runs")
@@ -76,32 +83,44 @@ def train_cmd(
         trainer = start_run(model_cfg, data_cfg, train_cfg, name=name, overwrite=overwrite)
 
     err = stderr_console()
+    err.quiet = not main
     stop = threading.Event()
+
+    first_sigint = [0.0]
 
     def on_sigint(signum: int, frame: Any) -> None:
         if stop.is_set():
-            raise KeyboardInterrupt
+            # torchrun forwards the terminal's Ctrl-C to workers that already got it: not a second press
+            if not (distributed.is_distributed() and time.monotonic() - first_sigint[0] < 2.0):
+                raise KeyboardInterrupt
+            return
+        first_sigint[0] = time.monotonic()
         stop.set()
         err.print("[yellow]stopping after this step and saving (Ctrl-C again to abort)[/yellow]")
 
     old = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
     try:
-        result = _fit_with_progress(trainer, stop, quiet, err)
+        result = _fit_with_progress(trainer, stop, quiet or not main, err)
+    except Exception as exc:
+        if distributed.is_comm_error(exc):  # a peer died or timed out: say so in one line
+            raise distributed.explain(exc) from None
+        raise
     finally:
         if old is not None:
             signal.signal(signal.SIGINT, old)
+    distributed.cleanup()
     from ..metrics import likelihood_label
 
     label = likelihood_label(trainer.cfg.model.likelihood, trainer.cfg.data.binarize)
     summary = result.to_dict()
-    if as_json:
+    if as_json and main:
         summary.pop("stopped", None)
         summary.pop("precision", None)
         summary.pop("device", None)
         summary["likelihood"] = label
         print_json(summary)
         _summary_table(result, err, label)
-    else:
+    elif main:  # DDP: the other ranks print nothing
         _summary_table(result, stdout_console(), label)
     if result.stopped == "interrupted":
         err.print(f"interrupted: the run is saved; continue with [bold]vae train --resume {result.run}[/bold]")
@@ -116,6 +135,7 @@ def _fit_with_progress(trainer: Any, stop: threading.Event, quiet: bool, console
         f"run [bold]{trainer.path.name}[/bold]: {cfg.model.arch} z={cfg.model.latent_dim} on {cfg.data.name} "
         f"({cfg.data.train_size} train / {cfg.data.test_size} test), beta={cfg.train.beta}"
         f"{f' annealed over {cfg.train.anneal} epochs' if cfg.train.anneal else ''}{_objective(cfg)}, device {trainer.device}, {trainer.precision}"
+        + (f", {ws} ranks x batch {cfg.train.batch_size}" if (ws := cfg.train.world_size) > 1 else "")
     )
     progress = Progress(
         TextColumn("[bold]epoch {task.fields[epoch]}"),

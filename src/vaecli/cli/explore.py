@@ -1,0 +1,41 @@
+"""`vae explore`: serve the latent-space explorer page for a run."""
+
+from __future__ import annotations
+
+import typer
+
+from .app import app
+from .common import stderr_console
+
+
+@app.command("explore")
+def explore_cmd(
+    run: str = typer.Option(None, "--run", help="Run name or folder (default: the latest trained run)."),
+    port: int = typer.Option(8765, "--port", help="TCP port (0 picks a free one)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default: only this machine can connect)."),
+    no_browser: bool = typer.Option(False, "--no-browser", help="Do not open a browser tab."),
+) -> None:
+    """Explore a run's latent space in the browser: one slider per dimension, live decoding."""
+    from ..explore import Explorer, is_loopback, make_server
+
+    err = stderr_console()
+    explorer = Explorer(run, log=lambda msg: err.print(msg, markup=False, highlight=False))
+    explorer.get(None)  # load the model and its per-dimension KL before the first page load
+    server = make_server(explorer, host, port)
+    url = server.url
+    if not is_loopback(host):
+        err.print(f"[yellow]warning: listening on {host}: anyone who can reach this machine can use the explorer[/yellow]")
+    err.print(f"exploring run [bold]{explorer.default}[/bold] at [link={url}]{url}[/link]  (Ctrl-C to stop)")
+    if not no_browser:
+        import webbrowser
+
+        try:
+            webbrowser.open(url.replace("0.0.0.0", "127.0.0.1"), new=2)
+        except Exception:  # noqa: BLE001 - no browser is not an error: the URL is printed
+            pass
+    try:
+        server.serve_forever(poll_interval=0.25)
+    except KeyboardInterrupt:
+        err.print("stopped")
+    finally:
+        server.server_close()

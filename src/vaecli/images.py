@@ -1,0 +1,235 @@
+"""Image files in and out for the analysis commands: PNG grids, labelled rows, GIFs, input lists.
+
+Grids are built by ``torchvision.utils.make_grid`` and turned into 8-bit pixels exactly as
+``torchvision.utils.save_image`` does (``x * 255 + 0.5``, clamped, truncated), then encoded to PNG
+bytes in memory so the caller can write them atomically (:mod:`vaecli.fileio`) or to stdout.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePath, PurePosixPath
+
+import torch
+
+from .data import list_images, load_image
+from .errors import ConfigError, DataError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_SCALE = 16
+
+
+# ----------------------------------------------------------------------------- pixels
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] -> uint8, rounded like ``save_image`` (works on any shape)."""
+    return images.detach().float().cpu().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+
+
+def upscale(images: torch.Tensor, scale: int) -> torch.Tensor:
+    """Nearest-neighbour upscaling of (N, C, H, W) by an integer factor (1 = unchanged)."""
+    if scale < 1 or scale > MAX_SCALE:
+        raise ConfigError(f"--scale must be between 1 and {MAX_SCALE}, got {scale}")
+    if scale == 1:
+        return images
+    return images.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+
+
+def default_nrow(n: int) -> int:
+    """Images per grid row when not given: ceil(sqrt(n))."""
+    return max(1, math.ceil(math.sqrt(n)))
+
+
+def grid(images: torch.Tensor, nrow: int, padding: int = 2, scale: int = 1, pad_value: float = 0.0):  # type: ignore[no-untyped-def]
+    """A PIL image of the grid ``make_grid(images, nrow, padding)`` (gray 'L' for 1-channel images)."""
+    from torchvision.utils import make_grid
+
+    if nrow < 1:
+        raise ConfigError(f"--nrow must be >= 1, got {nrow}")
+    if padding < 0:
+        raise ConfigError(f"--padding must be >= 0, got {padding}")
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ConfigError("no images to put in a grid")
+    images = upscale(images.detach().float().cpu(), scale)
+    g = make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value)
+    return to_pil(g if images.shape[1] == 3 else g[:1])
+
+
+def to_pil(image: torch.Tensor):  # type: ignore[no-untyped-def]
+    """One float image (C, H, W) in [0, 1] -> PIL 'L' (C = 1) or 'RGB' (C = 3)."""
+    from PIL import Image
+
+    u8 = to_uint8(image)
+    if u8.shape[0] == 1:
+        return Image.frombytes("L", (u8.shape[2], u8.shape[1]), u8[0].contiguous().numpy().tobytes())
+    return Image.frombytes("RGB", (u8.shape[2], u8.shape[1]), u8.permute(1, 2, 0).contiguous().numpy().tobytes())
+
+
+def png_bytes(img) -> bytes:  # type: ignore[no-untyped-def]
+    """Encode a PIL image as PNG bytes."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def image_png(image: torch.Tensor, scale: int = 1) -> bytes:
+    """One float image (C, H, W) -> PNG bytes (no padding)."""
+    return png_bytes(to_pil(upscale(image.unsqueeze(0), scale)[0]))
+
+
+def grid_png(images: torch.Tensor, nrow: int, padding: int = 2, scale: int = 1) -> bytes:
+    """PNG bytes of ``make_grid(images, nrow, padding)``."""
+    return png_bytes(grid(images, nrow, padding, scale))
+
+
+def gif_bytes(frames: Sequence, fps: float = 8.0, bounce: bool = True) -> bytes:  # type: ignore[type-arg]
+    """An endlessly looping GIF of PIL frames; ``bounce`` plays them forward then backward."""
+    if not frames:
+        raise ConfigError("no frames for the GIF")
+    if not math.isfinite(fps) or not 0 < fps <= 100:
+        raise ConfigError(f"--fps must be a number in (0, 100], got {fps}")
+    seq = list(frames)
+    if bounce and len(seq) > 2:
+        seq = seq + seq[-2:0:-1]
+    buf = io.BytesIO()
+    seq[0].save(buf, format="GIF", save_all=True, append_images=seq[1:], duration=int(round(1000 / fps)), loop=0, optimize=False)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def _font(px: int):  # type: ignore[no-untyped-def]
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=px)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def label_grid(img, row_labels: Sequence[str], tile: int, padding: int, col_labels: Sequence[str] | None = None):  # type: ignore[no-untyped-def]
+    """Add a label column left of a grid (one label per row) and optionally a header of column labels.
+
+    ``tile`` is the side of one image in the grid, ``padding`` the grid's padding. Text is
+    light on the grid's black background.
+    """
+    from PIL import Image, ImageDraw
+
+    step = tile + padding
+    px = max(9, min(16, int(step * 0.42)))
+    font = _font(px)
+    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+
+    def width(s: str) -> int:
+        box = measure.textbbox((0, 0), s, font=font)
+        return int(box[2] - box[0])
+
+    def put(x: float, y: float, s: str, fill, align: str) -> None:  # type: ignore[no-untyped-def]
+        # manual anchoring (right-middle or centre-middle): bitmap fonts of old Pillow have no anchor=
+        l, t, r, b = measure.textbbox((0, 0), s, font=font)
+        dx = -(r - l) if align == "right" else -(r - l) / 2
+        draw.text((x + dx - l, y - (b - t) / 2 - t), s, font=font, fill=fill)
+
+    left = max((width(s) for s in row_labels), default=0) + 2 * max(4, padding)
+    top = px + 2 * max(3, padding) if col_labels else 0
+    mode = img.mode
+    out = Image.new(mode, (img.width + left, img.height + top), 0)
+    out.paste(img, (left, top))
+    draw = ImageDraw.Draw(out)
+    fill = 235 if mode == "L" else (235, 235, 235)
+    for r, s in enumerate(row_labels):
+        cy = top + padding + r * step + tile / 2
+        put(left - max(4, padding), cy, s, fill, "right")
+    if col_labels:
+        muted = 170 if mode == "L" else (170, 170, 170)
+        for c, s in enumerate(col_labels):
+            if not s:
+                continue
+            cx = left + padding + c * step + tile / 2
+            put(cx, top / 2, s, muted, "centre")
+    return out
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """An input image: ``path`` to open and ``rel``, the relative name its outputs are written under."""
+
+    path: Path
+    rel: PurePath
+
+
+def output_name(path: str | os.PathLike[str], fallback: str) -> PurePosixPath:
+    """Where an output derived from ``path`` goes inside an output folder, with a ``.png`` suffix.
+
+    Relative paths are kept (so ``find imgs ... | vae encode - | vae decode --out-dir out`` writes
+    ``out/imgs/...``); absolute paths or paths with ``..`` keep only their file name; empty -> ``fallback``.
+    """
+    p = PurePath(path)
+    parts = [x for x in p.parts if x not in ("", ".")]
+    if p.is_absolute() or p.anchor or ".." in parts:
+        parts = [p.name] if p.name not in ("", "..") else []
+    if not parts:
+        parts = [fallback]
+    rel = PurePosixPath(*parts)
+    return rel.with_name(rel.stem + ".png") if rel.suffix.lower() in _SUFFIXES else rel.with_name(rel.name + ".png")
+
+
+_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+def collect_inputs(specs: Sequence[str], read_stdin: Callable[[], str] | None = None) -> list[InputImage]:
+    """Expand command-line inputs: image files, folders (recursive, via :func:`data.list_images`)
+    and ``-`` (paths read from stdin, one per line, each a file or folder). Raises when nothing is found."""
+    found: list[InputImage] = []
+    stdin_used = False
+    for spec in specs:
+        if spec == "-":
+            if stdin_used:
+                continue
+            stdin_used = True
+            text = (read_stdin or (lambda: sys.stdin.read()))()
+            lines = [ln.rstrip("\r\n") for ln in text.splitlines()]
+            for ln in lines:
+                if ln.strip():
+                    found.extend(_expand(ln))
+        else:
+            found.extend(_expand(spec))
+    if not found:
+        raise DataError("no input images (give image files, folders, or - to read paths from stdin)")
+    return found
+
+
+def _expand(spec: str) -> list[InputImage]:
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        return [InputImage(f, output_name(f.relative_to(p), "image")) for f in list_images(p)]
+    if not p.exists():
+        raise DataError(f"{spec}: no such file or folder")
+    return [InputImage(p, output_name(spec, "image"))]
+
+
+def load_inputs(items: Sequence[InputImage], channels: int, size: int) -> torch.Tensor:
+    """Decode every input with :func:`data.load_image` at the run's channels and size: uint8 (N, C, H, W)."""
+    if not items:
+        raise DataError("no input images")
+    return torch.stack([load_image(it.path, channels, size) for it in items])
+
+
+def check_unique(names: Sequence[PurePath]) -> None:
+    """Refuse two outputs with the same file name (they would overwrite each other)."""
+    seen: set[str] = set()
+    for n in names:
+        key = str(n)
+        if key in seen:
+            raise ConfigError(f"two inputs would be written to the same file {key}: rename one or use separate runs")
+        seen.add(key)
