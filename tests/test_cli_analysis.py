@@ -223,7 +223,7 @@ def test_traverse_from_an_image_and_an_index(tmp_path: Path, pngs: Path, ck: lis
 def test_eval_kl_json_sums_and_keys(ck: list[str], tiny) -> None:  # type: ignore[no-untyped-def]
     _, cfg, test = tiny
     out = json.loads(ok(["eval-kl", "--json", *ck]).stdout)
-    assert list(out) == ["run", "split", "images", "neg_elbo", "recon", "kl", "per_dim_kl", "active_units"]
+    assert list(out) == ["run", "split", "images", "neg_elbo", "recon", "kl", "per_dim_kl", "active_units", "binarized", "likelihood"]
     assert out["run"] == "tiny" and out["split"] == "test" and out["images"] == len(test)
     assert len(out["per_dim_kl"]) == cfg.model.latent_dim
     assert all(v >= 0 for v in out["per_dim_kl"])
