@@ -23,7 +23,7 @@ from . import __version__
 from . import checkpoint as ckpt
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data import ImageData, load_data, to_float
-from .device import autocast, resolve_device, resolve_precision
+from .device import adam_kwargs, autocast, memory_format_for, resolve_device, resolve_precision
 from .errors import ConfigError, TrainingError
 from .losses import elbo_terms, kl_divergence, reconstruction_nll
 from .metrics import EvalResult, evaluate
@@ -166,6 +166,8 @@ class Trainer:
         self.precision = resolve_precision(tc.precision, self.device)
         torch.manual_seed(tc.seed)
         self.model = VAE(cfg.model).to(self.device)
+        self.memory_format = memory_format_for(self.model, self.device)
+        self.model.to(memory_format=self.memory_format)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, **_adam_kwargs(self.device))
         self.train_data = train
         self.test_data = test
@@ -222,6 +224,7 @@ class Trainer:
             self.noise.set_state(rng["noise"].to(self.noise.get_state().device))
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
+        _match_state_layout(self.optimizer)
         self.history = [r for r in ckpt.read_metrics(self.path) if int(r.get("epoch", 0)) <= self.epoch]
 
     # -------------------------------------------------------------- loop
@@ -262,9 +265,10 @@ class Trainer:
                     stopped = "time_budget"
                     break
                 idx = perm[self.step * bs : (self.step + 1) * bs].to(self.device)
-                x = to_float(self.train_images[idx])
+                x = to_float(self.train_images[idx]).contiguous(memory_format=self.memory_format)
                 beta = beta_at(self.epoch + self.step / spe, tc.beta, tc.anneal)
-                lr = lr_at(self.global_step, total_steps, tc.lr, tc.lr_schedule, tc.warmup_steps)
+                frac = (time.perf_counter() - t0) / tc.time_budget if tc.time_budget else None
+                lr = lr_at(self.global_step, total_steps, tc.lr, tc.lr_schedule, tc.warmup_steps, time_fraction=frac)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
                 with autocast(self.device, self.precision):
@@ -377,8 +381,19 @@ class Trainer:
 
 
 def _adam_kwargs(device: torch.device) -> dict[str, Any]:
-    """foreach Adam everywhere (fused on CUDA): fewer kernel launches than the per-tensor loop."""
-    return {"fused": True} if device.type == "cuda" else {"foreach": True}
+    """Fused Adam on CPU and CUDA, foreach elsewhere (see :func:`device.adam_kwargs`)."""
+    return adam_kwargs(device)
+
+
+def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give loaded optimizer moments their parameter's memory format (checkpoints store them
+    contiguous; fused Adam wants moments laid out like the parameter, e.g. channels_last)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 def _sync(device: torch.device) -> None:
