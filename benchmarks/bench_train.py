@@ -5,7 +5,7 @@ Run by hand (never in CI), from the repository root::
     VAE_DATA_DIR=/work/shared/data python benchmarks/bench_train.py --out bench.json
     python benchmarks/bench_train.py --modes quality --budget 120 --out q120.json
 
-Modes (``--modes``, comma separated; default ``throughput,startup,rss``):
+Modes (``--modes``, comma separated; default ``throughput,levers,startup,rss``):
 
 * ``throughput``: alternates the plain recipe (``reference``) and ``vae train --arch seed
   --max-steps 45 --json`` (``vaecli``) ``--rounds`` times (ref, ours, ref, ours, ...), each in a
@@ -22,6 +22,9 @@ Modes (``--modes``, comma separated; default ``throughput,startup,rss``):
 * ``quality``: ``vae train --time-budget T`` (default model) and its test -ELBO; with
   ``--quality-reference`` also the plain recipe trained for the same wall time, evaluated the
   same way (eval mode, one posterior sample per test image).
+* ``levers``: in this one process, interleaved in short bursts (robust to a busy machine):
+  the plain recipe's step against vaecli's step with each lever on or off (uint8 data in
+  memory, channels_last, fused Adam); CPU and wall milliseconds per step of the seed model.
 * ``bf16``: ``vae train --max-steps S`` in fp32 and in bf16 (same seed) and the difference in
   test -ELBO (the bf16 safety check; slow where the CPU has no native bf16).
 
@@ -319,6 +322,90 @@ def mode_bf16(args: argparse.Namespace, home: Path) -> dict[str, Any]:
     return out
 
 
+def mode_levers(args: argparse.Namespace, home: Path) -> dict[str, Any]:
+    """Ablation of the step's levers, in-process and interleaved (seed model, batch 128)."""
+    sys.path.insert(0, str(SRC))
+    import torch
+    import torch.nn.functional as F
+    import torchvision
+    from torch.utils.data import DataLoader
+    from torchvision import transforms
+
+    from vaecli.config import ModelConfig
+    from vaecli.data import read_idx, to_float
+    from vaecli.losses import elbo_terms, kl_divergence, reconstruction_nll
+    from vaecli.model import VAE
+
+    raw = Path(args.data_dir) / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"
+    images = read_idx(raw.read_bytes()).unsqueeze(1)  # uint8 (N, 1, 28, 28)
+    ds = torchvision.datasets.FashionMNIST(args.data_dir, train=True, download=False, transform=transforms.ToTensor())
+
+    def make(plain: bool, channels_last: bool, adam: dict[str, bool]) -> Any:
+        torch.manual_seed(0)
+        model = VAE(ModelConfig(arch="seed"))
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        model.to(memory_format=fmt)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, **adam)
+        params = list(model.parameters())
+        gen = torch.Generator().manual_seed(1)
+        loader = iter(DataLoader(ds, batch_size=128, shuffle=True, drop_last=True))
+        perm = torch.randperm(len(images))
+        pos = [0]
+
+        def step() -> None:
+            if plain:
+                x, _ = next(loader)
+                out = model(x)
+                kl = -0.5 * torch.sum(1 + out.logvar - out.mu.pow(2) - out.logvar.exp())
+                loss = (F.binary_cross_entropy(torch.sigmoid(out.logits), x, reduction="sum") + kl) / x.shape[0]
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                return
+            i = pos[0] % (len(images) // 128)
+            pos[0] += 1
+            x = to_float(images[perm[i * 128 : (i + 1) * 128]]).contiguous(memory_format=fmt)
+            out = model(x, generator=gen)
+            terms = elbo_terms(reconstruction_nll(out.logits, x), kl_divergence(out.mu, out.logvar), 1.0)
+            bool(torch.isfinite(terms.loss))
+            opt.zero_grad(set_to_none=True)
+            terms.loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+
+        return step
+
+    variants = {
+        "reference": make(True, False, {}),
+        "vaecli_uint8_only": make(False, False, {"foreach": True}),
+        "vaecli_no_channels_last": make(False, False, {"fused": True}),
+        "vaecli_foreach_adam": make(False, True, {"foreach": True}),
+        "vaecli": make(False, True, {"fused": True}),
+    }
+    for step in variants.values():
+        for _ in range(WARMUP):
+            step()
+    wall: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(args.lever_rounds):
+        for k, step in variants.items():
+            t, c = time.perf_counter(), time.process_time()
+            for _ in range(3):
+                step()
+            wall[k].append((time.perf_counter() - t) / 3 * 1000)
+            cpu[k].append((time.process_time() - c) / 3 * 1000)
+    out: dict[str, Any] = {"threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+                           "rounds": args.lever_rounds, "steps_per_burst": 3}  # fmt: skip
+    ref_w, ref_c = statistics.median(wall["reference"]), statistics.median(cpu["reference"])
+    for k in variants:
+        w, c = statistics.median(wall[k]), statistics.median(cpu[k])
+        out[k] = {"wall_ms_per_step": round(w, 1), "cpu_ms_per_step": round(c, 1),
+                  "speedup_wall": round(ref_w / w, 3), "speedup_cpu": round(ref_c / c, 3)}  # fmt: skip
+        _log(f"levers {k}: {w:.0f} ms/step wall, {c:.0f} ms CPU (x{ref_w / w:.2f} / x{ref_c / c:.2f} vs reference)")
+    return out
+
+
 def _ips(r: dict[str, Any]) -> float:
     return float((r.get("result") or {}).get("images_per_second") or 0.0)
 
@@ -356,7 +443,7 @@ def machine_info() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--modes", default="throughput,startup,rss", help="throughput,startup,rss,quality,bf16")
+    p.add_argument("--modes", default="throughput,levers,startup,rss", help="throughput,levers,startup,rss,quality,bf16")
     p.add_argument("--out", help="write the JSON here (default: stdout)")
     p.add_argument("--data-dir", default=DEFAULT_DATA, help="folder holding FashionMNIST/raw (default $VAE_DATA_DIR)")
     p.add_argument("--rounds", type=int, default=2, help="throughput: ref/ours alternations")
@@ -367,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=120.0, help="quality: --time-budget seconds")
     p.add_argument("--quality-reference", action="store_true", help="quality: also train the plain recipe for the budget")
     p.add_argument("--bf16-steps", type=int, default=100)
+    p.add_argument("--lever-rounds", type=int, default=8, help="levers: interleaved bursts of 3 steps per variant")
     p.add_argument("--vae", nargs="+", help="the vae command (default: this python -m vaecli with ./src first)")
     p.add_argument("--vae-args", nargs=argparse.REMAINDER, default=[], help="extra arguments for every vae train (last)")
     p.add_argument("--keep", action="store_true", help="keep the runs folder")
@@ -381,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"no FashionMNIST/raw under {args.data_dir} (use --data-dir)")
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    table = {"throughput": mode_throughput, "startup": mode_startup, "rss": mode_rss, "quality": mode_quality, "bf16": mode_bf16}
+    table = {"throughput": mode_throughput, "levers": mode_levers, "startup": mode_startup, "rss": mode_rss, "quality": mode_quality,
+             "bf16": mode_bf16}  # fmt: skip
     bad = [m for m in modes if m not in table]
     if bad:
         p.error(f"unknown mode(s) {', '.join(bad)}")
