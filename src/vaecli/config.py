@@ -161,7 +161,7 @@ class TrainConfig(_Config):
     grad_clip: float = 1.0
     seed: int = 0
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     max_steps: int | None = None
     time_budget: float | None = None
     save_every: float = 300.0

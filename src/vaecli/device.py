@@ -60,6 +60,20 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     return "fp32"
 
 
+def memory_format_for(model: torch.nn.Module, device: torch.device) -> torch.memory_format:
+    """``channels_last`` for conv models on CPU/CUDA (oneDNN/cuDNN run NHWC convs without
+    reordering; measured 5-10% faster per step on CPU, docs/performance.md), else contiguous."""
+    has_conv = any(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in model.modules())
+    if has_conv and device.type in ("cpu", "cuda"):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def adam_kwargs(device: torch.device) -> dict[str, bool]:
+    """Fused Adam on CPU and CUDA (one kernel over all parameters), foreach elsewhere."""
+    return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
+
+
 @contextlib.contextmanager
 def autocast(device: torch.device, precision: str) -> Iterator[None]:
     """bf16 autocast for the forward pass when ``precision == 'bf16'`` (fp32 master weights)."""

@@ -24,7 +24,7 @@ from . import checkpoint as ckpt
 from . import distributed
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data import ImageData, load_data, to_float
-from .device import autocast, resolve_precision
+from .device import adam_kwargs, autocast, memory_format_for, resolve_precision
 from .errors import ConfigError, TrainingError
 from .losses import elbo_terms, kl_divergence, objective_loss, reconstruction_nll
 from .metrics import EvalResult, evaluate
@@ -174,6 +174,8 @@ class Trainer:
         self.precision = resolve_precision(tc.precision, self.device)
         torch.manual_seed(tc.seed)
         self.model = VAE(cfg.model).to(self.device)
+        self.memory_format = memory_format_for(self.model, self.device)
+        self.model.to(memory_format=self.memory_format)
         # ---- DDP (distributed.py): the training forward runs through the DDP wrapper (``self.net``);
         # ``self.model`` stays the bare VAE for evaluation and checkpoints. Other ranks draw their own
         # noise (seed + 1 + rank; rank 0 matches a single process) and dropout masks (seed + rank).
@@ -249,6 +251,7 @@ class Trainer:
             seed = (self.cfg.train.seed + 1 + distributed.rank()) * 1_000_003 + self.global_step
             self.noise.manual_seed(seed)
             torch.manual_seed(seed + 1)
+        _match_state_layout(self.optimizer)
         self.history = [r for r in ckpt.read_metrics(self.path) if int(r.get("epoch", 0)) <= self.epoch]
 
     def _convert_position(self, saved_world: int) -> None:
@@ -304,11 +307,12 @@ class Trainer:
                     stopped = "time_budget"
                     break
                 idx = perm[self.step * bs : (self.step + 1) * bs].to(self.device)
-                x = to_float(self.train_images[idx])
+                x = to_float(self.train_images[idx]).contiguous(memory_format=self.memory_format)
                 if self.cfg.data.binarize:  # dynamic binarisation, x ~ Bernoulli(pixel) per batch (issue 7)
                     x = torch.bernoulli(x, generator=self.noise)
                 beta = beta_at(self.epoch + self.step / spe, tc.beta, tc.anneal, tc.cyclical, tc.epochs)
-                lr = lr_at(self.global_step, total_steps, tc.lr, tc.lr_schedule, tc.warmup_steps)
+                frac = (time.perf_counter() - t0) / tc.time_budget if tc.time_budget else None
+                lr = lr_at(self.global_step, total_steps, tc.lr, tc.lr_schedule, tc.warmup_steps, time_fraction=frac)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
                 with autocast(self.device, self.precision):
@@ -444,8 +448,19 @@ def _rank_steps(n: int, batch_size: int, world: int) -> int:
 
 
 def _adam_kwargs(device: torch.device) -> dict[str, Any]:
-    """foreach Adam everywhere (fused on CUDA): fewer kernel launches than the per-tensor loop."""
-    return {"fused": True} if device.type == "cuda" else {"foreach": True}
+    """Fused Adam on CPU and CUDA, foreach elsewhere (see :func:`device.adam_kwargs`)."""
+    return adam_kwargs(device)
+
+
+def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give loaded optimizer moments their parameter's memory format (checkpoints store them
+    contiguous; fused Adam wants moments laid out like the parameter, e.g. channels_last)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 def _sync(device: torch.device) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from . import runs, train  # noqa: F401  (register commands)
 from . import analysis  # noqa: F401, I001  (registered after train: listed after it in --help)
 from . import explore  # noqa: F401, I001
@@ -11,6 +13,10 @@ from .app import app
 
 def main() -> None:
     """Console-script entry point."""
+    # OpenMP threads sleep instead of spinning between parallel regions (set before torch loads).
+    # On a busy machine spinning threads steal the cores the work needs (measured 4-5x faster
+    # training on a shared 2-core machine, docs/performance.md). OMP_WAIT_POLICY=ACTIVE restores it.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     app()
 
 

@@ -38,7 +38,9 @@ def train_cmd(
     likelihood: str = typer.Option("bernoulli", "--likelihood", help="bernoulli (BCE) | gaussian."),
     seed: int = typer.Option(0, "--seed", help="Random seed (weights, shuffling, sampling, split)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    precision: str = typer.Option("fp32", "--precision", help="auto | fp32 | bf16 (bf16 autocast, fp32 weights)."),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto (bf16 where the hardware runs it fast: AVX-512-BF16/AMX CPUs, CUDA; else fp32) | fp32 | bf16."
+    ),
     name: str = typer.Option(None, "--name", help="Run name (default: generated)."),
     resume: str = typer.Option(None, "--resume", help="Continue the run NAME where it stopped."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run of the same --name."),

@@ -1,0 +1,500 @@
+"""Training benchmarks of vaecli against the plain recipe, side by side, written as JSON.
+
+Run by hand (never in CI), from the repository root::
+
+    VAE_DATA_DIR=/work/shared/data python benchmarks/bench_train.py --out bench.json
+    python benchmarks/bench_train.py --modes quality --budget 120 --out q120.json
+
+Modes (``--modes``, comma separated; default ``throughput,levers,startup,rss``):
+
+* ``throughput``: alternates the plain recipe (``reference``) and ``vae train --arch seed
+  --max-steps 45 --json`` (``vaecli``) ``--rounds`` times (ref, ours, ref, ours, ...), each in a
+  fresh process, and reports images/s of both and their ratio. The reference is what a user
+  writes from the seed: ``model.VAE(ModelConfig(arch='seed'))``, a torchvision ``ToTensor``
+  DataLoader over FashionMNIST, Adam lr 1e-3, batch 128, fp32, BCE (sum over pixels) + KL,
+  gradient-norm clip 1.0; images/s over ``--steps`` steps after 5 warm-up steps, the same
+  window ``vae train`` reports. ``--reference-env K=V`` runs an extra reference variant with
+  that environment (e.g. ``OMP_WAIT_POLICY=PASSIVE``, to separate that lever from the rest).
+* ``startup``: wall time of ``vae --help``; ``vae sample -n 64`` on a trained run against
+  ``python -c "import torch, torchvision"`` (skipped when this checkout has no ``sample``).
+* ``rss``: peak RSS of ``vae train`` on the full data (``--rss-steps`` steps, default arch),
+  from ``wait4`` of that process alone. Every ``vae train`` above records its peak RSS too.
+* ``quality``: ``vae train --time-budget T`` (default model) and its test -ELBO; with
+  ``--quality-reference`` also the plain recipe trained for the same wall time, evaluated the
+  same way (eval mode, one posterior sample per test image).
+* ``levers``: in this one process, interleaved in short bursts (robust to a busy machine):
+  the plain recipe's step against vaecli's step with each lever on or off (uint8 data in
+  memory, channels_last, fused Adam); CPU and wall milliseconds per step of the seed model.
+* ``bf16``: ``vae train --max-steps S`` in fp32 and in bf16 (same seed) and the difference in
+  test -ELBO (the bf16 safety check; slow where the CPU has no native bf16).
+
+Every measurement records the load average and the number of other running processes, since
+the machine may be shared: compare numbers from one run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+DEFAULT_DATA = os.environ.get("VAE_DATA_DIR", "/work/shared/data")
+WARMUP = 5
+
+
+# --------------------------------------------------------------------------- helpers
+def machine_load() -> dict[str, Any]:
+    """Load average and how many other processes are running right now (state R)."""
+    running = 0
+    me = os.getpid()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == me:
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.rfind(")") + 2 :].startswith("R"):
+            running += 1
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = []
+    return {"loadavg": load, "running_processes": running}
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None, timeout: float | None = None) -> dict[str, Any]:
+    """Run ``cmd``; return wall seconds, exit code, stdout, stderr tail and its own peak RSS (MiB)."""
+    before = machine_load()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.005)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    return {
+        "cmd": cmd,
+        "rc": proc.returncode,
+        "wall_s": round(wall, 3),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),  # Linux: KiB
+        "stdout": stdout,
+        "stderr_tail": stderr[-1500:] if proc.returncode != 0 else "",
+        "load_before": before,
+        "load_after": machine_load(),
+    }
+
+
+def vae_cmd(args: argparse.Namespace) -> list[str]:
+    return list(args.vae) if args.vae else [sys.executable, "-m", "vaecli"]
+
+
+def vae_env(args: argparse.Namespace, home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["VAE_HOME"] = str(home)
+    env["VAE_DATA_DIR"] = args.data_dir
+    env.update(extra or {})
+    return env
+
+
+def last_json(text: str) -> dict[str, Any] | None:
+    """The JSON object ``vae ... --json`` printed (the last line that parses as one)."""
+    start = text.find("{")
+    if start >= 0:
+        try:
+            return json.loads(text[start:])
+        except json.JSONDecodeError:
+            pass
+    for line in reversed(text.splitlines()):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            return obj
+    return None
+
+
+def strip(r: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in r.items() if k != "stdout"}
+
+
+# --------------------------------------------------------------------------- the plain recipe (child process)
+def reference_child(data_dir: str, steps: int, seconds: float | None, threads: int | None) -> dict[str, Any]:
+    """The plain recipe: train the seed architecture the way a user writes it from the seed."""
+    sys.path.insert(0, str(SRC))
+    import torch
+    import torch.nn.functional as F
+    import torchvision
+    from torch.utils.data import DataLoader
+    from torchvision import transforms
+
+    from vaecli.config import ModelConfig
+    from vaecli.model import VAE
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    train = torchvision.datasets.FashionMNIST(data_dir, train=True, download=False, transform=transforms.ToTensor())
+    loader = DataLoader(train, batch_size=128, shuffle=True, drop_last=True)
+    model = VAE(ModelConfig(arch="seed"))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def loss_fn(x: torch.Tensor) -> torch.Tensor:
+        out = model(x)
+        recon = F.binary_cross_entropy(torch.sigmoid(out.logits), x, reduction="sum")
+        kl = -0.5 * torch.sum(1 + out.logvar - out.mu.pow(2) - out.logvar.exp())
+        return (recon + kl) / x.shape[0]
+
+    model.train()
+    done = 0
+    t_warm = None
+    t0 = time.perf_counter()
+    while True:
+        for x, _ in loader:
+            loss = loss_fn(x)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            done += 1
+            if done == WARMUP:
+                t_warm = time.perf_counter()
+            if seconds is None and done >= WARMUP + steps:
+                break
+            if seconds is not None and time.perf_counter() - t0 >= seconds:
+                break
+        else:
+            continue
+        break
+    t_end = time.perf_counter()
+    timed = done - WARMUP
+    result: dict[str, Any] = {
+        "steps": done,
+        "images_per_second": round(timed * 128 / (t_end - t_warm), 2) if t_warm and timed > 0 else 0.0,
+        "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+    }
+    if seconds is not None:  # quality: evaluate like vae train (eval mode, one posterior sample per image)
+        test = torchvision.datasets.FashionMNIST(data_dir, train=False, download=False, transform=transforms.ToTensor())
+        model.eval()
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for x, _ in DataLoader(test, batch_size=500):
+                out = model(x)
+                recon = F.binary_cross_entropy_with_logits(out.logits, x, reduction="sum")
+                kl = -0.5 * torch.sum(1 + out.logvar - out.mu.pow(2) - out.logvar.exp())
+                total += float(recon + kl)
+                n += x.shape[0]
+        result["test_neg_elbo"] = total / n
+        result["train_seconds"] = round(t_end - t0, 2)
+    return result
+
+
+def run_reference(args: argparse.Namespace, extra_env: dict[str, str] | None = None, seconds: float | None = None) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child-reference", "--data-dir", args.data_dir, "--steps", str(args.steps)]
+    if seconds is not None:
+        cmd += ["--child-seconds", str(seconds)]
+    env = dict(os.environ)
+    env.update(extra_env or {})
+    r = run_measured(cmd, env=env)
+    r["result"] = last_json(r["stdout"])
+    return strip(r)
+
+
+def run_vae_train(args: argparse.Namespace, home: Path, name: str, extra: list[str], env_extra: dict[str, str] | None = None) -> dict[str, Any]:
+    cmd = vae_cmd(args) + ["train", "--data", "fashion-mnist", "--name", name, "--overwrite", "--json", "-q", *extra]
+    r = run_measured(cmd, env=vae_env(args, home, env_extra))
+    r["result"] = last_json(r["stdout"])
+    return strip(r)
+
+
+# --------------------------------------------------------------------------- modes
+def mode_throughput(args: argparse.Namespace, home: Path) -> dict[str, Any]:
+    rounds: list[dict[str, Any]] = []
+    variants = [("reference", None)] + [(f"reference[{kv}]", dict([kv.split("=", 1)])) for kv in args.reference_env]
+    for i in range(args.rounds):
+        row: dict[str, Any] = {}
+        for label, env in variants:
+            row[label] = run_reference(args, env)
+            _log(f"round {i + 1} {label}: {_ips(row[label])} img/s")
+        row["vaecli"] = run_vae_train(args, home, "bench-seed", ["--arch", "seed", "--max-steps", str(WARMUP + args.steps), *args.vae_args])
+        _log(f"round {i + 1} vaecli: {_ips(row['vaecli'])} img/s")
+        rounds.append(row)
+    out: dict[str, Any] = {"rounds": rounds, "steps_timed": args.steps, "warmup_steps": WARMUP, "batch_size": 128}
+    ours = [_ips(r["vaecli"]) for r in rounds]
+    for label, _ in variants:
+        ref = [_ips(r[label]) for r in rounds]
+        pairs = [o / f for o, f in zip(ours, ref) if o and f]
+        out[label] = {"images_per_second": ref, "median": _median(ref)}
+        out[f"ratio_vs_{label}"] = {"per_round": [round(p, 3) for p in pairs], "median_ratio": round(_median(pairs), 3) if pairs else None}
+    out["vaecli"] = {"images_per_second": ours, "median": _median(ours), "peak_rss_mib": [r["vaecli"]["peak_rss_mib"] for r in rounds]}
+    return out
+
+
+def mode_startup(args: argparse.Namespace, home: Path) -> dict[str, Any]:
+    env = vae_env(args, home)
+    helps = [run_measured(vae_cmd(args) + ["--help"], env=env)["wall_s"] for _ in range(args.repeat)]
+    out: dict[str, Any] = {"vae_help_s": helps, "vae_help_median_s": _median(helps)}
+    probe = run_measured(vae_cmd(args) + ["sample", "--help"], env=env)
+    if probe["rc"] != 0:
+        out["sample"] = {"skipped": "this checkout has no `vae sample` command", "stderr": probe["stderr_tail"][-300:]}
+        return out
+    run = home / "bench-sample"
+    if not (run / "model.safetensors").exists():
+        tr = run_vae_train(args, home, "bench-sample", ["--max-steps", "20"])
+        if tr["rc"] != 0:
+            out["sample"] = {"skipped": "could not train a run to sample from", "stderr": tr["stderr_tail"][-300:]}
+            return out
+    text = probe["stdout"]
+    target = ["--run", "bench-sample"] if "--run" in text else ["bench-sample"]
+    dest = home / "samples.png"
+    outflag = ["--out", str(dest)] if "--out" in text else ["-o", str(dest)] if " -o" in text else []
+    cmd = vae_cmd(args) + ["sample", *target, "-n", "64", *outflag]
+    samples, imports = [], []
+    for _ in range(args.repeat):  # alternate: import baseline, sample
+        imports.append(run_measured([sys.executable, "-c", "import torch, torchvision"])["wall_s"])
+        r = run_measured(cmd, env=env)
+        if r["rc"] != 0:
+            out["sample"] = {"skipped": f"`{' '.join(cmd[-6:])}` failed", "stderr": r["stderr_tail"][-300:]}
+            return out
+        samples.append(r["wall_s"])
+    out["sample"] = {
+        "cmd": " ".join(cmd[len(vae_cmd(args)) :]),
+        "sample_s": samples,
+        "import_torch_torchvision_s": imports,
+        "ratio_median": round(_median(samples) / _median(imports), 3),
+    }
+    return out
+
+
+def mode_rss(args: argparse.Namespace, home: Path) -> dict[str, Any]:
+    r = run_vae_train(args, home, "bench-rss", ["--max-steps", str(args.rss_steps), *args.vae_args])
+    return {"max_steps": args.rss_steps, "peak_rss_mib": r["peak_rss_mib"], "rc": r["rc"], "run": r}
+
+
+def mode_quality(args: argparse.Namespace, home: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {"budget_s": args.budget}
+    r = run_vae_train(args, home, f"bench-q{int(args.budget)}", ["--time-budget", str(args.budget), *args.vae_args])
+    res = r["result"] or {}
+    out["vaecli"] = {"test_neg_elbo": (res.get("test") or {}).get("neg_elbo"), "epochs": res.get("epochs"), "steps": res.get("steps"),
+                     "images_per_second": res.get("images_per_second"), "peak_rss_mib": r["peak_rss_mib"], "run": r}  # fmt: skip
+    _log(f"quality vaecli {args.budget}s: test -ELBO {out['vaecli']['test_neg_elbo']}")
+    if args.quality_reference:
+        ref = run_reference(args, seconds=args.budget)
+        out["reference"] = {"test_neg_elbo": (ref["result"] or {}).get("test_neg_elbo"), "run": ref}
+        _log(f"quality reference {args.budget}s: test -ELBO {out['reference']['test_neg_elbo']}")
+    return out
+
+
+def mode_bf16(args: argparse.Namespace, home: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {"max_steps": args.bf16_steps}
+    for prec in ("fp32", "bf16"):
+        r = run_vae_train(args, home, f"bench-{prec}", ["--max-steps", str(args.bf16_steps), "--precision", prec, *args.vae_args])
+        res = r["result"] or {}
+        out[prec] = {"test_neg_elbo": (res.get("test") or {}).get("neg_elbo"), "images_per_second": res.get("images_per_second"), "run": r}
+        _log(f"bf16 check {prec}: test -ELBO {out[prec]['test_neg_elbo']} at {out[prec]['images_per_second']} img/s")
+    a, b = out["fp32"]["test_neg_elbo"], out["bf16"]["test_neg_elbo"]
+    out["abs_diff_nats"] = round(abs(a - b), 3) if a is not None and b is not None else None
+    return out
+
+
+def mode_levers(args: argparse.Namespace, home: Path) -> dict[str, Any]:
+    """Ablation of the step's levers, in-process and interleaved (seed model, batch 128)."""
+    sys.path.insert(0, str(SRC))
+    import torch
+    import torch.nn.functional as F
+    import torchvision
+    from torch.utils.data import DataLoader
+    from torchvision import transforms
+
+    from vaecli.config import ModelConfig
+    from vaecli.data import read_idx, to_float
+    from vaecli.losses import elbo_terms, kl_divergence, reconstruction_nll
+    from vaecli.model import VAE
+
+    raw = Path(args.data_dir) / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"
+    images = read_idx(raw.read_bytes()).unsqueeze(1)  # uint8 (N, 1, 28, 28)
+    ds = torchvision.datasets.FashionMNIST(args.data_dir, train=True, download=False, transform=transforms.ToTensor())
+
+    def make(plain: bool, channels_last: bool, adam: dict[str, bool]) -> Any:
+        torch.manual_seed(0)
+        model = VAE(ModelConfig(arch="seed"))
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        model.to(memory_format=fmt)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, **adam)
+        params = list(model.parameters())
+        gen = torch.Generator().manual_seed(1)
+        loader = iter(DataLoader(ds, batch_size=128, shuffle=True, drop_last=True))
+        perm = torch.randperm(len(images))
+        pos = [0]
+
+        def step() -> None:
+            if plain:
+                x, _ = next(loader)
+                out = model(x)
+                kl = -0.5 * torch.sum(1 + out.logvar - out.mu.pow(2) - out.logvar.exp())
+                loss = (F.binary_cross_entropy(torch.sigmoid(out.logits), x, reduction="sum") + kl) / x.shape[0]
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                return
+            i = pos[0] % (len(images) // 128)
+            pos[0] += 1
+            x = to_float(images[perm[i * 128 : (i + 1) * 128]]).contiguous(memory_format=fmt)
+            out = model(x, generator=gen)
+            terms = elbo_terms(reconstruction_nll(out.logits, x), kl_divergence(out.mu, out.logvar), 1.0)
+            bool(torch.isfinite(terms.loss))
+            opt.zero_grad(set_to_none=True)
+            terms.loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+
+        return step
+
+    variants = {
+        "reference": make(True, False, {}),
+        "vaecli_uint8_only": make(False, False, {"foreach": True}),
+        "vaecli_no_channels_last": make(False, False, {"fused": True}),
+        "vaecli_foreach_adam": make(False, True, {"foreach": True}),
+        "vaecli": make(False, True, {"fused": True}),
+    }
+    for step in variants.values():
+        for _ in range(WARMUP):
+            step()
+    wall: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(args.lever_rounds):
+        for k, step in variants.items():
+            t, c = time.perf_counter(), time.process_time()
+            for _ in range(3):
+                step()
+            wall[k].append((time.perf_counter() - t) / 3 * 1000)
+            cpu[k].append((time.process_time() - c) / 3 * 1000)
+    out: dict[str, Any] = {"threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+                           "rounds": args.lever_rounds, "steps_per_burst": 3}  # fmt: skip
+    ref_w, ref_c = statistics.median(wall["reference"]), statistics.median(cpu["reference"])
+    for k in variants:
+        w, c = statistics.median(wall[k]), statistics.median(cpu[k])
+        out[k] = {"wall_ms_per_step": round(w, 1), "cpu_ms_per_step": round(c, 1),
+                  "speedup_wall": round(ref_w / w, 3), "speedup_cpu": round(ref_c / c, 3)}  # fmt: skip
+        _log(f"levers {k}: {w:.0f} ms/step wall, {c:.0f} ms CPU (x{ref_w / w:.2f} / x{ref_c / c:.2f} vs reference)")
+    return out
+
+
+def _ips(r: dict[str, Any]) -> float:
+    return float((r.get("result") or {}).get("images_per_second") or 0.0)
+
+
+def _median(xs: list[float]) -> float:
+    xs = [x for x in xs if x]
+    return round(statistics.median(xs), 2) if xs else 0.0
+
+
+def _log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(errors="ignore")
+        info["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), "")
+        flags = next((ln for ln in cpuinfo.splitlines() if ln.startswith("flags")), "")
+        info["avx512f"] = " avx512f" in flags
+        info["avx512_bf16"] = "avx512_bf16" in flags
+        info["amx_bf16"] = "amx_bf16" in flags
+    except OSError:
+        pass
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import torch, json; from vaecli.device import cpu_has_bf16; "
+         "print(json.dumps({'torch': torch.__version__, 'capability': torch.backends.cpu.get_cpu_capability(), "
+         "'threads': torch.get_num_threads(), 'cpu_has_bf16': cpu_has_bf16()}))", str(SRC)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if probe.returncode == 0:
+        info.update(json.loads(probe.stdout))
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--modes", default="throughput,levers,startup,rss", help="throughput,levers,startup,rss,quality,bf16")
+    p.add_argument("--out", help="write the JSON here (default: stdout)")
+    p.add_argument("--data-dir", default=DEFAULT_DATA, help="folder holding FashionMNIST/raw (default $VAE_DATA_DIR)")
+    p.add_argument("--rounds", type=int, default=2, help="throughput: ref/ours alternations")
+    p.add_argument("--steps", type=int, default=40, help="timed steps after the 5 warm-up steps")
+    p.add_argument("--reference-env", action="append", default=[], metavar="K=V", help="extra reference variant with this env")
+    p.add_argument("--repeat", type=int, default=3, help="startup: repetitions")
+    p.add_argument("--rss-steps", type=int, default=100)
+    p.add_argument("--budget", type=float, default=120.0, help="quality: --time-budget seconds")
+    p.add_argument("--quality-reference", action="store_true", help="quality: also train the plain recipe for the budget")
+    p.add_argument("--bf16-steps", type=int, default=100)
+    p.add_argument("--lever-rounds", type=int, default=8, help="levers: interleaved bursts of 3 steps per variant")
+    p.add_argument("--vae", nargs="+", help="the vae command (default: this python -m vaecli with ./src first)")
+    p.add_argument("--vae-args", nargs=argparse.REMAINDER, default=[], help="extra arguments for every vae train (last)")
+    p.add_argument("--keep", action="store_true", help="keep the runs folder")
+    p.add_argument("--child-reference", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--child-seconds", type=float, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.child_reference:
+        print(json.dumps(reference_child(args.data_dir, args.steps, args.child_seconds, None)))
+        return 0
+    if not (Path(args.data_dir) / "FashionMNIST" / "raw").is_dir():
+        p.error(f"no FashionMNIST/raw under {args.data_dir} (use --data-dir)")
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    table = {"throughput": mode_throughput, "levers": mode_levers, "startup": mode_startup, "rss": mode_rss, "quality": mode_quality,
+             "bf16": mode_bf16}  # fmt: skip
+    bad = [m for m in modes if m not in table]
+    if bad:
+        p.error(f"unknown mode(s) {', '.join(bad)}")
+    home = Path(tempfile.mkdtemp(prefix="vae-bench-"))
+    report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine_info(), "load_at_start": machine_load(),
+                              "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])}  # fmt: skip
+    try:
+        for m in modes:
+            _log(f"mode {m}")
+            report[m] = table[m](args, home)
+    finally:
+        report["load_at_end"] = machine_load()
+        if not args.keep:
+            shutil.rmtree(home, ignore_errors=True)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        sys.path.insert(0, str(SRC))
+        from vaecli.fileio import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
