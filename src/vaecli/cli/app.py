@@ -9,7 +9,11 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-DEBUG = {"on": os.environ.get("VAE_DEBUG", "") not in ("", "0", "false", "no")}
+DEBUG = {"on": False}
+
+
+def _debug_from_env() -> bool:
+    return os.environ.get("VAE_DEBUG", "") not in ("", "0", "false", "no")
 
 
 def _err(msg: str, exc: BaseException | None = None) -> None:
@@ -30,6 +34,7 @@ class VaeGroup(TyperGroup):
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:  # noqa: D102
         from ..errors import VaeError
 
+        DEBUG["on"] = _debug_from_env()  # per invocation: `--debug` sets it again in the callback
         try:
             rv = super().main(args=args, prog_name=prog_name or "vae", complete_var=complete_var, standalone_mode=False, **extra)
         except VaeError as exc:
