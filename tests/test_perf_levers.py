@@ -91,3 +91,46 @@ def test_cosine_follows_time_or_steps_whichever_ends_first() -> None:
     # constant ignores both; warm-up still ramps first
     assert lr_at(50, 100, base, "constant", time_fraction=0.9) == base
     assert lr_at(0, 100, base, "cosine", warmup_steps=4, time_fraction=0.9) == pytest.approx(base / 4)
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from vaecli.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def _train_cfg(run: str) -> dict:
+    import json
+    import os
+    from pathlib import Path
+
+    return json.loads((Path(os.environ["VAE_HOME"]) / run / "config.json").read_text())["train"]
+
+
+def test_cli_recipe_defaults_follow_the_arch() -> None:
+    from vaecli.config import ARCH_TRAIN_DEFAULTS
+
+    r = _cli("train", "--data", "fashion-mnist-mini", "--arch", "seed", "--max-steps", "1", "--name", "s", "-q")
+    assert r.exit_code == 0, r.output
+    cfg = _train_cfg("s")
+    assert (cfg["batch_size"], cfg["lr"], cfg["lr_schedule"], cfg["epochs"]) == (128, 1e-3, "constant", 10)
+    assert cfg["precision"] == "auto"
+    r = _cli("train", "--data", "fashion-mnist-mini", "--max-steps", "1", "--name", "c", "-q", "--lr", "5e-4")
+    assert r.exit_code == 0, r.output
+    cfg = _train_cfg("c")
+    conv = ARCH_TRAIN_DEFAULTS["conv"]
+    assert (cfg["batch_size"], cfg["lr"], cfg["lr_schedule"]) == (conv["batch_size"], 5e-4, conv["lr_schedule"])
+
+
+def test_cli_time_budget_alone_runs_until_the_budget() -> None:
+    from vaecli.config import BUDGET_EPOCHS
+
+    r = _cli("train", "--data", "fashion-mnist-mini", "--time-budget", "0.5", "--latent-dim", "8", "--name", "b", "-q", "--json")
+    assert r.exit_code == 0, r.output
+    cfg = _train_cfg("b")
+    assert cfg["epochs"] == BUDGET_EPOCHS and cfg["time_budget"] == 0.5
+    r = _cli("train", "--data", "fashion-mnist-mini", "--time-budget", "0.5", "--epochs", "2", "--latent-dim", "8", "--name", "e", "-q")
+    assert r.exit_code == 0, r.output
+    assert _train_cfg("e")["epochs"] == 2

@@ -28,10 +28,12 @@ def train_cmd(
     capacity_epochs: int = typer.Option(0, "--capacity-epochs", help="Epochs for C to reach --capacity (0 = the whole run)."),
     free_bits: float = typer.Option(0.0, "--free-bits", help="Free bits: nats per latent dimension not penalised (Kingma et al. 2016; 0 = off)."),
     tc_beta: float = typer.Option(0.0, "--tc-beta", help="beta-TCVAE: weight of the total correlation, the rest of the KL keeps --beta (Chen et al. 2018; 0 = off)."),
-    epochs: int = typer.Option(10, "--epochs", help="Total epochs of the run."),
-    batch_size: int = typer.Option(128, "--batch-size", help="Images per step (per rank under torchrun: effective batch = this x ranks)."),
-    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
-    lr_schedule: str = typer.Option("constant", "--lr-schedule", help="constant | cosine (decays to 1% over the run)."),
+    epochs: int = typer.Option(None, "--epochs", help="Total epochs of the run (default 10; with --time-budget: until the budget ends)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Images per step (default 64; 128 for --arch seed, the seed's recipe; per rank under torchrun)."),
+    lr: float = typer.Option(None, "--lr", help="Adam learning rate (default 3e-3; 1e-3 for --arch seed)."),
+    lr_schedule: str = typer.Option(
+        None, "--lr-schedule", help="cosine (to 1% by the end of the run or of --time-budget, whichever is first; the default) | constant (default for --arch seed)."
+    ),
     grad_clip: float = typer.Option(1.0, "--grad-clip", help="Gradient-norm clip (0 = off)."),
     latent_dim: int = typer.Option(32, "--latent-dim", help="Latent dimensions."),
     arch: str = typer.Option("conv", "--arch", help="conv (lean, fast) | seed (the seed document's layers)."),
@@ -56,7 +58,7 @@ def train_cmd(
     Under torchrun (`torchrun --nproc-per-node N -m vaecli train ...`) it trains with
     DistributedDataParallel; --batch-size is per rank (see docs/distributed.md)."""
     from .. import distributed
-    from ..config import DataConfig, ModelConfig, TrainConfig
+    from ..config import ARCH_TRAIN_DEFAULTS, BUDGET_EPOCHS, DEFAULT_EPOCHS, DataConfig, ModelConfig, TrainConfig
     from ..errors import ConfigError
     from ..training import resume_run, start_run
 
@@ -72,6 +74,12 @@ def train_cmd(
                 overrides[key] = val
         trainer = resume_run(resume, overrides)
     else:
+        recipe = ARCH_TRAIN_DEFAULTS.get(arch, ARCH_TRAIN_DEFAULTS["conv"])
+        batch_size = recipe["batch_size"] if batch_size is None else batch_size
+        lr = recipe["lr"] if lr is None else lr
+        lr_schedule = recipe["lr_schedule"] if lr_schedule is None else lr_schedule
+        if epochs is None:
+            epochs = BUDGET_EPOCHS if time_budget is not None else DEFAULT_EPOCHS
         model_cfg = ModelConfig(arch=arch, latent_dim=latent_dim, likelihood=likelihood)
         data_cfg = DataConfig(name=data, root=data_dir, image_size=image_size, channels=channels, split_seed=seed,
                               binarize=binarize)
