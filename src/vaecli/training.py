@@ -199,17 +199,18 @@ class Trainer:
         }
 
     def save(self) -> None:
-        """Write weights, then training state (each atomically); metrics and plot at epoch ends."""
-        ckpt.save_model(self.path, self.model, self.cfg.model.to_dict())
+        """Write the training state with a copy of the weights (the resume point, one atomic file),
+        then the weights; a kill between the two leaves model.safetensors one checkpoint behind."""
         rng = {"cpu": torch.get_rng_state(), "noise": self.noise.get_state().cpu()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        ckpt.save_train_state(self.path, self.optimizer, rng, self._state())
+        ckpt.save_train_state(self.path, self.optimizer, rng, self._state(), model=self.model)
+        ckpt.save_model(self.path, self.model, self.cfg.model.to_dict())
 
     def restore(self) -> None:
         """Load weights, optimizer, position and RNG states from the run folder."""
-        ckpt.load_state_dict_into(self.model, self.path / ckpt.MODEL)
-        rng, st = ckpt.load_train_state(self.path, self.optimizer)
+        ckpt.remove_temp_files(self.path)  # left by a killed writer
+        rng, st = ckpt.load_train_state(self.path, self.optimizer, self.model)
         try:
             self.epoch, self.step, self.global_step = int(st["epoch"]), int(st["step"]), int(st["global_step"])
             self.train_seconds = float(st.get("train_seconds", 0.0))
@@ -321,9 +322,9 @@ class Trainer:
             self.step = 0
             self._epoch_sums.zero_()
             self.history.append(row)
-            self.save()
-            ckpt.write_metrics(self.path, self.history)
+            ckpt.write_metrics(self.path, self.history)  # before the checkpoint: a resume drops rows past it
             _plot(self.path, self.history)
+            self.save()
             cb(Progress("epoch", self.epoch - 1, tc.epochs, spe, spe, self.global_step, metrics=row))
             last_save = seg_start = time.perf_counter()
             paused += last_save - now if warm_t else 0.0
