@@ -189,6 +189,11 @@ def load_state_dict_into(model: torch.nn.Module, path: Path) -> None:
     tensors, meta = _safe_load(path)
     if meta.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"{path}: not a vaecli model (format {meta.get('format')!r})")
+    _load_checked(model, tensors, path)
+
+
+def _load_checked(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """``model.load_state_dict(tensors)`` after checking that names, shapes and dtypes match."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
@@ -212,10 +217,16 @@ def load_model(ref: str | os.PathLike[str] | None = None, device: str | torch.de
     return model, cfg, run
 
 
-def save_train_state(run: Path, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-    """Write ``train_state.safetensors``: optimizer state, RNG states (``tensors``) and scalars (``state``)."""
+def save_train_state(
+    run: Path, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], state: dict[str, Any], model: torch.nn.Module | None = None
+) -> None:
+    """Write ``train_state.safetensors``: optimizer state, RNG states (``tensors``), scalars (``state``)
+    and, given ``model``, a copy of its weights, so that the file alone is a consistent resume point
+    (one atomic write: a crash between this file and ``model.safetensors`` cannot mix two checkpoints)."""
     sd = optimizer.state_dict()
     out = {f"rng.{k}": v for k, v in tensors.items()}
+    if model is not None:
+        out.update({f"model.{k}": v for k, v in _unwrap(model).state_dict().items()})
     for idx, pstate in sd["state"].items():
         for key, val in pstate.items():
             t = val if isinstance(val, torch.Tensor) else torch.tensor(val)
@@ -224,8 +235,11 @@ def save_train_state(run: Path, optimizer: torch.optim.Optimizer, tensors: dict[
     _safe_save(run / STATE, out, meta)
 
 
-def load_train_state(run: Path, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Restore the optimizer from ``train_state.safetensors``; return (rng tensors, scalar state)."""
+def load_train_state(
+    run: Path, optimizer: torch.optim.Optimizer, model: torch.nn.Module | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Restore the optimizer (and ``model``, from the weights saved with the state, else from
+    ``model.safetensors``) from ``train_state.safetensors``; return (rng tensors, scalar state)."""
     path = run / STATE
     tensors, meta = _safe_load(path)
     if meta.get("format") != STATE_FORMAT:
@@ -237,17 +251,40 @@ def load_train_state(run: Path, optimizer: torch.optim.Optimizer) -> tuple[dict[
         raise CheckpointError(f"{path}: damaged metadata") from None
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
     rng: dict[str, torch.Tensor] = {}
+    weights: dict[str, torch.Tensor] = {}
     for k, v in tensors.items():
         if k.startswith("rng."):
             rng[k[4:]] = v
+        elif k.startswith("model."):
+            weights[k[6:]] = v
         elif k.startswith("opt."):
-            _, idx, key = k.split(".", 2)
-            opt_state.setdefault(int(idx), {})[key] = v
+            try:
+                _, idx, key = k.split(".", 2)
+                opt_state.setdefault(int(idx), {})[key] = v
+            except ValueError:
+                raise CheckpointError(f"{path}: damaged optimizer state ({k!r})") from None
+    if model is not None:
+        if weights:
+            _load_checked(model, weights, path)
+        else:  # a state written before the weights were kept with it
+            load_state_dict_into(model, run / MODEL)
     try:
         optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
     except (ValueError, KeyError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: optimizer state does not match the model ({exc})") from None
     return rng, state
+
+
+def remove_temp_files(run: Path) -> list[str]:
+    """Delete temp files that a killed writer left in ``run`` (``.<file>.<random>.tmp`` of
+    :func:`vaecli.fileio.atomic_write`); call only while no other process writes to the run."""
+    names = (CONFIG, MODEL, STATE, METRICS, SUMMARY, LOSS_PLOT)
+    removed = []
+    for p in run.iterdir():
+        if p.name.endswith(".tmp") and any(p.name.startswith(f".{n}.") for n in names) and p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return removed
 
 
 # ----------------------------------------------------------------------------- metrics

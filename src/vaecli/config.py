@@ -192,7 +192,7 @@ class TrainConfig(_Config):
         _check(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
         _finite("--lr", self.lr)
-        _check(self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        _check(0 < self.lr <= 10, f"--lr must be > 0 and <= 10 (Adam), got {self.lr}")  # 1e38 overflows Adam's float32 step
         _check(self.lr_schedule in ("constant", "cosine"), f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
         _check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
         _finite("--grad-clip", self.grad_clip)

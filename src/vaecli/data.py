@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import lzma
 import os
+import stat
 import struct
+import warnings
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -24,6 +26,8 @@ from .errors import DataError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 REGISTRY = ("fashion-mnist", "mnist", "fashion-mnist-mini", "shapes")
 MAX_IMAGE_PIXELS = 64_000_000  # decompression-bomb limit for user images
+# Formats user images may be in: decoders inside Pillow only (never EPS, which runs Ghostscript).
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "GIF", "TIFF", "PPM")
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
@@ -150,24 +154,45 @@ def load_image(path: str | os.PathLike[str], channels: int | None = None, size: 
 
     ``channels`` 1 gives grayscale, 3 RGB, None keeps gray images gray and the rest RGB.
     ``size`` centre-crops to a square and resizes. Raises :class:`DataError` on anything
-    that is not a decodable image (including decompression bombs).
+    that is not a decodable image: a missing or non-regular file (a FIFO would block), a
+    format outside :data:`IMAGE_FORMATS`, more than :data:`MAX_IMAGE_PIXELS` pixels
+    (checked from the header, before decoding), or whatever the decoder raises on bad bytes.
     """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        kind = "broken symbolic link" if path.is_symlink() else "no such file"
+        raise DataError(f"{path}: cannot read image ({kind})") from None
+    except OSError as exc:  # permission denied on a parent, symlink loop, name too long ...
+        raise DataError(f"{path}: cannot read image ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise DataError(f"{path}: cannot read image ({kind})")
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as im:
-            im.load()
-            img = _normalise_mode(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # decoder remarks on damaged files: the outcome is what counts
+            with Image.open(path, formats=IMAGE_FORMATS) as im:
+                w, h = im.size
+                if w * h > MAX_IMAGE_PIXELS:  # Pillow itself only warns below twice its limit
+                    raise DataError(f"{path}: image is too large ({w}x{h}, over {MAX_IMAGE_PIXELS:,} pixels)")
+                im.load()
+                img = _normalise_mode(im)
+    except DataError:
+        raise
     except Image.DecompressionBombError:
         raise DataError(f"{path}: image is too large (over {MAX_IMAGE_PIXELS:,} pixels)") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error) as exc:
-        reason = "not a readable image" if isinstance(exc, UnidentifiedImageError) else str(exc).split("\n")[0]
-        if isinstance(exc, PermissionError):
-            reason = "permission denied"
-        elif isinstance(exc, FileNotFoundError):
-            reason = "file not found"
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: cannot decode image (not a {', '.join(IMAGE_FORMATS)} image)") from None
+    except PermissionError:
+        raise DataError(f"{path}: cannot read image (permission denied)") from None
+    except MemoryError:
+        raise DataError(f"{path}: cannot decode image (out of memory)") from None
+    except Exception as exc:  # noqa: BLE001 - a decoder fed untrusted bytes may raise anything: all mean "bad file"
+        reason = str(exc).split("\n")[0] or type(exc).__name__
         raise DataError(f"{path}: cannot decode image ({reason})") from None
     if channels == 1 and img.mode != "L":
         img = img.convert("L")

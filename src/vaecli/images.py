@@ -17,7 +17,7 @@ from pathlib import Path, PurePath, PurePosixPath
 
 import torch
 
-from .data import list_images, load_image
+from .data import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, list_images, load_image
 from .errors import ConfigError, DataError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -32,10 +32,14 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.detach().float().cpu().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
 
 
-def upscale(images: torch.Tensor, scale: int) -> torch.Tensor:
-    """Nearest-neighbour upscaling of (N, C, H, W) by an integer factor (1 = unchanged)."""
+def _check_scale(scale: int) -> None:
     if scale < 1 or scale > MAX_SCALE:
         raise ConfigError(f"--scale must be between 1 and {MAX_SCALE}, got {scale}")
+
+
+def upscale(images: torch.Tensor, scale: int) -> torch.Tensor:
+    """Nearest-neighbour upscaling of (N, C, H, W) by an integer factor (1 = unchanged)."""
+    _check_scale(scale)
     if scale == 1:
         return images
     return images.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
@@ -56,6 +60,12 @@ def grid(images: torch.Tensor, nrow: int, padding: int = 2, scale: int = 1, pad_
         raise ConfigError(f"--padding must be >= 0, got {padding}")
     if images.ndim != 4 or images.shape[0] == 0:
         raise ConfigError("no images to put in a grid")
+    n, ncol = images.shape[0], min(nrow, images.shape[0])
+    _check_scale(scale)
+    gh = math.ceil(n / ncol) * (images.shape[2] * scale + padding) + padding
+    gw = ncol * (images.shape[3] * scale + padding) + padding
+    if gh * gw > MAX_IMAGE_PIXELS:  # checked before allocating it
+        raise ConfigError(f"the grid would be {gw}x{gh} pixels (over {MAX_IMAGE_PIXELS:,}): use fewer images, a smaller --scale or --padding, or --out-dir")
     images = upscale(images.detach().float().cpu(), scale)
     g = make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value)
     return to_pil(g if images.shape[1] == 3 else g[:1])
@@ -212,9 +222,12 @@ def collect_inputs(specs: Sequence[str], read_stdin: Callable[[], str] | None = 
 def _expand(spec: str) -> list[InputImage]:
     p = Path(spec).expanduser()
     if p.is_dir():
-        return [InputImage(f, output_name(f.relative_to(p), "image")) for f in list_images(p)]
+        files = list_images(p)
+        if not files:
+            raise DataError(f"{spec}: no images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) in this folder")
+        return [InputImage(f, output_name(f.relative_to(p), "image")) for f in files]
     if not p.exists():
-        raise DataError(f"{spec}: no such file or folder")
+        raise DataError(f"{spec}: {'broken or looping symbolic link' if p.is_symlink() else 'no such file or folder'}")
     return [InputImage(p, output_name(spec, "image"))]
 
 

@@ -14,6 +14,9 @@ from .errors import ConfigError
 from .losses import kl_per_dim, reconstruction_nll
 from .model import VAE
 
+MAX_SAMPLES = 100_000  # -n of `vae sample`: beyond this the decoded images alone outgrow memory
+MAX_STEPS = 1_000  # --steps of interpolations and traversals
+
 
 def _device(model: VAE) -> torch.device:
     return next(model.parameters()).device
@@ -54,8 +57,8 @@ def decode(model: VAE, z: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
 
 def sample_prior(n: int, latent_dim: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """z ~ N(0, temperature^2 I), shape (n, latent_dim), on the CPU."""
-    if n < 1:
-        raise ConfigError(f"-n must be >= 1, got {n}")
+    if not 1 <= n <= MAX_SAMPLES:
+        raise ConfigError(f"-n must be between 1 and {MAX_SAMPLES:,}, got {n}")
     if not math.isfinite(temperature) or temperature < 0:
         raise ConfigError(f"--temperature must be a finite number >= 0, got {temperature}")
     return torch.randn(n, latent_dim, generator=generator) * temperature
@@ -77,8 +80,8 @@ def reconstruct(model: VAE, images: torch.Tensor, sample_z: bool = False, genera
 def interpolate_latents(z_a: torch.Tensor, z_b: torch.Tensor, steps: int, mode: str = "lerp") -> torch.Tensor:
     """``steps`` points from ``z_a`` to ``z_b`` inclusive, (steps, D). ``slerp``: spherical
     interpolation (Shoemake 1985; White 2016, "Sampling Generative Networks")."""
-    if steps < 2:
-        raise ConfigError(f"--steps must be >= 2, got {steps}")
+    if not 2 <= steps <= MAX_STEPS:
+        raise ConfigError(f"--steps must be between 2 and {MAX_STEPS:,}, got {steps}")
     t = torch.linspace(0.0, 1.0, steps).unsqueeze(1)
     a, b = z_a.reshape(1, -1).float(), z_b.reshape(1, -1).float()
     if mode == "lerp":
@@ -102,8 +105,8 @@ def traverse_latents(base: torch.Tensor, dims: list[int], value_range: float = 3
     """Latent sweeps: for each dim in ``dims``, ``steps`` copies of ``base`` with that dim set
     from -range to +range (in prior standard deviations). Shape (len(dims) * steps, D)."""
     d = base.numel()
-    if steps < 2:
-        raise ConfigError(f"--steps must be >= 2, got {steps}")
+    if not 2 <= steps <= MAX_STEPS:
+        raise ConfigError(f"--steps must be between 2 and {MAX_STEPS:,}, got {steps}")
     if not math.isfinite(value_range) or value_range <= 0:
         raise ConfigError(f"--range must be a finite number > 0, got {value_range}")
     for j in dims:

@@ -216,21 +216,22 @@ class Trainer:
         }
 
     def save(self) -> None:
-        """Write weights, then training state (each atomically); metrics and plot at epoch ends.
+        """Write the training state with a copy of the weights (the resume point, one atomic file),
+        then the weights; a kill between the two leaves model.safetensors one checkpoint behind.
         Under DDP every rank calls this (the running sums are all-reduced); rank 0 writes."""
         state = self._state()
         if distributed.is_main():
-            ckpt.save_model(self.path, self.model, self.cfg.model.to_dict())
             rng = {"cpu": torch.get_rng_state(), "noise": self.noise.get_state().cpu()}
             if self.device.type == "cuda":
                 rng["cuda"] = torch.cuda.get_rng_state(self.device)
-            ckpt.save_train_state(self.path, self.optimizer, rng, state)
+            ckpt.save_train_state(self.path, self.optimizer, rng, state, model=self.model)
+            ckpt.save_model(self.path, self.model, self.cfg.model.to_dict())
         distributed.barrier()  # DDP: the others wait until the checkpoint is on disk
 
     def restore(self) -> None:
         """Load weights, optimizer, position and RNG states from the run folder."""
-        ckpt.load_state_dict_into(self.model, self.path / ckpt.MODEL)
-        rng, st = ckpt.load_train_state(self.path, self.optimizer)
+        ckpt.remove_temp_files(self.path)  # left by a killed writer
+        rng, st = ckpt.load_train_state(self.path, self.optimizer, self.model)
         try:
             self.epoch, self.step, self.global_step = int(st["epoch"]), int(st["step"]), int(st["global_step"])
             self.train_seconds = float(st.get("train_seconds", 0.0))
@@ -370,10 +371,10 @@ class Trainer:
             self.step = 0
             self._epoch_sums.zero_()
             self.history.append(row)
-            self.save()
-            if distributed.is_main():  # DDP: rank 0 writes
+            if distributed.is_main():  # DDP: rank 0 writes; metrics before the checkpoint (a resume drops rows past it)
                 ckpt.write_metrics(self.path, self.history)
                 _plot(self.path, self.history)
+            self.save()
             cb(Progress("epoch", self.epoch - 1, tc.epochs, spe, spe, self.global_step, metrics=row))
             last_save = seg_start = time.perf_counter()
             paused += last_save - now if warm_t else 0.0

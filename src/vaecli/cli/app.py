@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any
@@ -10,6 +11,9 @@ import typer
 from typer.core import TyperGroup
 
 DEBUG = {"on": False}
+# Pillow logs remarks about damaged files (e.g. TIFF tags) via logging's last-resort stderr handler;
+# the DataError of data.load_image already says what is wrong, in the one line an error gets.
+logging.getLogger("PIL").addHandler(logging.NullHandler())
 
 
 def _debug_from_env() -> bool:
