@@ -119,11 +119,22 @@ class VAE(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior parameters (mu, logvar), each (B, latent_dim)."""
         h = self.encoder(x)
+        if _autocast_on(h):  # the posterior heads stay fp32 under bf16 autocast (see _autocast_on)
+            with torch.autocast(h.device.type, enabled=False):
+                h = h.float()
+                return self.fc_mu(h), self.fc_logvar(h)
         return self.fc_mu(h), self.fc_logvar(h)
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         """Decoder output before the sigmoid, (B, C, H, W)."""
-        return self.decoder(z)
+        if not _autocast_on(z):
+            return self.decoder(z)
+        *body, last = self.decoder  # the output layer stays fp32 under bf16 autocast
+        h = z
+        for layer in body:
+            h = layer(h)
+        with torch.autocast(h.device.type, enabled=False):
+            return last(h.float())
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The likelihood's mean in [0, 1] (never thresholded)."""
@@ -135,6 +146,16 @@ class VAE(nn.Module):
         mu, logvar = mu.float(), logvar.float()
         z = reparameterize(mu, logvar, generator) if sample else mu
         return VAEOutput(logits=self.decode_logits(z), mu=mu, logvar=logvar, z=z)
+
+
+def _autocast_on(t: torch.Tensor) -> bool:
+    """True inside an enabled autocast region for ``t``'s device. Under bf16 autocast the layers
+    that produce the likelihood's logits and the posterior (mu, logvar) run in fp32: they cost
+    little and their rounding otherwise costs nats (docs/performance.md, the bf16 check)."""
+    try:
+        return torch.is_autocast_enabled(t.device.type)
+    except TypeError:  # pragma: no cover - torch < 2.4 has no device argument
+        return torch.is_autocast_enabled()
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from dataclasses import replace
 import threading
 import time
 from typing import Any
@@ -29,14 +30,16 @@ def train_cmd(
     free_bits: float = typer.Option(0.0, "--free-bits", help="Free bits: nats per latent dimension not penalised (Kingma et al. 2016; 0 = off)."),
     tc_beta: float = typer.Option(0.0, "--tc-beta", help="beta-TCVAE: weight of the total correlation, the rest of the KL keeps --beta (Chen et al. 2018; 0 = off)."),
     epochs: int = typer.Option(None, "--epochs", help="Total epochs of the run (default 10; with --time-budget: until the budget ends)."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Images per step (default 64; 128 for --arch seed, the seed's recipe; per rank under torchrun)."),
-    lr: float = typer.Option(None, "--lr", help="Adam learning rate (default 3e-3; 1e-3 for --arch seed)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Images per step (default 128; per rank under torchrun)."),
+    lr: float = typer.Option(None, "--lr", help="Adam learning rate (default 5e-3; 1e-3 for --arch seed, the seed's recipe)."),
     lr_schedule: str = typer.Option(
         None, "--lr-schedule", help="cosine (to 1% by the end of the run or of --time-budget, whichever is first; the default) | constant (default for --arch seed)."
     ),
     grad_clip: float = typer.Option(1.0, "--grad-clip", help="Gradient-norm clip (0 = off)."),
     latent_dim: int = typer.Option(32, "--latent-dim", help="Latent dimensions."),
     arch: str = typer.Option("conv", "--arch", help="conv (lean, fast) | seed (the seed document's layers)."),
+    widths: str = typer.Option("16,32", "--widths", help="conv arch: channels of the strided conv stages, comma-separated (each halves the side)."),
+    hidden: int = typer.Option(512, "--hidden", help="conv arch: units of the fully connected layer."),
     likelihood: str = typer.Option("bernoulli", "--likelihood", help="bernoulli (BCE) | gaussian."),
     seed: int = typer.Option(0, "--seed", help="Random seed (weights, shuffling, sampling, split)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
@@ -80,7 +83,7 @@ def train_cmd(
         lr_schedule = recipe["lr_schedule"] if lr_schedule is None else lr_schedule
         if epochs is None:
             epochs = BUDGET_EPOCHS if time_budget is not None else DEFAULT_EPOCHS
-        model_cfg = ModelConfig(arch=arch, latent_dim=latent_dim, likelihood=likelihood)
+        model_cfg = ModelConfig(arch=arch, latent_dim=latent_dim, likelihood=likelihood, widths=_parse_widths(widths), hidden=hidden)
         data_cfg = DataConfig(name=data, root=data_dir, image_size=image_size, channels=channels, split_seed=seed,
                               binarize=binarize)
         train_cfg = TrainConfig(beta=beta, anneal=anneal, epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
@@ -89,7 +92,7 @@ def train_cmd(
                                 cyclical=cyclical, capacity=capacity, capacity_epochs=capacity_epochs, free_bits=free_bits,
                                 tc_beta=tc_beta)  # fmt: skip
         train_cfg.validate()
-        ModelConfig(arch=arch, latent_dim=latent_dim, likelihood=likelihood, image_size=image_size or 28).validate()
+        replace(model_cfg, image_size=image_size or 28).validate()
         trainer = start_run(model_cfg, data_cfg, train_cfg, name=name, overwrite=overwrite)
 
     err = stderr_console()
@@ -135,6 +138,19 @@ def train_cmd(
     if result.stopped == "interrupted":
         err.print(f"interrupted: the run is saved; continue with [bold]vae train --resume {result.run}[/bold]")
         raise typer.Exit(130)
+
+
+def _parse_widths(text: str) -> tuple[int, ...]:
+    """``"16,32"`` -> ``(16, 32)``; anything else is a usage error."""
+    from ..errors import ConfigError
+
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--widths takes comma-separated channel counts like 16,32, got {text!r}") from None
+    if not widths or any(w < 1 or w > 4096 for w in widths):
+        raise ConfigError(f"--widths must be 1..4096 each, got {text!r}")
+    return widths
 
 
 def _fit_with_progress(trainer: Any, stop: threading.Event, quiet: bool, console: Any) -> Any:
