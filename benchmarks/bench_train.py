@@ -25,6 +25,10 @@ Modes (``--modes``, comma separated; default ``throughput,levers,startup,rss``):
 * ``levers``: in this one process, interleaved in short bursts (robust to a busy machine):
   the plain recipe's step against vaecli's step with each lever on or off (uint8 data in
   memory, channels_last, fused Adam); CPU and wall milliseconds per step of the seed model.
+* ``roofline``: dense matmul GFLOP/s in fp32 and bf16 and the FLOPs of one training image of the
+  seed and conv models (torch's FlopCounterMode, forward + backward): the images/s ceiling.
+* ``profile``: torch.profiler over a few steps of the seed model's training step as vaecli runs
+  it; the top operators by self CPU time (where the time goes).
 * ``bf16``: ``vae train --max-steps S`` in fp32 and in bf16 (same seed) and the difference in
   test -ELBO (the bf16 safety check; slow where the CPU has no native bf16).
 
@@ -406,6 +410,90 @@ def mode_levers(args: argparse.Namespace, home: Path) -> dict[str, Any]:
     return out
 
 
+def mode_roofline(args: argparse.Namespace, home: Path) -> dict[str, Any]:
+    """What this CPU can do at best: dense matmul GFLOP/s (fp32, bf16) and the seed model's FLOPs
+    per training image (forward + backward, counted by torch), hence its images/s limit."""
+    sys.path.insert(0, str(SRC))
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vaecli.config import ModelConfig
+    from vaecli.losses import kl_divergence, reconstruction_nll
+    from vaecli.model import VAE
+
+    def gflops(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b  # warm-up
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            a @ b
+            reps += 1
+        return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+    out: dict[str, Any] = {"threads": torch.get_num_threads(), "matmul_n": 2048}
+    out["matmul_gflops_fp32"] = round(gflops(torch.float32), 1)
+    out["matmul_gflops_bf16"] = round(gflops(torch.bfloat16, seconds=2.0), 1)
+    for arch in ("seed", "conv"):
+        model = VAE(ModelConfig(arch=arch))
+        x = torch.rand(128, 1, 28, 28)
+        with FlopCounterMode(display=False) as fc:
+            o = model(x)
+            (reconstruction_nll(o.logits, x) + kl_divergence(o.mu, o.logvar)).mean().backward()
+        per_image = fc.get_total_flops() / 128 / 1e9
+        out[arch] = {"gflop_per_training_image": round(per_image, 4),
+                     "limit_images_per_second_fp32": round(out["matmul_gflops_fp32"] / per_image, 1),
+                     "limit_images_per_second_bf16": round(out["matmul_gflops_bf16"] / per_image, 1)}  # fmt: skip
+    _log(f"roofline: {out}")
+    return out
+
+
+def mode_profile(args: argparse.Namespace, home: Path) -> dict[str, Any]:
+    """Where one training step of the seed model goes: torch.profiler over ``--profile-steps``
+    steps of vaecli's own step (Trainer internals are not needed: the same model, loss and
+    fused Adam on uint8 data in memory, channels_last), top operators by self CPU time."""
+    sys.path.insert(0, str(SRC))
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from vaecli.config import ModelConfig
+    from vaecli.data import read_idx, to_float
+    from vaecli.losses import elbo_terms, kl_divergence, reconstruction_nll
+    from vaecli.model import VAE
+
+    raw = Path(args.data_dir) / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"
+    images = read_idx(raw.read_bytes()).unsqueeze(1)
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(arch="seed")).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    params = list(model.parameters())
+    gen = torch.Generator().manual_seed(1)
+
+    def step(i: int) -> None:
+        x = to_float(images[i * 128 : (i + 1) * 128]).contiguous(memory_format=torch.channels_last)
+        o = model(x, generator=gen)
+        terms = elbo_terms(reconstruction_nll(o.logits, x), kl_divergence(o.mu, o.logvar), 1.0)
+        opt.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+
+    for i in range(WARMUP):
+        step(i)
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(args.profile_steps):
+            step(WARMUP + i)
+    wall = (time.perf_counter() - t0) / args.profile_steps
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in rows) or 1
+    top = [{"op": e.key, "calls_per_step": e.count / args.profile_steps,
+            "self_cpu_ms_per_step": round(e.self_cpu_time_total / 1000 / args.profile_steps, 2),
+            "share": round(e.self_cpu_time_total / total, 3)} for e in rows[:15]]  # fmt: skip
+    for r in top[:8]:
+        _log(f"profile {r['op']}: {r['self_cpu_ms_per_step']} ms/step ({r['share']:.0%})")
+    return {"steps": args.profile_steps, "wall_ms_per_step_profiled": round(wall * 1000, 1), "top_ops": top}
+
+
 def _ips(r: dict[str, Any]) -> float:
     return float((r.get("result") or {}).get("images_per_second") or 0.0)
 
@@ -443,7 +531,7 @@ def machine_info() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--modes", default="throughput,levers,startup,rss", help="throughput,levers,startup,rss,quality,bf16")
+    p.add_argument("--modes", default="throughput,levers,startup,rss", help="throughput,levers,startup,rss,quality,bf16,roofline,profile")
     p.add_argument("--out", help="write the JSON here (default: stdout)")
     p.add_argument("--data-dir", default=DEFAULT_DATA, help="folder holding FashionMNIST/raw (default $VAE_DATA_DIR)")
     p.add_argument("--rounds", type=int, default=2, help="throughput: ref/ours alternations")
@@ -454,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=120.0, help="quality: --time-budget seconds")
     p.add_argument("--quality-reference", action="store_true", help="quality: also train the plain recipe for the budget")
     p.add_argument("--bf16-steps", type=int, default=100)
+    p.add_argument("--profile-steps", type=int, default=10, help="profile: profiled steps")
     p.add_argument("--lever-rounds", type=int, default=8, help="levers: interleaved bursts of 3 steps per variant")
     p.add_argument("--vae", nargs="+", help="the vae command (default: this python -m vaecli with ./src first)")
     p.add_argument("--vae-args", nargs=argparse.REMAINDER, default=[], help="extra arguments for every vae train (last)")
@@ -470,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     table = {"throughput": mode_throughput, "levers": mode_levers, "startup": mode_startup, "rss": mode_rss, "quality": mode_quality,
-             "bf16": mode_bf16}  # fmt: skip
+             "bf16": mode_bf16, "roofline": mode_roofline, "profile": mode_profile}  # fmt: skip
     bad = [m for m in modes if m not in table]
     if bad:
         p.error(f"unknown mode(s) {', '.join(bad)}")

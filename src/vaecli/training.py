@@ -2,7 +2,7 @@
 
 ``start_run`` creates a run folder and ``resume_run`` reopens one; both return a
 :class:`Trainer` whose :meth:`Trainer.fit` trains until the epochs are done, ``max_steps``
-or ``time_budget`` (per invocation) is reached, or ``stop`` is set (Ctrl-C in the CLI).
+or ``time_budget`` seconds of training (per invocation; evaluation and checkpoints excluded) are reached, or ``stop`` is set (Ctrl-C in the CLI).
 A checkpoint is written at every epoch end, every ``save_every`` seconds and when stopping,
 so an interrupted run resumes exactly where it left off.
 """
@@ -291,6 +291,7 @@ class Trainer:
         warm_images = 0
         images_done = 0
         paused = 0.0  # seconds spent evaluating / checkpointing after warm-up (not training)
+        excluded = 0.0  # seconds spent evaluating / checkpointing: not counted in --time-budget
         stopped = "done"
         cb(Progress("start", self.epoch, tc.epochs, self.step, spe, self.global_step))
         self.model.train()
@@ -304,7 +305,7 @@ class Trainer:
                 if tc.max_steps is not None and session_steps >= tc.max_steps:
                     stopped = "max_steps"
                     break
-                if tc.time_budget is not None and distributed.any_true(time.perf_counter() - t0 >= tc.time_budget):
+                if tc.time_budget is not None and distributed.any_true(time.perf_counter() - t0 - excluded >= tc.time_budget):
                     stopped = "time_budget"
                     break
                 idx = perm[self.step * bs : (self.step + 1) * bs].to(self.device)
@@ -312,7 +313,7 @@ class Trainer:
                 if self.cfg.data.binarize:  # dynamic binarisation, x ~ Bernoulli(pixel) per batch (issue 7)
                     x = torch.bernoulli(x, generator=self.noise)
                 beta = beta_at(self.epoch + self.step / spe, tc.beta, tc.anneal, tc.cyclical, tc.epochs)
-                frac = (time.perf_counter() - t0) / tc.time_budget if tc.time_budget else None
+                frac = (time.perf_counter() - t0 - excluded) / tc.time_budget if tc.time_budget else None
                 lr = lr_at(self.global_step, total_steps, tc.lr, tc.lr_schedule, tc.warmup_steps, time_fraction=frac)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
@@ -361,6 +362,7 @@ class Trainer:
                     self.save()
                     last_save = time.perf_counter()
                     paused += last_save - now if warm_t else 0.0
+                    excluded += last_save - now
             if self.step < spe:
                 break
             # ---- epoch end: evaluate, record, checkpoint
@@ -378,6 +380,7 @@ class Trainer:
             cb(Progress("epoch", self.epoch - 1, tc.epochs, spe, spe, self.global_step, metrics=row))
             last_save = seg_start = time.perf_counter()
             paused += last_save - now if warm_t else 0.0
+            excluded += last_save - now
         _sync(self.device)
         t_end = time.perf_counter()
         if self.step != 0 or stopped != "done":

@@ -50,7 +50,7 @@ def train_cmd(
     resume: str = typer.Option(None, "--resume", help="Continue the run NAME where it stopped."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run of the same --name."),
     max_steps: int = typer.Option(None, "--max-steps", help="Stop after N steps (this invocation)."),
-    time_budget: float = typer.Option(None, "--time-budget", help="Stop at the first step after SECONDS (this invocation)."),
+    time_budget: float = typer.Option(None, "--time-budget", help="Stop at the first step after SECONDS of training (this invocation; evaluation and checkpoints do not count)."),
     save_every: float = typer.Option(300.0, "--save-every", help="Also checkpoint every SECONDS."),
     skip_nonfinite: bool = typer.Option(False, "--skip-nonfinite", help="Skip batches with a non-finite loss instead of stopping."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout at the end (progress on stderr)."),
