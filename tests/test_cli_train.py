@@ -52,6 +52,17 @@ def test_seed_arch_info_reports_parameter_count():
     assert json.loads(invoke("info", "s", "--json").stdout)["parameters"] == 7_048_865
 
 
+def test_widths_and_hidden_shape_the_model():
+    r = invoke("train", *TINY, "--widths", "4,8", "--hidden", "16", "--max-steps", "1", "--name", "small", "-q")
+    assert r.exit_code == 0, r.output
+    info = json.loads(invoke("info", "small", "--json").stdout)
+    assert info["config"]["model"]["widths"] == [4, 8] and info["config"]["model"]["hidden"] == 16
+    # encoder convs 1->4->8, 392->16, heads 16->4 (x2); decoder 4->16->392, convT 8->4->1 (k4: weights + biases)
+    enc = (1 * 4 * 16 + 4) + (4 * 8 * 16 + 8) + (392 * 16 + 16) + 2 * (16 * 4 + 4)
+    dec = (4 * 16 + 16) + (16 * 392 + 392) + (8 * 4 * 16 + 4) + (4 * 1 * 16 + 1)
+    assert info["parameters"] == enc + dec
+
+
 @pytest.mark.parametrize(
     "args,needle",
     [
@@ -67,6 +78,10 @@ def test_seed_arch_info_reports_parameter_count():
         (["--name", "../x"], "invalid run name"),
         (["--resume", "ghost"], "no run named"),
         (["--batch-size", "many"], "batch-size"),
+        (["--widths", "16,x"], "--widths"),
+        (["--widths", "0,32"], "--widths"),
+        (["--widths", "8,8,8,8,8,8"], "--image-size"),
+        (["--hidden", "0"], "hidden"),
     ],
 )
 def test_bad_input_one_line_exit_2(args, needle):
