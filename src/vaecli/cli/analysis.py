@@ -26,6 +26,10 @@ SCALE = typer.Option(1, "--scale", help="Upscale every image by this integer fac
 OUTPUT = typer.Option(None, "--output", "-o", help="Grid PNG to write ('-' = PNG bytes on stdout; default <command>.png).")
 DECODE_OUTPUT = typer.Option(None, "--output", "-o", help="Also write a grid PNG ('-' = PNG bytes on stdout).")
 SPLIT_HELP = "Split of the run's dataset: test or train."
+SPLIT = typer.Option("test", "--split", help=SPLIT_HELP)
+INPUT_SPLIT = typer.Option(None, "--split", help="Take images from the run's dataset instead: test or train.")
+INPUT_N = typer.Option(16, "-n", "--num", help="With --split: the first N images.")
+FPS = typer.Option(8.0, "--fps", help="GIF frames per second.")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -215,8 +219,8 @@ def sample_cmd(
 @app.command("reconstruct")
 def reconstruct_cmd(
     inputs: list[str] = typer.Argument(None, help="Image files, folders (recursive), or - (paths on stdin)."),
-    split: str = typer.Option(None, "--split", help="Take images from the run's dataset instead: test or train."),
-    n: int = typer.Option(16, "-n", "--num", help="With --split: the first N images."),
+    split: str = INPUT_SPLIT,
+    n: int = INPUT_N,
     output: str = OUTPUT,
     out_dir: str = typer.Option(None, "--out-dir", help="Write each reconstruction under the input's relative path (.png)."),
     as_json: bool = typer.Option(False, "--json", help='One line per image: {"path", "neg_elbo", "recon", "kl"}.'),
@@ -278,12 +282,12 @@ def interpolate_cmd(
     a: str = typer.Argument(None, help="First image file."),
     b: str = typer.Argument(None, help="Second image file."),
     index: list[int] = typer.Option(None, "--index", help="Instead of A B: two image indices of the run's --split (repeat twice)."),
-    split: str = typer.Option("test", "--split", help=SPLIT_HELP),
+    split: str = SPLIT,
     steps: int = typer.Option(8, "--steps", help="Interpolation points, both ends included."),
     mode: str = typer.Option("lerp", "--mode", help="lerp (straight line) | slerp (great circle)."),
     output: str = OUTPUT,
     gif: str = typer.Option(None, "--gif", help="Also write an animated GIF of the interpolation."),
-    fps: float = typer.Option(8.0, "--fps", help="GIF frames per second."),
+    fps: float = FPS,
     padding: int = PADDING,
     scale: int = SCALE,
     run: str = RUN,
@@ -355,10 +359,10 @@ def traverse_cmd(
     steps: int = typer.Option(11, "--steps", help="Values per sweep (columns)."),
     image: str = typer.Option(None, "--image", help="Base point: the posterior mean of this image (default z = 0)."),
     index: int = typer.Option(None, "--index", help="Base point: the posterior mean of image INDEX of --split."),
-    split: str = typer.Option("test", "--split", help=SPLIT_HELP),
+    split: str = SPLIT,
     output: str = OUTPUT,
     gif: str = typer.Option(None, "--gif", help="Also write a GIF animating the sweep (all rows at once)."),
-    fps: float = typer.Option(8.0, "--fps", help="GIF frames per second."),
+    fps: float = FPS,
     labels: bool = typer.Option(True, "--labels/--no-labels", help="Label rows with dimension and KL, columns with values."),
     padding: int = PADDING,
     scale: int = SCALE,
@@ -434,7 +438,7 @@ def traverse_cmd(
 
 @app.command("eval-kl")
 def eval_kl_cmd(
-    split: str = typer.Option("test", "--split", help=SPLIT_HELP),
+    split: str = SPLIT,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
     svg: str = typer.Option(None, "--svg", help="Also save the table as an SVG image."),
     batch_size: int = typer.Option(500, "--batch-size", help="Images per forward pass."),
@@ -536,8 +540,8 @@ def _kl_table(res: Any, name: str, split: str, svg: str | None = None, extra: li
 @app.command("encode")
 def encode_cmd(
     inputs: list[str] = typer.Argument(None, help="Image files, folders (recursive), or - (paths on stdin)."),
-    split: str = typer.Option(None, "--split", help="Take images from the run's dataset instead: test or train."),
-    n: int = typer.Option(16, "-n", "--num", help="With --split: the first N images."),
+    split: str = INPUT_SPLIT,
+    n: int = INPUT_N,
     output: str = typer.Option(None, "--output", "-o", help="Write the JSON lines to this file (default stdout)."),
     run: str = RUN,
     checkpoint: str = CHECKPOINT,
