@@ -44,7 +44,7 @@ def train_cmd(
     seed: int = typer.Option(0, "--seed", help="Random seed (weights, shuffling, sampling, split)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     precision: str = typer.Option(
-        "auto", "--precision", help="auto (bf16 where the hardware runs it fast: AVX-512-BF16/AMX CPUs, CUDA; else fp32) | fp32 | bf16."
+        "auto", "--precision", help="auto (= fp32: bf16 measured 2.8 nats worse at equal steps) | fp32 | bf16 (autocast, fp32 master weights; fast only on CUDA and AVX-512-BF16/AMX CPUs)."
     ),
     name: str = typer.Option(None, "--name", help="Run name (default: generated)."),
     resume: str = typer.Option(None, "--resume", help="Continue the run NAME where it stopped."),
@@ -163,6 +163,10 @@ def _fit_with_progress(trainer: Any, stop: threading.Event, quiet: bool, console
         f"{f' annealed over {cfg.train.anneal} epochs' if cfg.train.anneal else ''}{_objective(cfg)}, device {trainer.device}, {trainer.precision}"
         + (f", {ws} ranks x batch {cfg.train.batch_size}" if (ws := cfg.train.world_size) > 1 else "")
     )
+    from ..device import bf16_warning
+
+    if warning := bf16_warning(trainer.precision, trainer.device):
+        console.print(f"[yellow]warning: {warning}[/yellow]")
     progress = Progress(
         TextColumn("[bold]epoch {task.fields[epoch]}"),
         BarColumn(bar_width=24),
