@@ -57,6 +57,13 @@ for seed in 0 1; do
         $VAE eval-disentangle --run "$n" > "$OUT/json/$n-disentangle.txt"
     done
 done
+for extra in "shapes-b4-s0-36ep:--beta 4 --epochs $((3 * SHAPES_EPOCHS))" "shapes-tc8-s0:--beta 1 --tc-beta 8 --epochs $SHAPES_EPOCHS"; do
+    n=${extra%%:*}
+    # shellcheck disable=SC2086
+    train "$n" --data shapes "${SHAPES_DIR[@]}" --latent-dim 10 --seed 0 ${extra#*:}
+    $VAE eval-disentangle --run "$n" --json > "$OUT/json/$n-disentangle.json"
+    $VAE eval-disentangle --run "$n" > "$OUT/json/$n-disentangle.txt"
+done
 
 # --- figures
 runs_dir=$($PY -c 'from vaecli.paths import runs_dir; print(runs_dir())')
