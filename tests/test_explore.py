@@ -384,9 +384,18 @@ def test_cli_errors_are_one_line_exit_2(tiny_run: Path, args: list[str], needle:
     assert res.stderr.startswith("vae: error: ") and needle in res.stderr and res.stderr.count("\n") == 1
 
 
-def test_cli_serves_until_ctrl_c(tiny_run: Path) -> None:
+def _sigint_default() -> None:
+    """In the child before exec: SIGINT as a terminal delivers it. A shell without job control starts
+    background jobs (CI scripts run with `&`, nohup) with SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler, so Ctrl-C could not be simulated."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cli_serves_until_ctrl_c_or_sigterm(tiny_run: Path, sig: int) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "vaecli", "explore", "--run", str(tiny_run), "--port", "0", "--no-browser"],
-                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env())  # fmt: skip
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env(),
+                            preexec_fn=_sigint_default)  # fmt: skip
     try:
         assert proc.stderr is not None
         line = ""
@@ -399,8 +408,9 @@ def test_cli_serves_until_ctrl_c(tiny_run: Path) -> None:
         base = line.split(" at ", 1)[1].split()[0].rstrip("/")
         assert json.loads(call(base, "GET", "/api/runs")[2])["default"] == "tiny"
         assert call(base, "POST", "/api/decode", {"z": [0] * LATENT})[0] == 200
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         assert proc.wait(timeout=30) == 0
+        assert "stopped" in proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -33,9 +33,19 @@ def explore_cmd(
             webbrowser.open(url.replace("0.0.0.0", "127.0.0.1"), new=2)
         except Exception:  # noqa: BLE001 - no browser is not an error: the URL is printed
             pass
+    import signal
+    import threading
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # `kill PID` stops the server as cleanly as Ctrl-C
+
+    main = threading.current_thread() is threading.main_thread()  # signal handlers: main thread only
+    old = signal.signal(signal.SIGTERM, on_sigterm) if main else None
     try:
         server.serve_forever(poll_interval=0.25)
     except KeyboardInterrupt:
         err.print("stopped")
     finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
         server.server_close()
