@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,23 +28,33 @@ def _isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VAE_DEBUG", raising=False)
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny run trained for a few steps on fashion-mnist-mini (shared by read-only tests)."""
+def _train_tiny(home: Path, name: str, **train: Any) -> Path:
+    """Train the tiny model (z = 8, widths 8, 16, hidden 64) on fashion-mnist-mini as run ``name``
+    under ``home`` (``train``: TrainConfig fields such as epochs and max_steps); returns its folder."""
     from vaecli.config import DataConfig, ModelConfig, TrainConfig
     from vaecli.training import start_run
 
-    home = tmp_path_factory.mktemp("tiny-home")
     mp = pytest.MonkeyPatch()
     mp.setenv("VAE_HOME", str(home))
     try:
-        trainer = start_run(
+        start_run(
             ModelConfig(latent_dim=8, widths=(8, 16), hidden=64),
             DataConfig(name="fashion-mnist-mini"),
-            TrainConfig(epochs=1, batch_size=64, max_steps=20, device="cpu", seed=0),
-            name="tiny",
-        )
-        trainer.fit()
+            TrainConfig(**{"batch_size": 64, "device": "cpu", "seed": 0, **train}),
+            name=name,
+        ).fit()
     finally:
         mp.undo()
-    return home / "tiny"
+    return Path(home) / name
+
+
+@pytest.fixture(scope="session")
+def train_tiny() -> Callable[..., Path]:
+    """The tiny-run trainer, for fixtures that need runs of their own."""
+    return _train_tiny
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run trained for a few steps on fashion-mnist-mini (shared by read-only tests)."""
+    return _train_tiny(tmp_path_factory.mktemp("tiny-home"), "tiny", epochs=1, max_steps=20)

@@ -104,8 +104,6 @@ def test_absent_dataset_offline(tmp_path, monkeypatch):
 def test_info_unknown_run_and_debug_traceback(monkeypatch):
     assert "no run named" in one_error_line(invoke("info", "nope"))
     monkeypatch.setenv("VAE_DEBUG", "1")
-    from vaecli.cli import app as app_mod  # noqa: F401
-
     r = invoke("--debug", "info", "nope")
     assert r.exit_code != 0 and r.exception is not None
 

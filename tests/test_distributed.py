@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -171,29 +172,15 @@ def _check_ranks_in_sync(run: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def ddp_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def ddp_home(tmp_path_factory: pytest.TempPathFactory, train_tiny: Callable[..., Path]) -> Path:
     """Runs made once for the module (read-only for the tests): 'ddp' started under torchrun
     (5 steps; rank logs in ``logs/new``), and 'single' started in one process (3 steps) then
     resumed under torchrun (3 more)."""
-    from vaecli.config import DataConfig, ModelConfig, TrainConfig
-    from vaecli.training import start_run
-
     home = tmp_path_factory.mktemp("ddp-home") / "runs"
     logs = home.parent / "logs"
     _torchrun(home, logs / "new", "--data", "fashion-mnist-mini", "--max-steps", "5", "--batch-size", "64",
                      "--latent-dim", "8", "--name", "ddp", "--json", "--save-every", "1000")  # fmt: skip
-    mp = pytest.MonkeyPatch()
-    mp.setenv("VAE_HOME", str(home))
-    try:
-        trainer = start_run(
-            ModelConfig(latent_dim=8, widths=(8, 16), hidden=64),
-            DataConfig(name="fashion-mnist-mini"),
-            TrainConfig(epochs=2, batch_size=64, max_steps=3, device="cpu", seed=0),
-            name="single",
-        )
-        trainer.fit()
-    finally:
-        mp.undo()
+    train_tiny(home, "single", epochs=2, max_steps=3)
     _torchrun(home, logs / "resume", "--resume", "single", "--max-steps", "3")
     return home
 

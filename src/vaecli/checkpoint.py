@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any

@@ -160,8 +160,13 @@ def init(device: str = "auto") -> None:
 
 
 def cleanup() -> None:
-    """Leave the process group (call on the success path; a failing rank just exits)."""
+    """Leave the process group (call on the success path; a failing rank just exits).
+
+    All ranks meet at a barrier first: a rank that tore down its gloo connections while a peer was
+    still finishing its last collective sometimes died in C++ at exit (SIGABRT, "terminate called
+    without an active exception") and failed the whole torchrun job."""
     if dist.is_available() and dist.is_initialized():
+        barrier()
         dist.destroy_process_group()
 
 

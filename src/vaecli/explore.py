@@ -24,7 +24,6 @@ import random
 import tempfile
 import threading
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
@@ -255,9 +254,9 @@ class Explorer:
         """Decode ``steps`` copies of ``z`` with dimension ``dim`` swept over [-range, +range]: one PNG strip."""
         run = self.get(name)
         zt = parse_z(z, run.latent_dim)
-        d = _int(dim, "dim", 0, run.latent_dim - 1)
-        n = _int(steps, "steps", 2, MAX_STEPS)
-        r = _float(value_range, "range", 1e-3, 100.0)
+        d = _number(dim, "dim", 0, run.latent_dim - 1, int)
+        n = _number(steps, "steps", 2, MAX_STEPS, int)
+        r = _number(value_range, "range", 1e-3, 100.0)
         from .inference import decode, traverse_latents
 
         with run.lock:
@@ -281,7 +280,7 @@ class Explorer:
         self._load_test(run)
         if run.test_images is None:
             raise BadRequest(f"no test images for run {run.name}: {run.test_error}")
-        rng = random.Random(None if seed in (None, "") else _int(seed, "seed", 0, 2**63 - 1))
+        rng = random.Random(None if seed in (None, "") else _number(seed, "seed", 0, 2**63 - 1, int))
         i = rng.randrange(len(run.test_images))
         out = self._encode_uint8(run, run.test_images[i])
         out["index"] = i
@@ -300,7 +299,7 @@ class Explorer:
         if seed in (None, ""):
             gen.seed()
         else:
-            gen.manual_seed(_int(seed, "seed", 0, 2**63 - 1))
+            gen.manual_seed(_number(seed, "seed", 0, 2**63 - 1, int))
         return {"z": [float(v) for v in sample_prior(1, run.latent_dim, 1.0, gen)[0]]}
 
     def _encode_uint8(self, run: ExploreRun, x: torch.Tensor) -> dict[str, Any]:
@@ -344,30 +343,21 @@ def parse_z(z: Any, latent_dim: int) -> torch.Tensor:
     return torch.tensor([z], dtype=torch.float32)
 
 
-def _int(v: Any, name: str, lo: int, hi: int) -> int:
+def _number(v: Any, name: str, lo: float, hi: float, kind: type = float) -> Any:
+    """A query or JSON value as ``kind`` (int or float) within [lo, hi]; anything else -> BadRequest."""
+    what = "an integer" if kind is int else "a number"
     if isinstance(v, str):
         try:
-            v = int(v)
+            v = kind(v)
         except ValueError:
-            raise BadRequest(f"{name} must be an integer, got {v!r}") from None
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise BadRequest(f"{name} must be an integer, got {v!r}")
+            raise BadRequest(f"{name} must be {what}, got {v!r}") from None
+    ok = int if kind is int else (int, float)
+    if isinstance(v, bool) or not isinstance(v, ok) or (isinstance(v, float) and not math.isfinite(v)):
+        raise BadRequest(f"{name} must be {'an integer' if kind is int else 'a finite number'}, got {v!r}")
     if not lo <= v <= hi:
-        raise BadRequest(f"{name} must be between {lo} and {hi}, got {v}")
-    return v
-
-
-def _float(v: Any, name: str, lo: float, hi: float) -> float:
-    if isinstance(v, str):
-        try:
-            v = float(v)
-        except ValueError:
-            raise BadRequest(f"{name} must be a number, got {v!r}") from None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise BadRequest(f"{name} must be a finite number, got {v!r}")
-    if not lo <= v <= hi:
-        raise BadRequest(f"{name} must be between {lo:g} and {hi:g}, got {v}")
-    return float(v)
+        bounds = f"{lo} and {hi}" if kind is int else f"{lo:g} and {hi:g}"
+        raise BadRequest(f"{name} must be between {bounds}, got {v}")
+    return kind(v)
 
 
 def _decode_upload(data: bytes, channels: int, size: int) -> torch.Tensor:

@@ -152,10 +152,7 @@ def _autocast_on(t: torch.Tensor) -> bool:
     """True inside an enabled autocast region for ``t``'s device. Under bf16 autocast the layers
     that produce the likelihood's logits and the posterior (mu, logvar) run in fp32: they cost
     little and their rounding otherwise costs nats (docs/performance.md, the bf16 check)."""
-    try:
-        return torch.is_autocast_enabled(t.device.type)
-    except TypeError:  # pragma: no cover - torch < 2.4 has no device argument
-        return torch.is_autocast_enabled()
+    return torch.is_autocast_enabled(t.device.type)
 
 
 def count_parameters(model: nn.Module) -> int:

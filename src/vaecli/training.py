@@ -287,11 +287,13 @@ class Trainer:
         t0 = time.perf_counter()
         last_save = t0
         last_report = 0.0
-        warm_t: float | None = None
+        warm_t: float | None = None  # training seconds at the end of the warm-up steps
         warm_images = 0
         images_done = 0
-        paused = 0.0  # seconds spent evaluating / checkpointing after warm-up (not training)
-        excluded = 0.0  # seconds spent evaluating / checkpointing: not counted in --time-budget
+        excluded = 0.0  # seconds spent evaluating / checkpointing: neither --time-budget nor img/s counts them
+
+        def trained() -> float:  # seconds of training in this invocation so far
+            return time.perf_counter() - t0 - excluded
         stopped = "done"
         cb(Progress("start", self.epoch, tc.epochs, self.step, spe, self.global_step))
         self.model.train()
@@ -305,7 +307,7 @@ class Trainer:
                 if tc.max_steps is not None and session_steps >= tc.max_steps:
                     stopped = "max_steps"
                     break
-                if tc.time_budget is not None and distributed.any_true(time.perf_counter() - t0 - excluded >= tc.time_budget):
+                if tc.time_budget is not None and distributed.any_true(trained() >= tc.time_budget):
                     stopped = "time_budget"
                     break
                 idx = perm[self.step * bs : (self.step + 1) * bs].to(self.device)
@@ -313,7 +315,7 @@ class Trainer:
                 if self.cfg.data.binarize:  # dynamic binarisation, x ~ Bernoulli(pixel) per batch (issue 7)
                     x = torch.bernoulli(x, generator=self.noise)
                 beta = beta_at(self.epoch + self.step / spe, tc.beta, tc.anneal, tc.cyclical, tc.epochs)
-                frac = (time.perf_counter() - t0 - excluded) / tc.time_budget if tc.time_budget else None
+                frac = trained() / tc.time_budget if tc.time_budget else None
                 lr = lr_at(self.global_step, total_steps, tc.lr, tc.lr_schedule, tc.warmup_steps, time_fraction=frac)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
@@ -348,11 +350,11 @@ class Trainer:
                 images_done += x.shape[0] * distributed.world_size()  # DDP: every rank takes bs images
                 if session_steps == WARMUP_STEPS:
                     _sync(self.device)
-                    warm_t, warm_images = time.perf_counter(), images_done
+                    warm_t, warm_images = trained(), images_done
                 now = time.perf_counter()
                 if now - last_report >= 0.1 or self.step == spe:
                     last_report = now
-                    ips = (images_done - warm_images) / (now - warm_t - paused) if warm_t and now > warm_t + paused else 0.0
+                    ips = _rate(images_done - warm_images, trained() - warm_t) if warm_t is not None else 0.0
                     cb(Progress("step", self.epoch, tc.epochs, self.step, spe, self.global_step,
                                 loss=float(terms.loss.detach()), recon=float(terms.recon.detach()), kl=float(terms.kl.detach()),
                                 beta=beta, lr=lr, images_per_second=ips))  # fmt: skip
@@ -361,7 +363,6 @@ class Trainer:
                     seg_start = now
                     self.save()
                     last_save = time.perf_counter()
-                    paused += last_save - now if warm_t else 0.0
                     excluded += last_save - now
             if self.step < spe:
                 break
@@ -379,13 +380,12 @@ class Trainer:
             self.save()
             cb(Progress("epoch", self.epoch - 1, tc.epochs, spe, spe, self.global_step, metrics=row))
             last_save = seg_start = time.perf_counter()
-            paused += last_save - now if warm_t else 0.0
             excluded += last_save - now
         _sync(self.device)
         t_end = time.perf_counter()
         if self.step != 0 or stopped != "done":
             self.train_seconds += t_end - seg_start
-        ips = (images_done - warm_images) / (t_end - warm_t - paused) if warm_t and t_end > warm_t + paused else 0.0
+        ips = _rate(images_done - warm_images, trained() - warm_t) if warm_t is not None else 0.0
         if stopped != "done" and session_steps > 0:
             self.save()
         test = evaluate(self.model, self.test_data, device=self.device, seed=tc.seed)
@@ -465,6 +465,11 @@ def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:
             for k, v in st.items():
                 if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
                     st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
+def _rate(images: int, seconds: float) -> float:
+    """Images per second, 0 before any time has passed."""
+    return images / seconds if seconds > 0 else 0.0
 
 
 def _sync(device: torch.device) -> None:

@@ -109,6 +109,18 @@ def _check_out_dir(path: str | None) -> None:
         raise ConfigError(f"--out-dir {path} exists and is not a folder")
 
 
+def _check_outputs(output: str | None, *, out_dir: str | None = None, gif: str | None = None,
+                   nrow: int | None = None, padding: int = 0) -> None:
+    """Refuse bad output options before any work: grid layout numbers, -o, --gif and --out-dir targets."""
+    from .common import check_positive
+
+    check_positive("--nrow", nrow)
+    check_positive("--padding", padding, 0)
+    _check_target(output)
+    _check_target(gif, "--gif")
+    _check_out_dir(out_dir)
+
+
 def _stdout_binary(data: bytes) -> None:
     from ..errors import ConfigError
 
@@ -190,18 +202,14 @@ def sample_cmd(
     seed: int = SEED,
 ) -> None:
     """Decode z ~ N(0, temperature^2 I): the seed's generation from noise."""
-    from ..errors import ConfigError
     from ..images import default_nrow, grid_png, image_png
     from ..inference import decode, sample_prior
     from .common import check_positive
 
     check_positive("-n", n)
-    check_positive("--nrow", nrow)
-    check_positive("--padding", padding, 0)
     if output is None and out_dir is None:
         output = "sample.png"
-    _check_target(output)
-    _check_out_dir(out_dir)
+    _check_outputs(output, out_dir=out_dir, nrow=nrow, padding=padding)
     model, cfg, _ = _load(run, checkpoint, device)
     z = sample_prior(n, cfg.model.latent_dim, temperature, _generator(seed))
     images = decode(model, z)
@@ -238,16 +246,12 @@ def reconstruct_cmd(
     from ..errors import ConfigError
     from ..images import grid_png, image_png
     from ..inference import elbo_per_image, reconstruct
-    from .common import check_positive
 
-    check_positive("--nrow", nrow)
-    check_positive("--padding", padding, 0)
     if output is None and out_dir is None and not as_json:
         output = "reconstruct.png"
     if as_json and output == "-":
         raise ConfigError("--json and -o - both write to stdout: give -o a file name")
-    _check_target(output)
-    _check_out_dir(out_dir)
+    _check_outputs(output, out_dir=out_dir, nrow=nrow, padding=padding)
     model, cfg, _ = _load(run, checkpoint, device)
     x, paths, names = _inputs(inputs, split, n, cfg)
     recon = reconstruct(model, x)
@@ -315,9 +319,7 @@ def interpolate_cmd(
     if mode not in ("lerp", "slerp"):
         raise ConfigError(f"--mode must be lerp or slerp, got {mode!r}")
     check_positive("--steps", steps, 2)
-    check_positive("--padding", padding, 0)
-    _check_target(output)
-    _check_target(gif, "--gif")
+    _check_outputs(output, gif=gif, padding=padding)
     model, cfg, _ = _load(run, checkpoint, device)
     if index:
         x = _split_images(cfg, split, list(index))
@@ -385,9 +387,7 @@ def traverse_cmd(
     if output is None and gif is None:
         output = "traverse.png"
     check_positive("--steps", steps, 2)
-    check_positive("--padding", padding, 0)
-    _check_target(output)
-    _check_target(gif, "--gif")
+    _check_outputs(output, gif=gif, padding=padding)
     model, cfg, folder = _load(run, checkpoint, device)
     d = cfg.model.latent_dim
     dims = list(dict.fromkeys(dim or []))
@@ -583,14 +583,10 @@ def decode_cmd(
     from ..images import default_nrow, grid_png, image_png, output_name
     from ..inference import decode
     from ..latents import parse_lines
-    from .common import check_positive
 
-    check_positive("--nrow", nrow)
-    check_positive("--padding", padding, 0)
     if out_dir is None and output is None:
         raise ConfigError("nothing to write: give --out-dir DIR and/or -o grid.png (or -o -)")
-    _check_target(output)
-    _check_out_dir(out_dir)
+    _check_outputs(output, out_dir=out_dir, nrow=nrow, padding=padding)
     model, cfg, _ = _load(run, checkpoint, device)
     if source == "-":
         text, where = sys.stdin.read(), "stdin"
