@@ -250,7 +250,7 @@ class TrainConfig(_Config):
     save_every: float = 300.0
     skip_nonfinite: bool = False
     world_size: int = 1
-    # other objectives and schedules (issue 7); 0 = off
+    # other objectives and schedules; 0 = off
     cyclical: int = 0  # cyclical beta annealing, number of cycles (Fu et al. 2019)
     capacity: float = 0.0  # capacity annealing C_max in nats (Burgess et al. 2018)
     capacity_epochs: int = 0  # epochs for C to reach C_max (0 = the whole run)

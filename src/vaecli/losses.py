@@ -74,7 +74,7 @@ def elbo_terms(recon: torch.Tensor, kl: torch.Tensor, beta: float) -> LossTerms:
     return LossTerms(loss=r + beta * k, neg_elbo=r + k, recon=r, kl=k)
 
 
-# ----------------------------------------------------------------------------- other objectives (issue 7)
+# ----------------------------------------------------------------------------- other objectives
 
 
 def free_bits_kl(mu: torch.Tensor, logvar: torch.Tensor, free_bits: float) -> torch.Tensor:

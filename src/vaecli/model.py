@@ -70,7 +70,7 @@ def _build_conv(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, int]:
 
 
 def _build_seed(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, int]:
-    """The seed document's layer table (DESIGN.md), for any channels and size divisible by 4."""
+    """The seed document's layer table, for any channels and size divisible by 4."""
     c = cfg.channels
     side = cfg.image_size // 4
     flat = 128 * side * side

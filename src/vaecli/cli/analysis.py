@@ -298,7 +298,6 @@ def interpolate_cmd(
     run: str = RUN,
     checkpoint: str = CHECKPOINT,
     device: str = DEVICE,
-    seed: int = SEED,
 ) -> None:
     """One row: original A, decoded posterior-mean interpolation (STEPS), original B (seed Figs. 6-7)."""
     import torch
@@ -544,7 +543,6 @@ def encode_cmd(
     run: str = RUN,
     checkpoint: str = CHECKPOINT,
     device: str = DEVICE,
-    seed: int = SEED,
 ) -> None:
     """Posterior parameters of each image as JSON lines: {"path", "mu": [...], "logvar": [...]}."""
     from ..fileio import atomic_write_text
@@ -574,7 +572,6 @@ def decode_cmd(
     run: str = RUN,
     checkpoint: str = CHECKPOINT,
     device: str = DEVICE,
-    seed: int = SEED,
 ) -> None:
     """Decode latent vectors (the "mu" of each JSON line) to images."""
     from ..errors import ConfigError, DataError
