@@ -1,4 +1,11 @@
-"""Configuration dataclasses: the single source of truth, stored as JSON with every run."""
+"""Configuration dataclasses: the single source of truth, stored as JSON with every run, and the
+one rule that chooses the defaults the user did not give (:func:`default_recipe`).
+
+Error messages name the command-line flag of a field (``--latent-dim`` for ``latent_dim``): every
+field with a flag maps to it by replacing ``_`` with ``-``, so Python callers read the same
+messages; fields without a flag (``warmup_steps`` before it had one, ``world_size``) are named as
+fields. This is the one place that says so.
+"""
 
 from __future__ import annotations
 
