@@ -27,9 +27,10 @@ from pathlib import Path
 
 import torch
 
-from .data import ImageData, read_idx
-from .errors import DataError
-from .fileio import atomic_write_bytes
+from .dataset import ImageData
+from .idx import read_idx
+from ..errors import DataError
+from ..fileio import atomic_write_bytes
 
 FACTORS = ("shape", "scale", "rotation", "x", "y")
 SHAPES = ("square", "ellipse", "heart")
