@@ -114,10 +114,11 @@ def _run_chunks(fn: Callable[..., list[Any]], chunks: list[list[str]], args: tup
     done = done0
     if workers <= 1:
         for ch in chunks:
-            yield fn(ch, *args)
+            res = fn(ch, *args)
             done += len(ch)
             if opts.progress:
                 opts.progress(done, total)
+            yield res
         return
     if opts.pool == "thread":
         from concurrent.futures import ThreadPoolExecutor
@@ -131,10 +132,10 @@ def _run_chunks(fn: Callable[..., list[Any]], chunks: list[list[str]], args: tup
         ex = ProcessPoolExecutor(workers, mp_context=ctx)
     with ex:
         for ch, res in zip(chunks, ex.map(fn, chunks, *[[a] * len(chunks) for a in args])):
-            yield res
             done += len(ch)
             if opts.progress:
                 opts.progress(done, total)
+            yield res
 
 
 def _chunks(items: Sequence[str]) -> list[list[str]]:
