@@ -132,6 +132,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--modes", default="serial,process,thread,first,cached")
     ap.add_argument("--sets", default="fmnist-png,fmnist-64-rgb")
+    ap.add_argument("--build-only", action="store_true", help="Write the folders and stop (no lock needed: nothing timed).")
     args = ap.parse_args()
     IDX_DIR = args.idx
     work = Path(args.work)
@@ -140,6 +141,10 @@ def main() -> None:
         "fmnist-png": lambda: build(work / "fmnist-png", 70_000, 28, False, procs),
         "fmnist-64-rgb": lambda: build(work / "fmnist-64-rgb", args.colour_count, 64, True, procs),
     }
+    if args.build_only:
+        for name in args.sets.split(","):
+            folders[name]()
+        return
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), "?")
     result = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": {"cpu": cpu, "usable_cores": procs, "python": platform.python_version(),
               "note": "shared machine (other agents running); benchmarks serialised by a lock, not the rest"}, "sets": {}}  # fmt: skip

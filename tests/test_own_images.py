@@ -230,7 +230,8 @@ def test_a_damaged_cache_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def _key_rule(d: Path, cfg: DataConfig) -> tuple:  # type: ignore[type-arg]
-    key, _ = cache.files_key(d, files.list_images(d))
+    rels = files.image_names(d)
+    key = cache.files_key([os.path.join(d, r) for r in rels], rels)
     return key, {"size": cfg.image_size, "fit": cfg.fit}
 
 

@@ -116,7 +116,7 @@ def _split_in_place(data: ImageData, seed: int) -> Splits:
     tr, te = split_indices(len(data), seed)
     test = subset(data, te)
     imgs = data.images
-    step = 4096
+    step = 1024
     for a in range(0, len(tr), step):  # tr[k] >= k: a chunk reads rows not yet overwritten
         idx = tr[a : a + step]
         imgs[a : a + len(idx)] = imgs[idx]

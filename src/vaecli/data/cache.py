@@ -29,20 +29,16 @@ VERSION = 1  # bump when decoding changes: old entries then miss
 CHUNK_ROWS = 4096
 
 
-def files_key(folder: Path, files: list[Path]) -> tuple[str, list[Path]]:
-    """A sha256 over (relative path, size, mtime) of each file, and the files that could be stat'ed."""
+def files_key(paths: list[str], rels: list[str]) -> str:
+    """A sha256 over (relative path, size, mtime) of each file (a file that cannot be stat'ed counts as missing)."""
     h = hashlib.sha256(f"v{VERSION}\n".encode())
-    kept: list[Path] = []
-    for f in files:
+    for p, r in zip(paths, rels):
         try:
-            st = f.stat()
+            st = os.stat(p)
+            h.update(f"{r}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         except OSError:
-            h.update(f"{f.relative_to(folder)}\0missing\n".encode())
-            kept.append(f)  # the decode step reports it
-            continue
-        h.update(f"{f.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        kept.append(f)
-    return h.hexdigest(), kept
+            h.update(f"{r}\0missing\n".encode())
+    return h.hexdigest()
 
 
 def _folder_hash(folder: Path) -> str:

@@ -27,23 +27,30 @@ Progress = Callable[[int, int], None]
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     """Image files under ``folder``, recursively, sorted; symlinked folders followed once (loops skipped)."""
     folder = Path(folder)
+    return [folder / r for r in image_names(folder)]
+
+
+def image_names(folder: str | os.PathLike[str]) -> list[str]:
+    """The image files of :func:`list_images` as paths relative to ``folder`` (plain strings: fast for many files)."""
+    folder = Path(folder)
     if not folder.exists():
         raise DataError(f"folder not found: {folder}")
     if not folder.is_dir():
         raise DataError(f"not a folder: {folder}")
+    top = str(folder)
     seen: set[str] = set()
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=None):
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True, onerror=None):
         real = os.path.realpath(dirpath)
         if real in seen:
             dirnames[:] = []
             continue
         seen.add(real)
         dirnames.sort()
-        for fn in sorted(filenames):
-            if fn.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(Path(dirpath) / fn)
-    return sorted(found)
+        rel = os.path.relpath(dirpath, top)
+        prefix = "" if rel == "." else rel + os.sep
+        found.extend(prefix + fn for fn in filenames if fn.lower().endswith(IMAGE_EXTENSIONS))
+    return sorted(found, key=lambda r: r.split(os.sep))  # the order of sorted Paths (by parts)
 
 
 def load_image(
@@ -179,16 +186,16 @@ def load_folder(
 
     opts = opts or FolderLoad()
     folder = Path(folder)
-    files = list_images(folder)
-    if not files:
+    rels = image_names(folder)
+    if not rels:
         raise DataError(f"no images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) found in {folder}")
-    key, files = cache.files_key(folder, files)
-    rels = [str(f.relative_to(folder)) for f in files]
+    paths = [os.path.join(str(folder), r) for r in rels]
+    key = cache.files_key(paths, rels)
     root = cache_dir()
     scan = cache.read_scan(root, folder, key) if opts.use_cache else None
     heads = None
     if scan is None or (size is None and not isinstance(scan.get("native"), int)):
-        heads = [h for res in _run_chunks(dec.headers, _chunks([str(f) for f in files]), (), _quiet(opts), len(files)) for h in res]
+        heads = [h for res in _run_chunks(dec.headers, _chunks(paths), (), _quiet(opts), len(paths)) for h in res]
         shorts = Counter(min(h[0], h[1]) for h in heads if isinstance(h, tuple))
         native = max(shorts.items(), key=lambda kv: (kv[1], kv[0]))[0] if shorts else None
         scan = {"native": native, "gray": all(h[2] for h in heads if isinstance(h, tuple))}
@@ -196,7 +203,7 @@ def load_folder(
             cache.write_scan(root, folder, key, scan)
     if size is None:
         if not isinstance(scan.get("native"), int):
-            raise DataError(f"no decodable images in {folder} ({len(files)} files, none readable)")
+            raise DataError(f"no decodable images in {folder} ({len(paths)} files, none readable)")
         size = detect_size(scan["native"], max_size, opts, folder)
     rule = {"size": size, "fit": fit}
     entry = cache.entry_path(root, folder, rule)
@@ -205,10 +212,10 @@ def load_folder(
         if hit is not None:
             images, head = hit
             return FolderResult(ImageData(images=images, paths=head["paths"]), size, head["skipped"], True)
-    images, kept, skipped = _decode_all(files, rels, size, fit, 1 if scan.get("gray") else 3, opts)
+    images, kept, skipped = _decode_all(paths, rels, size, fit, 1 if scan.get("gray") else 3, opts)
     if not kept:
         first = f": {skipped[0]['path']} ({skipped[0]['reason']})" if skipped else ""
-        raise DataError(f"no decodable images in {folder} ({len(files)} files{first})")
+        raise DataError(f"no decodable images in {folder} ({len(paths)} files{first})")
     if opts.use_cache:
         cache.write(entry, key, rule, images, kept, skipped)
     return FolderResult(ImageData(images=images, paths=kept), size, skipped, False)
@@ -218,18 +225,18 @@ def _quiet(opts: FolderLoad) -> FolderLoad:
     return FolderLoad(workers=opts.workers, pool=opts.pool)
 
 
-def _decode_all(files: list[Path], rels: list[str], size: int, fit: str, channels: int,
+def _decode_all(paths: list[str], rels: list[str], size: int, fit: str, channels: int,
                 opts: FolderLoad) -> tuple[torch.Tensor, list[str], list[dict[str, str]]]:  # fmt: skip
     """Decode into one preallocated tensor; a 3-channel tensor of all-gray images becomes 1-channel."""
-    out = torch.empty((len(files), channels, size, size), dtype=torch.uint8)
+    out = torch.empty((len(paths), channels, size, size), dtype=torch.uint8)
     hwc = out.permute(0, 2, 3, 1)  # a view: rows are filled in the decoder's (H, W, C) order
     plane = size * size
     kept: list[str] = []
     skipped: list[dict[str, str]] = []
     n = 0
-    chunks = _chunks([str(f) for f in files])
+    chunks = _chunks(paths)
     names = _chunks(rels)
-    for paths_chunk, names_chunk, res in zip(chunks, names, _run_chunks(dec.decode_many, chunks, (size, fit, None), opts, len(files))):
+    for paths_chunk, names_chunk, res in zip(chunks, names, _run_chunks(dec.decode_many, chunks, (size, fit, None), opts, len(paths))):
         for path, rel, px in zip(paths_chunk, names_chunk, res):
             if isinstance(px, str):
                 skipped.append({"path": rel, "reason": _reason(px, path)})
