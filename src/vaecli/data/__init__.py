@@ -22,8 +22,26 @@ import torch
 
 from ..config import MAX_AUTO_IMAGE_SIZE, DataConfig
 from ..errors import DataError
-from .dataset import BINARIZE_SEED, ImageData, binarize_fixed, convert_channels, fingerprint, split_indices, subset, to_float
-from .files import FITS, IMAGE_EXTENSIONS, IMAGE_FORMATS, MAX_IMAGE_PIXELS, FolderLoad, list_images, load_folder, load_image
+from .dataset import (
+    BINARIZE_SEED,
+    ImageData,
+    binarize_fixed,
+    convert_channels,
+    fingerprint,
+    split_indices,
+    subset,
+    to_float,
+)
+from .files import (
+    FITS,
+    IMAGE_EXTENSIONS,
+    IMAGE_FORMATS,
+    MAX_IMAGE_PIXELS,
+    FolderLoad,
+    list_images,
+    load_folder,
+    load_image,
+)
 from .idx import IDX_FILES, load_mini, load_torchvision, read_idx
 
 __all__ = [

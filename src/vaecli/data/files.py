@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from ..errors import DataError
-from . import cache, decode as dec
+from . import cache
+from . import decode as dec
 from .dataset import ImageData
 
 IMAGE_EXTENSIONS = dec.IMAGE_EXTENSIONS
@@ -151,7 +152,7 @@ def _chunks(items: Sequence[str]) -> list[list[str]]:
 
 def _reason(message: str, rel: str) -> str:
     prefix = f"{rel}: "
-    return message[len(prefix) :] if message.startswith(prefix) else message
+    return message.removeprefix(prefix)
 
 
 def detect_size(native: int, max_size: int, opts: FolderLoad, folder: Path) -> int:
