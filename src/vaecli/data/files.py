@@ -238,6 +238,12 @@ def _decode_all(paths: list[str], rels: list[str], size: int, fit: str, channels
     chunks = _chunks(paths)
     names = _chunks(rels)
     for paths_chunk, names_chunk, res in zip(chunks, names, _run_chunks(dec.decode_many, chunks, (size, fit, None), opts, len(paths))):
+        if all(isinstance(px, bytes) and len(px) == plane * channels for px in res):  # the common case: one copy per chunk
+            k = len(res)
+            hwc[n : n + k].copy_(torch.frombuffer(bytearray(b"".join(res)), dtype=torch.uint8).view(k, size, size, channels))
+            kept.extend(names_chunk)
+            n += k
+            continue
         for path, rel, px in zip(paths_chunk, names_chunk, res):
             if isinstance(px, str):
                 skipped.append({"path": rel, "reason": _reason(px, path)})
