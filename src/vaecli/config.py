@@ -20,6 +20,7 @@ ARCHS = ("conv", "seed")
 LIKELIHOODS = ("bernoulli", "gaussian")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
+FITS = ("crop", "pad", "stretch")  # how a non-square image of a folder becomes square
 
 DEFAULT_EPOCHS = 10  # epochs of a run given neither --epochs nor --time-budget (plus any ramp, see default_epochs)
 BUDGET_EPOCHS = 1000  # epochs of a run given only a --time-budget: the budget ends it
@@ -227,9 +228,21 @@ class DataConfig(_Config):
     fingerprint: str | None = None
     train_size: int | None = None
     test_size: int | None = None
+    # folders of images (docs/own-images.md): the rule their files were converted by, and what was left out
+    fit: str = "crop"
+    max_image_size: int | None = None  # cap on the detected size (None: MAX_AUTO_IMAGE_SIZE)
+    strict: bool = False  # a file that cannot be used is an error, not skipped
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {"path": relative path, "reason": ...}
 
     def validate(self) -> None:
         _check(bool(self.name), "--data must not be empty")
+        _check(self.fit in FITS, f"--fit must be one of {', '.join(FITS)}, got {self.fit!r}")
+        if self.max_image_size is not None:
+            _check(8 <= self.max_image_size <= 512, f"--max-image-size must be between 8 and 512, got {self.max_image_size}")
+        _check(
+            isinstance(self.skipped, list) and all(isinstance(s, dict) and isinstance(s.get("path"), str) for s in self.skipped),
+            "skipped must be a list of {path, reason} objects",
+        )
         if self.image_size is not None:
             _check(self.image_size >= 1, f"--image-size must be >= 1, got {self.image_size}")
         if self.channels is not None:

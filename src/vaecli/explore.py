@@ -21,7 +21,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -260,7 +259,7 @@ class Explorer:
         if len(data) > MAX_UPLOAD_BYTES:
             raise BadRequest(f"upload too large ({len(data):,} bytes, limit {MAX_UPLOAD_BYTES:,})")
         m = run.config.model
-        x = _decode_upload(data, m.channels, m.image_size)
+        x = _decode_upload(data, m.channels, m.image_size, run.config.data.fit)
         return self._encode_uint8(run, x)
 
     def random_test(self, name: str | None, seed: Any = None) -> dict[str, Any]:
@@ -339,17 +338,14 @@ def _number(v: Any, name: str, lo: float, hi: float, kind: type = float) -> Any:
     return kind(v)
 
 
-def _decode_upload(data: bytes, channels: int, size: int) -> torch.Tensor:
-    """Decode upload bytes with :func:`vaecli.data.load_image` (the one image decoder) via a private temp file."""
+def _decode_upload(data: bytes, channels: int, size: int, fit: str = "crop") -> torch.Tensor:
+    """Decode upload bytes with :func:`vaecli.data.load_image` (the one image decoder) by the run's rule."""
     from .data import load_image
 
-    with tempfile.TemporaryDirectory(prefix="vae-explore-") as tmp:
-        path = Path(tmp) / "upload"
-        path.write_bytes(data)
-        try:
-            return load_image(path, channels, size)
-        except DataError as exc:
-            raise BadRequest(str(exc).replace(str(path), "upload")) from None
+    try:
+        return load_image(data, channels, size, fit)
+    except DataError as exc:
+        raise BadRequest(str(exc).replace("image: ", "upload: ", 1)) from None
 
 
 # ----------------------------------------------------------------------------- HTTP

@@ -216,11 +216,14 @@ def _expand(spec: str) -> list[InputImage]:
     return [InputImage(p, output_name(spec, "image"))]
 
 
-def load_inputs(items: Sequence[InputImage], channels: int, size: int) -> torch.Tensor:
-    """Decode every input with :func:`data.load_image` at the run's channels and size: uint8 (N, C, H, W)."""
+def load_inputs(items: Sequence[InputImage], channels: int, size: int, fit: str = "crop") -> torch.Tensor:
+    """Decode every input with :func:`data.load_image` by the run's rule (channels, size, fit): uint8 (N, C, H, W)."""
     if not items:
         raise DataError("no input images")
-    return torch.stack([load_image(it.path, channels, size) for it in items])
+    out = torch.empty((len(items), channels, size, size), dtype=torch.uint8)
+    for i, it in enumerate(items):
+        out[i] = load_image(it.path, channels, size, fit)
+    return out
 
 
 def check_unique(names: Sequence[PurePath]) -> None:

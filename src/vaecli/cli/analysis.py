@@ -174,7 +174,7 @@ def _inputs(inputs: list[str] | None, split: str | None, n: int, cfg: Any) -> tu
     if not inputs:
         raise ConfigError("no inputs: give image files, folders, - (paths on stdin) or --split test")
     items = collect_inputs(inputs)
-    images = load_inputs(items, cfg.model.channels, cfg.model.image_size)
+    images = load_inputs(items, cfg.model.channels, cfg.model.image_size, cfg.data.fit)
     return to_float(images), [str(it.path) for it in items], [it.rel for it in items]
 
 
@@ -325,7 +325,7 @@ def interpolate_cmd(
         x = _split_images(cfg, split, list(index))
     else:
         items = [InputImage(Path(p).expanduser(), Path(p)) for p in (a, b)]
-        x = to_float(load_inputs(items, cfg.model.channels, cfg.model.image_size))
+        x = to_float(load_inputs(items, cfg.model.channels, cfg.model.image_size, cfg.data.fit))
     mu, _ = encode(model, x)
     z = interpolate_latents(mu[0], mu[1], steps, mode)
     frames = decode(model, z)
@@ -401,7 +401,7 @@ def traverse_cmd(
         assert kl is not None
         dims = dims_by_kl(kl)
     if image is not None:
-        x = to_float(load_inputs([InputImage(Path(image).expanduser(), Path(image))], cfg.model.channels, cfg.model.image_size))
+        x = to_float(load_inputs([InputImage(Path(image).expanduser(), Path(image))], cfg.model.channels, cfg.model.image_size, cfg.data.fit))
         base = encode(model, x)[0][0]
     elif index is not None:
         base = encode(model, _split_images(cfg, split, [index]))[0][0]

@@ -11,15 +11,19 @@ from typing import Any
 import typer
 
 from .app import app
-from .common import DEVICE_HELP, fmt, print_json, stderr_console, stdout_console
+from .common import DEVICE_HELP, fmt, load_reporter, print_json, stderr_console, stdout_console
 
 
 @app.command("train")
 def train_cmd(
     data: str = typer.Option("fashion-mnist", "--data", help="fashion-mnist | mnist | fashion-mnist-mini | shapes (dSprites-like, known factors) | a folder of images."),
     data_dir: str = typer.Option(None, "--data-dir", help="Dataset root (default $VAE_DATA_DIR, else the user cache dir)."),
-    image_size: int = typer.Option(None, "--image-size", help="Image side for folders (default 28) or shapes (32 | 64, default 32)."),
+    image_size: int = typer.Option(None, "--image-size", help="Image side (folders: default their own, the most common shorter side, capped; shapes: 32 | 64, default 32)."),
     channels: int = typer.Option(None, "--channels", help="1 or 3 (default: detected)."),
+    fit: str = typer.Option("crop", "--fit", help="Folders, non-square images: crop (the centre square) | pad (letterbox on the border colour) | stretch."),
+    max_image_size: int = typer.Option(None, "--max-image-size", help="Folders: cap on the detected image size (default 128)."),
+    strict: bool = typer.Option(False, "--strict", help="Folders: a file that cannot be decoded is an error (default: skipped and listed)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Folders: decode every file again, without the decode cache."),
     binarize: bool = typer.Option(False, "--binarize", help="Binarise pixels: x ~ Bernoulli(pixel) afresh per batch; a fixed binarisation of the test set."),
     beta: float = typer.Option(None, "--beta", help="Weight of the KL term (beta-VAE; default 1)."),
     anneal: int = typer.Option(None, "--anneal", help="Ramp beta linearly from 0 over N epochs (0 = off)."),
@@ -82,8 +86,10 @@ def train_cmd(
                  "device": device, "precision": precision, "max_steps": max_steps, "time_budget": time_budget,
                  "save_every": save_every, "skip_nonfinite": skip_nonfinite, "cyclical": cyclical, "capacity": capacity,
                  "capacity_epochs": capacity_epochs, "free_bits": free_bits, "tc_beta": tc_beta}  # fmt: skip
-        data_cfg = DataConfig(name=data, root=data_dir, image_size=image_size, channels=channels, split_seed=seed, binarize=binarize)
-        model_cfg, data_cfg, train_cfg, loaded = plan_run(data_cfg, given)
+        data_cfg = DataConfig(name=data, root=data_dir, image_size=image_size, channels=channels, split_seed=seed, binarize=binarize,
+                              fit=fit, max_image_size=max_image_size, strict=strict)  # fmt: skip
+        with load_reporter(quiet or not main, use_cache=not no_cache) as load:
+            model_cfg, data_cfg, train_cfg, loaded = plan_run(data_cfg, given, load)
         trainer = start_run(model_cfg, data_cfg, train_cfg, name=name, overwrite=overwrite, data=loaded)
 
     err = stderr_console()
