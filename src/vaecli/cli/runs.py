@@ -68,7 +68,7 @@ def info_cmd(
         ("parameters", f"{info['parameters']:,}"),
         ("data", f"{d['name']} ({d.get('train_size')} train / {d.get('test_size')} test, fingerprint {d.get('fingerprint')})"),
         ("training", f"beta={tr['beta']} anneal={tr['anneal']} lr={tr['lr']} batch={tr['batch_size']} x {tr.get('world_size', 1)} seed={tr['seed']}"),
-        ("epochs", f"{info['epochs']} of {tr['epochs']} ({info.get('steps')} steps)"),
+        ("epochs", f"{info['epochs']} of {tr['epochs']} ({fmt(info.get('steps'))} steps)"),
         ("test -ELBO", f"{fmt(test.get('neg_elbo'))} (recon {fmt(test.get('recon'))} + KL {fmt(test.get('kl'))}) nats/image"),
         ("active units", fmt(info.get("active_units"))),
         ("resumable", "yes" if info["resumable"] else "no"),
