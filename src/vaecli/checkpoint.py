@@ -290,7 +290,9 @@ def remove_temp_files(run: Path) -> list[str]:
 
 
 def write_metrics(run: Path, rows: list[dict[str, Any]]) -> None:
-    """Rewrite ``metrics.jsonl`` (one JSON object per completed epoch)."""
+    """Rewrite ``metrics.jsonl``: one JSON object per completed epoch, and after a stop inside an
+    epoch one last row for the part done, marked ``"partial": true`` with its ``steps`` and
+    ``epochs_done`` (replaced when the epoch completes)."""
     atomic_write_text(run / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -336,7 +338,7 @@ def run_info(run: Path) -> dict[str, Any]:
         "path": str(run),
         "created": cfg.created,
         "parameters": count_parameters(VAE(cfg.model)),
-        "epochs": summary.get("epochs", len(metrics)),
+        "epochs": summary.get("epochs", sum(1 for r in metrics if not r.get("partial"))),
         "steps": summary.get("steps"),
         "trained": (run / MODEL).exists(),
         "resumable": (run / STATE).exists(),

@@ -26,7 +26,7 @@ def runs_cmd(as_json: bool = typer.Option(False, "--json", help="Print a JSON li
         rows.append({
             "name": path.name, "path": str(path), "created": cfg.created, "data": cfg.data.name,
             "arch": cfg.model.arch, "latent_dim": cfg.model.latent_dim, "beta": cfg.train.beta,
-            "epochs": summary.get("epochs", len(metrics)), "test_neg_elbo": test.get("neg_elbo"),
+            "epochs": summary.get("epochs", sum(1 for r in metrics if not r.get("partial"))), "test_neg_elbo": test.get("neg_elbo"),
         })  # fmt: skip
     if as_json:
         print_json(rows)
