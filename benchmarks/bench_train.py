@@ -625,17 +625,20 @@ def mode_omp(args: argparse.Namespace, home: Path) -> dict[str, Any]:
     for load in ("idle", "busy"):
         burner = None
         if load == "busy":
-            burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            # burns one core until this process ends (it polls its parent, so it dies with it)
+            burner = subprocess.Popen([sys.executable, "-c", "import os\np = os.getppid()\nwhile os.getppid() == p: pass"])
         try:
             for policy in ("PASSIVE", "ACTIVE"):
                 env = {**os.environ, "OMP_WAIT_POLICY": policy}
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--modes", "overhead", "--data-dir", args.data_dir,
                        "--overhead-rounds", str(args.overhead_rounds), "--overhead-steps", str(args.overhead_steps),
                        "--overhead-arch", args.overhead_arch]  # fmt: skip
-                r = run_measured(cmd, env=env, timeout=600)
+                r = run_measured(cmd, env=env, timeout=args.omp_timeout)
                 res = (last_json(r["stdout"]) or {}).get("overhead") or {}
                 out[f"{load}_{policy.lower()}"] = {k: res.get(k) for k in ("bare_images_per_second", "trainer_images_per_second", "ratio_trainer_to_bare")}
-                out[f"{load}_{policy.lower()}"].update(rc=r["rc"], load_before=r["load_before"])
+                out[f"{load}_{policy.lower()}"].update(rc=r["rc"], wall_s=r["wall_s"], load_before=r["load_before"])
+                if not res:  # killed at the timeout: slower than the steps it had to run in that time
+                    out[f"{load}_{policy.lower()}"]["timed_out_after_s"] = args.omp_timeout
                 _log(f"omp {load} {policy}: {out[f'{load}_{policy.lower()}']}")
         finally:
             if burner is not None:
@@ -698,6 +701,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overhead-steps", type=int, default=20, help="overhead: steps per round and variant")
     p.add_argument("--overhead-arch", default="conv", help="overhead: conv (the default model) | seed")
     p.add_argument("--overhead-profile", action="store_true", help="overhead: cProfile the trainer rounds")
+    p.add_argument("--omp-timeout", type=float, default=150.0, help="omp: seconds per child before it is stopped")
     p.add_argument("--vae", nargs="+", help="the vae command (default: this python -m vaecli with ./src first)")
     p.add_argument("--vae-args", nargs=argparse.REMAINDER, default=[], help="extra arguments for every vae train (last)")
     p.add_argument("--keep", action="store_true", help="keep the runs folder")
