@@ -599,7 +599,7 @@ def mode_overhead(args: argparse.Namespace, home: Path) -> dict[str, Any]:
             if prof is not None and k == "trainer":
                 prof.disable()
     med = {k: statistics.median(v) for k, v in ips.items()}
-    ratios = [t / b for t, b in zip(ips["trainer"], ips["bare"])]
+    ratios = [t / b for t, b in zip(ips["trainer"], ips["bare"], strict=True)]
     out: dict[str, Any] = {
         "arch": arch, "batch_size": bs, "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "rounds": args.overhead_rounds, "steps_per_round": burst, "reports": reports[0],

@@ -101,7 +101,7 @@ def test_resume_from_a_cuda_checkpoint_on_the_cpu(small_data):
     resume_run("xdev2", {"max_steps": None}, data=small_data).fit()
     a, _, _ = ckpt.load_model("xdev")
     b, _, _ = ckpt.load_model("xdev2")
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
 def test_old_checkpoint_without_a_tag_is_told_by_size():
@@ -211,7 +211,7 @@ def test_chunked_total_correlation_equals_one_piece():
     chunked = total_correlation(z, mu, logvar, chunk_elements=7 * 64 * 5)  # 7 rows a chunk, 10 chunks
     grads_c = torch.autograd.grad(chunked, (z, mu, logvar))
     assert torch.allclose(whole, chunked, rtol=1e-5, atol=1e-5)
-    for a, b in zip(grads, grads_c):
+    for a, b in zip(grads, grads_c, strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
 

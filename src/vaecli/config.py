@@ -1,4 +1,11 @@
-"""Configuration dataclasses: the single source of truth, stored as JSON with every run."""
+"""Configuration dataclasses: the single source of truth, stored as JSON with every run, and the
+one rule that chooses the defaults the user did not give (:func:`default_recipe`).
+
+Error messages name the command-line flag of a field (``--latent-dim`` for ``latent_dim``): every
+field with a flag maps to it by replacing ``_`` with ``-``, so Python callers read the same
+messages; fields without a flag (``warmup_steps`` before it had one, ``world_size``) are named as
+fields. This is the one place that says so.
+"""
 
 from __future__ import annotations
 
@@ -260,7 +267,7 @@ class TrainConfig(_Config):
     save_every: float = 300.0
     skip_nonfinite: bool = False
     world_size: int = 1
-    # other objectives and schedules (issue 7); 0 = off
+    # other objectives and schedules; 0 = off
     cyclical: int = 0  # cyclical beta annealing, number of cycles (Fu et al. 2019)
     capacity: float = 0.0  # capacity annealing C_max in nats (Burgess et al. 2018)
     capacity_epochs: int = 0  # epochs for C to reach C_max (0 = the whole run)

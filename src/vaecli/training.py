@@ -20,9 +20,8 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from . import checkpoint as ckpt
-from . import distributed
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, build_configs, check_given
 from .data import ImageData, load_data, to_float
 from .device import accumulator_dtype, adam_kwargs, autocast, configure_cuda, memory_format_for, resolve_precision

@@ -7,7 +7,6 @@ import math
 import sys
 from typing import Any
 
-import typer
 
 DEVICE_HELP = "auto | cpu | cuda | mps (auto: cuda, then mps, then cpu)."
 
@@ -63,5 +62,3 @@ def check_positive(name: str, value: int | float | None, minimum: float = 1) -> 
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum:g}, got {value}")
 
-
-Opt = typer.Option

@@ -16,18 +16,9 @@ def runs_cmd(as_json: bool = typer.Option(False, "--json", help="Print a JSON li
     rows = []
     for path in ckpt.list_runs():
         try:
-            cfg = ckpt.read_config(path)
+            rows.append(ckpt.run_brief(path))
         except Exception:  # a damaged run is listed, not fatal
             rows.append({"name": path.name, "path": str(path), "error": "unreadable config.json"})
-            continue
-        summary = ckpt.read_summary(path)
-        metrics = ckpt.read_metrics(path)
-        test = summary.get("test") or (metrics[-1].get("test") if metrics else None) or {}
-        rows.append({
-            "name": path.name, "path": str(path), "created": cfg.created, "data": cfg.data.name,
-            "arch": cfg.model.arch, "latent_dim": cfg.model.latent_dim, "beta": cfg.train.beta,
-            "epochs": summary.get("epochs", sum(1 for r in metrics if not r.get("partial"))), "test_neg_elbo": test.get("neg_elbo"),
-        })  # fmt: skip
     if as_json:
         print_json(rows)
         return
