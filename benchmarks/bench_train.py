@@ -29,6 +29,12 @@ Modes (``--modes``, comma separated; default ``throughput,levers,startup,rss``):
   seed and conv models (torch's FlopCounterMode, forward + backward): the images/s ceiling.
 * ``profile``: torch.profiler over a few steps of the seed model's training step as vaecli runs
   it; the top operators by self CPU time (where the time goes).
+* ``overhead``: in this one process, interleaved rounds of a bare loop (uint8 data in memory,
+  channels_last, fused Adam, no checks) and ``vae train``'s loop (the body of Trainer.fit on a
+  real Trainer) on the same model and data: images/s of both and their ratio (target >= 0.9).
+  ``--overhead-profile`` adds a cProfile of the trainer rounds.
+* ``omp``: ``overhead`` in fresh processes under OMP_WAIT_POLICY=PASSIVE and ACTIVE, on an idle
+  machine and with a second process burning a core (the thread-policy decision).
 * ``bf16``: ``vae train --max-steps S`` in fp32 and in bf16 (same seed) and the difference in
   test -ELBO (the bf16 safety check; slow where the CPU has no native bf16).
 
@@ -504,6 +510,143 @@ def mode_profile(args: argparse.Namespace, home: Path) -> dict[str, Any]:
     return {"steps": args.profile_steps, "wall_ms_per_step_profiled": round(wall * 1000, 1), "top_ops": top}
 
 
+def mode_overhead(args: argparse.Namespace, home: Path) -> dict[str, Any]:
+    """The training loop's overhead (issue 14): in this one process, interleaved rounds of a bare
+    loop and of ``vae train``'s loop on the same model (``--overhead-arch``, default conv) and data
+    (Fashion-MNIST uint8 in memory, batch 128, fp32, channels_last, fused Adam, clip 1.0):
+
+    * ``bare``: index, convert, forward, BCE + KL, zero_grad, backward, clip, Adam; nothing else;
+    * ``trainer``: the body of :meth:`Trainer.fit`'s inner loop on a real Trainer (``_should_stop``,
+      ``_step``, ``_count``, progress reports every 0.1 s to a callback): schedules, the
+      non-finite flag, running sums, clocks and checks included; epoch ends excluded.
+
+    Reports images/s of both (median over rounds) and trainer / bare; ``--overhead-profile`` adds
+    a cProfile of the trainer rounds (top functions by own time)."""
+    sys.path.insert(0, str(SRC))
+    os.environ.setdefault("VAE_HOME", str(home))
+    import cProfile
+    import pstats
+
+    import torch
+
+    from vaecli import training
+    from vaecli.config import DataConfig, ModelConfig, TrainConfig, default_recipe
+    from vaecli.data import ImageData, read_idx, to_float
+    from vaecli.losses import bernoulli_nll, kl_divergence
+    from vaecli.model import VAE
+
+    raw = Path(args.data_dir) / "FashionMNIST" / "raw"
+    images = read_idx((raw / "train-images-idx3-ubyte").read_bytes()).unsqueeze(1)
+    test = read_idx((raw / "t10k-images-idx3-ubyte").read_bytes()).unsqueeze(1)[:500]
+    arch = args.overhead_arch
+    rec = default_recipe(28, 1, "cpu", arch)
+    mcfg = ModelConfig(**{k: v for k, v in rec.items() if k in ("arch", "widths", "hidden", "latent_dim", "likelihood")})
+    bs, burst = 128, args.overhead_steps
+
+    torch.manual_seed(0)
+    model = VAE(mcfg).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=rec["lr"], fused=True)
+    params = list(model.parameters())
+    gen = torch.Generator().manual_seed(1)
+    perm = torch.randperm(len(images))
+    pos = [0]
+
+    def bare(n: int) -> None:
+        for _ in range(n):
+            i = pos[0] % (len(images) // bs)
+            pos[0] += 1
+            x = to_float(images[perm[i * bs : (i + 1) * bs]]).contiguous(memory_format=torch.channels_last)
+            out = model(x, generator=gen)
+            loss = (bernoulli_nll(out.logits, x) + kl_divergence(out.mu, out.logvar)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+
+    tcfg = TrainConfig(**{k: v for k, v in rec.items() if k in ("batch_size", "lr", "lr_schedule", "warmup_steps")}, epochs=10, device="cpu")
+    tr = training.start_run(mcfg, DataConfig(name="fashion-mnist"), tcfg, name="overhead", overwrite=True,
+                            data=(ImageData(images), ImageData(test)))  # fmt: skip
+    s = tr._session()
+    tperm = training.epoch_permutation(len(images), 0, 0)
+    reports = [0]
+
+    def cb(p: Any) -> None:
+        reports[0] += 1
+
+    def trainer(n: int) -> None:  # Trainer.fit's inner loop body, verbatim
+        for _ in range(n):
+            if tr.step >= s.spe - 1:  # stay inside the epoch (epoch ends are not the loop's overhead)
+                tr.step = 0
+            if tr._should_stop(s, None):
+                raise RuntimeError("unexpected stop")
+            terms, beta, lr = tr._step(s, tperm)
+            tr._count(s)
+            if tr._report_due(s):
+                tr._report(s, cb, terms, beta, lr)
+
+    variants = {"bare": bare, "trainer": trainer}
+    for f in variants.values():
+        f(WARMUP)
+    ips: dict[str, list[float]] = {k: [] for k in variants}
+    prof = cProfile.Profile() if args.overhead_profile else None
+    for _ in range(args.overhead_rounds):
+        for k, f in variants.items():
+            if prof is not None and k == "trainer":
+                prof.enable()
+            t = time.perf_counter()
+            f(burst)
+            ips[k].append(burst * bs / (time.perf_counter() - t))
+            if prof is not None and k == "trainer":
+                prof.disable()
+    med = {k: statistics.median(v) for k, v in ips.items()}
+    ratios = [t / b for t, b in zip(ips["trainer"], ips["bare"], strict=True)]
+    out: dict[str, Any] = {
+        "arch": arch, "batch_size": bs, "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "rounds": args.overhead_rounds, "steps_per_round": burst, "reports": reports[0],
+        "bare_images_per_second": round(med["bare"], 1), "trainer_images_per_second": round(med["trainer"], 1),
+        "ratio_trainer_to_bare": round(statistics.median(ratios), 3), "ratios_per_round": [round(r, 3) for r in ratios],
+        "per_round": {k: [round(v, 1) for v in vs] for k, vs in ips.items()},
+    }  # fmt: skip
+    if prof is not None:
+        st = pstats.Stats(prof)
+        rows = sorted(st.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:20]  # type: ignore[attr-defined]
+        steps = args.overhead_rounds * burst
+        out["profile_top_own_time"] = [{"function": f"{Path(fn).name}:{line}({name})", "own_ms_per_step": round(v[2] / steps * 1000, 3),
+                                        "calls_per_step": round(v[1] / steps, 2)} for (fn, line, name), v in rows]  # fmt: skip
+    _log(f"overhead ({arch}): bare {med['bare']:.0f} img/s, trainer {med['trainer']:.0f} img/s, ratio {out['ratio_trainer_to_bare']}")
+    return out
+
+
+def mode_omp(args: argparse.Namespace, home: Path) -> dict[str, Any]:
+    """The OpenMP wait policy by measurement: ``--modes overhead`` in a fresh process under
+    OMP_WAIT_POLICY=PASSIVE and =ACTIVE, on the machine as it is ("idle") and with a second
+    process burning one core ("busy"); images/s of the trainer loop and the bare loop in each."""
+    out: dict[str, Any] = {}
+    for load in ("idle", "busy"):
+        burner = None
+        if load == "busy":
+            # burns one core until this process ends (it polls its parent, so it dies with it)
+            burner = subprocess.Popen([sys.executable, "-c", "import os\np = os.getppid()\nwhile os.getppid() == p: pass"])
+        try:
+            for policy in ("PASSIVE", "ACTIVE"):
+                env = {**os.environ, "OMP_WAIT_POLICY": policy}
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--modes", "overhead", "--data-dir", args.data_dir,
+                       "--overhead-rounds", str(args.overhead_rounds), "--overhead-steps", str(args.overhead_steps),
+                       "--overhead-arch", args.overhead_arch]  # fmt: skip
+                r = run_measured(cmd, env=env, timeout=args.omp_timeout)
+                res = (last_json(r["stdout"]) or {}).get("overhead") or {}
+                out[f"{load}_{policy.lower()}"] = {k: res.get(k) for k in ("bare_images_per_second", "trainer_images_per_second", "ratio_trainer_to_bare")}
+                out[f"{load}_{policy.lower()}"].update(rc=r["rc"], wall_s=r["wall_s"], load_before=r["load_before"])
+                if not res:  # killed at the timeout: slower than the steps it had to run in that time
+                    out[f"{load}_{policy.lower()}"]["timed_out_after_s"] = args.omp_timeout
+                _log(f"omp {load} {policy}: {out[f'{load}_{policy.lower()}']}")
+        finally:
+            if burner is not None:
+                burner.kill()
+                burner.wait()
+    return out
+
+
 def _ips(r: dict[str, Any]) -> float:
     return float((r.get("result") or {}).get("images_per_second") or 0.0)
 
@@ -541,7 +684,7 @@ def machine_info() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--modes", default="throughput,levers,startup,rss", help="throughput,levers,startup,rss,quality,bf16,roofline,profile")
+    p.add_argument("--modes", default="throughput,levers,startup,rss", help="throughput,levers,startup,rss,quality,bf16,roofline,profile,overhead,omp")
     p.add_argument("--out", help="write the JSON here (default: stdout)")
     p.add_argument("--data-dir", default=DEFAULT_DATA, help="folder holding FashionMNIST/raw (default $VAE_DATA_DIR)")
     p.add_argument("--rounds", type=int, default=2, help="throughput: ref/ours alternations")
@@ -554,6 +697,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bf16-steps", type=int, default=100)
     p.add_argument("--profile-steps", type=int, default=10, help="profile: profiled steps")
     p.add_argument("--lever-rounds", type=int, default=8, help="levers: interleaved bursts of 3 steps per variant")
+    p.add_argument("--overhead-rounds", type=int, default=10, help="overhead: interleaved rounds of bare and trainer")
+    p.add_argument("--overhead-steps", type=int, default=20, help="overhead: steps per round and variant")
+    p.add_argument("--overhead-arch", default="conv", help="overhead: conv (the default model) | seed")
+    p.add_argument("--overhead-profile", action="store_true", help="overhead: cProfile the trainer rounds")
+    p.add_argument("--omp-timeout", type=float, default=150.0, help="omp: seconds per child before it is stopped")
     p.add_argument("--vae", nargs="+", help="the vae command (default: this python -m vaecli with ./src first)")
     p.add_argument("--vae-args", nargs=argparse.REMAINDER, default=[], help="extra arguments for every vae train (last)")
     p.add_argument("--keep", action="store_true", help="keep the runs folder")
@@ -569,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     table = {"throughput": mode_throughput, "levers": mode_levers, "startup": mode_startup, "rss": mode_rss, "quality": mode_quality,
-             "bf16": mode_bf16, "roofline": mode_roofline, "profile": mode_profile}  # fmt: skip
+             "bf16": mode_bf16, "roofline": mode_roofline, "profile": mode_profile, "overhead": mode_overhead, "omp": mode_omp}  # fmt: skip
     bad = [m for m in modes if m not in table]
     if bad:
         p.error(f"unknown mode(s) {', '.join(bad)}")

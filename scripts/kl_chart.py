@@ -22,7 +22,7 @@ def main() -> None:
     series = {}
     for ref in args.runs:
         path = ckpt.resolve_run(ref)
-        rows = sorted(ckpt.read_metrics(path), key=lambda r: r["epoch"])
+        rows = sorted((r for r in ckpt.read_metrics(path) if not r.get("partial")), key=lambda r: r["epoch"])
         series[labels.get(ref, path.name)] = ([float(r["epoch"]) for r in rows], [float(r[args.split]["kl"]) for r in rows])
     line_chart(args.output, series, title=f"KL divergence per epoch ({args.split})", xlabel="epoch", ylabel="KL (nats / image)")
     print(f"wrote {args.output}")

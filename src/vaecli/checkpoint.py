@@ -291,7 +291,9 @@ def remove_temp_files(run: Path) -> list[str]:
 
 
 def write_metrics(run: Path, rows: list[dict[str, Any]]) -> None:
-    """Rewrite ``metrics.jsonl`` (one JSON object per completed epoch)."""
+    """Rewrite ``metrics.jsonl``: one JSON object per completed epoch, and after a stop inside an
+    epoch one last row for the part done, marked ``"partial": true`` with its ``steps`` and
+    ``epochs_done`` (replaced when the epoch completes)."""
     atomic_write_text(run / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -350,7 +352,7 @@ def run_brief(run: Path, cfg: RunConfig | None = None) -> dict[str, Any]:
         "arch": cfg.model.arch,
         "latent_dim": cfg.model.latent_dim,
         "beta": cfg.train.beta,
-        "epochs": summary.get("epochs", len(metrics)),
+        "epochs": summary.get("epochs", sum(1 for r in metrics if not r.get("partial"))),  # complete epochs
         "test_neg_elbo": test.get("neg_elbo"),
     }
 

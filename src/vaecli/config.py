@@ -37,6 +37,13 @@ MAX_AUTO_IMAGE_SIZE = 128  # a folder's own image size is capped here unless --m
 SEED_RECIPE: dict[str, Any] = {"batch_size": 128, "lr": 1e-3, "lr_schedule": "constant", "warmup_steps": 0}
 
 
+# PROVISIONAL, not measured (no GPU yet): a GPU is idle at batch 128 with this small net, so CUDA
+# gets batch 1024 with the CPU recipe's lr scaled by sqrt(1024 / 128) and capped at 1e-2, warmed up
+# over 100 steps. scripts/gpu_check.sh measures test -ELBO at equal wall time for batch
+# 128 / 1024 / 4096; set these numbers from its JSON (docs/performance.md, "GPU").
+CUDA_RECIPE: dict[str, Any] = {"batch_size": 1024, "lr": min(1e-2, 5e-3 * (1024 / 128) ** 0.5), "lr_schedule": "cosine", "warmup_steps": 100}
+
+
 def conv_stages(image_size: int) -> int:
     """Strided stages of the ``conv`` arch for a side: the fewest that bring the feature map to
     8 px or less (28 -> 2 stages of 7 px, 64 -> 3, 128 -> 4), at least 1 and at most 5."""
@@ -62,7 +69,8 @@ def accepted_image_size(size: int, arch: str | None = None, widths: tuple[int, .
 def auto_precision(device_type: str, native_bf16: bool) -> str:
     """What ``--precision auto`` means on a device: fp32 everywhere for now. bf16 trailed fp32 by
     2.8 nats at equal steps on the CPU (docs/performance.md, "bf16"); ``native_bf16`` is the
-    hook for the rule measured on machines that have it."""
+    hook for the rule measured on machines that have it: bf16 only where it gives a better test
+    -ELBO at equal wall time (CUDA: scripts/gpu_check.sh measures it; not yet run)."""
     del device_type, native_bf16
     return "fp32"
 
@@ -77,6 +85,8 @@ def default_recipe(image_size: int, channels: int, device_type: str = "cpu", arc
         return {**model, **SEED_RECIPE}
     widths = conv_widths(image_size, channels)
     model["widths"] = widths
+    if device_type == "cuda":
+        return {**model, **CUDA_RECIPE}
     return {**model, "batch_size": 128, "lr": 5e-3, "lr_schedule": "cosine", "warmup_steps": 0}
 
 

@@ -234,6 +234,20 @@ def all_finite(value: torch.Tensor) -> bool:
     return bool(bad.item() == 0)
 
 
+def any_flags(flags: list[bool], device_flag: torch.Tensor | None = None) -> list[bool]:
+    """Each flag OR-ed over the ranks, in ONE small all-reduce (plus ``device_flag``, a bool
+    tensor on the training device, appended last: read without a sync of its own). In a single
+    process the flags as given (and the device flag read)."""
+    if not is_distributed():
+        return [*map(bool, flags), *([bool(device_flag)] if device_flag is not None else [])]
+    dev = _coll_device()
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=dev)
+    if device_flag is not None:
+        t = torch.cat([t, device_flag.detach().reshape(1).float().to(dev)])
+    _call(dist.all_reduce, t, op=dist.ReduceOp.MAX)
+    return [v > 0 for v in t.tolist()]
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum ``t`` over ranks in place (and return it); ``t`` unchanged in a single process."""
     if is_distributed():

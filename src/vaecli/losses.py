@@ -88,19 +88,38 @@ def log_normal_matrix(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -
     return Posterior(mu[None], logvar[None]).log_prob_per_dim(z[:, None])
 
 
-def total_correlation(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+TC_CHUNK_ELEMENTS = 1 << 24  # (rows, B, D) elements per chunk of total_correlation: 64 MB in fp32
+
+
+def total_correlation(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, chunk_elements: int = TC_CHUNK_ELEMENTS) -> torch.Tensor:
     """Minibatch estimate of TC = KL(q(z) || prod_d q(z_d)) (Chen et al. 2018, sec. 4.1), scalar.
 
     q(z_i) is estimated from the batch, log q(z_i) ~ logsumexp_j log q(z_i|x_j) - log B, and the
     same per dimension for the marginals (minibatch-weighted sampling; the paper's extra
     -log N in every density changes the estimate by a constant only, not the gradient).
     About 0 when the aggregate posterior factorises; positive when the dimensions are dependent.
+
+    The (B, B, D) matrix of :func:`log_normal_matrix` is built in chunks of rows of at most
+    ``chunk_elements`` elements, each recomputed in the backward pass (activation checkpointing),
+    so a large GPU batch fits: same value as the one-piece formula.
     """
-    b = z.shape[0]
-    lq = log_normal_matrix(z, mu, logvar)  # (B, B, D)
+    b, d = z.shape
+    rows = max(1, chunk_elements // max(1, b * d))
+    if rows >= b:
+        return _tc_rows(z, mu, logvar).mean()
+    from torch.utils.checkpoint import checkpoint
+
+    parts = [checkpoint(_tc_rows, z[i : i + rows], mu, logvar, use_reentrant=False) for i in range(0, b, rows)]
+    return torch.cat(parts).mean()  # type: ignore[arg-type]
+
+
+def _tc_rows(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log q(z_i) - sum_d log q(z_i,d) for the rows ``z`` (shape (c, D)) against the whole batch."""
+    b = mu.shape[0]
+    lq = log_normal_matrix(z, mu, logvar)  # (c, B, D)
     log_qz = torch.logsumexp(lq.sum(2), dim=1) - math.log(b)
     log_prod = (torch.logsumexp(lq, dim=1) - math.log(b)).sum(1)
-    return (log_qz - log_prod).mean()
+    return log_qz - log_prod
 
 
 def objective_loss(
@@ -131,3 +150,32 @@ def objective_loss(
     if tc_beta > 0:
         return r + beta * kl + (tc_beta - beta) * total_correlation(z, mu, logvar)
     return r + beta * kl
+
+
+def training_terms(
+    recon: torch.Tensor,
+    kl_dims: torch.Tensor,
+    beta: float,
+    *,
+    mu: torch.Tensor | None = None,
+    logvar: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    capacity: float | None = None,
+    free_bits: float = 0.0,
+    tc_beta: float = 0.0,
+) -> LossTerms:
+    """The step's terms from per-image ``recon`` (B,) and per-dimension KL ``kl_dims`` (B, D),
+    each computed once: batch means of recon, KL and -ELBO, and the loss of the objective
+    (:func:`objective_loss`: capacity, free bits, beta-TCVAE; else recon + beta * KL)."""
+    r = recon.mean()
+    k = kl_dims.sum(1).mean()
+    if free_bits > 0:
+        loss = r + beta * kl_dims.mean(0).clamp_min(free_bits).sum()
+    elif capacity is not None:
+        loss = r + beta * (k - capacity).abs()
+    elif tc_beta > 0:
+        assert z is not None and mu is not None and logvar is not None, "tc_beta needs z, mu and logvar"
+        loss = r + beta * k + (tc_beta - beta) * total_correlation(z, mu, logvar)
+    else:
+        loss = r + beta * k
+    return LossTerms(loss=loss, neg_elbo=r + k, recon=r, kl=k)

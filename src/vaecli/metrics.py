@@ -99,34 +99,43 @@ def evaluate(
     seed: int = 0,
     active_threshold: float = ACTIVE_THRESHOLD,
     binarize: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` (in eval mode) on every image of ``data`` with one posterior sample each.
 
     Active units (Burda et al. 2016, sec. 5.2): dimension j is active when
     Cov_x(E_q[z_j | x]) > ``active_threshold``.
+
+    ``shard=(rank, world)`` (DDP): this rank takes batches rank, rank + world, ... and the sums
+    are all-reduced, so every rank returns the numbers of the whole split (its noise per rank).
     """
+    from .device import accumulator_dtype
+
     device = torch.device(device)
+    rank, world = shard or (0, 1)
     was_training = model.training
     model.eval()
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed + rank)
     n = len(data)
     d = model.config.latent_dim
-    sum_recon = torch.zeros((), dtype=torch.float64, device=device)
-    sum_kl = torch.zeros(d, dtype=torch.float64, device=device)
-    mu_sum = torch.zeros(d, dtype=torch.float64, device=device)
-    mu_sq = torch.zeros(d, dtype=torch.float64, device=device)
-    log_scale = getattr(model, "log_scale", None)
-    for start in range(0, n, batch_size):
+    acc = accumulator_dtype(device)  # float64; float32 on MPS (no float64 there)
+    sums = torch.zeros(1 + 3 * d, dtype=acc, device=device)  # recon, KL per dim, mu sum, mu^2 sum
+    sum_recon, sum_kl, mu_sum, mu_sq = sums[0], sums[1 : 1 + d], sums[1 + d : 1 + 2 * d], sums[1 + 2 * d :]
+    for start in range(rank * batch_size, n, batch_size * world):
         x = to_float(data.images[start : start + batch_size].to(device))
         if binarize:
             x = (x > 0.5).float()
         recon, q = one_sample_elbo(model, x, gen)
-        sum_recon += recon.double().sum()
-        sum_kl += q.kl_per_dim().double().sum(0)
-        mu = q.mu.double()
+        sum_recon += recon.to(acc).sum()
+        sum_kl += q.kl_per_dim().to(acc).sum(0)
+        mu = q.mu.to(acc)
         mu_sum += mu.sum(0)
         mu_sq += mu.pow(2).sum(0)
     model.train(was_training)
+    if world > 1:
+        from .distributed import all_reduce_sum
+
+        all_reduce_sum(sums)
     if n == 0:
         return EvalResult(images=0, neg_elbo=float("nan"), recon=float("nan"), kl=float("nan"))
     per_dim = (sum_kl / n).cpu()
@@ -206,7 +215,9 @@ def log_importance_weights(
         xr = x.unsqueeze(0).expand(c, *x.shape).reshape(c * b, *x.shape[1:])
         log_px_z = -reconstruction_nll(logits, xr, model.config.likelihood, log_scale).reshape(c, b)
         out.append((log_px_z + standard_normal_log_prob(z) - q.log_prob(z)).t())
-    return torch.cat(out, dim=1).double()
+    from .device import accumulator_dtype
+
+    return torch.cat(out, dim=1).to(accumulator_dtype(x.device))  # float64; float32 on MPS
 
 
 @torch.no_grad()

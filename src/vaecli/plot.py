@@ -242,7 +242,7 @@ def line_chart(
 
 
 def _metric(rows: list[dict], split: str, key: str) -> tuple[list[float], list[float]]:
-    pairs = [(r["epoch"], r[split][key]) for r in rows if isinstance(r.get(split), dict) and r[split].get(key) is not None]
+    pairs = [(r.get("epochs_done", r["epoch"]), r[split][key]) for r in rows if isinstance(r.get(split), dict) and r[split].get(key) is not None]
     return [float(e) for e, _ in pairs], [float(v) for _, v in pairs]
 
 
@@ -256,7 +256,7 @@ def plot_training_curves(path: str | os.PathLike[str] | None, metrics: list[dict
         top["test -ELBO"] = _metric(rows, "test", "neg_elbo")
         bottom["test KL"] = _metric(rows, "test", "kl")
     b_rows = [r for r in rows if r.get("beta") is not None]
-    beta = {"beta": ([float(r["epoch"]) for r in b_rows], [float(r["beta"]) for r in b_rows])} if b_rows else None
+    beta = {"beta": ([float(r.get("epochs_done", r["epoch"])) for r in b_rows], [float(r["beta"]) for r in b_rows])} if b_rows else None
     size = (900, 1040)
     img = Image.new("RGB", (size[0] * _SS, size[1] * _SS), "white")
     half = img.height // 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-from dataclasses import replace
 import threading
 import time
 from typing import Any
@@ -167,6 +166,8 @@ def _fit_with_progress(trainer: Any, stop: threading.Event, quiet: bool, console
     for warning in (bf16_warning(trainer.precision, trainer.device), ramp_warning(cfg.train)):
         if warning:
             console.print(f"[yellow]warning: {warning}[/yellow]")
+    for notice in trainer.notices:
+        console.print(f"[yellow]note: {notice}[/yellow]")
     progress = Progress(
         TextColumn("[bold]epoch {task.fields[epoch]}"),
         BarColumn(bar_width=24),
@@ -183,7 +184,7 @@ def _fit_with_progress(trainer: Any, stop: threading.Event, quiet: bool, console
     def on_progress(p: Any) -> None:
         nonlocal task
         fields = {"epoch": f"{p.epoch + 1}/{p.epochs}", "loss": fmt(p.loss, 1), "recon": fmt(p.recon, 1), "kl": fmt(p.kl, 2),
-                  "beta": fmt(p.beta, 2), "ips": f"{p.images_per_second:,.0f}"}  # fmt: skip
+                  "beta": fmt(p.beta, 2), "ips": _ips(p.images_per_second)}  # fmt: skip
         if p.kind == "start":
             task = progress.add_task("train", total=p.steps_per_epoch, completed=p.step, **fields)
         elif p.kind == "step" and task is not None:
@@ -200,6 +201,11 @@ def _fit_with_progress(trainer: Any, stop: threading.Event, quiet: bool, console
 
     with progress:
         return trainer.fit(on_progress, stop)
+
+
+def _ips(value: float | None) -> str:
+    """Images per second for people: "-" where nothing was measured (before the warm-up steps)."""
+    return "-" if value is None else f"{value:,.0f}"
 
 
 def _model_brief(m: Any) -> str:
@@ -233,6 +239,6 @@ def _summary_table(result: Any, console: Any, label: str) -> None:
     console.print(t)
     console.print(
         f"nats/image ({label})  active units {result.active_units}  "
-        f"time {result.seconds:.1f}s  {result.images_per_second:,.0f} img/s  {result.device} {result.precision}"
+        f"time {result.seconds:.1f}s  {_ips(result.images_per_second)} img/s  {result.device} {result.precision}"
     )
     console.print(f"run saved in {result.path}")
