@@ -120,3 +120,19 @@ def test_train_eval_samples_stores_the_scores(tmp_path: Path) -> None:
     plain = vae("train", "--data", "fashion-mnist-mini", "--latent-dim", 4, "--max-steps", 1, "--name", "plain", "--json")
     assert plain.exit_code == 0 and "eval_samples" not in json.loads(plain.stdout)
 
+
+
+def test_inception_features_through_the_cli(ck: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_fidelity import _fake_fidelity  # a stand-in for torch-fidelity's Inception module
+
+    _fake_fidelity(monkeypatch)
+
+    def offline(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    line = one_error_line(vae("eval-samples", "-n", 50, "--features", "inception-v3-pool3", *ck))
+    assert "cannot load the Inception v3 weights" in line and "offline?" in line
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda url, **kw: {})  # "downloaded"
+    out = ok_json("eval-samples", "-n", 50, "--features", "inception-v3-pool3", *ck)
+    assert out["features"] == "inception-v3-pool3" and out["feature_dim"] == 2048 and out["n"] == 50

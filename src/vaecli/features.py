@@ -137,10 +137,13 @@ def inception(device: str | torch.device = "cpu", batch_size: int = 100) -> Feat
         import torch_fidelity.feature_extractor_inceptionv3 as tfi
     except ImportError:
         raise DataError(f"--features {INCEPTION} needs torch-fidelity: pip install 'vaecli[fid]'") from None
+    import contextlib
+    import io
     from unittest import mock
 
     try:  # the download goes through _hub_download: a hash-checked, weights-only load
-        with mock.patch.object(tfi, "load_state_dict_from_url", _hub_download):
+        # torch.hub's "Downloading: ..." line is held back, so that a failure is one line on stderr
+        with mock.patch.object(tfi, "load_state_dict_from_url", _hub_download), contextlib.redirect_stderr(io.StringIO()):
             net = tfi.FeatureExtractorInceptionV3(INCEPTION, ["2048"])
     except Exception as exc:  # URLError, HTTPError, hash mismatch, socket errors...
         raise DataError(f"cannot load the Inception v3 weights (they download on first use; offline?): "
