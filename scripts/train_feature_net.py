@@ -125,5 +125,6 @@ def report(train: torch.Tensor, test: torch.Tensor) -> None:
         s = compare(real, ext(images), seed=0)
         print(f"| {name} | {s.fd:.3f} | {s.kid:.4f} ± {s.kid_std:.4f} | {s.precision:.3f} | {s.recall:.3f} |", flush=True)
 
+
 if __name__ == "__main__":
     main()

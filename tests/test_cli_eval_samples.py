@@ -121,7 +121,6 @@ def test_train_eval_samples_stores_the_scores(tmp_path: Path) -> None:
     assert plain.exit_code == 0 and "eval_samples" not in json.loads(plain.stdout)
 
 
-
 def test_inception_features_through_the_cli(ck: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     from test_fidelity import _fake_fidelity  # a stand-in for torch-fidelity's Inception module
 

@@ -67,7 +67,9 @@ def frechet_distance_gaussians(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: tor
     mu1, mu2 = mu1.to(torch.float64), mu2.to(torch.float64)
     s1, s2 = sigma1.to(torch.float64), sigma2.to(torch.float64)
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.numel(), mu1.numel()):
-        raise ConfigError(f"Fréchet distance: shapes do not match ({tuple(mu1.shape)}, {tuple(s1.shape)}, {tuple(mu2.shape)}, {tuple(s2.shape)})")
+        raise ConfigError(
+            f"Fréchet distance: shapes do not match ({tuple(mu1.shape)}, {tuple(s1.shape)}, {tuple(mu2.shape)}, {tuple(s2.shape)})"
+        )
     r1 = _sqrt_psd(s1)
     m = r1 @ s2 @ r1
     w = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0)

@@ -60,7 +60,9 @@ def print_table(res: dict[str, Any], console: Any = None) -> None:
     from rich.table import Table
 
     console = console or stdout_console()
-    t = Table(title=f"run {res['run']}: {res['n']:,} images vs the {res['split']} split, {res['features']} features ({res['feature_dim']}-d)")
+    t = Table(
+        title=f"run {res['run']}: {res['n']:,} images vs the {res['split']} split, {res['features']} features ({res['feature_dim']}-d)"
+    )
     t.add_column("", justify="left")
     for col in ("FD (lower is better)", "KID ± std", "precision", "recall"):
         t.add_column(col, justify="right")
@@ -96,7 +98,11 @@ def eval_samples_cmd(
     n: int = typer.Option(N_DEFAULT, "-n", "--num", help="Samples drawn and real images compared (clamped to the split's size)."),
     split: str = SPLIT,
     temperature: float = typer.Option(1.0, "--temperature", "-t", help="Scale of z ~ N(0, T² I) (1 = the prior)."),
-    features: str = typer.Option("auto", "--features", help="auto (28x28 grayscale: vaecli-fmnist-net-v1, else inception-v3-pool3) | vaecli-fmnist-net-v1 | inception-v3-pool3 (pip install 'vaecli[fid]')."),
+    features: str = typer.Option(
+        "auto",
+        "--features",
+        help="auto (28x28 grayscale: vaecli-fmnist-net-v1, else inception-v3-pool3) | vaecli-fmnist-net-v1 | inception-v3-pool3 (pip install 'vaecli[fid]').",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
     run: str = RUN,
     checkpoint: str = CHECKPOINT,
