@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo   - venv, install, train on the embedded Fashion-MNIST sample (~1 min), sample grid
 #   make test   - venv, install .[test], run the test suite
+#   make lint   - ruff check and ruff format --check (CI runs it before the tests)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ VAE := $(VENV)/bin/vae
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 DEMO_SECONDS ?= 60
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +28,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo-samples.png

@@ -15,7 +15,7 @@ import torch
 from vaecli.checkpoint import load_model
 from vaecli.disentangle import latent_means, mig
 from vaecli.paths import data_root
-from vaecli.shapes import FACTORS, load_shapes
+from vaecli.data.shapes import FACTORS, load_shapes
 
 
 def main() -> None:

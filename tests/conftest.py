@@ -28,9 +28,10 @@ def _isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VAE_DEBUG", raising=False)
 
 
-def _train_tiny(home: Path, name: str, **train: Any) -> Path:
-    """Train the tiny model (z = 8, widths 8, 16, hidden 64) on fashion-mnist-mini as run ``name``
-    under ``home`` (``train``: TrainConfig fields such as epochs and max_steps); returns its folder."""
+def _train_tiny(home: Path, name: str, data: Any = None, **train: Any) -> Path:
+    """Train the tiny model (z = 8, widths 8, 16, hidden 64) on fashion-mnist-mini (or ``data``, a
+    DataConfig) as run ``name`` under ``home`` (``train``: TrainConfig fields such as epochs and
+    max_steps); returns its folder."""
     from vaecli.config import DataConfig, ModelConfig, TrainConfig
     from vaecli.training import start_run
 
@@ -39,7 +40,7 @@ def _train_tiny(home: Path, name: str, **train: Any) -> Path:
     try:
         start_run(
             ModelConfig(latent_dim=8, widths=(8, 16), hidden=64),
-            DataConfig(name="fashion-mnist-mini"),
+            data or DataConfig(name="fashion-mnist-mini"),
             TrainConfig(**{"batch_size": 64, "device": "cpu", "seed": 0, **train}),
             name=name,
         ).fit()

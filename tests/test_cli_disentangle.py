@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from vaecli import shapes
+from vaecli.data import shapes
 from vaecli.cli import app
 
 runner = CliRunner()

@@ -60,7 +60,7 @@ def image_bytes(draw: st.DrawFn) -> bytes:
             data = data[:pos] + data[pos + draw(st.integers(0, 64)) :]
         elif op == "insert":
             data[pos:pos] = draw(st.binary(min_size=1, max_size=16))
-        elif op == "header":  # the first 40 bytes hold sizes, depths, chunk lengths
+        elif op == "header" and data:  # the first 40 bytes hold sizes, depths, chunk lengths
             data[draw(st.integers(0, min(39, max(len(data) - 1, 0))))] = draw(st.sampled_from([0, 1, 0x7F, 0x80, 0xFF]))
         elif op == "dup" and data:
             data[pos:pos] = data[pos : pos + draw(st.integers(1, 64))]

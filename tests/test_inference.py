@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vaecli import inference
+from vaecli import inference, metrics
 from vaecli.checkpoint import load_model
 from vaecli.data import load_data, to_float
 from vaecli.errors import ConfigError, DataError
@@ -99,7 +99,7 @@ def test_reconstruct_decodes_the_posterior_mean(tiny) -> None:  # type: ignore[n
 def test_elbo_per_image_matches_evaluate(tiny) -> None:  # type: ignore[no-untyped-def]
     model, _, test = tiny
     x = to_float(test.images)
-    recon, kl = inference.elbo_per_image(model, x, torch.Generator().manual_seed(0))
+    recon, kl = metrics.elbo_per_image(model, x, torch.Generator().manual_seed(0))
     assert recon.shape == kl.shape == (len(test),)
     assert torch.isfinite(recon).all() and (kl >= 0).all()
     mu, logvar = inference.encode(model, x)

@@ -116,7 +116,7 @@ def _train_cfg(run: str) -> dict:
 
 
 def test_cli_recipe_defaults_follow_the_arch() -> None:
-    from vaecli.config import ARCH_TRAIN_DEFAULTS
+    from vaecli.config import default_recipe
 
     r = _cli("train", "--data", "fashion-mnist-mini", "--arch", "seed", "--max-steps", "1", "--name", "s", "-q")
     assert r.exit_code == 0, r.output
@@ -126,7 +126,7 @@ def test_cli_recipe_defaults_follow_the_arch() -> None:
     r = _cli("train", "--data", "fashion-mnist-mini", "--max-steps", "1", "--name", "c", "-q", "--lr", "5e-4")
     assert r.exit_code == 0, r.output
     cfg = _train_cfg("c")
-    conv = ARCH_TRAIN_DEFAULTS["conv"]
+    conv = default_recipe(28, 1, "cpu")
     assert (cfg["batch_size"], cfg["lr"], cfg["lr_schedule"]) == (conv["batch_size"], 5e-4, conv["lr_schedule"])
 
 

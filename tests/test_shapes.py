@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vaecli import shapes
+from vaecli.data import shapes
 from vaecli.config import DataConfig
 from vaecli.data import load_data
 from vaecli.errors import DataError

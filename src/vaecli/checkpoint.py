@@ -8,6 +8,7 @@ Every write goes through :mod:`vaecli.fileio` (temp file, fsync, rename).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -324,19 +325,46 @@ def read_summary(run: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def summary_floats(summary: dict[str, Any], key: str, length: int) -> list[float] | None:
+    """``summary[key]`` when it is a list of ``length`` finite numbers (e.g. ``test_per_dim_kl``), else None."""
+    vals = summary.get(key)
+    if not isinstance(vals, list) or len(vals) != length:
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vals):
+        return None
+    return [float(v) for v in vals]
+
+
+def run_brief(run: Path, cfg: RunConfig | None = None) -> dict[str, Any]:
+    """One row of a run list: name, path, created, data, arch, z, beta, epochs, test -ELBO
+    (from ``summary.json``, else the last ``metrics.jsonl`` row)."""
+    cfg = cfg or read_config(run)
+    summary = read_summary(run)
+    metrics = read_metrics(run)
+    test = summary.get("test") or (metrics[-1].get("test") if metrics else None) or {}
+    return {
+        "name": run.name,
+        "path": str(run),
+        "created": cfg.created,
+        "data": cfg.data.name,
+        "arch": cfg.model.arch,
+        "latent_dim": cfg.model.latent_dim,
+        "beta": cfg.train.beta,
+        "epochs": summary.get("epochs", len(metrics)),
+        "test_neg_elbo": test.get("neg_elbo"),
+    }
+
+
 def run_info(run: Path) -> dict[str, Any]:
-    """What ``vae info`` shows: name, path, config, parameters, epochs, latest metrics."""
+    """What ``vae info`` shows: :func:`run_brief` plus parameters, steps, state and the config."""
     from .model import VAE, count_parameters
 
     cfg = read_config(run)
     metrics = read_metrics(run)
     summary = read_summary(run)
     return {
-        "name": run.name,
-        "path": str(run),
-        "created": cfg.created,
+        **run_brief(run, cfg),
         "parameters": count_parameters(VAE(cfg.model)),
-        "epochs": summary.get("epochs", len(metrics)),
         "steps": summary.get("steps"),
         "trained": (run / MODEL).exists(),
         "resumable": (run / STATE).exists(),

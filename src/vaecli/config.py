@@ -1,4 +1,11 @@
-"""Configuration dataclasses: the single source of truth, stored as JSON with every run."""
+"""Configuration dataclasses: the single source of truth, stored as JSON with every run, and the
+one rule that chooses the defaults the user did not give (:func:`default_recipe`).
+
+Error messages name the command-line flag of a field (``--latent-dim`` for ``latent_dim``): every
+field with a flag maps to it by replacing ``_`` with ``-``, so Python callers read the same
+messages; fields without a flag (``warmup_steps`` before it had one, ``world_size``) are named as
+fields. This is the one place that says so.
+"""
 
 from __future__ import annotations
 
@@ -13,15 +20,89 @@ ARCHS = ("conv", "seed")
 LIKELIHOODS = ("bernoulli", "gaussian")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
+FITS = ("crop", "pad", "stretch")  # how a non-square image of a folder becomes square
 
-# Optimiser defaults per architecture; the CLI fills the options left unset from here.
-# conv: tuned for test -ELBO per CPU-minute (docs/performance.md); seed: the seed's own recipe.
-ARCH_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
-    "conv": {"batch_size": 128, "lr": 5e-3, "lr_schedule": "cosine"},
-    "seed": {"batch_size": 128, "lr": 1e-3, "lr_schedule": "constant"},
-}
-DEFAULT_EPOCHS = 10
+DEFAULT_EPOCHS = 10  # epochs of a run given neither --epochs nor --time-budget (plus any ramp, see default_epochs)
 BUDGET_EPOCHS = 1000  # epochs of a run given only a --time-budget: the budget ends it
+MAX_AUTO_IMAGE_SIZE = 128  # a folder's own image size is capped here unless --max-image-size raises it
+
+
+# ----------------------------------------------------------------------------- the one rule for defaults
+#
+# Every default that depends on the data (image size, channels) or the device is chosen here and
+# nowhere else. The CLI passes through only what the user gave; ``build_configs`` fills the rest
+# from :func:`default_recipe` once the data is loaded. The measurements behind each number are in
+# docs/performance.md ("How the defaults are chosen"). ``--arch seed`` keeps the seed's recipe.
+
+SEED_RECIPE: dict[str, Any] = {"batch_size": 128, "lr": 1e-3, "lr_schedule": "constant", "warmup_steps": 0}
+
+
+def conv_stages(image_size: int) -> int:
+    """Strided stages of the ``conv`` arch for a side: the fewest that bring the feature map to
+    8 px or less (28 -> 2 stages of 7 px, 64 -> 3, 128 -> 4), at least 1 and at most 5."""
+    k = 1
+    while image_size / 2**k > 8 and k < 5:
+        k += 1
+    return k
+
+
+def conv_widths(image_size: int, channels: int) -> tuple[int, ...]:
+    """Channels of the ``conv`` stages: doubling per stage from 16 (gray) or 32 (colour), at most 256."""
+    base = 16 if channels == 1 else 32
+    return tuple(min(256, base * 2**i) for i in range(conv_stages(image_size)))
+
+
+def accepted_image_size(size: int, arch: str | None = None, widths: tuple[int, ...] | None = None) -> int:
+    """``size`` rounded down to the nearest side the architecture accepts (a multiple of 2 ** stages)."""
+    stages = 2 if arch == "seed" else len(widths) if widths else conv_stages(size)
+    m = 2**stages
+    return max(m, (size // m) * m)
+
+
+def auto_precision(device_type: str, native_bf16: bool) -> str:
+    """What ``--precision auto`` means on a device: fp32 everywhere for now. bf16 trailed fp32 by
+    2.8 nats at equal steps on the CPU (docs/performance.md, "bf16"); ``native_bf16`` is the
+    hook for the rule measured on machines that have it."""
+    del device_type, native_bf16
+    return "fp32"
+
+
+def default_recipe(image_size: int, channels: int, device_type: str = "cpu", arch: str | None = None) -> dict[str, Any]:
+    """The defaults for data of this side and channel count on this kind of device: model fields
+    (arch, widths, hidden, latent_dim, likelihood) and optimiser fields (batch_size, lr,
+    lr_schedule, warmup_steps). ``arch`` given by the user selects that arch's recipe."""
+    arch = arch or "conv"
+    model: dict[str, Any] = {"arch": arch, "latent_dim": 32, "hidden": 512, "likelihood": "bernoulli"}
+    if arch == "seed":
+        return {**model, **SEED_RECIPE}
+    widths = conv_widths(image_size, channels)
+    model["widths"] = widths
+    return {**model, "batch_size": 128, "lr": 5e-3, "lr_schedule": "cosine", "warmup_steps": 0}
+
+
+def default_epochs(time_budget: float | None, anneal: int = 0, cyclical: int = 0, capacity_epochs: int = 0) -> int:
+    """Epochs of a run given no ``--epochs``: until the budget when there is one, else long enough
+    to finish a beta or capacity ramp and then train :data:`DEFAULT_EPOCHS` more at full strength
+    (``--anneal 30`` -> 40 epochs); ``--cyclical N`` gets at least 2 epochs per cycle."""
+    if time_budget is not None:
+        return BUDGET_EPOCHS
+    if cyclical:
+        return max(DEFAULT_EPOCHS, 2 * cyclical)
+    return max(anneal, capacity_epochs) + DEFAULT_EPOCHS
+
+
+def ramp_warning(train: TrainConfig) -> str | None:
+    """One line when an explicit ``--epochs`` ends before a ramp finishes, else None."""
+    if train.anneal > train.epochs:
+        return (f"--epochs {train.epochs} ends before --anneal {train.anneal} finishes: beta reaches only "
+                f"{train.beta * train.epochs / train.anneal:.3g} of {train.beta:g}")
+    if train.capacity and train.capacity_epochs > train.epochs:
+        return (f"--epochs {train.epochs} ends before --capacity-epochs {train.capacity_epochs}: C reaches only "
+                f"{train.capacity * train.epochs / train.capacity_epochs:.3g} of {train.capacity:g} nats")
+    if train.cyclical and train.epochs < train.cyclical:
+        return f"--cyclical {train.cyclical} over --epochs {train.epochs}: each cycle is shorter than an epoch"
+    return None
+
 
 T = TypeVar("T", bound="_Config")
 
@@ -147,9 +228,21 @@ class DataConfig(_Config):
     fingerprint: str | None = None
     train_size: int | None = None
     test_size: int | None = None
+    # folders of images (docs/own-images.md): the rule their files were converted by, and what was left out
+    fit: str = "crop"
+    max_image_size: int | None = None  # cap on the detected size (None: MAX_AUTO_IMAGE_SIZE)
+    strict: bool = False  # a file that cannot be used is an error, not skipped
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {"path": relative path, "reason": ...}
 
     def validate(self) -> None:
         _check(bool(self.name), "--data must not be empty")
+        _check(self.fit in FITS, f"--fit must be one of {', '.join(FITS)}, got {self.fit!r}")
+        if self.max_image_size is not None:
+            _check(8 <= self.max_image_size <= 512, f"--max-image-size must be between 8 and 512, got {self.max_image_size}")
+        _check(
+            isinstance(self.skipped, list) and all(isinstance(s, dict) and isinstance(s.get("path"), str) for s in self.skipped),
+            "skipped must be a list of {path, reason} objects",
+        )
         if self.image_size is not None:
             _check(self.image_size >= 1, f"--image-size must be >= 1, got {self.image_size}")
         if self.channels is not None:
@@ -158,9 +251,8 @@ class DataConfig(_Config):
 
 @dataclass
 class TrainConfig(_Config):
-    """Optimisation settings of ``vae train``. The defaults are the ``conv`` recipe (Adam 5e-3,
-    batch 128, cosine decay, clip 1.0); :data:`ARCH_TRAIN_DEFAULTS` holds the seed's (Adam 1e-3,
-    batch 128, constant)."""
+    """Optimisation settings of ``vae train``. The field defaults are the 28 px ``conv`` recipe;
+    ``vae train`` takes the ones the user did not give from :func:`default_recipe`."""
 
     beta: float = 1.0
     anneal: int = 0
@@ -178,7 +270,7 @@ class TrainConfig(_Config):
     save_every: float = 300.0
     skip_nonfinite: bool = False
     world_size: int = 1
-    # other objectives and schedules (issue 7); 0 = off
+    # other objectives and schedules; 0 = off
     cyclical: int = 0  # cyclical beta annealing, number of cycles (Fu et al. 2019)
     capacity: float = 0.0  # capacity annealing C_max in nats (Burgess et al. 2018)
     capacity_epochs: int = 0  # epochs for C to reach C_max (0 = the whole run)
@@ -268,3 +360,35 @@ class RunConfig(_Config):
             train=TrainConfig.from_dict(data["train"]),
         )
         return cfg
+
+
+MODEL_FIELDS = frozenset(f.name for f in fields(ModelConfig)) - {"image_size", "channels"}
+TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))
+
+
+def check_given(given: dict[str, Any]) -> None:
+    """Validate the options a user gave before any data is loaded (a bad flag fails fast)."""
+    given = {k: v for k, v in given.items() if v is not None}
+    unknown = set(given) - MODEL_FIELDS - TRAIN_FIELDS
+    _check(not unknown, f"unknown options {sorted(unknown)}")
+    TrainConfig(**{k: v for k, v in given.items() if k in TRAIN_FIELDS}).validate()
+    model = {k: v for k, v in given.items() if k in MODEL_FIELDS}
+    stages = 2 if model.get("arch") == "seed" else len(model.get("widths") or (1,))
+    ModelConfig(**model, image_size=8 * 2**stages).validate()
+
+
+def build_configs(given: dict[str, Any], image_size: int, channels: int, device_type: str = "cpu") -> tuple[ModelConfig, TrainConfig]:
+    """The run's model and training configs: what the user gave (``None`` = not given) over the
+    rule's defaults for this data and device (:func:`default_recipe`, :func:`default_epochs`)."""
+    given = {k: v for k, v in given.items() if v is not None}
+    check_given(given)
+    merged = {**default_recipe(image_size, channels, device_type, given.get("arch")), **given}
+    if "epochs" not in given:
+        merged["epochs"] = default_epochs(
+            merged.get("time_budget"), merged.get("anneal", 0), merged.get("cyclical", 0), merged.get("capacity_epochs", 0)
+        )
+    model = ModelConfig(**{k: v for k, v in merged.items() if k in MODEL_FIELDS}, image_size=image_size, channels=channels)
+    train = TrainConfig(**{k: v for k, v in merged.items() if k in TRAIN_FIELDS})
+    model.validate()
+    train.validate()
+    return model, train

@@ -48,13 +48,14 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """``auto`` -> fp32. bf16 autocast is opt-in: measured, it trails fp32 by 2.8 nats of test -ELBO
-    after the same 150 steps (docs/performance.md, "bf16"), beyond the 0.5 nat we accept as safe."""
+    """``auto`` -> what the rule for defaults says for this device (:func:`vaecli.config.auto_precision`)."""
+    from .config import auto_precision
+
     if requested != "auto":
         if requested == "bf16" and device.type == "mps":
             raise DeviceError("--precision bf16 is not supported on mps")
         return requested
-    return "fp32"
+    return auto_precision(device.type, cpu_has_bf16() if device.type == "cpu" else False)
 
 
 def bf16_warning(precision: str, device: torch.device) -> str | None:

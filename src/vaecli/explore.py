@@ -21,7 +21,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,13 +32,15 @@ from urllib.parse import parse_qs, urlparse
 import torch
 
 from . import checkpoint as ckpt
+from .data import ImageData
+from .inference import dims_by_kl
+from .metrics import ACTIVE_THRESHOLD, latent_stats
 from .errors import CheckpointError, ConfigError, DataError, RunNotFoundError, VaeError
 
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # an uploaded image
 MAX_JSON_BYTES = 256 * 1024  # a JSON request body (4096 latent values fit many times over)
 DRAIN_LIMIT = 64 * 1024 * 1024  # larger bodies are not even read: the connection is dropped
 KL_IMAGES = 2000  # test images used when per-dimension KL must be computed
-ACTIVE_VARIANCE = 0.01  # Burda et al. 2016: active when Cov_x(E_q[z_j|x]) > 0.01 (metrics.evaluate's default)
 INACTIVE_KL = 0.01  # nats: the fallback rule when no posterior-mean variances are known
 MAX_ABS_Z = 1e4  # decode refuses larger latent values (finite but meaningless)
 MAX_STEPS = 33  # traversal strip length limit
@@ -80,11 +81,11 @@ class ExploreRun:
     def info(self) -> dict[str, Any]:
         """What ``GET /api/run`` returns: shape, KL per dimension, slider order, activity."""
         kl = self.per_dim_kl
-        order = sorted(range(len(kl)), key=lambda j: (-kl[j], j))
+        order = dims_by_kl(kl)
         m, t = self.config.model, self.config.train
         if self.mu_variance is not None:
-            active = [v > ACTIVE_VARIANCE for v in self.mu_variance]
-            rule = f"Var(mu) > {ACTIVE_VARIANCE:g}"
+            active = [v > ACTIVE_THRESHOLD for v in self.mu_variance]
+            rule = f"Var(mu) > {ACTIVE_THRESHOLD:g}"
         else:
             active = [v >= INACTIVE_KL for v in kl]
             rule = f"KL >= {INACTIVE_KL:g}"
@@ -161,17 +162,12 @@ class Explorer:
         rows = []
         for name, path in self.run_paths().items():
             try:
-                cfg = ckpt.read_config(path)
+                row = ckpt.run_brief(path)
             except VaeError:
                 continue
-            summary = ckpt.read_summary(path)
             loaded = self._runs.get(name)
-            kl = loaded.per_dim_kl if loaded else _summary_list(summary, "test_per_dim_kl", cfg.model.latent_dim)
-            rows.append({
-                "name": name, "created": cfg.created, "data": cfg.data.name, "arch": cfg.model.arch,
-                "latent_dim": cfg.model.latent_dim, "beta": cfg.train.beta, "epochs": summary.get("epochs"),
-                "per_dim_kl": kl,
-            })  # fmt: skip
+            kl = loaded.per_dim_kl if loaded else ckpt.summary_floats(ckpt.read_summary(path), "test_per_dim_kl", row["latent_dim"])
+            rows.append({**row, "name": name, "per_dim_kl": kl})
         return {"default": self.default, "runs": rows}
 
     def get(self, name: str | None) -> ExploreRun:
@@ -200,25 +196,17 @@ class Explorer:
 
     def _load(self, name: str, path: Path) -> ExploreRun:
         model, cfg, path = ckpt.load_model(path, device="cpu")
-        d = cfg.model.latent_dim
         summary = ckpt.read_summary(path)
-        kl = _summary_list(summary, "test_per_dim_kl", d)
-        var = _summary_list(summary, "test_mu_variance", d)
-        run = ExploreRun(name=name, path=path, model=model, config=cfg, per_dim_kl=kl or [0.0] * d, kl_source="summary.json",
-                         mu_variance=var, summary=summary)  # fmt: skip
-        if kl is None or var is None:  # a run trained before summary.json had them
+        run = ExploreRun(name=name, path=path, model=model, config=cfg, per_dim_kl=[], kl_source="", summary=summary)
+
+        def test() -> ImageData | None:  # a run trained before summary.json had the statistics
             self.log(f"computing per-dimension KL of run {name} on up to {self.kl_images} test images")
             self._load_test(run)
-            if run.test_images is not None:
-                from .data import ImageData
-                from .metrics import evaluate
+            return None if run.test_images is None else ImageData(images=run.test_images)
 
-                subset = ImageData(images=run.test_images[: self.kl_images])
-                res = evaluate(model, subset, batch_size=250, binarize=cfg.data.binarize, active_threshold=ACTIVE_VARIANCE)
-                run.per_dim_kl, run.mu_variance = [float(v) for v in res.per_dim_kl], [float(v) for v in res.mu_variance]
-                run.kl_source = f"{len(subset)} test images"
-            elif kl is None:
-                run.kl_source = f"unavailable ({run.test_error})"
+        kl, run.mu_variance, source = latent_stats(model, summary, test, limit=self.kl_images, binarize=cfg.data.binarize)
+        run.per_dim_kl = kl or [0.0] * cfg.model.latent_dim
+        run.kl_source = f"unavailable ({run.test_error})" if kl is None else source
         return run
 
     def _load_test(self, run: ExploreRun) -> None:
@@ -271,7 +259,7 @@ class Explorer:
         if len(data) > MAX_UPLOAD_BYTES:
             raise BadRequest(f"upload too large ({len(data):,} bytes, limit {MAX_UPLOAD_BYTES:,})")
         m = run.config.model
-        x = _decode_upload(data, m.channels, m.image_size)
+        x = _decode_upload(data, m.channels, m.image_size, run.config.data.fit)
         return self._encode_uint8(run, x)
 
     def random_test(self, name: str | None, seed: Any = None) -> dict[str, Any]:
@@ -319,16 +307,6 @@ def _finite_or_none(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-def _summary_list(summary: dict[str, Any], key: str, latent_dim: int) -> list[float] | None:
-    """``summary[key]`` when it is a list of ``latent_dim`` finite numbers, else None."""
-    vals = summary.get(key)
-    if not isinstance(vals, list) or len(vals) != latent_dim:
-        return None
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vals):
-        return None
-    return [float(v) for v in vals]
-
-
 def parse_z(z: Any, latent_dim: int) -> torch.Tensor:
     """A JSON list of ``latent_dim`` finite numbers -> tensor (1, D); anything else -> BadRequest."""
     if not isinstance(z, list):
@@ -360,17 +338,14 @@ def _number(v: Any, name: str, lo: float, hi: float, kind: type = float) -> Any:
     return kind(v)
 
 
-def _decode_upload(data: bytes, channels: int, size: int) -> torch.Tensor:
-    """Decode upload bytes with :func:`vaecli.data.load_image` (the one image decoder) via a private temp file."""
+def _decode_upload(data: bytes, channels: int, size: int, fit: str = "crop") -> torch.Tensor:
+    """Decode upload bytes with :func:`vaecli.data.load_image` (the one image decoder) by the run's rule."""
     from .data import load_image
 
-    with tempfile.TemporaryDirectory(prefix="vae-explore-") as tmp:
-        path = Path(tmp) / "upload"
-        path.write_bytes(data)
-        try:
-            return load_image(path, channels, size)
-        except DataError as exc:
-            raise BadRequest(str(exc).replace(str(path), "upload")) from None
+    try:
+        return load_image(data, channels, size, fit)
+    except DataError as exc:
+        raise BadRequest(str(exc).replace("image: ", "upload: ", 1)) from None
 
 
 # ----------------------------------------------------------------------------- HTTP

@@ -115,37 +115,22 @@ def gif_bytes(frames: Sequence, fps: float = 8.0, bounce: bool = True) -> bytes:
 # ----------------------------------------------------------------------------- labels
 
 
-def _font(px: int):  # type: ignore[no-untyped-def]
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=px)
-    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
-        return ImageFont.load_default()
-
-
 def label_grid(img, row_labels: Sequence[str], tile: int, padding: int, col_labels: Sequence[str] | None = None):  # type: ignore[no-untyped-def]
     """Add a label column left of a grid (one label per row) and optionally a header of column labels.
 
     ``tile`` is the side of one image in the grid, ``padding`` the grid's padding. Text is
     light on the grid's black background.
     """
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     step = tile + padding
     px = max(9, min(16, int(step * 0.42)))
-    font = _font(px)
+    font = ImageFont.load_default(size=px)  # Pillow >= 10.1: a scalable font that knows anchors
     measure = ImageDraw.Draw(Image.new("L", (1, 1)))
 
     def width(s: str) -> int:
         box = measure.textbbox((0, 0), s, font=font)
         return int(box[2] - box[0])
-
-    def put(x: float, y: float, s: str, fill, align: str) -> None:  # type: ignore[no-untyped-def]
-        # manual anchoring (right-middle or centre-middle): bitmap fonts of old Pillow have no anchor=
-        l, t, r, b = measure.textbbox((0, 0), s, font=font)
-        dx = -(r - l) if align == "right" else -(r - l) / 2
-        draw.text((x + dx - l, y - (b - t) / 2 - t), s, font=font, fill=fill)
 
     left = max((width(s) for s in row_labels), default=0) + 2 * max(4, padding)
     top = px + 2 * max(3, padding) if col_labels else 0
@@ -156,14 +141,14 @@ def label_grid(img, row_labels: Sequence[str], tile: int, padding: int, col_labe
     fill = 235 if mode == "L" else (235, 235, 235)
     for r, s in enumerate(row_labels):
         cy = top + padding + r * step + tile / 2
-        put(left - max(4, padding), cy, s, fill, "right")
+        draw.text((left - max(4, padding), cy), s, font=font, fill=fill, anchor="rm")
     if col_labels:
         muted = 170 if mode == "L" else (170, 170, 170)
         for c, s in enumerate(col_labels):
             if not s:
                 continue
             cx = left + padding + c * step + tile / 2
-            put(cx, top / 2, s, muted, "centre")
+            draw.text((cx, top / 2), s, font=font, fill=muted, anchor="mm")
     return out
 
 
@@ -231,11 +216,14 @@ def _expand(spec: str) -> list[InputImage]:
     return [InputImage(p, output_name(spec, "image"))]
 
 
-def load_inputs(items: Sequence[InputImage], channels: int, size: int) -> torch.Tensor:
-    """Decode every input with :func:`data.load_image` at the run's channels and size: uint8 (N, C, H, W)."""
+def load_inputs(items: Sequence[InputImage], channels: int, size: int, fit: str = "crop") -> torch.Tensor:
+    """Decode every input with :func:`data.load_image` by the run's rule (channels, size, fit): uint8 (N, C, H, W)."""
     if not items:
         raise DataError("no input images")
-    return torch.stack([load_image(it.path, channels, size) for it in items])
+    out = torch.empty((len(items), channels, size, size), dtype=torch.uint8)
+    for i, it in enumerate(items):
+        out[i] = load_image(it.path, channels, size, fit)
+    return out
 
 
 def check_unique(names: Sequence[PurePath]) -> None:

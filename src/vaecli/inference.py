@@ -11,8 +11,8 @@ import math
 import torch
 
 from .errors import ConfigError
-from .losses import kl_per_dim, reconstruction_nll
 from .model import VAE
+from .posterior import Posterior
 
 MAX_SAMPLES = 100_000  # -n of `vae sample`: beyond this the decoded images alone outgrow memory
 MAX_STEPS = 1_000  # --steps of interpolations and traversals
@@ -72,9 +72,8 @@ def sample(model: VAE, n: int, temperature: float = 1.0, generator: torch.Genera
 @torch.no_grad()
 def reconstruct(model: VAE, images: torch.Tensor, sample_z: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
     """Decode the posterior mean (or a posterior sample when ``sample_z``) of each image."""
-    mu, logvar = encode(model, images)
-    z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator) if sample_z else mu
-    return decode(model, z)
+    q = Posterior(*encode(model, images))
+    return decode(model, q.sample(generator) if sample_z else q.mean)
 
 
 def interpolate_latents(z_a: torch.Tensor, z_b: torch.Tensor, steps: int, mode: str = "lerp") -> torch.Tensor:
@@ -125,35 +124,3 @@ def dims_by_kl(per_dim_kl: list[float] | torch.Tensor) -> list[int]:
     """Latent dimensions ordered by KL, most informative first (ties: lower index first)."""
     kl = [float(v) for v in per_dim_kl]
     return sorted(range(len(kl)), key=lambda j: (-kl[j], j))
-
-
-@torch.no_grad()
-def elbo_per_image(
-    model: VAE,
-    images: torch.Tensor,
-    generator: torch.Generator | None = None,
-    binarize: bool = False,
-    batch_size: int = 500,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image reconstruction -log p(x|z) and KL(q(z|x) || N(0, I)) in nats, each (N,), on the CPU.
-
-    One posterior sample z = mu + sigma * eps per image (Kingma & Welling 2014, eq. 10), as
-    :func:`vaecli.metrics.evaluate` does; -ELBO = recon + KL. ``images`` are floats in [0, 1].
-    """
-    model.eval()
-    dev = _device(model)
-    log_scale = getattr(model, "log_scale", None)
-    recons, kls = [], []
-    for i in range(0, images.shape[0], batch_size):
-        x = images[i : i + batch_size].float()
-        if binarize:
-            x = (x > 0.5).float()
-        mu, logvar = model.encode(x.to(dev))
-        mu, logvar = mu.float().cpu(), logvar.float().cpu()
-        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator)
-        logits = model.decode_logits(z.to(dev))
-        recons.append(reconstruction_nll(logits, x.to(dev), model.config.likelihood, log_scale).float().cpu())
-        kls.append(kl_per_dim(mu, logvar).sum(1))
-    if not recons:
-        return torch.empty(0), torch.empty(0)
-    return torch.cat(recons), torch.cat(kls)

@@ -13,21 +13,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-LOG_2PI = math.log(2 * math.pi)
+from .posterior import LOG_2PI, Posterior
 
 
 def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, sigma^2) || N(0, 1)) per latent dimension, shape (B, D).
-
-    Closed form (Kingma & Welling 2014, appendix B): 0.5 * (mu^2 + sigma^2 - 1 - log sigma^2).
-    """
-    mu, logvar = mu.float(), logvar.float()
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+    """KL(N(mu, sigma^2) || N(0, 1)) per latent dimension, shape (B, D) (:meth:`Posterior.kl_per_dim`)."""
+    return Posterior(mu, logvar).kl_per_dim()
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """Total KL per image, shape (B,)."""
-    return kl_per_dim(mu, logvar).sum(dim=1)
+    """Total KL per image, shape (B,) (:meth:`Posterior.kl`)."""
+    return Posterior(mu, logvar).kl()
 
 
 def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -78,7 +74,7 @@ def elbo_terms(recon: torch.Tensor, kl: torch.Tensor, beta: float) -> LossTerms:
     return LossTerms(loss=r + beta * k, neg_elbo=r + k, recon=r, kl=k)
 
 
-# ----------------------------------------------------------------------------- other objectives (issue 7)
+# ----------------------------------------------------------------------------- other objectives
 
 
 def free_bits_kl(mu: torch.Tensor, logvar: torch.Tensor, free_bits: float) -> torch.Tensor:
@@ -89,8 +85,7 @@ def free_bits_kl(mu: torch.Tensor, logvar: torch.Tensor, free_bits: float) -> to
 
 def log_normal_matrix(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """log q(z_i,d | x_j) for every pair (i, j) and dimension d, shape (B, B, D)."""
-    z, mu, logvar = z.float()[:, None], mu.float()[None], logvar.float()[None]
-    return -0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar + LOG_2PI)
+    return Posterior(mu[None], logvar[None]).log_prob_per_dim(z[:, None])
 
 
 def total_correlation(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

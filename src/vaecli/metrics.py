@@ -4,13 +4,18 @@ and the importance-weighted estimate of -log p(x) (Burda et al. 2016)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from .data import ImageData, to_float
-from .losses import LOG_2PI, kl_per_dim, reconstruction_nll
+from .losses import reconstruction_nll
 from .model import VAE
+from .posterior import Posterior, standard_normal_log_prob
+
+ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016, sec. 5.2: dimension j is active when Cov_x(E_q[z_j|x]) > 0.01
 
 
 @dataclass
@@ -30,6 +35,60 @@ class EvalResult:
         return {"neg_elbo": self.neg_elbo, "recon": self.recon, "kl": self.kl}
 
 
+def one_sample_elbo(model: VAE, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, Posterior]:
+    """The one-sample ELBO's terms for a batch: -log p(x|z) per image, (B,), with z ~ q(z|x) drawn
+    once (Kingma & Welling 2014, eq. 10), and q itself (its KL gives the rest: -ELBO = recon + KL)."""
+    q = Posterior(*(t.float() for t in model.encode(x)))
+    logits = model.decode_logits(q.sample(generator))
+    return reconstruction_nll(logits, x, model.config.likelihood, getattr(model, "log_scale", None)), q
+
+
+@torch.no_grad()
+def elbo_per_image(
+    model: VAE,
+    images: torch.Tensor,
+    generator: torch.Generator | None = None,
+    binarize: bool = False,
+    batch_size: int = 500,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image reconstruction -log p(x|z) and KL(q(z|x) || N(0, I)) in nats, each (N,), on the CPU,
+    with one posterior sample per image as :func:`evaluate`. ``images`` are floats in [0, 1]."""
+    model.eval()
+    dev = next(model.parameters()).device
+    recons, kls = [], []
+    for i in range(0, images.shape[0], batch_size):
+        x = images[i : i + batch_size].float().to(dev)
+        if binarize:
+            x = (x > 0.5).float()
+        recon, q = one_sample_elbo(model, x, generator)
+        recons.append(recon.float().cpu())
+        kls.append(q.kl().cpu())
+    if not recons:
+        return torch.empty(0), torch.empty(0)
+    return torch.cat(recons), torch.cat(kls)
+
+
+def latent_stats(
+    model: VAE, summary: dict[str, Any], test: Callable[[], ImageData | None], *, limit: int | None = None, seed: int = 0, binarize: bool = False
+) -> tuple[list[float] | None, list[float] | None, str]:
+    """Per-dimension KL and Var(mu) on the test split, with where they came from: ``summary.json``'s
+    ``test_per_dim_kl`` / ``test_mu_variance`` when training stored them, else computed by
+    :func:`evaluate` on the first ``limit`` images that ``test()`` returns (None: unavailable)."""
+    from .checkpoint import summary_floats
+
+    d = model.config.latent_dim
+    kl, var = summary_floats(summary, "test_per_dim_kl", d), summary_floats(summary, "test_mu_variance", d)
+    if kl is not None and var is not None:
+        return kl, var, "summary.json"
+    data = test()
+    if data is None:
+        return kl, var, "summary.json" if kl is not None else "unavailable"
+    if limit is not None and len(data) > limit:
+        data = ImageData(images=data.images[:limit])
+    res = evaluate(model, data, device=next(model.parameters()).device, seed=seed, binarize=binarize)
+    return res.per_dim_kl, res.mu_variance, f"{len(data)} test images"
+
+
 @torch.no_grad()
 def evaluate(
     model: VAE,
@@ -38,7 +97,7 @@ def evaluate(
     batch_size: int = 500,
     device: torch.device | str = "cpu",
     seed: int = 0,
-    active_threshold: float = 0.01,
+    active_threshold: float = ACTIVE_THRESHOLD,
     binarize: bool = False,
 ) -> EvalResult:
     """Evaluate ``model`` (in eval mode) on every image of ``data`` with one posterior sample each.
@@ -61,11 +120,10 @@ def evaluate(
         x = to_float(data.images[start : start + batch_size].to(device))
         if binarize:
             x = (x > 0.5).float()
-        out = model(x, generator=gen)
-        recon = reconstruction_nll(out.logits, x, model.config.likelihood, log_scale)
+        recon, q = one_sample_elbo(model, x, gen)
         sum_recon += recon.double().sum()
-        sum_kl += kl_per_dim(out.mu, out.logvar).double().sum(0)
-        mu = out.mu.double()
+        sum_kl += q.kl_per_dim().double().sum(0)
+        mu = q.mu.double()
         mu_sum += mu.sum(0)
         mu_sq += mu.pow(2).sum(0)
     model.train(was_training)
@@ -128,11 +186,6 @@ class IWResult:
     label: str
 
 
-def _log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z; mu, exp(logvar)) summed over the last dimension."""
-    return -0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar + LOG_2PI).sum(-1)
-
-
 @torch.no_grad()
 def log_importance_weights(
     model: VAE, x: torch.Tensor, k: int, generator: torch.Generator | None = None, max_decode: int = 4096
@@ -141,22 +194,18 @@ def log_importance_weights(
 
     Burda et al. (2016), eq. 8. Decoded in chunks of at most ``max_decode`` images.
     """
-    mu, logvar = model.encode(x)
-    mu, logvar = mu.float(), logvar.float()
+    q = Posterior(*(t.float() for t in model.encode(x)))
     b = x.shape[0]
     log_scale = getattr(model, "log_scale", None)
     chunk = max(1, min(k, max_decode // max(1, b)))
     out = []
     for start in range(0, k, chunk):
         c = min(chunk, k - start)
-        eps = torch.randn((c, b, mu.shape[1]), generator=generator, device=mu.device, dtype=mu.dtype)
-        z = mu + torch.exp(0.5 * logvar) * eps  # (c, B, D)
+        z = q.sample(generator, n=c)  # (c, B, D)
         logits = model.decode_logits(z.reshape(c * b, -1))
         xr = x.unsqueeze(0).expand(c, *x.shape).reshape(c * b, *x.shape[1:])
         log_px_z = -reconstruction_nll(logits, xr, model.config.likelihood, log_scale).reshape(c, b)
-        log_pz = _log_normal(z, torch.zeros_like(mu), torch.zeros_like(logvar))
-        log_qz = _log_normal(z, mu, logvar)
-        out.append((log_px_z + log_pz - log_qz).t())
+        out.append((log_px_z + standard_normal_log_prob(z) - q.log_prob(z)).t())
     return torch.cat(out, dim=1).double()
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
+from .posterior import Posterior
 
 
 @dataclass
@@ -27,11 +28,10 @@ class VAEOutput:
     logvar: torch.Tensor  # posterior log-variances (B, D)
     z: torch.Tensor  # the sample that was decoded (B, D)
 
-
-def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """z = mu + sigma * eps, eps ~ N(0, I) (Kingma & Welling 2014, eq. 10)."""
-    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-    return mu + torch.exp(0.5 * logvar) * eps
+    @property
+    def posterior(self) -> Posterior:
+        """q(z|x) of the batch."""
+        return Posterior(self.mu, self.logvar)
 
 
 def _act() -> nn.Module:
@@ -70,7 +70,7 @@ def _build_conv(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, int]:
 
 
 def _build_seed(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, int]:
-    """The seed document's layer table (DESIGN.md), for any channels and size divisible by 4."""
+    """The seed document's layer table, for any channels and size divisible by 4."""
     c = cfg.channels
     side = cfg.image_size // 4
     flat = 128 * side * side
@@ -125,6 +125,11 @@ class VAE(nn.Module):
                 return self.fc_mu(h), self.fc_logvar(h)
         return self.fc_mu(h), self.fc_logvar(h)
 
+    def posterior(self, x: torch.Tensor) -> Posterior:
+        """q(z|x) in fp32."""
+        mu, logvar = self.encode(x)
+        return Posterior(mu.float(), logvar.float())
+
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         """Decoder output before the sigmoid, (B, C, H, W)."""
         if not _autocast_on(z):
@@ -142,10 +147,9 @@ class VAE(nn.Module):
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True) -> VAEOutput:
         """Encode, draw z (or take the mean when ``sample`` is false) and decode."""
-        mu, logvar = self.encode(x)
-        mu, logvar = mu.float(), logvar.float()
-        z = reparameterize(mu, logvar, generator) if sample else mu
-        return VAEOutput(logits=self.decode_logits(z), mu=mu, logvar=logvar, z=z)
+        q = self.posterior(x)
+        z = q.sample(generator) if sample else q.mean
+        return VAEOutput(logits=self.decode_logits(z), mu=q.mu, logvar=q.logvar, z=z)
 
 
 def _autocast_on(t: torch.Tensor) -> bool:

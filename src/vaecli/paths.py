@@ -1,6 +1,6 @@
 """Where vaecli keeps things: runs under the user data dir, datasets under the user cache dir.
 
-``VAE_HOME`` overrides the runs folder, ``VAE_DATA_DIR`` the dataset root.
+``VAE_HOME`` overrides the runs folder, ``VAE_DATA_DIR`` the dataset root, ``VAE_CACHE_DIR`` the decoded-image cache.
 """
 
 from __future__ import annotations
@@ -29,3 +29,11 @@ def data_root(explicit: str | os.PathLike[str] | None = None) -> Path:
     if env:
         return Path(env).expanduser()
     return Path(user_cache_dir(APP_NAME, appauthor=False)) / "data"
+
+
+def cache_dir() -> Path:
+    """Decoded-image cache: ``$VAE_CACHE_DIR``, else ``<user cache dir>/vaecli/images`` (honours ``XDG_CACHE_HOME``)."""
+    env = os.environ.get("VAE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path(user_cache_dir(APP_NAME, appauthor=False)) / "images"

@@ -24,13 +24,7 @@ _GRID, _AXIS, _TEXT, _MUTED = "#e5e5e5", "#555555", "#222222", "#888888"
 
 
 def _font(px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=px)
-    except TypeError:  # Pillow < 10.1: try a common system TrueType font, else the tiny bitmap one
-        try:
-            return ImageFont.truetype("DejaVuSans.ttf", px)
-        except OSError:
-            return ImageFont.load_default()
+    return ImageFont.load_default(size=px)  # Pillow >= 10.1: a scalable font that knows anchors
 
 
 def nice_ticks(lo: float, hi: float, target: int = 6, integer: bool = False) -> list[float]:
@@ -91,19 +85,11 @@ def _size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
     return r - l, b - t
 
 
-def _put(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font, anchor: str, fill: str = _TEXT) -> None:
-    """Draw text aligned by a two-letter anchor (l/m/r, t/m/b); works for bitmap fonts too."""
-    l, t, r, b = draw.textbbox((0, 0), text, font=font)
-    dx = {"l": -l, "m": -(l + r) / 2, "r": -r}[anchor[0]]
-    dy = {"t": -t, "m": -(t + b) / 2, "b": -b}[anchor[1]]
-    draw.text((xy[0] + dx, xy[1] + dy), text, font=font, fill=fill)
-
-
 def _vtext(img: Image.Image, center: tuple[float, float], text: str, font) -> None:
     """Paste `text` rotated 90 degrees counter-clockwise, centred on `center`."""
     w, h = _size(ImageDraw.Draw(img), text, font)
     tile = Image.new("RGBA", (w + 4, h + 8), (255, 255, 255, 0))
-    _put(ImageDraw.Draw(tile), (tile.width / 2, tile.height / 2), text, font, "mm")
+    ImageDraw.Draw(tile).text((tile.width / 2, tile.height / 2), text, font=font, anchor="mm", fill=_TEXT)
     tile = tile.rotate(90, expand=True)
     img.paste(tile, (round(center[0] - tile.width / 2), round(center[1] - tile.height / 2)), tile)
 
@@ -154,7 +140,7 @@ def _legend(draw: ImageDraw.ImageDraw, entries: list[tuple[str, str, str, bool]]
             _line(draw, [(lx, cy), (lx + sample, cy)], colour, dashed)
             if marker:
                 _marker(draw, lx + sample / 2, cy, marker, colour)
-            _put(draw, (lx + sample + 6 * _SS, cy), label, font, "lm")
+            draw.text((lx + sample + 6 * _SS, cy), label, font=font, anchor="lm", fill=_TEXT)
             lx += widths[j]
         top += lh
     return top
@@ -175,7 +161,7 @@ def _panel(img: Image.Image, box: tuple[int, int, int, int], series: Series, sec
 
     top = y0 + pad
     if title:
-        _put(draw, ((x0 + x1) / 2, top), title, f_title, "mt")
+        draw.text(((x0 + x1) / 2, top), title, font=f_title, anchor="mt", fill=_TEXT)
         top += _size(draw, "Ag", f_title)[1] + 10 * S
     styles = [(PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]) for i in range(len(groups[0]) + len(groups[1]))]
     labelled = [(lab + (" (right axis)" if k else ""), segs, k == 1) for k, g in enumerate(groups) for lab, segs in g]
@@ -202,23 +188,23 @@ def _panel(img: Image.Image, box: tuple[int, int, int, int], series: Series, sec
 
     for v, t in yticks:
         draw.line([(left, fy(v, spans[0])), (right, fy(v, spans[0]))], fill=_GRID, width=S)
-        _put(draw, (left - 8 * S, fy(v, spans[0])), t, f_tick, "rm")
+        draw.text((left - 8 * S, fy(v, spans[0])), t, font=f_tick, anchor="rm", fill=_TEXT)
     for v, t in xticks:
         draw.line([(fx(v), top), (fx(v), bottom)], fill=_GRID, width=S)
         draw.line([(fx(v), bottom), (fx(v), bottom + 4 * S)], fill=_AXIS, width=S)
-        _put(draw, (fx(v), bottom + 8 * S), t, f_tick, "mt")
+        draw.text((fx(v), bottom + 8 * S), t, font=f_tick, anchor="mt", fill=_TEXT)
     for v, t in sticks:
         draw.line([(right, fy(v, spans[1])), (right + 4 * S, fy(v, spans[1]))], fill=_AXIS, width=S)
-        _put(draw, (right + 8 * S, fy(v, spans[1])), t, f_tick, "lm")
+        draw.text((right + 8 * S, fy(v, spans[1])), t, font=f_tick, anchor="lm", fill=_TEXT)
     draw.rectangle([left, top, right, bottom], outline=_AXIS, width=S)
     if xlabel:
-        _put(draw, ((left + right) / 2, y1 - pad), xlabel, f_label, "mb")
+        draw.text(((left + right) / 2, y1 - pad), xlabel, font=f_label, anchor="mb", fill=_TEXT)
     if ylabel:
         _vtext(img, (x0 + pad + lab_h / 2, (top + bottom) / 2), ylabel, f_label)
     if secondary_label and groups[1]:
         _vtext(img, (x1 - pad - lab_h / 2, (top + bottom) / 2), secondary_label, f_label)
     if not xs_all:
-        _put(draw, ((left + right) / 2, (top + bottom) / 2), "no data", f_title, "mm", fill=_MUTED)
+        draw.text(((left + right) / 2, (top + bottom) / 2), "no data", font=f_title, anchor="mm", fill=_MUTED)
         return
     for (_, segs, sec), (colour, marker), mk in zip(labelled, styles, marked):
         mapped = [[(fx(x), fy(y, spans[sec])) for x, y in s] for s in segs]

@@ -22,8 +22,8 @@ import torch
 from . import __version__
 from . import checkpoint as ckpt
 from . import distributed
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from .data import ImageData, load_data, to_float
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, accepted_image_size, build_configs, check_given
+from .data import FolderLoad, ImageData, load_data, to_float
 from .device import adam_kwargs, autocast, memory_format_for, resolve_precision
 from .errors import ConfigError, TrainingError
 from .losses import elbo_terms, kl_divergence, objective_loss, reconstruction_nll
@@ -102,6 +102,23 @@ def _versions() -> dict[str, str]:
     import torchvision
 
     return {"vaecli": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version()}
+
+
+def plan_run(
+    data_cfg: DataConfig, given: dict[str, Any], load: FolderLoad | None = None
+) -> tuple[ModelConfig, DataConfig, TrainConfig, tuple[ImageData, ImageData]]:
+    """Load the data, then fill every option the user did not give (``None``) by the one rule for
+    defaults (:func:`vaecli.config.build_configs`), keyed on the data's size and channels and the
+    device. Returns the configs and the data, ready for :func:`start_run`. ``load``: progress and
+    notice callbacks and cache use of a folder load; its detected size is rounded to the given arch."""
+    check_given(given)  # a bad flag fails before a long load
+    data_cfg.validate()
+    device = distributed.device_for(given.get("device") or "auto")
+    load = load or FolderLoad()
+    load.round_size = lambda s: accepted_image_size(s, given.get("arch"), given.get("widths"))
+    train, test, data_cfg = distributed.local_main_first(lambda: load_data(data_cfg, load=load))  # DDP: one download per machine
+    model_cfg, train_cfg = build_configs(given, train.image_size, train.channels, device.type)
+    return model_cfg, data_cfg, train_cfg, (train, test)
 
 
 def start_run(

@@ -174,7 +174,7 @@ def _inputs(inputs: list[str] | None, split: str | None, n: int, cfg: Any) -> tu
     if not inputs:
         raise ConfigError("no inputs: give image files, folders, - (paths on stdin) or --split test")
     items = collect_inputs(inputs)
-    images = load_inputs(items, cfg.model.channels, cfg.model.image_size)
+    images = load_inputs(items, cfg.model.channels, cfg.model.image_size, cfg.data.fit)
     return to_float(images), [str(it.path) for it in items], [it.rel for it in items]
 
 
@@ -245,7 +245,8 @@ def reconstruct_cmd(
 
     from ..errors import ConfigError
     from ..images import grid_png, image_png
-    from ..inference import elbo_per_image, reconstruct
+    from ..inference import reconstruct
+    from ..metrics import elbo_per_image
 
     if output is None and out_dir is None and not as_json:
         output = "reconstruct.png"
@@ -297,7 +298,6 @@ def interpolate_cmd(
     run: str = RUN,
     checkpoint: str = CHECKPOINT,
     device: str = DEVICE,
-    seed: int = SEED,
 ) -> None:
     """One row: original A, decoded posterior-mean interpolation (STEPS), original B (seed Figs. 6-7)."""
     import torch
@@ -325,7 +325,7 @@ def interpolate_cmd(
         x = _split_images(cfg, split, list(index))
     else:
         items = [InputImage(Path(p).expanduser(), Path(p)) for p in (a, b)]
-        x = to_float(load_inputs(items, cfg.model.channels, cfg.model.image_size))
+        x = to_float(load_inputs(items, cfg.model.channels, cfg.model.image_size, cfg.data.fit))
     mu, _ = encode(model, x)
     z = interpolate_latents(mu[0], mu[1], steps, mode)
     frames = decode(model, z)
@@ -344,14 +344,10 @@ def interpolate_cmd(
 def _per_dim_kl(model: Any, cfg: Any, folder: Path, seed: int) -> list[float]:
     """Per-dimension KL on the test split: from summary.json when training stored it, else computed."""
     from .. import checkpoint as ckpt
-    from ..metrics import evaluate
+    from ..metrics import latent_stats
 
-    stored = ckpt.read_summary(folder).get("test_per_dim_kl")
-    if isinstance(stored, list) and len(stored) == cfg.model.latent_dim and all(isinstance(v, (int, float)) for v in stored):
-        return [float(v) for v in stored]
-    data = _split_data(cfg, "test")
-    dev = next(model.parameters()).device
-    return evaluate(model, data, device=dev, seed=seed, binarize=cfg.data.binarize).per_dim_kl
+    kl, _, _ = latent_stats(model, ckpt.read_summary(folder), lambda: _split_data(cfg, "test"), seed=seed, binarize=cfg.data.binarize)
+    return kl or []
 
 
 @app.command("traverse")
@@ -405,7 +401,7 @@ def traverse_cmd(
         assert kl is not None
         dims = dims_by_kl(kl)
     if image is not None:
-        x = to_float(load_inputs([InputImage(Path(image).expanduser(), Path(image))], cfg.model.channels, cfg.model.image_size))
+        x = to_float(load_inputs([InputImage(Path(image).expanduser(), Path(image))], cfg.model.channels, cfg.model.image_size, cfg.data.fit))
         base = encode(model, x)[0][0]
     elif index is not None:
         base = encode(model, _split_images(cfg, split, [index]))[0][0]
@@ -500,6 +496,7 @@ def _kl_table(res: Any, name: str, split: str, svg: str | None = None, extra: li
     from rich.table import Table
 
     from ..inference import dims_by_kl
+    from ..metrics import ACTIVE_THRESHOLD
 
     kl = res.per_dim_kl
     top = max(kl, default=0.0) or 1.0
@@ -512,7 +509,7 @@ def _kl_table(res: Any, name: str, split: str, svg: str | None = None, extra: li
         var = res.mu_variance[j] if j < len(res.mu_variance) else float("nan")
         eighths = round(max(kl[j], 0.0) / top * width * 8)
         bar = "█" * (eighths // 8) + _PARTIAL[eighths % 8]
-        active = var > 0.01
+        active = var > ACTIVE_THRESHOLD
         t.add_row(str(j), fmt(kl[j], 3), f"[{'cyan' if active else 'grey50'}]{bar}[/]", f"{kl[j] / total:.1%}",
                   fmt(var, 3), "yes" if active else "-")  # fmt: skip
     from rich.console import Console
@@ -521,7 +518,7 @@ def _kl_table(res: Any, name: str, split: str, svg: str | None = None, extra: li
     console.print(t)
     console.print(
         f"-ELBO {fmt(res.neg_elbo)} = recon {fmt(res.recon)} + KL {fmt(res.kl)} nats/image; "
-        f"active units {res.active_units}/{len(kl)} (Burda et al. 2016: Cov_x(E_q[z_j]) > 0.01)",
+        f"active units {res.active_units}/{len(kl)} (Burda et al. 2016: Cov_x(E_q[z_j]) > {ACTIVE_THRESHOLD:g})",
         highlight=False,
         markup=False,
         soft_wrap=True,
@@ -546,7 +543,6 @@ def encode_cmd(
     run: str = RUN,
     checkpoint: str = CHECKPOINT,
     device: str = DEVICE,
-    seed: int = SEED,
 ) -> None:
     """Posterior parameters of each image as JSON lines: {"path", "mu": [...], "logvar": [...]}."""
     from ..fileio import atomic_write_text
@@ -576,7 +572,6 @@ def decode_cmd(
     run: str = RUN,
     checkpoint: str = CHECKPOINT,
     device: str = DEVICE,
-    seed: int = SEED,
 ) -> None:
     """Decode latent vectors (the "mu" of each JSON line) to images."""
     from ..errors import ConfigError, DataError

@@ -7,7 +7,6 @@ import math
 import sys
 from typing import Any
 
-import typer
 
 DEVICE_HELP = "auto | cpu | cuda | mps (auto: cuda, then mps, then cpu)."
 
@@ -64,4 +63,46 @@ def check_positive(name: str, value: int | float | None, minimum: float = 1) -> 
         raise ConfigError(f"{name} must be >= {minimum:g}, got {value}")
 
 
-Opt = typer.Option
+class load_reporter:  # noqa: N801 - used as a context manager, like a function
+    """A :class:`vaecli.data.FolderLoad` that prints each notice as one line on stderr and shows a
+    rich bar while a folder decodes (only past 300 files or 0.5 s); ``quiet``: notices only."""
+
+    def __init__(self, quiet: bool = False, use_cache: bool = True, show_notices: bool = True) -> None:
+        self.quiet, self.use_cache, self.show_notices = quiet, use_cache, show_notices
+        self.console = stderr_console()
+        self.bar: Any = None
+        self.task: Any = None
+        self.start = 0.0
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        import time
+
+        from ..data import FolderLoad
+
+        self.start = time.monotonic()
+        return FolderLoad(progress=self._progress, notice=self._notice, use_cache=self.use_cache)
+
+    def _notice(self, line: str) -> None:
+        if self.show_notices:
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def _progress(self, done: int, total: int) -> None:
+        import time
+
+        if self.quiet:
+            return
+        if self.bar is None:
+            if total <= 300 and time.monotonic() - self.start < 0.5:
+                return
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("decoding images"), BarColumn(bar_width=24), MofNCompleteColumn(), TimeRemainingColumn(),
+                                console=self.console, transient=True)  # fmt: skip
+            self.bar.start()
+            self.task = self.bar.add_task("decode", total=total)
+        self.bar.update(self.task, completed=done, total=total)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None

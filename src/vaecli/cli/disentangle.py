@@ -28,7 +28,7 @@ def eval_disentangle_cmd(
     from ..disentangle import evaluate_disentanglement
     from ..errors import ConfigError
     from ..paths import data_root
-    from ..shapes import FACTORS, load_shapes
+    from ..data.shapes import FACTORS, load_shapes
 
     check_positive("--bins", bins, 2)
     check_positive("--votes", votes, 2)

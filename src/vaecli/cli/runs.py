@@ -16,18 +16,9 @@ def runs_cmd(as_json: bool = typer.Option(False, "--json", help="Print a JSON li
     rows = []
     for path in ckpt.list_runs():
         try:
-            cfg = ckpt.read_config(path)
+            rows.append(ckpt.run_brief(path))
         except Exception:  # a damaged run is listed, not fatal
             rows.append({"name": path.name, "path": str(path), "error": "unreadable config.json"})
-            continue
-        summary = ckpt.read_summary(path)
-        metrics = ckpt.read_metrics(path)
-        test = summary.get("test") or (metrics[-1].get("test") if metrics else None) or {}
-        rows.append({
-            "name": path.name, "path": str(path), "created": cfg.created, "data": cfg.data.name,
-            "arch": cfg.model.arch, "latent_dim": cfg.model.latent_dim, "beta": cfg.train.beta,
-            "epochs": summary.get("epochs", len(metrics)), "test_neg_elbo": test.get("neg_elbo"),
-        })  # fmt: skip
     if as_json:
         print_json(rows)
         return
@@ -77,7 +68,7 @@ def info_cmd(
         ("parameters", f"{info['parameters']:,}"),
         ("data", f"{d['name']} ({d.get('train_size')} train / {d.get('test_size')} test, fingerprint {d.get('fingerprint')})"),
         ("training", f"beta={tr['beta']} anneal={tr['anneal']} lr={tr['lr']} batch={tr['batch_size']} x {tr.get('world_size', 1)} seed={tr['seed']}"),
-        ("epochs", f"{info['epochs']} of {tr['epochs']} ({info.get('steps')} steps)"),
+        ("epochs", f"{info['epochs']} of {tr['epochs']} ({fmt(info.get('steps'))} steps)"),
         ("test -ELBO", f"{fmt(test.get('neg_elbo'))} (recon {fmt(test.get('recon'))} + KL {fmt(test.get('kl'))}) nats/image"),
         ("active units", fmt(info.get("active_units"))),
         ("resumable", "yes" if info["resumable"] else "no"),

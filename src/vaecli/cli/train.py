@@ -11,47 +11,51 @@ from typing import Any
 import typer
 
 from .app import app
-from .common import DEVICE_HELP, fmt, print_json, stderr_console, stdout_console
+from .common import DEVICE_HELP, fmt, load_reporter, print_json, stderr_console, stdout_console
 
 
 @app.command("train")
 def train_cmd(
-    ctx: typer.Context,
     data: str = typer.Option("fashion-mnist", "--data", help="fashion-mnist | mnist | fashion-mnist-mini | shapes (dSprites-like, known factors) | a folder of images."),
     data_dir: str = typer.Option(None, "--data-dir", help="Dataset root (default $VAE_DATA_DIR, else the user cache dir)."),
-    image_size: int = typer.Option(None, "--image-size", help="Image side for folders (default 28) or shapes (32 | 64, default 32)."),
+    image_size: int = typer.Option(None, "--image-size", help="Image side (folders: default their own, the most common shorter side, capped; shapes: 32 | 64, default 32)."),
     channels: int = typer.Option(None, "--channels", help="1 or 3 (default: detected)."),
+    fit: str = typer.Option("crop", "--fit", help="Folders, non-square images: crop (the centre square) | pad (letterbox on the border colour) | stretch."),
+    max_image_size: int = typer.Option(None, "--max-image-size", help="Folders: cap on the detected image size (default 128)."),
+    strict: bool = typer.Option(False, "--strict", help="Folders: a file that cannot be decoded is an error (default: skipped and listed)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Folders: decode every file again, without the decode cache."),
     binarize: bool = typer.Option(False, "--binarize", help="Binarise pixels: x ~ Bernoulli(pixel) afresh per batch; a fixed binarisation of the test set."),
-    beta: float = typer.Option(1.0, "--beta", help="Weight of the KL term (beta-VAE)."),
-    anneal: int = typer.Option(0, "--anneal", help="Ramp beta linearly from 0 over N epochs (0 = off)."),
-    cyclical: int = typer.Option(0, "--cyclical", help="Cyclical beta annealing: N cycles over the run, each ramping 0 -> beta over its first half (Fu et al. 2019; 0 = off)."),
-    capacity: float = typer.Option(0.0, "--capacity", help="Capacity annealing: minimise recon + beta * |KL - C|, C ramping 0 -> C_MAX nats (Burgess et al. 2018; 0 = off)."),
-    capacity_epochs: int = typer.Option(0, "--capacity-epochs", help="Epochs for C to reach --capacity (0 = the whole run)."),
-    free_bits: float = typer.Option(0.0, "--free-bits", help="Free bits: nats per latent dimension not penalised (Kingma et al. 2016; 0 = off)."),
-    tc_beta: float = typer.Option(0.0, "--tc-beta", help="beta-TCVAE: weight of the total correlation, the rest of the KL keeps --beta (Chen et al. 2018; 0 = off)."),
-    epochs: int = typer.Option(None, "--epochs", help="Total epochs of the run (default 10; with --time-budget: until the budget ends)."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Images per step (default 128; per rank under torchrun)."),
-    lr: float = typer.Option(None, "--lr", help="Adam learning rate (default 5e-3; 1e-3 for --arch seed, the seed's recipe)."),
+    beta: float = typer.Option(None, "--beta", help="Weight of the KL term (beta-VAE; default 1)."),
+    anneal: int = typer.Option(None, "--anneal", help="Ramp beta linearly from 0 over N epochs (0 = off)."),
+    cyclical: int = typer.Option(None, "--cyclical", help="Cyclical beta annealing: N cycles over the run, each ramping 0 -> beta over its first half (Fu et al. 2019; 0 = off)."),
+    capacity: float = typer.Option(None, "--capacity", help="Capacity annealing: minimise recon + beta * |KL - C|, C ramping 0 -> C_MAX nats (Burgess et al. 2018; 0 = off)."),
+    capacity_epochs: int = typer.Option(None, "--capacity-epochs", help="Epochs for C to reach --capacity (0 = the whole run)."),
+    free_bits: float = typer.Option(None, "--free-bits", help="Free bits: nats per latent dimension not penalised (Kingma et al. 2016; 0 = off)."),
+    tc_beta: float = typer.Option(None, "--tc-beta", help="beta-TCVAE: weight of the total correlation, the rest of the KL keeps --beta (Chen et al. 2018; 0 = off)."),
+    epochs: int = typer.Option(None, "--epochs", help="Total epochs of the run (default 10, plus the length of an --anneal/--capacity-epochs ramp; with --time-budget: until the budget ends)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Images per step (default: by the data and device, 128 on a CPU; per rank under torchrun)."),
+    lr: float = typer.Option(None, "--lr", help="Adam learning rate (default: by the model, 5e-3 for the 28 px conv net; 1e-3 for --arch seed)."),
     lr_schedule: str = typer.Option(
         None, "--lr-schedule", help="cosine (to 1% by the end of the run or of --time-budget, whichever is first; the default) | constant (default for --arch seed)."
     ),
-    grad_clip: float = typer.Option(1.0, "--grad-clip", help="Gradient-norm clip (0 = off)."),
-    latent_dim: int = typer.Option(32, "--latent-dim", help="Latent dimensions."),
-    arch: str = typer.Option("conv", "--arch", help="conv (lean, fast) | seed (the seed document's layers)."),
-    widths: str = typer.Option("16,32", "--widths", help="conv arch: channels of the strided conv stages, comma-separated (each halves the side)."),
-    hidden: int = typer.Option(512, "--hidden", help="conv arch: units of the fully connected layer."),
-    likelihood: str = typer.Option("bernoulli", "--likelihood", help="bernoulli (BCE) | gaussian."),
+    warmup_steps: int = typer.Option(None, "--warmup-steps", help="Linear learning-rate warm-up over N steps (default: by the model)."),
+    grad_clip: float = typer.Option(None, "--grad-clip", help="Gradient-norm clip (default 1.0; 0 = off)."),
+    latent_dim: int = typer.Option(None, "--latent-dim", help="Latent dimensions (default 32)."),
+    arch: str = typer.Option(None, "--arch", help="conv (lean, fast; stages and widths follow the image size) | seed (the seed document's layers and recipe)."),
+    widths: str = typer.Option(None, "--widths", help="conv arch: channels of the strided conv stages, comma-separated (each halves the side; default by the image size, 16,32 at 28 px)."),
+    hidden: int = typer.Option(None, "--hidden", help="conv arch: units of the fully connected layer (default 512)."),
+    likelihood: str = typer.Option(None, "--likelihood", help="bernoulli (BCE, the default) | gaussian."),
     seed: int = typer.Option(0, "--seed", help="Random seed (weights, shuffling, sampling, split)."),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    device: str = typer.Option(None, "--device", help=DEVICE_HELP + " A resumed run keeps its device unless given."),
     precision: str = typer.Option(
-        "auto", "--precision", help="auto (= fp32: bf16 measured 2.8 nats worse at equal steps) | fp32 | bf16 (autocast, fp32 master weights; fast only on CUDA and AVX-512-BF16/AMX CPUs)."
+        None, "--precision", help="auto (= fp32: bf16 measured 2.8 nats worse at equal steps) | fp32 | bf16 (autocast, fp32 master weights; fast only on CUDA and AVX-512-BF16/AMX CPUs)."
     ),
     name: str = typer.Option(None, "--name", help="Run name (default: generated)."),
     resume: str = typer.Option(None, "--resume", help="Continue the run NAME where it stopped."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run of the same --name."),
     max_steps: int = typer.Option(None, "--max-steps", help="Stop after N steps (this invocation)."),
     time_budget: float = typer.Option(None, "--time-budget", help="Stop at the first step after SECONDS of training (this invocation; evaluation and checkpoints do not count)."),
-    save_every: float = typer.Option(300.0, "--save-every", help="Also checkpoint every SECONDS."),
+    save_every: float = typer.Option(None, "--save-every", help="Also checkpoint every SECONDS (default 300)."),
     skip_nonfinite: bool = typer.Option(False, "--skip-nonfinite", help="Skip batches with a non-finite loss instead of stopping."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout at the end (progress on stderr)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -62,39 +66,32 @@ def train_cmd(
     Under torchrun (`torchrun --nproc-per-node N -m vaecli train ...`) it trains with
     DistributedDataParallel; --batch-size is per rank (see docs/distributed.md)."""
     from .. import distributed
-    from ..config import ARCH_TRAIN_DEFAULTS, BUDGET_EPOCHS, DEFAULT_EPOCHS, DataConfig, ModelConfig, TrainConfig
+    from ..config import DataConfig
     from ..errors import ConfigError
-    from ..training import resume_run, start_run
+    from ..training import plan_run, resume_run, start_run
 
-    distributed.init(device)  # under torchrun: join the process group (no-op otherwise)
+    distributed.init(device or "auto")  # under torchrun: join the process group (no-op otherwise)
     main = distributed.is_main()  # only rank 0 prints
     if resume:
         if name and name != resume:
             raise ConfigError("--name and --resume name different runs")
-        overrides: dict[str, Any] = {"device": device, "max_steps": max_steps, "time_budget": time_budget,
-                                     "save_every": save_every, "skip_nonfinite": skip_nonfinite}  # fmt: skip
-        for opt, key, val in (("epochs", "epochs", epochs), ("precision", "precision", precision)):
-            if ctx.get_parameter_source(opt).name != "DEFAULT":  # type: ignore[union-attr]
-                overrides[key] = val
+        kept = {"device": device, "save_every": save_every, "epochs": epochs, "precision": precision}  # the run's own unless given
+        overrides: dict[str, Any] = {k: v for k, v in kept.items() if v is not None}
+        overrides.update(max_steps=max_steps, time_budget=time_budget, skip_nonfinite=skip_nonfinite)  # per invocation
         trainer = resume_run(resume, overrides)
     else:
-        recipe = ARCH_TRAIN_DEFAULTS.get(arch, ARCH_TRAIN_DEFAULTS["conv"])
-        batch_size = recipe["batch_size"] if batch_size is None else batch_size
-        lr = recipe["lr"] if lr is None else lr
-        lr_schedule = recipe["lr_schedule"] if lr_schedule is None else lr_schedule
-        if epochs is None:
-            epochs = BUDGET_EPOCHS if time_budget is not None else DEFAULT_EPOCHS
-        model_cfg = ModelConfig(arch=arch, latent_dim=latent_dim, likelihood=likelihood, widths=_parse_widths(widths), hidden=hidden)
-        data_cfg = DataConfig(name=data, root=data_dir, image_size=image_size, channels=channels, split_seed=seed,
-                              binarize=binarize)
-        train_cfg = TrainConfig(beta=beta, anneal=anneal, epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
-                                grad_clip=grad_clip, seed=seed, device=device, precision=precision, max_steps=max_steps,
-                                time_budget=time_budget, save_every=save_every, skip_nonfinite=skip_nonfinite,
-                                cyclical=cyclical, capacity=capacity, capacity_epochs=capacity_epochs, free_bits=free_bits,
-                                tc_beta=tc_beta)  # fmt: skip
-        train_cfg.validate()
-        replace(model_cfg, image_size=image_size or 28).validate()
-        trainer = start_run(model_cfg, data_cfg, train_cfg, name=name, overwrite=overwrite)
+        given = {"arch": arch, "latent_dim": latent_dim, "likelihood": likelihood, "hidden": hidden,
+                 "widths": _parse_widths(widths) if widths is not None else None,
+                 "beta": beta, "anneal": anneal, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                 "lr_schedule": lr_schedule, "warmup_steps": warmup_steps, "grad_clip": grad_clip, "seed": seed,
+                 "device": device, "precision": precision, "max_steps": max_steps, "time_budget": time_budget,
+                 "save_every": save_every, "skip_nonfinite": skip_nonfinite, "cyclical": cyclical, "capacity": capacity,
+                 "capacity_epochs": capacity_epochs, "free_bits": free_bits, "tc_beta": tc_beta}  # fmt: skip
+        data_cfg = DataConfig(name=data, root=data_dir, image_size=image_size, channels=channels, split_seed=seed, binarize=binarize,
+                              fit=fit, max_image_size=max_image_size, strict=strict)  # fmt: skip
+        with load_reporter(quiet or not main, use_cache=not no_cache) as load:
+            model_cfg, data_cfg, train_cfg, loaded = plan_run(data_cfg, given, load)
+        trainer = start_run(model_cfg, data_cfg, train_cfg, name=name, overwrite=overwrite, data=loaded)
 
     err = stderr_console()
     err.quiet = not main
@@ -163,15 +160,18 @@ def _fit_with_progress(trainer: Any, stop: threading.Event, quiet: bool, console
 
     cfg = trainer.cfg
     console.print(
-        f"run [bold]{trainer.path.name}[/bold]: {cfg.model.arch} z={cfg.model.latent_dim} on {cfg.data.name} "
-        f"({cfg.data.train_size} train / {cfg.data.test_size} test), beta={cfg.train.beta}"
+        f"run [bold]{trainer.path.name}[/bold]: {_model_brief(cfg.model)} on {cfg.data.name} "
+        f"({cfg.data.train_size} train / {cfg.data.test_size} test, {cfg.model.image_size} px, {cfg.model.channels} ch), "
+        f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, lr {cfg.train.lr:g} {cfg.train.lr_schedule}, beta={cfg.train.beta}"
         f"{f' annealed over {cfg.train.anneal} epochs' if cfg.train.anneal else ''}{_objective(cfg)}, device {trainer.device}, {trainer.precision}"
         + (f", {ws} ranks x batch {cfg.train.batch_size}" if (ws := cfg.train.world_size) > 1 else "")
     )
+    from ..config import ramp_warning
     from ..device import bf16_warning
 
-    if warning := bf16_warning(trainer.precision, trainer.device):
-        console.print(f"[yellow]warning: {warning}[/yellow]")
+    for warning in (bf16_warning(trainer.precision, trainer.device), ramp_warning(cfg.train)):
+        if warning:
+            console.print(f"[yellow]warning: {warning}[/yellow]")
     progress = Progress(
         TextColumn("[bold]epoch {task.fields[epoch]}"),
         BarColumn(bar_width=24),
@@ -205,6 +205,11 @@ def _fit_with_progress(trainer: Any, stop: threading.Event, quiet: bool, console
 
     with progress:
         return trainer.fit(on_progress, stop)
+
+
+def _model_brief(m: Any) -> str:
+    """``conv 16,32 z=32`` / ``seed z=32``: the model in a few words."""
+    return f"{m.arch}{' ' + ','.join(map(str, m.widths)) if m.arch == 'conv' else ''} z={m.latent_dim}"
 
 
 def _objective(cfg: Any) -> str:

@@ -27,9 +27,10 @@ from pathlib import Path
 
 import torch
 
-from .data import ImageData, read_idx
-from .errors import DataError
-from .fileio import atomic_write_bytes
+from ..errors import DataError
+from ..fileio import atomic_write_bytes
+from .dataset import ImageData
+from .idx import read_idx
 
 FACTORS = ("shape", "scale", "rotation", "x", "y")
 SHAPES = ("square", "ellipse", "heart")
@@ -137,4 +138,4 @@ def load_shapes(root: Path, image_size: int = 32) -> ImageData:
     return ImageData(images=images, labels=grid)
 
 
-__all__ = ["FACTORS", "FACTOR_SIZES", "SHAPES", "factor_grid", "factor_values", "render", "load_shapes", "cache_paths"]
+__all__ = ["FACTORS", "FACTOR_SIZES", "SHAPES", "cache_paths", "factor_grid", "factor_values", "load_shapes", "render"]
