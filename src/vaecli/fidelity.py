@@ -80,8 +80,20 @@ def frechet_distance_gaussians(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: tor
 
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (N, D) and (M, D) ("FID" when
-    the features are Inception's). Biased upwards at finite N: compare numbers at equal N only."""
-    return frechet_distance_gaussians(*mean_cov(real), *mean_cov(fake))
+    the features are Inception's). Biased upwards at finite N: compare numbers at equal N only.
+
+    With fewer points than dimensions (N, M <= D) the trace term is computed from the N x M
+    cross-Gram matrix instead of two D x D eigendecompositions: with centred features A, B,
+    ``tr((S1 S2)^1/2) = ||A B^T||_* / sqrt((N - 1)(M - 1))`` (the nonzero eigenvalues of
+    ``A^T A B^T B`` are those of ``(A B^T)(A B^T)^T``)."""
+    x, y = _f64(real, "Fréchet distance"), _f64(fake, "Fréchet distance")
+    (n, d), m = x.shape, y.shape[0]
+    if y.shape[1] != d or n < 2 or m < 2 or max(n, m) > d:
+        return frechet_distance_gaussians(*mean_cov(x), *mean_cov(y))
+    a, b = x - x.mean(0), y - y.mean(0)
+    tr_covmean = torch.linalg.svdvals(a @ b.T).sum() / math.sqrt((n - 1) * (m - 1))
+    dist = ((x.mean(0) - y.mean(0)) ** 2).sum() + (a * a).sum() / (n - 1) + (b * b).sum() / (m - 1) - 2 * tr_covmean
+    return max(float(dist), 0.0)
 
 
 def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -127,7 +127,7 @@ def train_cmd(
     if eval_samples and main and result.stopped != "interrupted":
         from .eval_samples import eval_after_training
 
-        summary["eval_samples"] = eval_after_training(result.path, device, as_json)
+        summary["eval_samples"] = eval_after_training(result.path, str(trainer.device), as_json)
     if as_json and main:
         summary.pop("stopped", None)
         summary.pop("precision", None)
