@@ -101,7 +101,7 @@ def eval_samples_cmd(
     features: str = typer.Option(
         "auto",
         "--features",
-        help="auto (28x28 grayscale: vaecli-fmnist-net-v1, else inception-v3-pool3) | vaecli-fmnist-net-v1 | inception-v3-pool3 (pip install 'vaecli[fid]').",
+        help="auto (28x28 grayscale: vaecli-fmnist-net-v1, else inception-v3-pool3) | vaecli-fmnist-net-v1 | inception-v3-pool3 (needs torch-fidelity: the 'fid' extra of vaecli).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
     run: str = RUN,
