@@ -8,6 +8,7 @@ from . import runs, train  # noqa: F401  (register commands)
 from . import analysis  # noqa: F401, I001  (registered after train: listed after it in --help)
 from . import explore  # noqa: F401, I001
 from . import disentangle  # noqa: F401, I001
+from . import eval_samples  # noqa: F401, I001
 from .app import app
 
 

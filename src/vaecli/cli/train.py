@@ -58,6 +58,7 @@ def train_cmd(
     skip_nonfinite: bool = typer.Option(False, "--skip-nonfinite", help="Skip batches with a non-finite loss instead of stopping."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout at the end (progress on stderr)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    eval_samples: bool = typer.Option(False, "--eval-samples", help="At the end, score samples as `vae eval-samples` does (stored in summary.json)."),
 ) -> None:
     """Train a (beta-)VAE and store the run (weights, config, metrics, loss.png).
 
@@ -122,6 +123,10 @@ def train_cmd(
 
     label = likelihood_label(trainer.cfg.model.likelihood, trainer.cfg.data.binarize)
     summary = result.to_dict()
+    if eval_samples and main and result.stopped != "interrupted":
+        from .eval_samples import eval_after_training
+
+        summary["eval_samples"] = eval_after_training(result.path, str(trainer.device), as_json)
     if as_json and main:
         summary.pop("stopped", None)
         summary.pop("precision", None)

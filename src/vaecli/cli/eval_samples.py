@@ -1,0 +1,120 @@
+"""`vae eval-samples`: sample quality as numbers (Fréchet distance, KID, precision/recall) in a named feature space."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from .analysis import CHECKPOINT, DEVICE, RUN, SEED, SPLIT, _load, _split_data
+from .app import app
+from .common import fmt, print_json, stderr_console, stdout_console
+
+N_DEFAULT = 10_000
+N_MIN = 10  # a covariance and 3 nearest neighbours need a few points
+
+
+def _check(n: int, temperature: float, split: str, features: str) -> None:
+    """Refuse bad options before any work (one line, exit 2)."""
+    from ..errors import ConfigError
+    from ..features import FEATURES
+    from .common import check_positive
+
+    check_positive("-n", n, N_MIN)
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ConfigError(f"--temperature must be a finite number > 0, got {temperature}")
+    if split not in ("test", "train"):
+        raise ConfigError(f"--split must be test or train, got {split!r}")
+    if features != "auto" and features not in FEATURES:
+        raise ConfigError(f"--features must be auto, {' or '.join(FEATURES)}, got {features!r}")
+
+
+def score_run(model: Any, cfg: Any, folder: Path, *, n: int = N_DEFAULT, split: str = "test", temperature: float = 1.0,
+              seed: int = 0, features: str = "auto") -> dict[str, Any]:  # fmt: skip
+    """The scores of one loaded run as the JSON object of `vae eval-samples --json`.
+
+    The real side is the run's ``split`` on its original pixels (a ``--binarize`` run is compared with
+    the grayscale images its decoder means estimate); ``n`` above the split's size is clamped, with a note."""
+    from ..data import to_float
+    from ..features import default_features, get_extractor
+    from ..fidelity import evaluate_samples
+
+    _check(n, temperature, split, features)
+    data = _split_data(replace(cfg, data=replace(cfg.data, binarize=False)), split)
+    if n > len(data):
+        stderr_console().print(f"note: -n {n:,} is more than the {len(data):,} images of the {split} split: using n = {len(data):,}",
+                               highlight=False, markup=False, soft_wrap=True)  # fmt: skip
+        n = len(data)
+    name = default_features(cfg.model.channels, cfg.model.image_size) if features == "auto" else features
+    extractor = get_extractor(name, next(model.parameters()).device)
+    with stderr_console().status(f"scoring {n:,} samples and reconstructions in {name} features"):
+        res = evaluate_samples(model, to_float(data.images), n, extractor, temperature, seed)
+    return {"run": folder.name, "split": split, **res}
+
+
+def print_table(res: dict[str, Any], console: Any = None) -> None:
+    """The scores as a rich table (samples, then reconstructions as the reference)."""
+    from rich.table import Table
+
+    console = console or stdout_console()
+    t = Table(
+        title=f"run {res['run']}: {res['n']:,} images vs the {res['split']} split, {res['features']} features ({res['feature_dim']}-d)"
+    )
+    t.add_column("", justify="left")
+    for col in ("FD (lower is better)", "KID ± std", "precision", "recall"):
+        t.add_column(col, justify="right")
+    rows = [(f"samples (T = {res['temperature']:g})", res)]
+    if isinstance(res.get("reconstructions"), dict):
+        rows.append(("reconstructions", res["reconstructions"]))
+    for label, r in rows:
+        t.add_row(label, fmt(r["fd"], 3), f"{fmt(r['kid'], 5)} ± {fmt(r['kid_std'], 5)}", fmt(r["precision"], 3), fmt(r["recall"], 3))
+    console.print(t)
+    console.print(
+        f"Samples: decoder means of z ~ N(0, T² I); reconstructions: the posterior means of the same real images decoded (a reference). "
+        f"Fréchet distance (Heusel et al. 2017), KID = unbiased MMD² with a cubic kernel, mean ± std over {res['kid_subsets']} subsets of "
+        f"{res['kid_subset_size']:,} (Bińkowski et al. 2018), precision/recall with k = {res['k']} (Kynkäänniemi et al. 2019). "
+        f"Feature space {res['features']}: not comparable with Inception FIDs.",
+        highlight=False, markup=False, soft_wrap=True,
+    )  # fmt: skip
+
+
+def eval_after_training(run_path: str | Path, device: str, as_json: bool) -> dict[str, Any]:
+    """`vae train --eval-samples`: score the saved run with the defaults, store the result in its
+    summary.json under ``eval_samples``, print the table (on stderr with --json) and return it."""
+    from .. import checkpoint as ckpt
+
+    model, cfg, folder = _load(None, str(run_path), device)
+    res = score_run(model, cfg, folder)
+    ckpt.write_summary(folder, {**ckpt.read_summary(folder), "eval_samples": res})
+    print_table(res, stderr_console() if as_json else stdout_console())
+    return res
+
+
+@app.command("eval-samples")
+def eval_samples_cmd(
+    n: int = typer.Option(N_DEFAULT, "-n", "--num", help="Samples drawn and real images compared (clamped to the split's size)."),
+    split: str = SPLIT,
+    temperature: float = typer.Option(1.0, "--temperature", "-t", help="Scale of z ~ N(0, T² I) (1 = the prior)."),
+    features: str = typer.Option(
+        "auto",
+        "--features",
+        help="auto (28x28 grayscale: vaecli-fmnist-net-v1, else inception-v3-pool3) | vaecli-fmnist-net-v1 | inception-v3-pool3 (needs torch-fidelity: the 'fid' extra of vaecli).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+    run: str = RUN,
+    checkpoint: str = CHECKPOINT,
+    device: str = DEVICE,
+    seed: int = SEED,
+) -> None:
+    """Sample quality as numbers: prior samples (decoder means) vs real images of a split, in a feature space:
+    Fréchet distance, KID ± std, precision and recall (k = 3); the run's reconstructions as a reference."""
+    _check(n, temperature, split, features)
+    model, cfg, folder = _load(run, checkpoint, device)
+    res = score_run(model, cfg, folder, n=n, split=split, temperature=temperature, seed=seed, features=features)
+    if as_json:
+        print_json(res)
+    else:
+        print_table(res)
