@@ -233,7 +233,7 @@ def test_encode_bad_uploads(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     Image.new("L", (28, 28), 7).save(truncated, format="PNG")
     assert "upload" in error_of(*call(url, "POST", "/api/encode", truncated.getvalue()[:40], "image/png"))
     assert "unknown run" in error_of(*call(url, "POST", "/api/encode?run=ghost", truncated.getvalue(), "image/png"))
-    monkeypatch.setattr(explore, "MAX_UPLOAD_BYTES", 1000)
+    monkeypatch.setattr(explore.service, "MAX_UPLOAD_BYTES", 1000)
     assert "too large" in error_of(*call(url, "POST", "/api/encode", b"\x89PNG" + b"\0" * 5000, "image/png"))
     assert call(url, "POST", "/api/encode", truncated.getvalue(), "image/png")[0] == 200  # still serving
 

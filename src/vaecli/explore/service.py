@@ -1,10 +1,8 @@
-"""`vae explore`: a local latent-space explorer, a small JSON API over the inference layer.
+"""The explorer's service: runs, latents and images in and out, with no HTTP in it.
 
-Standard library only (:class:`http.server.ThreadingHTTPServer`); the page is the static
-``assets/explore.html``. Every endpoint decodes and encodes through :mod:`vaecli.inference`
-and loads weights through :func:`vaecli.checkpoint.load_model` (safetensors only). Bad
-requests get HTTP 400 with ``{"error": message}``; the server keeps serving. The endpoints
-are documented in ``docs/explore.md``.
+Every call decodes and encodes through :mod:`vaecli.inference` and loads weights through
+:func:`vaecli.checkpoint.load_model` (safetensors only); a bad request raises :class:`BadRequest`.
+The HTTP server over it is :mod:`vaecli.explore.server`.
 
 Per-dimension KL, KL(q(z_j|x) || N(0, 1)) averaged over test images (Kingma & Welling 2014,
 appendix B), orders the sliders; a dimension is active when the variance of its posterior mean
@@ -17,35 +15,28 @@ split, then cached per run.
 from __future__ import annotations
 
 import base64
-import json
 import math
 import os
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
-from urllib.parse import parse_qs, urlparse
+from typing import Any
 
 import torch
 
-from . import checkpoint as ckpt
-from .data import ImageData
-from .inference import dims_by_kl
-from .metrics import ACTIVE_THRESHOLD, latent_stats
-from .errors import CheckpointError, ConfigError, DataError, RunNotFoundError, VaeError
+from .. import checkpoint as ckpt
+from ..data import ImageData
+from ..errors import CheckpointError, ConfigError, DataError, RunNotFoundError, VaeError
+from ..inference import dims_by_kl
+from ..metrics import ACTIVE_THRESHOLD, latent_stats
 
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # an uploaded image
-MAX_JSON_BYTES = 256 * 1024  # a JSON request body (4096 latent values fit many times over)
-DRAIN_LIMIT = 64 * 1024 * 1024  # larger bodies are not even read: the connection is dropped
 KL_IMAGES = 2000  # test images used when per-dimension KL must be computed
 INACTIVE_KL = 0.01  # nats: the fallback rule when no posterior-mean variances are known
 MAX_ABS_Z = 1e4  # decode refuses larger latent values (finite but meaningless)
 MAX_STEPS = 33  # traversal strip length limit
-# what a cross-site <form> can POST without a CORS preflight: refused, so other sites cannot drive the server
-SIMPLE_CONTENT_TYPES = ("", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data")
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 CLASS_NAMES = {"fashion-mnist": FASHION_CLASSES, "fashion-mnist-mini": FASHION_CLASSES, "mnist": tuple("0123456789")}
@@ -114,7 +105,7 @@ class ExploreRun:
 
 def to_png(images: torch.Tensor, gap: int = 0) -> bytes:
     """Float images (N, C, H, W) in [0, 1] -> one PNG, tiled left to right with ``gap`` white pixels."""
-    from .images import png_bytes, to_pil
+    from ..images import png_bytes, to_pil
 
     n, c, h, w = images.shape
     canvas = torch.ones(c, h, n * w + max(n - 1, 0) * gap)
@@ -213,7 +204,7 @@ class Explorer:
         """Load the run's test split once (never downloads); remembers the reason when it cannot."""
         if run.test_images is not None or run.test_error is not None:
             return
-        from .data import load_data
+        from ..data import load_data
 
         try:
             _, test, _ = load_data(run.config.data, download=False)
@@ -232,7 +223,7 @@ class Explorer:
         """Decode one latent vector to a PNG at the model's resolution."""
         run = self.get(name)
         zt = parse_z(z, run.latent_dim)
-        from .inference import decode
+        from ..inference import decode
 
         with run.lock:
             img = decode(run.model, zt)
@@ -245,7 +236,7 @@ class Explorer:
         d = _number(dim, "dim", 0, run.latent_dim - 1, int)
         n = _number(steps, "steps", 2, MAX_STEPS, int)
         r = _number(value_range, "range", 1e-3, 100.0)
-        from .inference import decode, traverse_latents
+        from ..inference import decode, traverse_latents
 
         with run.lock:
             imgs = decode(run.model, traverse_latents(zt[0], [d], r, n))
@@ -281,7 +272,7 @@ class Explorer:
     def prior(self, name: str | None, seed: Any = None) -> dict[str, Any]:
         """A draw z ~ N(0, I) for the run's latent size."""
         run = self.get(name)
-        from .inference import sample_prior
+        from ..inference import sample_prior
 
         gen = torch.Generator()
         if seed in (None, ""):
@@ -291,8 +282,8 @@ class Explorer:
         return {"z": [float(v) for v in sample_prior(1, run.latent_dim, 1.0, gen)[0]]}
 
     def _encode_uint8(self, run: ExploreRun, x: torch.Tensor) -> dict[str, Any]:
-        from .data import to_float
-        from .inference import encode
+        from ..data import to_float
+        from ..inference import encode
 
         xf = to_float(x.unsqueeze(0))
         with run.lock:
@@ -340,7 +331,7 @@ def _number(v: Any, name: str, lo: float, hi: float, kind: type = float) -> Any:
 
 def _decode_upload(data: bytes, channels: int, size: int, fit: str = "crop") -> torch.Tensor:
     """Decode upload bytes with :func:`vaecli.data.load_image` (the one image decoder) by the run's rule."""
-    from .data import load_image
+    from ..data import load_image
 
     try:
         return load_image(data, channels, size, fit)
@@ -349,220 +340,3 @@ def _decode_upload(data: bytes, channels: int, size: int, fit: str = "crop") -> 
 
 
 # ----------------------------------------------------------------------------- HTTP
-
-
-def page_html() -> bytes:
-    """The explorer page shipped in the package."""
-    return (resources.files("vaecli") / "assets" / "explore.html").read_bytes()
-
-
-class ExploreHandler(BaseHTTPRequestHandler):
-    """Routes: ``GET /``, ``GET /api/runs``, ``GET /api/run``, ``GET /api/prior``, ``GET /api/random``,
-    ``POST /api/decode``, ``POST /api/traverse``, ``POST /api/encode``."""
-
-    server: ExploreServer
-    server_version = "vae-explore"
-    protocol_version = "HTTP/1.1"
-
-    # -- plumbing
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler's signature
-        self.server.explorer.log(format % args)
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass  # quiet: errors are logged where they happen
-
-    def _send(self, status: int, body: bytes, ctype: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _json(self, obj: Any, status: int = 200) -> None:
-        self._send(status, json.dumps(obj, allow_nan=False).encode("utf-8"), "application/json")
-
-    def _error(self, status: int, message: str) -> None:
-        self._json({"error": message}, status)
-
-    def _query(self) -> dict[str, str]:
-        q = parse_qs(urlparse(self.path).query, keep_blank_values=True)
-        return {k: v[-1] for k, v in q.items()}
-
-    def _body(self, limit: int) -> bytes:
-        length = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked" or length is None:
-            self.close_connection = True
-            raise BadRequest("send a Content-Length header (chunked bodies are not accepted)")
-        try:
-            n = int(length)
-        except ValueError:
-            self.close_connection = True
-            raise BadRequest("bad Content-Length") from None
-        if n < 0:
-            self.close_connection = True
-            raise BadRequest("bad Content-Length")
-        if n > limit:
-            self.close_connection = True
-            if n <= DRAIN_LIMIT:  # read and drop it, so that the client sees the answer, not a reset
-                while n > 0:
-                    chunk = self.rfile.read(min(n, 1 << 20))
-                    if not chunk:
-                        break
-                    n -= len(chunk)
-            raise BadRequest(f"request body too large ({int(length):,} bytes, limit {limit:,})")
-        return self.rfile.read(n)
-
-    def _json_body(self) -> dict[str, Any]:
-        raw = self._body(MAX_JSON_BYTES)
-        try:
-            obj = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise BadRequest(f"the body must be a JSON object ({exc})") from None
-        if not isinstance(obj, dict):
-            raise BadRequest("the body must be a JSON object")
-        return obj
-
-    def _png_or_json(self, png: bytes, want: str | None) -> None:
-        if want in (None, "", "png"):
-            self._send(200, png, "image/png")
-        elif want == "json":
-            self._json({"image": data_url(png)})
-        else:
-            raise BadRequest(f"format must be png or json, got {want!r}")
-
-    def _host_ok(self) -> bool:
-        """On a loopback server, only loopback Host headers (a DNS-rebinding page sends its own name)."""
-        if not self.server.loopback_only:
-            return True
-        host = self.headers.get("Host")
-        if host is None:
-            return True
-        name = host.rsplit("]", 1)[0].lstrip("[") if host.startswith("[") else host.rsplit(":", 1)[0]
-        return is_loopback(name.rstrip(".").lower())
-
-    def _check_content_type(self) -> None:
-        """Refuse the content types a cross-site form may send without a CORS preflight."""
-        ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if ctype in SIMPLE_CONTENT_TYPES:
-            raise BadRequest(f"Content-Type {ctype} is not accepted: send application/json (decode, traverse) or the image's type (encode)")
-
-    def _dispatch(self, routes: dict[str, Callable[[], None]]) -> None:
-        route = urlparse(self.path).path
-        handler = routes.get(route)
-        try:
-            if not self._host_ok():
-                self.close_connection = True
-                self._error(403, "this server only answers requests addressed to localhost")
-                return
-            if handler is None:
-                self._error(404, f"no such endpoint: {route}")
-                return
-            if self.command == "POST":
-                self._check_content_type()
-            handler()
-        except BadRequest as exc:
-            if self.command == "POST":
-                self.close_connection = True  # the body may be unread
-            self._error(400, str(exc))
-        except VaeError as exc:  # a damaged run, a config problem: the request fails, the server stays
-            self._error(400, str(exc))
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-        except Exception as exc:  # noqa: BLE001 - the server must keep serving
-            self.server.explorer.log(f"internal error on {self.command} {route}: {type(exc).__name__}: {exc}")
-            try:
-                self._error(500, f"internal error: {type(exc).__name__}")
-            except OSError:
-                self.close_connection = True
-
-    # -- routes
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        ex = self.server.explorer
-        q = self._query
-
-        def index() -> None:
-            self._send(200, page_html(), "text/html; charset=utf-8")
-
-        self._dispatch({
-            "/": index,
-            "/index.html": index,
-            "/api/runs": lambda: self._json(ex.list_runs()),
-            "/api/run": lambda: self._json(ex.get(q().get("run")).info()),
-            "/api/prior": lambda: self._json(ex.prior(q().get("run"), q().get("seed"))),
-            "/api/random": lambda: self._json(ex.random_test(q().get("run"), q().get("seed"))),
-        })  # fmt: skip
-
-    do_HEAD = do_GET  # noqa: N815
-
-    def do_POST(self) -> None:  # noqa: N802
-        ex = self.server.explorer
-
-        def decode() -> None:
-            b = self._json_body()
-            self._png_or_json(ex.decode(b.get("run"), b.get("z")), b.get("format"))
-
-        def traverse() -> None:
-            b = self._json_body()
-            png = ex.traverse(b.get("run"), b.get("z"), b.get("dim"), b.get("steps", 9), b.get("range", 3.0))
-            self._png_or_json(png, b.get("format"))
-
-        def encode() -> None:
-            self._json(ex.encode(self._query().get("run"), self._body(MAX_UPLOAD_BYTES)))
-
-        self._dispatch({"/api/decode": decode, "/api/traverse": traverse, "/api/encode": encode})
-
-
-def _reject_constant(name: str) -> Any:
-    raise BadRequest(f"{name} is not accepted: numbers must be finite")
-
-
-class ExploreServer(ThreadingHTTPServer):
-    """A threading HTTP server carrying an :class:`Explorer`."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], explorer: Explorer) -> None:
-        self.explorer = explorer
-        self.loopback_only = is_loopback(address[0])
-        super().__init__(address, ExploreHandler)
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        shown = f"[{host}]" if ":" in str(host) else str(host)
-        return f"http://{shown}:{port}/"
-
-
-def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8765) -> ExploreServer:
-    """Bind (``port`` 0 picks a free one); a busy port or bad host -> :class:`ConfigError`."""
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"--port must be between 0 and 65535, got {port}")
-    cls = ExploreServer
-    if ":" in host:
-        import socket
-
-        cls = type("ExploreServer6", (ExploreServer,), {"address_family": socket.AF_INET6})
-    try:
-        return cls((host, port), explorer)
-    except OSError as exc:
-        if getattr(exc, "errno", None) in (98, 48, 10048):  # EADDRINUSE on Linux / macOS / Windows
-            raise ConfigError(f"port {port} on {host} is already in use: choose another with --port") from None
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
