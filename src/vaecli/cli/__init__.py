@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 
-from . import runs, train  # noqa: F401  (register commands)
-from . import analysis  # noqa: F401, I001  (registered after train: listed after it in --help)
-from . import explore  # noqa: F401, I001
-from . import disentangle  # noqa: F401, I001
-from . import eval_samples  # noqa: F401, I001
+from . import (  # noqa: F401  (register commands)
+    analysis,  # noqa: F401, I001  (registered after train: listed after it in --help)
+    disentangle,  # noqa: F401, I001
+    eval_samples,  # noqa: F401, I001
+    explore,  # noqa: F401, I001
+    runs,
+    train,
+)
 from .app import app
 
 

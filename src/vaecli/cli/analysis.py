@@ -14,53 +14,10 @@ from typing import Any
 import typer
 
 from .app import app
-from .common import DEVICE_HELP, fmt, print_json, stderr_console
-
-# Shared options (Typer reads these defaults; they are never mutated).
-RUN = typer.Option(None, "--run", help="Run name (default: the most recently trained run).")
-CHECKPOINT = typer.Option(None, "--checkpoint", help="A run folder or its model.safetensors (instead of --run).")
-DEVICE = typer.Option("auto", "--device", help=DEVICE_HELP)
-SEED = typer.Option(0, "--seed", help="Random seed (prior samples, posterior samples).")
-PADDING = typer.Option(2, "--padding", help="Pixels between grid tiles (make_grid padding).")
-SCALE = typer.Option(1, "--scale", help="Upscale every image by this integer factor (nearest neighbour).")
-OUTPUT = typer.Option(None, "--output", "-o", help="Grid PNG to write ('-' = PNG bytes on stdout; default <command>.png).")
-DECODE_OUTPUT = typer.Option(None, "--output", "-o", help="Also write a grid PNG ('-' = PNG bytes on stdout).")
-SPLIT_HELP = "Split of the run's dataset: test or train."
-SPLIT = typer.Option("test", "--split", help=SPLIT_HELP)
-INPUT_SPLIT = typer.Option(None, "--split", help="Take images from the run's dataset instead: test or train.")
-INPUT_N = typer.Option(16, "-n", "--num", help="With --split: the first N images.")
-FPS = typer.Option(8.0, "--fps", help="GIF frames per second.")
-
+from .common import fmt, print_json, stderr_console
+from .options import AlsoGrid, Fps, GridOutput, InputN, InputSplit, Json, ModelSource, Padding, Scale, Seed, Split, model_options
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _load(run: str | None, checkpoint: str | None, device: str) -> tuple[Any, Any, Path]:
-    """(model on its device, run config, run folder) from --run / --checkpoint."""
-    from .. import checkpoint as ckpt
-    from ..device import resolve_device
-    from ..errors import CheckpointError, ConfigError, RunNotFoundError
-    from ..model import VAE
-
-    if run is not None and checkpoint is not None:
-        raise ConfigError("give --run or --checkpoint, not both")
-    dev = resolve_device(device)
-    if checkpoint is not None:
-        p = Path(checkpoint).expanduser()
-        if not p.exists():
-            raise RunNotFoundError(f"--checkpoint {checkpoint}: no such file or folder")
-        if p.is_file() and not p.name.endswith(".safetensors"):
-            raise CheckpointError(f"--checkpoint {checkpoint}: not a vaecli checkpoint (expected a run folder or its model.safetensors)")
-        folder = ckpt.resolve_run(p)
-        weights = p if p.is_file() else folder / ckpt.MODEL
-    else:
-        folder = ckpt.resolve_run(run)
-        weights = folder / ckpt.MODEL
-    cfg = ckpt.read_config(folder)
-    model = VAE(cfg.model)
-    ckpt.load_state_dict_into(model, weights)
-    model.to(dev).eval()
-    return model, cfg, folder
 
 
 def _generator(seed: int) -> Any:
@@ -188,18 +145,17 @@ def _gif_frames(images: Any, scale: int) -> list[Any]:
 
 
 @app.command("sample")
+@model_options
 def sample_cmd(
     n: int = typer.Option(64, "-n", "--num", help="Number of samples."),
-    output: str = OUTPUT,
+    output: GridOutput = None,
     out_dir: str = typer.Option(None, "--out-dir", help="Also write one PNG per sample (000000.png ...)."),
     temperature: float = typer.Option(1.0, "--temperature", "-t", help="Scale of z ~ N(0, I) (1 = the prior)."),
     nrow: int = typer.Option(None, "--nrow", help="Images per grid row (default ceil(sqrt(n)))."),
-    padding: int = PADDING,
-    scale: int = SCALE,
-    run: str = RUN,
-    checkpoint: str = CHECKPOINT,
-    device: str = DEVICE,
-    seed: int = SEED,
+    padding: Padding = 2,
+    scale: Scale = 1,
+    model_source: ModelSource = ModelSource(),
+    seed: Seed = 0,
 ) -> None:
     """Decode z ~ N(0, temperature^2 I): the seed's generation from noise."""
     from ..images import default_nrow, grid_png, image_png
@@ -210,7 +166,7 @@ def sample_cmd(
     if output is None and out_dir is None:
         output = "sample.png"
     _check_outputs(output, out_dir=out_dir, nrow=nrow, padding=padding)
-    model, cfg, _ = _load(run, checkpoint, device)
+    model, cfg, _ = model_source.load()
     z = sample_prior(n, cfg.model.latent_dim, temperature, _generator(seed))
     images = decode(model, z)
     files: list[tuple[str, bytes]] = []
@@ -225,20 +181,19 @@ def sample_cmd(
 
 
 @app.command("reconstruct")
+@model_options
 def reconstruct_cmd(
     inputs: list[str] = typer.Argument(None, help="Image files, folders (recursive), or - (paths on stdin)."),
-    split: str = INPUT_SPLIT,
-    n: int = INPUT_N,
-    output: str = OUTPUT,
+    split: InputSplit = None,
+    n: InputN = 16,
+    output: GridOutput = None,
     out_dir: str = typer.Option(None, "--out-dir", help="Write each reconstruction under the input's relative path (.png)."),
     as_json: bool = typer.Option(False, "--json", help='One line per image: {"path", "neg_elbo", "recon", "kl"}.'),
     nrow: int = typer.Option(None, "--nrow", help="Images per grid row (default min(n, 8)); originals above reconstructions."),
-    padding: int = PADDING,
-    scale: int = SCALE,
-    run: str = RUN,
-    checkpoint: str = CHECKPOINT,
-    device: str = DEVICE,
-    seed: int = SEED,
+    padding: Padding = 2,
+    scale: Scale = 1,
+    model_source: ModelSource = ModelSource(),
+    seed: Seed = 0,
 ) -> None:
     """Decode the posterior mean of each input (the likelihood's mean, never thresholded)."""
     import torch
@@ -253,7 +208,7 @@ def reconstruct_cmd(
     if as_json and output == "-":
         raise ConfigError("--json and -o - both write to stdout: give -o a file name")
     _check_outputs(output, out_dir=out_dir, nrow=nrow, padding=padding)
-    model, cfg, _ = _load(run, checkpoint, device)
+    model, cfg, _ = model_source.load()
     x, paths, names = _inputs(inputs, split, n, cfg)
     recon = reconstruct(model, x)
     files: list[tuple[str, bytes]] = []
@@ -283,28 +238,27 @@ def reconstruct_cmd(
 
 
 @app.command("interpolate")
+@model_options
 def interpolate_cmd(
     a: str = typer.Argument(None, help="First image file."),
     b: str = typer.Argument(None, help="Second image file."),
     index: list[int] = typer.Option(None, "--index", help="Instead of A B: two image indices of the run's --split (repeat twice)."),
-    split: str = SPLIT,
+    split: Split = "test",
     steps: int = typer.Option(8, "--steps", help="Interpolation points, both ends included."),
     mode: str = typer.Option("lerp", "--mode", help="lerp (straight line) | slerp (great circle)."),
-    output: str = OUTPUT,
+    output: GridOutput = None,
     gif: str = typer.Option(None, "--gif", help="Also write an animated GIF of the interpolation."),
-    fps: float = FPS,
-    padding: int = PADDING,
-    scale: int = SCALE,
-    run: str = RUN,
-    checkpoint: str = CHECKPOINT,
-    device: str = DEVICE,
+    fps: Fps = 8.0,
+    padding: Padding = 2,
+    scale: Scale = 1,
+    model_source: ModelSource = ModelSource(),
 ) -> None:
     """One row: original A, decoded posterior-mean interpolation (STEPS), original B (seed Figs. 6-7)."""
     import torch
 
     from ..data import to_float
     from ..errors import ConfigError
-    from ..images import gif_bytes, grid_png, load_inputs, InputImage
+    from ..images import InputImage, gif_bytes, grid_png, load_inputs
     from ..inference import decode, encode, interpolate_latents
     from .common import check_positive
 
@@ -320,7 +274,7 @@ def interpolate_cmd(
         raise ConfigError(f"--mode must be lerp or slerp, got {mode!r}")
     check_positive("--steps", steps, 2)
     _check_outputs(output, gif=gif, padding=padding)
-    model, cfg, _ = _load(run, checkpoint, device)
+    model, cfg, _ = model_source.load()
     if index:
         x = _split_images(cfg, split, list(index))
     else:
@@ -351,23 +305,22 @@ def _per_dim_kl(model: Any, cfg: Any, folder: Path, seed: int) -> list[float]:
 
 
 @app.command("traverse")
+@model_options
 def traverse_cmd(
     dim: list[int] = typer.Option(None, "--dim", help="Latent dimension to sweep (repeatable; default: all, ordered by KL)."),
     value_range: float = typer.Option(3.0, "--range", help="Sweep each dimension from -RANGE to +RANGE prior sigmas."),
     steps: int = typer.Option(11, "--steps", help="Values per sweep (columns)."),
     image: str = typer.Option(None, "--image", help="Base point: the posterior mean of this image (default z = 0)."),
     index: int = typer.Option(None, "--index", help="Base point: the posterior mean of image INDEX of --split."),
-    split: str = SPLIT,
-    output: str = OUTPUT,
+    split: Split = "test",
+    output: GridOutput = None,
     gif: str = typer.Option(None, "--gif", help="Also write a GIF animating the sweep (all rows at once)."),
-    fps: float = FPS,
+    fps: Fps = 8.0,
     labels: bool = typer.Option(True, "--labels/--no-labels", help="Label rows with dimension and KL, columns with values."),
-    padding: int = PADDING,
-    scale: int = SCALE,
-    run: str = RUN,
-    checkpoint: str = CHECKPOINT,
-    device: str = DEVICE,
-    seed: int = SEED,
+    padding: Padding = 2,
+    scale: Scale = 1,
+    model_source: ModelSource = ModelSource(),
+    seed: Seed = 0,
 ) -> None:
     """Latent traversals: one row per dimension, swept from -RANGE to +RANGE (disentanglement analysis)."""
     import torch
@@ -384,7 +337,7 @@ def traverse_cmd(
         output = "traverse.png"
     check_positive("--steps", steps, 2)
     _check_outputs(output, gif=gif, padding=padding)
-    model, cfg, folder = _load(run, checkpoint, device)
+    model, cfg, folder = model_source.load()
     d = cfg.model.latent_dim
     dims = list(dict.fromkeys(dim or []))
     for j in dims:
@@ -433,18 +386,17 @@ def traverse_cmd(
 
 
 @app.command("eval-kl")
+@model_options
 def eval_kl_cmd(
-    split: str = SPLIT,
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+    split: Split = "test",
+    as_json: Json = False,
     svg: str = typer.Option(None, "--svg", help="Also save the table as an SVG image."),
     batch_size: int = typer.Option(500, "--batch-size", help="Images per forward pass."),
     iw_samples: int = typer.Option(0, "--iw-samples", help="Also estimate -log p(x) with K importance samples per image (Burda et al. 2016; 0 = off)."),
     binarize: bool = typer.Option(None, "--binarize/--no-binarize", help="Evaluate on a fixed binarisation of the split: a true likelihood (default: as the run was trained)."),
     limit: int = typer.Option(None, "--limit", help="Only the first N images of the split."),
-    run: str = RUN,
-    checkpoint: str = CHECKPOINT,
-    device: str = DEVICE,
-    seed: int = SEED,
+    model_source: ModelSource = ModelSource(),
+    seed: Seed = 0,
 ) -> None:
     """Per-dimension KL, total KL, reconstruction, -ELBO and active units (Burda et al. 2016) over a split;
     with --iw-samples K also the importance-weighted -log p(x), its standard error and bits/dim."""
@@ -459,7 +411,7 @@ def eval_kl_cmd(
     _check_target(svg, "--svg")
     if svg is not None and as_json:
         raise ConfigError("--svg saves the table: use it without --json")
-    model, cfg, folder = _load(run, checkpoint, device)
+    model, cfg, folder = model_source.load()
     data = _split_data(cfg, split)
     if limit is not None:
         data = ImageData(data.images[:limit], None if data.labels is None else data.labels[:limit])
@@ -535,14 +487,13 @@ def _kl_table(res: Any, name: str, split: str, svg: str | None = None, extra: li
 
 
 @app.command("encode")
+@model_options
 def encode_cmd(
     inputs: list[str] = typer.Argument(None, help="Image files, folders (recursive), or - (paths on stdin)."),
-    split: str = INPUT_SPLIT,
-    n: int = INPUT_N,
+    split: InputSplit = None,
+    n: InputN = 16,
     output: str = typer.Option(None, "--output", "-o", help="Write the JSON lines to this file (default stdout)."),
-    run: str = RUN,
-    checkpoint: str = CHECKPOINT,
-    device: str = DEVICE,
+    model_source: ModelSource = ModelSource(),
 ) -> None:
     """Posterior parameters of each image as JSON lines: {"path", "mu": [...], "logvar": [...]}."""
     from ..fileio import atomic_write_text
@@ -550,7 +501,7 @@ def encode_cmd(
     from ..latents import format_lines
 
     _check_target(output)
-    model, cfg, _ = _load(run, checkpoint, device)
+    model, cfg, _ = model_source.load()
     x, paths, _names = _inputs(inputs, split, n, cfg)
     mu, logvar = encode(model, x)
     text = format_lines(paths, mu, logvar)
@@ -562,16 +513,15 @@ def encode_cmd(
 
 
 @app.command("decode")
+@model_options
 def decode_cmd(
     source: str = typer.Argument("-", help="JSON lines from `vae encode` (or lists of floats); - = stdin."),
     out_dir: str = typer.Option(None, "--out-dir", help="Write one PNG per line (named after \"path\", else 000000.png ...)."),
-    output: str = DECODE_OUTPUT,
+    output: AlsoGrid = None,
     nrow: int = typer.Option(None, "--nrow", help="Images per grid row for -o (default ceil(sqrt(n)))."),
-    padding: int = PADDING,
-    scale: int = SCALE,
-    run: str = RUN,
-    checkpoint: str = CHECKPOINT,
-    device: str = DEVICE,
+    padding: Padding = 2,
+    scale: Scale = 1,
+    model_source: ModelSource = ModelSource(),
 ) -> None:
     """Decode latent vectors (the "mu" of each JSON line) to images."""
     from ..errors import ConfigError, DataError
@@ -582,7 +532,7 @@ def decode_cmd(
     if out_dir is None and output is None:
         raise ConfigError("nothing to write: give --out-dir DIR and/or -o grid.png (or -o -)")
     _check_outputs(output, out_dir=out_dir, nrow=nrow, padding=padding)
-    model, cfg, _ = _load(run, checkpoint, device)
+    model, cfg, _ = model_source.load()
     if source == "-":
         text, where = sys.stdin.read(), "stdin"
     else:

@@ -7,7 +7,6 @@ import math
 import sys
 from typing import Any
 
-
 DEVICE_HELP = "auto | cpu | cuda | mps (auto: cuda, then mps, then cpu)."
 
 

@@ -7,28 +7,29 @@ from typing import Any
 import typer
 
 from .app import app
-from .common import DEVICE_HELP, check_positive, fmt, print_json, stdout_console
+from .common import check_positive, fmt, print_json, stdout_console
+from .options import Device, Json
 
 
 @app.command("eval-disentangle")
 def eval_disentangle_cmd(
     run: str = typer.Option(None, "--run", help="Run name or folder (default: the most recently trained run)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+    as_json: Json = False,
     bins: int = typer.Option(20, "--bins", help="MIG: equal-width bins per latent dimension for the mutual information."),
     votes: int = typer.Option(10_000, "--votes", help="FactorVAE score: training votes (half as many held out for the score)."),
     batch: int = typer.Option(64, "--vote-batch", help="FactorVAE score: images per vote (one factor fixed)."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the FactorVAE votes."),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    device: Device = "auto",
 ) -> None:
     """Disentanglement of a run trained on `--data shapes`: MIG (Chen et al. 2018), FactorVAE score
     (Kim & Mnih 2018) and which latent dimension captures which factor, over all 46,080 images."""
     from .. import checkpoint as ckpt
     from ..data import binarize_fixed
+    from ..data.shapes import FACTORS, load_shapes
     from ..device import resolve_device
     from ..disentangle import evaluate_disentanglement
     from ..errors import ConfigError
     from ..paths import data_root
-    from ..data.shapes import FACTORS, load_shapes
 
     check_positive("--bins", bins, 2)
     check_positive("--votes", votes, 2)

@@ -9,9 +9,10 @@ from typing import Any
 
 import typer
 
-from .analysis import CHECKPOINT, DEVICE, RUN, SEED, SPLIT, _load, _split_data
+from .analysis import _split_data
 from .app import app
 from .common import fmt, print_json, stderr_console, stdout_console
+from .options import Json, ModelSource, Seed, Split, model_options
 
 N_DEFAULT = 10_000
 N_MIN = 10  # a covariance and 3 nearest neighbours need a few points
@@ -86,7 +87,7 @@ def eval_after_training(run_path: str | Path, device: str, as_json: bool) -> dic
     summary.json under ``eval_samples``, print the table (on stderr with --json) and return it."""
     from .. import checkpoint as ckpt
 
-    model, cfg, folder = _load(None, str(run_path), device)
+    model, cfg, folder = ModelSource(checkpoint=str(run_path), device=device).load()
     res = score_run(model, cfg, folder)
     ckpt.write_summary(folder, {**ckpt.read_summary(folder), "eval_samples": res})
     print_table(res, stderr_console() if as_json else stdout_console())
@@ -94,25 +95,24 @@ def eval_after_training(run_path: str | Path, device: str, as_json: bool) -> dic
 
 
 @app.command("eval-samples")
+@model_options
 def eval_samples_cmd(
     n: int = typer.Option(N_DEFAULT, "-n", "--num", help="Samples drawn and real images compared (clamped to the split's size)."),
-    split: str = SPLIT,
+    split: Split = "test",
     temperature: float = typer.Option(1.0, "--temperature", "-t", help="Scale of z ~ N(0, T² I) (1 = the prior)."),
     features: str = typer.Option(
         "auto",
         "--features",
         help="auto (28x28 grayscale: vaecli-fmnist-net-v1, else inception-v3-pool3) | vaecli-fmnist-net-v1 | inception-v3-pool3 (needs torch-fidelity: the 'fid' extra of vaecli).",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
-    run: str = RUN,
-    checkpoint: str = CHECKPOINT,
-    device: str = DEVICE,
-    seed: int = SEED,
+    as_json: Json = False,
+    seed: Seed = 0,
+    model_source: ModelSource = ModelSource(),
 ) -> None:
     """Sample quality as numbers: prior samples (decoder means) vs real images of a split, in a feature space:
     Fréchet distance, KID ± std, precision and recall (k = 3); the run's reconstructions as a reference."""
     _check(n, temperature, split, features)
-    model, cfg, folder = _load(run, checkpoint, device)
+    model, cfg, folder = model_source.load()
     res = score_run(model, cfg, folder, n=n, split=split, temperature=temperature, seed=seed, features=features)
     if as_json:
         print_json(res)

@@ -6,10 +6,11 @@ import typer
 
 from .app import app
 from .common import fmt, print_json, stdout_console
+from .options import Json
 
 
 @app.command("runs")
-def runs_cmd(as_json: bool = typer.Option(False, "--json", help="Print a JSON list.")) -> None:
+def runs_cmd(as_json: Json = False) -> None:
     """List trained runs (name, date, data, beta, epochs, test -ELBO)."""
     from .. import checkpoint as ckpt
 
@@ -45,7 +46,7 @@ def runs_cmd(as_json: bool = typer.Option(False, "--json", help="Print a JSON li
 @app.command("info")
 def info_cmd(
     run: str = typer.Argument(..., help="Run name or path (folder or model.safetensors)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: Json = False,
 ) -> None:
     """Show one run: config, parameter count, epochs and latest metrics."""
     from .. import checkpoint as ckpt

@@ -1,0 +1,87 @@
+"""Options shared by commands, declared once: Annotated aliases (``split: Split = "test"``) and the
+``--run/--checkpoint/--device`` group that every command reading a trained model takes
+(:func:`model_options`, as llm's option groups)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+
+from .common import DEVICE_HELP
+
+# Optional[...] stays: Typer reads these annotations at run time on Python 3.10.
+Run = Annotated[Optional[str], typer.Option("--run", help="Run name (default: the most recently trained run).")]  # noqa: UP045
+Checkpoint = Annotated[Optional[str], typer.Option("--checkpoint", help="A run folder or its model.safetensors (instead of --run).")]  # noqa: UP045
+Device = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed (prior samples, posterior samples).")]
+Padding = Annotated[int, typer.Option("--padding", help="Pixels between grid tiles (make_grid padding).")]
+Scale = Annotated[int, typer.Option("--scale", help="Upscale every image by this integer factor (nearest neighbour).")]
+GridOutput = Annotated[Optional[str], typer.Option("--output", "-o", help="Grid PNG to write ('-' = PNG bytes on stdout; default <command>.png).")]  # noqa: UP045
+AlsoGrid = Annotated[Optional[str], typer.Option("--output", "-o", help="Also write a grid PNG ('-' = PNG bytes on stdout).")]  # noqa: UP045
+Split = Annotated[str, typer.Option("--split", help="Split of the run's dataset: test or train.")]
+InputSplit = Annotated[Optional[str], typer.Option("--split", help="Take images from the run's dataset instead: test or train.")]  # noqa: UP045
+InputN = Annotated[int, typer.Option("-n", "--num", help="With --split: the first N images.")]
+Fps = Annotated[float, typer.Option("--fps", help="GIF frames per second.")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a command's trained model comes from: ``--run`` or ``--checkpoint``, on ``--device``."""
+
+    run: str | None = None
+    checkpoint: str | None = None
+    device: str = "auto"
+
+    def load(self) -> tuple[Any, Any, Path]:
+        """(model in eval mode on its device, run config, run folder); bad references are one-line errors."""
+        from .. import checkpoint as ckpt
+        from ..device import resolve_device
+        from ..errors import CheckpointError, ConfigError, RunNotFoundError
+        from ..model import VAE
+
+        if self.run is not None and self.checkpoint is not None:
+            raise ConfigError("give --run or --checkpoint, not both")
+        dev = resolve_device(self.device)
+        if self.checkpoint is not None:
+            p = Path(self.checkpoint).expanduser()
+            if not p.exists():
+                raise RunNotFoundError(f"--checkpoint {self.checkpoint}: no such file or folder")
+            if p.is_file() and not p.name.endswith(".safetensors"):
+                raise CheckpointError(f"--checkpoint {self.checkpoint}: not a vaecli checkpoint (expected a run folder or its model.safetensors)")
+            folder = ckpt.resolve_run(p)
+            weights = p if p.is_file() else folder / ckpt.MODEL
+        else:
+            folder = ckpt.resolve_run(self.run)
+            weights = folder / ckpt.MODEL
+        cfg = ckpt.read_config(folder)
+        model = VAE(cfg.model)
+        ckpt.load_state_dict_into(model, weights)
+        model.to(dev).eval()
+        return model, cfg, folder
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def model_options(func: F) -> F:
+    """Give a command the options ``--run``, ``--checkpoint`` and ``--device``; it receives them as
+    one keyword argument ``model_source: ModelSource`` (and loads the model when its checks have passed)."""
+    sig = inspect.signature(func, eval_str=True)  # the aliases as objects, not strings
+    params = [p for p in sig.parameters.values() if p.name != "model_source"]
+    group = {"run": (Run, None), "checkpoint": (Checkpoint, None), "device": (Device, "auto")}
+    extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a) for k, (a, d) in group.items()]
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, run: str | None = None, checkpoint: str | None = None, device: str = "auto", **kwargs: Any) -> Any:
+        return func(*args, model_source=ModelSource(run, checkpoint, device), **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=params + extra)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {**{k: v for k, v in func.__annotations__.items() if k != "model_source"}, **{k: a for k, (a, _) in group.items()}}
+    return wrapper  # type: ignore[return-value]
