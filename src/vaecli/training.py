@@ -14,7 +14,7 @@ import platform
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,20 +74,8 @@ class TrainResult:
     device: str = "cpu"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "run": self.run,
-            "path": self.path,
-            "epochs": self.epochs,
-            "steps": self.steps,
-            "seconds": self.seconds,
-            "images_per_second": self.images_per_second,
-            "train": self.train,
-            "test": self.test,
-            "active_units": self.active_units,
-            "stopped": self.stopped,
-            "precision": self.precision,
-            "device": self.device,
-        }
+        """The fields as a plain dict (``summary.json``)."""
+        return asdict(self)
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
