@@ -37,9 +37,10 @@ def train_cmd(
     warmup_steps: int = typer.Option(None, "--warmup-steps", help="Linear learning-rate warm-up over N steps (default: by the model)."),
     grad_clip: float = typer.Option(None, "--grad-clip", help="Gradient-norm clip (default 1.0; 0 = off)."),
     latent_dim: int = typer.Option(None, "--latent-dim", help="Latent dimensions (default 32)."),
-    arch: str = typer.Option(None, "--arch", help="conv (lean, fast; stages and widths follow the image size) | seed (the seed document's layers and recipe)."),
-    widths: str = typer.Option(None, "--widths", help="conv arch: channels of the strided conv stages, comma-separated (each halves the side; default by the image size, 16,32 at 28 px)."),
-    hidden: int = typer.Option(None, "--hidden", help="conv arch: units of the fully connected layer (default 512)."),
+    arch: str = typer.Option(None, "--arch", help="conv (strided convs; stages and widths follow the image size) | mlp (dense layers only, fast on a CPU) | conv-mlp (conv encoder, MLP decoder) | seed (the seed document's layers and recipe). Default: by the data (docs/performance.md)."),
+    widths: str = typer.Option(None, "--widths", help="conv, conv-mlp: channels of the strided conv stages (each halves the side); mlp: units of the encoder's hidden layers (the decoder mirrors them). Comma-separated; default by the data."),
+    hidden: int = typer.Option(None, "--hidden", help="conv: units of the fully connected layer; conv-mlp: of the decoder's two hidden layers (default 512)."),
+    norm: str = typer.Option(None, "--norm", help="conv archs: normalisation after each conv stage, none | group | batch (default none)."),
     likelihood: str = typer.Option(None, "--likelihood", help="bernoulli (BCE, the default) | gaussian."),
     seed: int = typer.Option(0, "--seed", help="Random seed (weights, shuffling, sampling, split)."),
     device: str = typer.Option(None, "--device", help=DEVICE_HELP + " A resumed run keeps its device unless given."),
@@ -75,7 +76,7 @@ def train_cmd(
         overrides.update(max_steps=max_steps, time_budget=time_budget, skip_nonfinite=skip_nonfinite)  # per invocation
         trainer = resume_run(resume, overrides)
     else:
-        given = {"arch": arch, "latent_dim": latent_dim, "likelihood": likelihood, "hidden": hidden,
+        given = {"arch": arch, "latent_dim": latent_dim, "likelihood": likelihood, "hidden": hidden, "norm": norm,
                  "widths": _parse_widths(widths) if widths is not None else None,
                  "beta": beta, "anneal": anneal, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                  "lr_schedule": lr_schedule, "warmup_steps": warmup_steps, "grad_clip": grad_clip, "seed": seed,
@@ -198,7 +199,7 @@ def _fit_with_progress(trainer: Any, stop: threading.Event, quiet: bool, console
 
 def _model_brief(m: Any) -> str:
     """``conv 16,32 z=32`` / ``seed z=32``: the model in a few words."""
-    return f"{m.arch}{' ' + ','.join(map(str, m.widths)) if m.arch == 'conv' else ''} z={m.latent_dim}"
+    return f"{m.arch}{' ' + ','.join(map(str, m.widths)) if m.arch != 'seed' else ''} z={m.latent_dim}"
 
 
 def _objective(cfg: Any) -> str:
