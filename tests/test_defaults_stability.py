@@ -79,3 +79,23 @@ def test_every_default_trains_finite(tmp_path: Path, size: int, channels: int) -
     steps = 24 if size < 128 else 12
     losses = _train(_folder(tmp_path, size, channels, n=steps * 4 // 3 + 4), size, channels, steps, batch_size=4)
     assert all(math.isfinite(v) for v in losses)
+
+
+def test_the_lr_rule_scales_with_the_widest_layer() -> None:
+    from vaecli.config import REFERENCE_FAN_IN, default_lr, max_fan_in
+
+    assert max_fan_in("conv", 28, 1, (16, 32), 512, 32) == REFERENCE_FAN_IN
+    assert default_lr(5e-3, REFERENCE_FAN_IN) == 5e-3  # the measured 28 px conv recipe is unchanged
+    assert default_lr(5e-3, 4 * REFERENCE_FAN_IN) == pytest.approx(2.5e-3)
+    assert default_lr(2e-3, 100) == 2e-3  # never above the arch's own rate
+    assert max_fan_in("mlp", 64, 3, (512, 512), 512, 32) == 64 * 64 * 3
+    lrs = [build_configs({}, s, c)[1].lr for s, c in ((32, 3), (64, 3), (128, 3))]
+    assert lrs == sorted(lrs, reverse=True) and all(lr <= 5e-3 for lr in lrs)
+
+
+def test_given_widths_size_the_default_lr_and_a_given_lr_wins() -> None:
+    _, small = build_configs({"widths": (8, 16, 32)}, 64, 3)
+    _, wide = build_configs({"widths": (64, 128, 256)}, 64, 3)
+    assert wide.lr < small.lr
+    _, given = build_configs({"widths": (64, 128, 256), "lr": 5e-3, "warmup_steps": 0}, 64, 3)
+    assert (given.lr, given.warmup_steps) == (5e-3, 0)

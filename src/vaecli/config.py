@@ -40,9 +40,11 @@ def conv_stages(image_size: int) -> int:
 
 
 def conv_widths(image_size: int, channels: int) -> tuple[int, ...]:
-    """Channels of the ``conv`` stages: doubling per stage from 16 (gray) or 32 (colour), at most 256."""
-    base = 16 if channels == 1 else 32
-    return tuple(min(256, base * 2**i) for i in range(conv_stages(image_size)))
+    """Channels of the ``conv`` stages: doubling per stage from 16, at most 256 (16,32 at 28 px,
+    16,32,64 at 64 px, 16,32,64,128 at 128 px). Gray and colour alike: at 64 px colour 16,32,64
+    beat 32,64,128 by 256 nats at equal CPU time (docs/performance.md)."""
+    del channels
+    return tuple(min(256, 16 * 2**i) for i in range(conv_stages(image_size)))
 
 
 def accepted_image_size(size: int, arch: str | None = None, widths: tuple[int, ...] | None = None) -> int:
@@ -61,7 +63,7 @@ def auto_precision(device_type: str, native_bf16: bool) -> str:
 
 
 REFERENCE_FAN_IN = 32 * 7 * 7  # the 28 px conv net's widest layer (1,568 inputs): trains at 5e-3 without a warm-up
-WARMUP_STEPS = 100  # linear warm-up of every default recipe except the seed's
+WARMUP_STEPS = 100  # linear warm-up of the conv recipes (the mlp's is in MLP_RECIPE; the seed's is 0)
 
 
 def max_fan_in(arch: str, image_size: int, channels: int, widths: tuple[int, ...], hidden: int, latent_dim: int) -> int:
@@ -82,8 +84,16 @@ def default_lr(base: float, fan_in: int) -> float:
     return min(base, 5e-3 * math.sqrt(REFERENCE_FAN_IN / fan_in))
 
 
-MLP_BASE = {"widths": (512, 512), "batch_size": 256, "lr": 2e-3}  # measured on Fashion-MNIST (docs/performance.md)
+# Measured on Fashion-MNIST at equal CPU time (docs/performance.md, "How the defaults are chosen").
+MLP_RECIPE: dict[str, Any] = {"widths": (512, 512), "batch_size": 256, "lr": 3e-3, "warmup_steps": 200}
 CONV_BASE_LR = 5e-3
+MLP_MAX_SIDE = 28  # gray images up to this side get the mlp arch by default: it won on Fashion-MNIST
+
+
+def default_arch(image_size: int, channels: int) -> str:
+    """``mlp`` for small gray images (where it measured better per CPU-second than the conv net),
+    ``conv`` otherwise (colour and larger images, where the stages follow the size)."""
+    return "mlp" if channels == 1 and image_size <= MLP_MAX_SIDE else "conv"
 
 
 def default_recipe(
@@ -94,20 +104,21 @@ def default_recipe(
     lr_schedule, warmup_steps). ``arch`` given by the user selects that arch's recipe; ``given``
     (the user's other model fields, optional) sizes the learning rate for the model actually built."""
     given = {k: v for k, v in (given or {}).items() if v is not None}
-    arch = arch or "conv"
+    conv_fields = any(k in given for k in ("widths", "hidden", "norm"))  # --widths alone still means conv stages
+    arch = arch or ("conv" if conv_fields else default_arch(image_size, channels))
     model: dict[str, Any] = {"arch": arch, "latent_dim": 32, "hidden": 512, "likelihood": "bernoulli", "norm": "none"}
     if arch == "seed":
         return {**model, **SEED_RECIPE}
     if arch == "mlp":
-        model["widths"] = MLP_BASE["widths"]
-        base_lr, batch = MLP_BASE["lr"], MLP_BASE["batch_size"]
+        model["widths"] = MLP_RECIPE["widths"]
+        base_lr, batch, warmup = MLP_RECIPE["lr"], MLP_RECIPE["batch_size"], MLP_RECIPE["warmup_steps"]
     else:
         model["widths"] = conv_widths(image_size, channels)
-        base_lr, batch = CONV_BASE_LR, 128
+        base_lr, batch, warmup = CONV_BASE_LR, 128 if image_size < 64 else 64, WARMUP_STEPS
     m = {**model, **{k: v for k, v in given.items() if k in model}}
     fan_in = max_fan_in(arch, image_size, channels, tuple(m["widths"]), m["hidden"], m["latent_dim"])
     lr = default_lr(base_lr, fan_in)
-    return {**model, "batch_size": batch, "lr": lr, "lr_schedule": "cosine", "warmup_steps": WARMUP_STEPS}
+    return {**model, "batch_size": batch, "lr": lr, "lr_schedule": "cosine", "warmup_steps": warmup}
 
 
 def default_epochs(time_budget: float | None, anneal: int = 0, cyclical: int = 0, capacity_epochs: int = 0) -> int:
