@@ -85,7 +85,7 @@ def default_lr(base: float, fan_in: int) -> float:
 
 
 # Measured on Fashion-MNIST at equal CPU time (docs/performance.md, "How the defaults are chosen").
-MLP_RECIPE: dict[str, Any] = {"widths": (512, 512), "batch_size": 256, "lr": 3e-3, "warmup_steps": 200}
+MLP_RECIPE: dict[str, Any] = {"widths": (512, 512), "batch_size": 128, "lr": 2e-3, "warmup_steps": 0}
 CONV_BASE_LR = 5e-3
 MLP_MAX_SIDE = 28  # gray images up to this side get the mlp arch by default: it won on Fashion-MNIST
 

@@ -29,12 +29,12 @@ def train_cmd(
     free_bits: float = typer.Option(None, "--free-bits", help="Free bits: nats per latent dimension not penalised (Kingma et al. 2016; 0 = off)."),
     tc_beta: float = typer.Option(None, "--tc-beta", help="beta-TCVAE: weight of the total correlation, the rest of the KL keeps --beta (Chen et al. 2018; 0 = off)."),
     epochs: int = typer.Option(None, "--epochs", help="Total epochs of the run (default 10, plus the length of an --anneal/--capacity-epochs ramp; with --time-budget: until the budget ends)."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Images per step (default: by the data and device, 128 on a CPU; per rank under torchrun)."),
-    lr: float = typer.Option(None, "--lr", help="Adam learning rate (default: by the model, 5e-3 for the 28 px conv net; 1e-3 for --arch seed)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Images per step (default: by the data and model: 128, 64 for conv from 64 px; per rank under torchrun)."),
+    lr: float = typer.Option(None, "--lr", help="Adam learning rate (default: by the model: 2e-3 mlp, 5e-3 conv scaled down for layers wider than the 28 px net's; 1e-3 for --arch seed)."),
     lr_schedule: str = typer.Option(
         None, "--lr-schedule", help="cosine (to 1% by the end of the run or of --time-budget, whichever is first; the default) | constant (default for --arch seed)."
     ),
-    warmup_steps: int = typer.Option(None, "--warmup-steps", help="Linear learning-rate warm-up over N steps (default: by the model)."),
+    warmup_steps: int = typer.Option(None, "--warmup-steps", help="Linear learning-rate warm-up over N steps (default: by the model, 100 for conv)."),
     grad_clip: float = typer.Option(None, "--grad-clip", help="Gradient-norm clip (default 1.0; 0 = off)."),
     latent_dim: int = typer.Option(None, "--latent-dim", help="Latent dimensions (default 32)."),
     arch: str = typer.Option(None, "--arch", help="conv (strided convs; stages and widths follow the image size) | mlp (dense layers only, fast on a CPU) | conv-mlp (conv encoder, MLP decoder) | seed (the seed document's layers and recipe). Default: by the data (docs/performance.md)."),
