@@ -85,8 +85,14 @@ COLOUR: dict[str, list[str]] = {
 def machine_info() -> dict[str, Any]:
     import torch
 
-    cpuinfo = Path("/proc/cpuinfo").read_text(errors="ignore") if Path("/proc/cpuinfo").exists() else ""
-    flags = next((ln for ln in cpuinfo.splitlines() if ln.startswith("flags")), "").split()
+    cpuinfo = (
+        Path("/proc/cpuinfo").read_text(errors="ignore")
+        if Path("/proc/cpuinfo").exists()
+        else ""
+    )
+    flags = next(
+        (ln for ln in cpuinfo.splitlines() if ln.startswith("flags")), ""
+    ).split()
     return {
         "cpu_model": next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), platform.processor()),
         "capability": torch.backends.cpu.get_cpu_capability(),
@@ -97,16 +103,30 @@ def machine_info() -> dict[str, Any]:
     }  # fmt: skip
 
 
-def train(tag: str, data: list[str], flags: list[str], budget: float, lock: str | None, clock: str) -> dict[str, Any]:
+def train(
+    tag: str,
+    data: list[str],
+    flags: list[str],
+    budget: float,
+    lock: str | None,
+    clock: str,
+) -> dict[str, Any]:
     """One ``vae train`` run under the lock; returns its JSON summary plus the command. ``clock``
     cpu: the budget is CPU seconds of one thread (benchmarks/cpu_budget.py); wall: plain ``vae``."""
-    entry = [str(ROOT / "benchmarks" / "cpu_budget.py")] if clock == "cpu" else ["-m", "vaecli"]
+    entry = (
+        [str(ROOT / "benchmarks" / "cpu_budget.py")]
+        if clock == "cpu"
+        else ["-m", "vaecli"]
+    )
     cmd = [sys.executable, *entry, "train", *data, *flags, "--time-budget", str(budget),
            "--name", tag.replace(",", "-").replace(".", "p"), "--overwrite", "--json", "-q"]  # fmt: skip
     full = (["flock", lock] if lock else []) + cmd
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     t0 = time.time()
-    p = subprocess.run(full, capture_output=True, text=True, env=env)
+    p = subprocess.run(full, capture_output=True, text=True, env=env, check=False)
     row: dict[str, Any] = {"tag": tag, "flags": flags, "budget_s": budget, "rc": p.returncode, "wall_s": round(time.time() - t0, 1),
                            "clock": clock, "loadavg_after": os.getloadavg(), "cmd": "vae " + " ".join(cmd[len(entry) + 1 :])}  # fmt: skip
     if p.returncode == 0:
@@ -115,7 +135,12 @@ def train(tag: str, data: list[str], flags: list[str], budget: float, lock: str 
                    epochs=r["epochs"], images_per_second=r["images_per_second"], active_units=r["active_units"], run=r["path"])  # fmt: skip
     else:
         row["stderr_tail"] = p.stderr[-2000:]
-    print(json.dumps({k: row.get(k) for k in ("tag", "rc", "test_neg_elbo", "steps", "wall_s")}), flush=True)
+    print(
+        json.dumps(
+            {k: row.get(k) for k in ("tag", "rc", "test_neg_elbo", "steps", "wall_s")}
+        ),
+        flush=True,
+    )
     return row
 
 
@@ -126,8 +151,13 @@ def bce_floor(folder: str, flags: list[str]) -> dict[str, float]:
     from vaecli.config import DataConfig
     from vaecli.data import load_data
 
-    size, ch = int(flags[flags.index("--image-size") + 1]), int(flags[flags.index("--channels") + 1])
-    _, test, _ = load_data(DataConfig(name=folder, image_size=size, channels=ch, split_seed=0))
+    size, ch = (
+        int(flags[flags.index("--image-size") + 1]),
+        int(flags[flags.index("--channels") + 1]),
+    )
+    _, test, _ = load_data(
+        DataConfig(name=folder, image_size=size, channels=ch, split_seed=0)
+    )
     x = test.images.double() / 255.0
     h = -(torch.xlogy(x, x) + torch.xlogy(1 - x, 1 - x))
     return {"floor": float(h.flatten(1).sum(1).mean()), "test_images": len(test)}
@@ -151,30 +181,55 @@ def bce_of_run(run: str, seed: int = 0) -> dict[str, float]:
             x = test.images[i : i + 256].float() / 255.0
             out = model(x, generator=g)
             mean = torch.sigmoid(out.logits.float()).clamp(1e-6, 1 - 1e-6)
-            tot_r += float(F.binary_cross_entropy(mean, x, reduction="none").flatten(1).sum(1).sum())
+            tot_r += float(
+                F.binary_cross_entropy(mean, x, reduction="none")
+                .flatten(1)
+                .sum(1)
+                .sum()
+            )
             tot_k += float(kl_divergence(out.mu, out.logvar).sum())
     n = len(test)
-    return {"bce_neg_elbo": (tot_r + tot_k) / n, "bce_recon": tot_r / n, "kl": tot_k / n}
+    return {
+        "bce_neg_elbo": (tot_r + tot_k) / n,
+        "bce_recon": tot_r / n,
+        "kl": tot_k / n,
+    }
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default=os.environ.get("VAE_DATA_DIR", "/work/shared/data"))
+    p.add_argument(
+        "--data-dir", default=os.environ.get("VAE_DATA_DIR", "/work/shared/data")
+    )
     p.add_argument("--folder", default="/work/shared/data/noto-emoji-64")
     p.add_argument("--budget", type=float, default=120.0)
     p.add_argument("--long", type=float, default=600.0)
     p.add_argument("--finalists", type=int, default=2)
-    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="budget in CPU seconds of one thread (default) or wall seconds")
+    p.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="budget in CPU seconds of one thread (default) or wall seconds",
+    )
     p.add_argument("--parts", default="fmnist,long,colour")
     p.add_argument("--only", default="", help="comma-separated tags (default: all)")
     p.add_argument("--rerun", action="store_true")
-    p.add_argument("--lock", default="/work/wt/bench.lock", help="flock file around each run ('' = none)")
+    p.add_argument(
+        "--lock",
+        default="/work/wt/bench.lock",
+        help="flock file around each run ('' = none)",
+    )
     p.add_argument("--out", default="benchmarks/results/bench_defaults.json")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     out = Path(args.out)
     res: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
-    res.setdefault("runs_of_script", []).append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "argv": sys.argv[1:]})
+    res.setdefault("runs_of_script", []).append(
+        {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "argv": sys.argv[1:],
+        }
+    )
     res["machine"] = machine_info()
     only = set(filter(None, args.only.split(",")))
     lock = args.lock or None
@@ -182,7 +237,9 @@ def main() -> int:
     def save() -> None:
         out.write_text(json.dumps(res, indent=1) + "\n")
 
-    def sweep(section: str, table: dict[str, list[str]], data: list[str], budget: float) -> None:
+    def sweep(
+        section: str, table: dict[str, list[str]], data: list[str], budget: float
+    ) -> None:
         rows = res.setdefault(section, {})
         for tag, flags in table.items():
             if (only and tag not in only) or (tag in rows and not args.rerun):
@@ -201,14 +258,23 @@ def main() -> int:
         sweep(f"fmnist_{c}{args.budget:g}s", FMNIST, fm, args.budget)
     if "long" in parts:
         rows = res.get(f"fmnist_{c}{args.budget:g}s", {})
-        ranked = sorted((r["test_neg_elbo"], t) for t, r in rows.items() if r.get("rc") == 0)
+        ranked = sorted(
+            (r["test_neg_elbo"], t) for t, r in rows.items() if r.get("rc") == 0
+        )
         best = [t for _, t in ranked[: args.finalists]]
         if "default" not in best:
             best.append("default")
-        sweep(f"fmnist_{c}{args.long:g}s", {t: FMNIST[t] for t in best if t in FMNIST}, fm, args.long)
+        sweep(
+            f"fmnist_{c}{args.long:g}s",
+            {t: FMNIST[t] for t in best if t in FMNIST},
+            fm,
+            args.long,
+        )
     if "colour" in parts:
         res["colour_floor"] = {"folder": args.folder, **bce_floor(args.folder, EMOJI)}
-        sweep(f"colour_{c}{args.budget:g}s", COLOUR, ["--data", args.folder], args.budget)
+        sweep(
+            f"colour_{c}{args.budget:g}s", COLOUR, ["--data", args.folder], args.budget
+        )
     save()
     return 0
 
