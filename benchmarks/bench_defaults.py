@@ -262,8 +262,6 @@ def main() -> int:
             (r["test_neg_elbo"], t) for t, r in rows.items() if r.get("rc") == 0
         )
         best = [t for _, t in ranked[: args.finalists]]
-        if "default" not in best:
-            best.append("default")
         sweep(
             f"fmnist_{c}{args.long:g}s",
             {t: FMNIST[t] for t in best if t in FMNIST},
