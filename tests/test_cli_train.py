@@ -73,7 +73,7 @@ def test_widths_and_hidden_shape_the_model():
         (["--latent-dim", "0"], "--latent-dim"),
         (["--device", "cuda"], "CUDA is not available"),
         (["--device", "tpu"], "--device"),
-        (["--arch", "mlp"], "arch"),
+        (["--arch", "transformer"], "arch"),
         (["--epochs", "0"], "--epochs"),
         (["--name", "../x"], "invalid run name"),
         (["--resume", "ghost"], "no run named"),

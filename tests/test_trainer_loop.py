@@ -241,10 +241,11 @@ def test_bf16_warning_on_a_gpu_without_native_bf16(monkeypatch):
 def test_cuda_recipe_is_the_provisional_large_batch():
     cuda, cpu = default_recipe(28, 1, "cuda"), default_recipe(28, 1, "cpu")
     assert cuda["batch_size"] == 1024 and cpu["batch_size"] == 128
-    assert cuda["lr"] == pytest.approx(1e-2) and cuda["warmup_steps"] == 100 and cuda["widths"] == cpu["widths"]
+    assert cuda["lr"] == pytest.approx(min(1e-2, cpu["lr"] * (1024 / cpu["batch_size"]) ** 0.5))  # sqrt(batch ratio), capped
+    assert cuda["warmup_steps"] == 100 and cuda["widths"] == cpu["widths"] and cuda["arch"] == cpu["arch"]
     assert default_recipe(28, 1, "cuda", arch="seed")["batch_size"] == 128  # --arch seed keeps the seed's recipe
     _, tc = build_configs({"batch_size": 256}, 28, 1, "cuda")
-    assert tc.batch_size == 256 and tc.lr == pytest.approx(1e-2)  # what the user gives wins
+    assert tc.batch_size == 256 and tc.lr == pytest.approx(cuda["lr"])  # what the user gives wins, the rest stays
     assert dev.configure_cuda(torch.device("cpu")) == {}
 
 

@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 
 from .errors import ConfigError
 
-ARCHS = ("conv", "seed")
+ARCHS = ("conv", "mlp", "conv-mlp", "seed")
+NORMS = ("none", "group", "batch")
 LIKELIHOODS = ("bernoulli", "gaussian")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -54,14 +55,16 @@ def conv_stages(image_size: int) -> int:
 
 
 def conv_widths(image_size: int, channels: int) -> tuple[int, ...]:
-    """Channels of the ``conv`` stages: doubling per stage from 16 (gray) or 32 (colour), at most 256."""
-    base = 16 if channels == 1 else 32
-    return tuple(min(256, base * 2**i) for i in range(conv_stages(image_size)))
+    """Channels of the ``conv`` stages: doubling per stage from 16, at most 256 (16,32 at 28 px,
+    16,32,64 at 64 px, 16,32,64,128 at 128 px). Gray and colour alike: at 64 px colour 16,32,64
+    beat 32,64,128 by 256 nats at equal CPU time (docs/performance.md)."""
+    del channels
+    return tuple(min(256, 16 * 2**i) for i in range(conv_stages(image_size)))
 
 
 def accepted_image_size(size: int, arch: str | None = None, widths: tuple[int, ...] | None = None) -> int:
     """``size`` rounded down to the nearest side the architecture accepts (a multiple of 2 ** stages)."""
-    stages = 2 if arch == "seed" else len(widths) if widths else conv_stages(size)
+    stages = 2 if arch == "seed" else 0 if arch == "mlp" else len(widths) if widths else conv_stages(size)
     m = 2**stages
     return max(m, (size // m) * m)
 
@@ -75,19 +78,69 @@ def auto_precision(device_type: str, native_bf16: bool) -> str:
     return "fp32"
 
 
-def default_recipe(image_size: int, channels: int, device_type: str = "cpu", arch: str | None = None) -> dict[str, Any]:
+REFERENCE_FAN_IN = 32 * 7 * 7  # the 28 px conv net's widest layer (1,568 inputs): trains at 5e-3 without a warm-up
+WARMUP_STEPS = 100  # linear warm-up of the conv recipes (the mlp's is in MLP_RECIPE; the seed's is 0)
+
+
+def max_fan_in(arch: str, image_size: int, channels: int, widths: tuple[int, ...], hidden: int, latent_dim: int) -> int:
+    """Inputs of the model's widest layer (a k4 conv counts 16 per input channel): Adam moves every
+    weight by about lr per step, so a unit's pre-activation moves about lr x fan-in."""
+    if arch == "seed":
+        return 128 * (image_size // 4) ** 2
+    if arch == "mlp":
+        return max(channels * image_size * image_size, *widths, latent_dim)
+    side = image_size // 2 ** len(widths)
+    return max(channels * 16, *(w * 16 for w in widths), widths[-1] * side * side, hidden, latent_dim)
+
+
+def default_lr(base: float, fan_in: int) -> float:
+    """The arch's measured learning rate ``base``, scaled down by sqrt(reference fan-in / fan-in)
+    for models whose widest layer is wider than the 28 px conv net's: ``--widths 32,64,128`` at
+    64 px colour diverged at step 4 with 5e-3 (fan-in 8,192 -> 2.2e-3 trains)."""
+    return min(base, 5e-3 * math.sqrt(REFERENCE_FAN_IN / fan_in))
+
+
+# Measured on Fashion-MNIST at equal CPU time (docs/performance.md, "How the defaults are chosen").
+MLP_RECIPE: dict[str, Any] = {"widths": (512, 512), "batch_size": 128, "lr": 2e-3, "warmup_steps": 0}
+CONV_BASE_LR = 5e-3
+MLP_MAX_SIDE = 28  # gray images up to this side get the mlp arch by default: it won on Fashion-MNIST
+
+
+def default_arch(image_size: int, channels: int) -> str:
+    """``mlp`` for small gray images (where it measured better per CPU-second than the conv net),
+    ``conv`` otherwise (colour and larger images, where the stages follow the size)."""
+    return "mlp" if channels == 1 and image_size <= MLP_MAX_SIDE else "conv"
+
+
+def default_recipe(
+    image_size: int, channels: int, device_type: str = "cpu", arch: str | None = None, given: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The defaults for data of this side and channel count on this kind of device: model fields
-    (arch, widths, hidden, latent_dim, likelihood) and optimiser fields (batch_size, lr,
-    lr_schedule, warmup_steps). ``arch`` given by the user selects that arch's recipe."""
-    arch = arch or "conv"
-    model: dict[str, Any] = {"arch": arch, "latent_dim": 32, "hidden": 512, "likelihood": "bernoulli"}
+    (arch, widths, hidden, latent_dim, likelihood, norm) and optimiser fields (batch_size, lr,
+    lr_schedule, warmup_steps). ``arch`` given by the user selects that arch's recipe; ``given``
+    (the user's other model fields, optional) sizes the learning rate for the model actually built."""
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    conv_fields = any(k in given for k in ("widths", "hidden", "norm"))  # --widths alone still means conv stages
+    arch = arch or ("conv" if conv_fields else default_arch(image_size, channels))
+    # colour: a Gaussian decoder with a learned scale beat the Bernoulli one by 53 BCE nats at 64 px
+    # (it puts more information in z in a short budget; docs/performance.md)
+    likelihood = "gaussian" if channels == 3 and arch != "seed" else "bernoulli"
+    model: dict[str, Any] = {"arch": arch, "latent_dim": 32, "hidden": 512, "likelihood": likelihood, "norm": "none"}
     if arch == "seed":
         return {**model, **SEED_RECIPE}
-    widths = conv_widths(image_size, channels)
-    model["widths"] = widths
-    if device_type == "cuda":
-        return {**model, **CUDA_RECIPE}
-    return {**model, "batch_size": 128, "lr": 5e-3, "lr_schedule": "cosine", "warmup_steps": 0}
+    if arch == "mlp":
+        model["widths"] = MLP_RECIPE["widths"]
+        base_lr, batch, warmup = MLP_RECIPE["lr"], MLP_RECIPE["batch_size"], MLP_RECIPE["warmup_steps"]
+    else:
+        model["widths"] = conv_widths(image_size, channels)
+        base_lr, batch, warmup = CONV_BASE_LR, 128 if image_size < 64 else 64, WARMUP_STEPS
+    m = {**model, **{k: v for k, v in given.items() if k in model}}
+    fan_in = max_fan_in(arch, image_size, channels, tuple(m["widths"]), m["hidden"], m["latent_dim"])
+    lr = default_lr(base_lr, fan_in)
+    if device_type == "cuda":  # provisional (see CUDA_RECIPE): a larger batch, the lr scaled by sqrt(batch ratio)
+        lr = min(CUDA_RECIPE["lr"], lr * (CUDA_RECIPE["batch_size"] / batch) ** 0.5)
+        batch, warmup = CUDA_RECIPE["batch_size"], max(warmup, CUDA_RECIPE["warmup_steps"])
+    return {**model, "batch_size": batch, "lr": lr, "lr_schedule": "cosine", "warmup_steps": warmup}
 
 
 def default_epochs(time_budget: float | None, anneal: int = 0, cyclical: int = 0, capacity_epochs: int = 0) -> int:
@@ -198,8 +251,11 @@ def _coerce(owner: str, name: str, value: Any, default: Any) -> Any:
 class ModelConfig(_Config):
     """Everything needed to rebuild a model: stored with its weights in ``config.json``.
 
-    ``widths`` are the channel counts of the strided conv stages (``conv`` arch), ``hidden``
-    the width of the fully connected layer; the ``seed`` arch ignores both (fixed table).
+    ``widths`` are the channel counts of the strided conv stages (``conv``, ``conv-mlp``), or
+    the widths of the hidden layers of the ``mlp`` arch's encoder (its decoder mirrors them);
+    ``hidden`` is the width of the conv archs' fully connected layer (``conv-mlp``: of its MLP
+    decoder's two hidden layers); ``norm`` the conv stages' normalisation. The ``seed`` arch
+    ignores all three (fixed table).
     """
 
     arch: str = "conv"
@@ -209,8 +265,10 @@ class ModelConfig(_Config):
     widths: tuple[int, ...] = (16, 32)
     hidden: int = 512
     likelihood: str = "bernoulli"
+    norm: str = "none"
 
     def validate(self) -> None:
+        _check(self.norm in NORMS, f"unknown norm {self.norm!r} (choose from {', '.join(NORMS)})")
         _check(self.arch in ARCHS, f"unknown arch {self.arch!r} (choose from {', '.join(ARCHS)})")
         _check(self.likelihood in LIKELIHOODS, f"unknown likelihood {self.likelihood!r} (choose from {', '.join(LIKELIHOODS)})")
         _check(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}")
@@ -218,7 +276,7 @@ class ModelConfig(_Config):
         _check(self.latent_dim <= 4096, f"--latent-dim must be <= 4096, got {self.latent_dim}")
         _check(1 <= self.hidden <= 65536, f"hidden must be 1..65536, got {self.hidden}")
         _check(len(self.widths) >= 1 and all(w >= 1 for w in self.widths), f"widths must be positive, got {list(self.widths)}")
-        stages = 2 if self.arch == "seed" else len(self.widths)
+        stages = 2 if self.arch == "seed" else 0 if self.arch == "mlp" else len(self.widths)
         _check(
             8 <= self.image_size <= 512 and self.image_size % (2**stages) == 0,
             f"--image-size must be a multiple of {2**stages} between 8 and 512 for arch {self.arch}, got {self.image_size}",
@@ -383,7 +441,7 @@ def check_given(given: dict[str, Any]) -> None:
     _check(not unknown, f"unknown options {sorted(unknown)}")
     TrainConfig(**{k: v for k, v in given.items() if k in TRAIN_FIELDS}).validate()
     model = {k: v for k, v in given.items() if k in MODEL_FIELDS}
-    stages = 2 if model.get("arch") == "seed" else len(model.get("widths") or (1,))
+    stages = 2 if model.get("arch") == "seed" else 0 if model.get("arch") == "mlp" else len(model.get("widths") or (1,))
     ModelConfig(**model, image_size=8 * 2**stages).validate()
 
 
@@ -392,7 +450,7 @@ def build_configs(given: dict[str, Any], image_size: int, channels: int, device_
     rule's defaults for this data and device (:func:`default_recipe`, :func:`default_epochs`)."""
     given = {k: v for k, v in given.items() if v is not None}
     check_given(given)
-    merged = {**default_recipe(image_size, channels, device_type, given.get("arch")), **given}
+    merged = {**default_recipe(image_size, channels, device_type, given.get("arch"), given), **given}
     if "epochs" not in given:
         merged["epochs"] = default_epochs(
             merged.get("time_budget"), merged.get("anneal", 0), merged.get("cyclical", 0), merged.get("capacity_epochs", 0)

@@ -4,6 +4,9 @@ Kingma & Welling (2014), "Auto-Encoding Variational Bayes". Two architectures:
 
 * ``conv`` (default): a lean conv net, strided convs then one fully connected layer, the
   fastest per unit of ELBO on a CPU (see docs/performance.md);
+* ``mlp``: fully connected layers only (``widths`` hidden layers, mirrored in the decoder):
+  dense matmuls run near a CPU's peak where small convolutions do not;
+* ``conv-mlp``: the conv encoder with an MLP decoder (two ``hidden`` layers);
 * ``seed``: the seed document's layer table, exactly (7,048,865 parameters at 1x28x28, z=32).
 """
 
@@ -47,17 +50,44 @@ class _Reshape(nn.Module):
         return x.reshape(x.shape[0], *self.shape)
 
 
-def _build_conv(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, int]:
-    """Lean conv net: k4 s2 convs (widths), FC hidden, mirrored decoder. Returns (enc, dec, feat)."""
+class _LinearToImage(nn.Linear):
+    """The MLP decoder's output layer: a linear layer whose output is reshaped to (B, C, H, W)."""
+
+    def __init__(self, features: int, shape: tuple[int, int, int]) -> None:
+        super().__init__(features, shape[0] * shape[1] * shape[2])
+        self.shape = shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).reshape(x.shape[0], *self.shape)
+
+
+def _norm(kind: str, channels: int) -> list[nn.Module]:
+    """The conv stages' normalisation layer (none, GroupNorm with up to 8 groups, BatchNorm)."""
+    if kind == "group":
+        return [nn.GroupNorm(math.gcd(8, channels), channels)]
+    if kind == "batch":
+        return [nn.BatchNorm2d(channels)]
+    return []
+
+
+def _conv_encoder(cfg: ModelConfig) -> tuple[list[nn.Module], int, int]:
+    """k4 s2 convs (widths), then FC hidden. Returns (layers, last width, last side)."""
     c, widths = cfg.channels, list(cfg.widths)
     side = cfg.image_size // 2 ** len(widths)
     enc: list[nn.Module] = []
     prev = c
     for w in widths:
-        enc += [nn.Conv2d(prev, w, 4, 2, 1), _act()]
+        enc += [nn.Conv2d(prev, w, 4, 2, 1), *_norm(cfg.norm, w), _act()]
         prev = w
+    enc += [nn.Flatten(), nn.Linear(prev * side * side, cfg.hidden), _act()]
+    return enc, prev, side
+
+
+def _build_conv(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, int]:
+    """Lean conv net: k4 s2 convs (widths), FC hidden, mirrored decoder. Returns (enc, dec, feat)."""
+    c, widths = cfg.channels, list(cfg.widths)
+    enc, prev, side = _conv_encoder(cfg)
     flat = prev * side * side
-    enc += [nn.Flatten(), nn.Linear(flat, cfg.hidden), _act()]
     dec: list[nn.Module] = [nn.Linear(cfg.latent_dim, cfg.hidden), _act(), nn.Linear(cfg.hidden, flat), _act()]
     dec.append(_Reshape(prev, side, side))
     rev = widths[::-1]
@@ -65,8 +95,39 @@ def _build_conv(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, int]:
         out = rev[i + 1] if i + 1 < len(rev) else c
         dec.append(nn.ConvTranspose2d(w, out, 4, 2, 1))
         if i + 1 < len(rev):
-            dec.append(_act())
+            dec += [*_norm(cfg.norm, out), _act()]
     return nn.Sequential(*enc), nn.Sequential(*dec), cfg.hidden
+
+
+def _mlp_decoder(latent_dim: int, widths: list[int], shape: tuple[int, int, int]) -> nn.Module:
+    """Linear layers latent_dim -> widths... -> C*H*W (logits), reshaped to an image."""
+    dec: list[nn.Module] = []
+    prev = latent_dim
+    for w in widths:
+        dec += [nn.Linear(prev, w), _act()]
+        prev = w
+    dec.append(_LinearToImage(prev, shape))
+    return nn.Sequential(*dec)
+
+
+def _build_mlp(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, int]:
+    """Fully connected: pixels -> widths -> (mu, logvar); z -> reversed widths -> pixels."""
+    shape = (cfg.channels, cfg.image_size, cfg.image_size)
+    enc: list[nn.Module] = [nn.Flatten()]
+    prev = shape[0] * shape[1] * shape[2]
+    for w in cfg.widths:
+        enc += [nn.Linear(prev, w), _act()]
+        prev = w
+    return nn.Sequential(*enc), _mlp_decoder(cfg.latent_dim, list(cfg.widths)[::-1], shape), prev
+
+
+def _build_conv_mlp(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, int]:
+    """The conv encoder with an MLP decoder of two ``hidden`` layers."""
+    enc, _, _ = _conv_encoder(cfg)
+    shape = (cfg.channels, cfg.image_size, cfg.image_size)
+    return nn.Sequential(*enc), _mlp_decoder(cfg.latent_dim, [cfg.hidden, cfg.hidden], shape), cfg.hidden
+
+
 
 
 def _build_seed(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, int]:
@@ -92,6 +153,9 @@ def _build_seed(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, int]:
     return enc, dec, 512
 
 
+_BUILDERS = {"conv": _build_conv, "mlp": _build_mlp, "conv-mlp": _build_conv_mlp, "seed": _build_seed}
+
+
 class VAE(nn.Module):
     """A (beta-)VAE built from a :class:`ModelConfig`.
 
@@ -104,8 +168,7 @@ class VAE(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        builder = _build_seed if config.arch == "seed" else _build_conv
-        self.encoder, self.decoder, feat = builder(config)
+        self.encoder, self.decoder, feat = _BUILDERS[config.arch](config)
         self.fc_mu = nn.Linear(feat, config.latent_dim)
         self.fc_logvar = nn.Linear(feat, config.latent_dim)
         # Start with small posterior variances (the seed: weight 0, bias -6) so early

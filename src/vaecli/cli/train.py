@@ -32,17 +32,18 @@ def train_cmd(
     free_bits: float = typer.Option(None, "--free-bits", help="Free bits: nats per latent dimension not penalised (Kingma et al. 2016; 0 = off)."),
     tc_beta: float = typer.Option(None, "--tc-beta", help="beta-TCVAE: weight of the total correlation, the rest of the KL keeps --beta (Chen et al. 2018; 0 = off)."),
     epochs: int = typer.Option(None, "--epochs", help="Total epochs of the run (default 10, plus the length of an --anneal/--capacity-epochs ramp; with --time-budget: until the budget ends)."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Images per step (default: by the data and device, 128 on a CPU; per rank under torchrun)."),
-    lr: float = typer.Option(None, "--lr", help="Adam learning rate (default: by the model, 5e-3 for the 28 px conv net; 1e-3 for --arch seed)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Images per step (default: by the data and model: 128, 64 for conv from 64 px; per rank under torchrun)."),
+    lr: float = typer.Option(None, "--lr", help="Adam learning rate (default: by the model: 2e-3 mlp, 5e-3 conv scaled down for layers wider than the 28 px net's; 1e-3 for --arch seed)."),
     lr_schedule: str = typer.Option(
         None, "--lr-schedule", help="cosine (to 1% by the end of the run or of --time-budget, whichever is first; the default) | constant (default for --arch seed)."
     ),
-    warmup_steps: int = typer.Option(None, "--warmup-steps", help="Linear learning-rate warm-up over N steps (default: by the model)."),
+    warmup_steps: int = typer.Option(None, "--warmup-steps", help="Linear learning-rate warm-up over N steps (default: by the model, 100 for conv)."),
     grad_clip: float = typer.Option(None, "--grad-clip", help="Gradient-norm clip (default 1.0; 0 = off)."),
     latent_dim: int = typer.Option(None, "--latent-dim", help="Latent dimensions (default 32)."),
-    arch: str = typer.Option(None, "--arch", help="conv (lean, fast; stages and widths follow the image size) | seed (the seed document's layers and recipe)."),
-    widths: str = typer.Option(None, "--widths", help="conv arch: channels of the strided conv stages, comma-separated (each halves the side; default by the image size, 16,32 at 28 px)."),
-    hidden: int = typer.Option(None, "--hidden", help="conv arch: units of the fully connected layer (default 512)."),
+    arch: str = typer.Option(None, "--arch", help="conv (strided convs; stages and widths follow the image size) | mlp (dense layers only, fast on a CPU) | conv-mlp (conv encoder, MLP decoder) | seed (the seed document's layers and recipe). Default: by the data (docs/performance.md)."),
+    widths: str = typer.Option(None, "--widths", help="conv, conv-mlp: channels of the strided conv stages (each halves the side); mlp: units of the encoder's hidden layers (the decoder mirrors them). Comma-separated; default by the data."),
+    hidden: int = typer.Option(None, "--hidden", help="conv: units of the fully connected layer; conv-mlp: of the decoder's two hidden layers (default 512)."),
+    norm: str = typer.Option(None, "--norm", help="conv archs: normalisation after each conv stage, none | group | batch (default none)."),
     likelihood: str = typer.Option(None, "--likelihood", help="bernoulli (BCE, the default) | gaussian."),
     seed: int = typer.Option(0, "--seed", help="Random seed (weights, shuffling, sampling, split)."),
     device: str = typer.Option(None, "--device", help=DEVICE_HELP + " A resumed run keeps its device unless given."),
@@ -79,7 +80,7 @@ def train_cmd(
         overrides.update(max_steps=max_steps, time_budget=time_budget, skip_nonfinite=skip_nonfinite)  # per invocation
         trainer = resume_run(resume, overrides)
     else:
-        given = {"arch": arch, "latent_dim": latent_dim, "likelihood": likelihood, "hidden": hidden,
+        given = {"arch": arch, "latent_dim": latent_dim, "likelihood": likelihood, "hidden": hidden, "norm": norm,
                  "widths": _parse_widths(widths) if widths is not None else None,
                  "beta": beta, "anneal": anneal, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                  "lr_schedule": lr_schedule, "warmup_steps": warmup_steps, "grad_clip": grad_clip, "seed": seed,
@@ -215,7 +216,7 @@ def _ips(value: float | None) -> str:
 
 def _model_brief(m: Any) -> str:
     """``conv 16,32 z=32`` / ``seed z=32``: the model in a few words."""
-    return f"{m.arch}{' ' + ','.join(map(str, m.widths)) if m.arch == 'conv' else ''} z={m.latent_dim}"
+    return f"{m.arch}{' ' + ','.join(map(str, m.widths)) if m.arch != 'seed' else ''} z={m.latent_dim}"
 
 
 def _objective(cfg: Any) -> str:
