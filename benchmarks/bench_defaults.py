@@ -85,14 +85,8 @@ COLOUR: dict[str, list[str]] = {
 def machine_info() -> dict[str, Any]:
     import torch
 
-    cpuinfo = (
-        Path("/proc/cpuinfo").read_text(errors="ignore")
-        if Path("/proc/cpuinfo").exists()
-        else ""
-    )
-    flags = next(
-        (ln for ln in cpuinfo.splitlines() if ln.startswith("flags")), ""
-    ).split()
+    cpuinfo = Path("/proc/cpuinfo").read_text(errors="ignore") if Path("/proc/cpuinfo").exists() else ""
+    flags = next((ln for ln in cpuinfo.splitlines() if ln.startswith("flags")), "").split()
     return {
         "cpu_model": next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), platform.processor()),
         "capability": torch.backends.cpu.get_cpu_capability(),
@@ -113,11 +107,7 @@ def train(
 ) -> dict[str, Any]:
     """One ``vae train`` run under the lock; returns its JSON summary plus the command. ``clock``
     cpu: the budget is CPU seconds of one thread (benchmarks/cpu_budget.py); wall: plain ``vae``."""
-    entry = (
-        [str(ROOT / "benchmarks" / "cpu_budget.py")]
-        if clock == "cpu"
-        else ["-m", "vaecli"]
-    )
+    entry = [str(ROOT / "benchmarks" / "cpu_budget.py")] if clock == "cpu" else ["-m", "vaecli"]
     cmd = [sys.executable, *entry, "train", *data, *flags, "--time-budget", str(budget),
            "--name", tag.replace(",", "-").replace(".", "p"), "--overwrite", "--json", "-q"]  # fmt: skip
     full = (["flock", lock] if lock else []) + cmd
@@ -136,9 +126,7 @@ def train(
     else:
         row["stderr_tail"] = p.stderr[-2000:]
     print(
-        json.dumps(
-            {k: row.get(k) for k in ("tag", "rc", "test_neg_elbo", "steps", "wall_s")}
-        ),
+        json.dumps({k: row.get(k) for k in ("tag", "rc", "test_neg_elbo", "steps", "wall_s")}),
         flush=True,
     )
     return row
@@ -155,9 +143,7 @@ def bce_floor(folder: str, flags: list[str]) -> dict[str, float]:
         int(flags[flags.index("--image-size") + 1]),
         int(flags[flags.index("--channels") + 1]),
     )
-    _, test, _ = load_data(
-        DataConfig(name=folder, image_size=size, channels=ch, split_seed=0)
-    )
+    _, test, _ = load_data(DataConfig(name=folder, image_size=size, channels=ch, split_seed=0))
     x = test.images.double() / 255.0
     h = -(torch.xlogy(x, x) + torch.xlogy(1 - x, 1 - x))
     return {"floor": float(h.flatten(1).sum(1).mean()), "test_images": len(test)}
@@ -181,12 +167,7 @@ def bce_of_run(run: str, seed: int = 0) -> dict[str, float]:
             x = test.images[i : i + 256].float() / 255.0
             out = model(x, generator=g)
             mean = torch.sigmoid(out.logits.float()).clamp(1e-6, 1 - 1e-6)
-            tot_r += float(
-                F.binary_cross_entropy(mean, x, reduction="none")
-                .flatten(1)
-                .sum(1)
-                .sum()
-            )
+            tot_r += float(F.binary_cross_entropy(mean, x, reduction="none").flatten(1).sum(1).sum())
             tot_k += float(kl_divergence(out.mu, out.logvar).sum())
     n = len(test)
     return {
@@ -198,9 +179,7 @@ def bce_of_run(run: str, seed: int = 0) -> dict[str, float]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--data-dir", default=os.environ.get("VAE_DATA_DIR", "/work/shared/data")
-    )
+    p.add_argument("--data-dir", default=os.environ.get("VAE_DATA_DIR", "/work/shared/data"))
     p.add_argument("--folder", default="/work/shared/data/noto-emoji-64")
     p.add_argument("--budget", type=float, default=120.0)
     p.add_argument("--long", type=float, default=600.0)
@@ -237,9 +216,7 @@ def main() -> int:
     def save() -> None:
         out.write_text(json.dumps(res, indent=1) + "\n")
 
-    def sweep(
-        section: str, table: dict[str, list[str]], data: list[str], budget: float
-    ) -> None:
+    def sweep(section: str, table: dict[str, list[str]], data: list[str], budget: float) -> None:
         rows = res.setdefault(section, {})
         for tag, flags in table.items():
             if (only and tag not in only) or (tag in rows and not args.rerun):
@@ -258,9 +235,7 @@ def main() -> int:
         sweep(f"fmnist_{c}{args.budget:g}s", FMNIST, fm, args.budget)
     if "long" in parts:
         rows = res.get(f"fmnist_{c}{args.budget:g}s", {})
-        ranked = sorted(
-            (r["test_neg_elbo"], t) for t, r in rows.items() if r.get("rc") == 0
-        )
+        ranked = sorted((r["test_neg_elbo"], t) for t, r in rows.items() if r.get("rc") == 0)
         best = [t for _, t in ranked[: args.finalists]]
         sweep(
             f"fmnist_{c}{args.long:g}s",
@@ -270,9 +245,7 @@ def main() -> int:
         )
     if "colour" in parts:
         res["colour_floor"] = {"folder": args.folder, **bce_floor(args.folder, EMOJI)}
-        sweep(
-            f"colour_{c}{args.budget:g}s", COLOUR, ["--data", args.folder], args.budget
-        )
+        sweep(f"colour_{c}{args.budget:g}s", COLOUR, ["--data", args.folder], args.budget)
     save()
     return 0
 

@@ -252,7 +252,9 @@ def run_reference(args: argparse.Namespace, extra_env: dict[str, str] | None = N
     return strip(r)
 
 
-def run_vae_train(args: argparse.Namespace, home: Path, name: str, extra: list[str], env_extra: dict[str, str] | None = None) -> dict[str, Any]:
+def run_vae_train(
+    args: argparse.Namespace, home: Path, name: str, extra: list[str], env_extra: dict[str, str] | None = None
+) -> dict[str, Any]:
     cmd = vae_cmd(args) + ["train", "--data", "fashion-mnist", "--name", name, "--overwrite", "--json", "-q", *extra]
     r = run_measured(cmd, env=vae_env(args, home, env_extra))
     r["result"] = last_json(r["stdout"])
@@ -563,7 +565,9 @@ def mode_overhead(args: argparse.Namespace, home: Path) -> dict[str, Any]:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
 
-    tcfg = TrainConfig(**{k: v for k, v in rec.items() if k in ("batch_size", "lr", "lr_schedule", "warmup_steps")}, epochs=10, device="cpu")
+    tcfg = TrainConfig(
+        **{k: v for k, v in rec.items() if k in ("batch_size", "lr", "lr_schedule", "warmup_steps")}, epochs=10, device="cpu"
+    )
     tr = training.start_run(mcfg, DataConfig(name="fashion-mnist"), tcfg, name="overhead", overwrite=True,
                             data=(ImageData(images), ImageData(test)))  # fmt: skip
     s = tr._session()
@@ -635,7 +639,9 @@ def mode_omp(args: argparse.Namespace, home: Path) -> dict[str, Any]:
                        "--overhead-arch", args.overhead_arch]  # fmt: skip
                 r = run_measured(cmd, env=env, timeout=args.omp_timeout)
                 res = (last_json(r["stdout"]) or {}).get("overhead") or {}
-                out[f"{load}_{policy.lower()}"] = {k: res.get(k) for k in ("bare_images_per_second", "trainer_images_per_second", "ratio_trainer_to_bare")}
+                out[f"{load}_{policy.lower()}"] = {
+                    k: res.get(k) for k in ("bare_images_per_second", "trainer_images_per_second", "ratio_trainer_to_bare")
+                }
                 out[f"{load}_{policy.lower()}"].update(rc=r["rc"], wall_s=r["wall_s"], load_before=r["load_before"])
                 if not res:  # killed at the timeout: slower than the steps it had to run in that time
                     out[f"{load}_{policy.lower()}"]["timed_out_after_s"] = args.omp_timeout
@@ -684,7 +690,9 @@ def machine_info() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--modes", default="throughput,levers,startup,rss", help="throughput,levers,startup,rss,quality,bf16,roofline,profile,overhead,omp")
+    p.add_argument(
+        "--modes", default="throughput,levers,startup,rss", help="throughput,levers,startup,rss,quality,bf16,roofline,profile,overhead,omp"
+    )
     p.add_argument("--out", help="write the JSON here (default: stdout)")
     p.add_argument("--data-dir", default=DEFAULT_DATA, help="folder holding FashionMNIST/raw (default $VAE_DATA_DIR)")
     p.add_argument("--rounds", type=int, default=2, help="throughput: ref/ours alternations")

@@ -189,7 +189,9 @@ def main() -> int:
     ap.add_argument("--save-every", type=float, default=0.5, help="seconds between checkpoints (small: kills land in writes)")
     ap.add_argument("--max-after-start", type=float, default=3.0, help="kill at most this many seconds into training")
     ap.add_argument("--anytime", type=float, default=0.2, help="fraction of kills at a random moment since process start")
-    ap.add_argument("--in-write", type=float, default=0.3, help="fraction of kills aimed at a checkpoint write (after its temp file appears)")
+    ap.add_argument(
+        "--in-write", type=float, default=0.3, help="fraction of kills aimed at a checkpoint write (after its temp file appears)"
+    )
     ap.add_argument("--write-window", type=float, default=0.3, help="aimed kills land 0..this many seconds after the temp file appears")
     ap.add_argument("--src", type=Path, default=ROOT / "src", help="vaecli source to test")
     ap.add_argument("--home", type=Path, default=None, help="VAE_HOME (default: a temp dir)")
@@ -212,7 +214,13 @@ def main() -> int:
     while len(kills) < args.kills:
         resume = (run / "train_state.safetensors").exists()
         state_mtime = _mtime(run / "train_state.safetensors")
-        cmd = [sys.executable, "-m", "vaecli", "train", *(["--resume", name, "--save-every", str(args.save_every), "-q", "--json"] if resume else _train_args(name, args))]
+        cmd = [
+            sys.executable,
+            "-m",
+            "vaecli",
+            "train",
+            *(["--resume", name, "--save-every", str(args.save_every), "-q", "--json"] if resume else _train_args(name, args)),
+        ]
         att = Attempt(cmd, env)
         u = rng.random()
         mode = "anytime" if u < args.anytime else "write" if u < args.anytime + args.in_write else "training"
@@ -297,7 +305,9 @@ def main() -> int:
         "kills_by_mode": {m: sum(1 for k in kills if k.get("mode") == m) for m in ("anytime", "training", "write")},
         "kills_in_training": sum(1 for k in kills if k.get("in_training")),
         "kills_during_checkpoint_write": sum(1 for k in kills if k.get("write_phase", "-") != "-"),
-        "kills_by_write_phase": {p: sum(1 for k in kills if k.get("write_phase") == p) for p in sorted({k.get("write_phase", "-") for k in kills})},
+        "kills_by_write_phase": {
+            p: sum(1 for k in kills if k.get("write_phase") == p) for p in sorted({k.get("write_phase", "-") for k in kills})
+        },
         "kills_before_first_checkpoint": sum(1 for k in kills if not k.get("resume")),
         "resumes": sum(1 for k in kills if k.get("resume")),
         "corrupt_runs": len(corrupt),

@@ -52,7 +52,8 @@ def main() -> None:
                 "api('/api/random?' + q('&seed=' + seed)).then((r) => {"
                 "  showSource(r.input, r.label_name, 'test image #' + r.index + ' \u00b7 posterior mean');"
                 "  const top = S.info.order[0]; r.z[top] = nudge; setZ(r.z); setFocus(top); });",
-                args.seed, args.nudge,
+                args.seed,
+                args.nudge,
             )
             wait.until(lambda d: d.find_element("id", "input").is_displayed())
             time.sleep(1.5)  # let the debounced decode and strip requests finish

@@ -1,6 +1,6 @@
 """KL per epoch of several runs in one chart (the seed's Figure 3), drawn by vaecli.plot.line_chart.
 
-    python scripts/kl_chart.py RUN [RUN ...] -o kl.png [--split train|test] [--label RUN=TEXT ...]
+python scripts/kl_chart.py RUN [RUN ...] -o kl.png [--split train|test] [--label RUN=TEXT ...]
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ import math
 import torch
 
 from vaecli.checkpoint import load_model
+from vaecli.data.shapes import FACTORS, load_shapes
 from vaecli.disentangle import latent_means, mig
 from vaecli.paths import data_root
-from vaecli.data.shapes import FACTORS, load_shapes
 
 
 def main() -> None:

@@ -53,12 +53,47 @@ def test_training_sees_binary_batches():
 
 
 def test_cli_binarize_records_the_choice_and_names_the_likelihood():
-    r = CliRunner().invoke(app, ["train", "--data", "fashion-mnist-mini", "--latent-dim", "4", "--batch-size", "64",
-                                 "--device", "cpu", "--max-steps", "2", "--binarize", "--name", "b", "--json"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            "fashion-mnist-mini",
+            "--latent-dim",
+            "4",
+            "--batch-size",
+            "64",
+            "--device",
+            "cpu",
+            "--max-steps",
+            "2",
+            "--binarize",
+            "--name",
+            "b",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert "normalised likelihood" in out["likelihood"] and "not" not in out["likelihood"]
     assert ckpt.read_config(ckpt.resolve_run("b")).data.binarize is True
-    r2 = CliRunner().invoke(app, ["train", "--data", "fashion-mnist-mini", "--latent-dim", "4", "--batch-size", "64",
-                                  "--device", "cpu", "--max-steps", "1", "--name", "c", "--json"])
+    r2 = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            "fashion-mnist-mini",
+            "--latent-dim",
+            "4",
+            "--batch-size",
+            "64",
+            "--device",
+            "cpu",
+            "--max-steps",
+            "1",
+            "--name",
+            "c",
+            "--json",
+        ],
+    )
     assert "not a normalised likelihood" in json.loads(r2.stdout)["likelihood"]

@@ -5,8 +5,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from vaecli.data import shapes
 from vaecli.cli import app
+from vaecli.data import shapes
 
 runner = CliRunner()
 
@@ -17,8 +17,27 @@ def small_shapes(monkeypatch):
 
 
 def test_eval_disentangle_json_and_table(small_shapes):
-    r = runner.invoke(app, ["train", "--data", "shapes", "--latent-dim", "4", "--batch-size", "64", "--device", "cpu",
-                            "--epochs", "1", "--name", "sh", "-q", "--beta", "4"])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            "shapes",
+            "--latent-dim",
+            "4",
+            "--batch-size",
+            "64",
+            "--device",
+            "cpu",
+            "--epochs",
+            "1",
+            "--name",
+            "sh",
+            "-q",
+            "--beta",
+            "4",
+        ],
+    )
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["eval-disentangle", "--run", "sh", "--json", "--votes", "200"])
     assert r.exit_code == 0, r.output

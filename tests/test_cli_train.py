@@ -47,7 +47,22 @@ def test_train_json_end_to_end(tmp_path):
 
 
 def test_seed_arch_info_reports_parameter_count():
-    r = invoke("train", "--data", "fashion-mnist-mini", "--arch", "seed", "--max-steps", "1", "--batch-size", "8", "--name", "s", "-q", "--device", "cpu")
+    r = invoke(
+        "train",
+        "--data",
+        "fashion-mnist-mini",
+        "--arch",
+        "seed",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "8",
+        "--name",
+        "s",
+        "-q",
+        "--device",
+        "cpu",
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(invoke("info", "s", "--json").stdout)["parameters"] == 7_048_865
 

@@ -5,8 +5,14 @@ from vaecli.errors import ConfigError
 
 
 def test_round_trip():
-    cfg = RunConfig(name="x", model=ModelConfig(latent_dim=7, widths=(8, 16)), data=DataConfig(name="mnist"),
-                    train=TrainConfig(beta=4.0, anneal=30, max_steps=5), created="now", versions={"torch": "2"})
+    cfg = RunConfig(
+        name="x",
+        model=ModelConfig(latent_dim=7, widths=(8, 16)),
+        data=DataConfig(name="mnist"),
+        train=TrainConfig(beta=4.0, anneal=30, max_steps=5),
+        created="now",
+        versions={"torch": "2"},
+    )
     back = RunConfig.from_dict(cfg.to_dict())
     assert back == cfg
     assert back.model.widths == (8, 16)
@@ -35,8 +41,19 @@ def test_wrong_types_rejected(patch):
         RunConfig.from_dict(d)
 
 
-@pytest.mark.parametrize("kwargs", [{"beta": -1.0}, {"beta": float("nan")}, {"batch_size": 0}, {"lr": 0.0}, {"epochs": 0},
-                                    {"device": "tpu"}, {"max_steps": 0}, {"time_budget": -3.0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"beta": -1.0},
+        {"beta": float("nan")},
+        {"batch_size": 0},
+        {"lr": 0.0},
+        {"epochs": 0},
+        {"device": "tpu"},
+        {"max_steps": 0},
+        {"time_budget": -3.0},
+    ],
+)
 def test_train_validation(kwargs):
     with pytest.raises(ConfigError):
         TrainConfig(**kwargs).validate()

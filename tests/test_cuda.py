@@ -39,7 +39,9 @@ def _weights(name: str) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_training_steps_are_finite(data, precision):
     losses = []
-    res = _start(f"cuda-{precision}", data, epochs=1, precision=precision).fit(lambda p: losses.append(p.loss) if p.kind == "step" else None)
+    res = _start(f"cuda-{precision}", data, epochs=1, precision=precision).fit(
+        lambda p: losses.append(p.loss) if p.kind == "step" else None
+    )
     assert res.device.startswith("cuda") and res.precision == precision and res.steps == 8
     assert losses and all(math.isfinite(v) for v in losses) and math.isfinite(res.test["neg_elbo"])
     summary = ckpt.read_summary(ckpt.resolve_run(f"cuda-{precision}"))

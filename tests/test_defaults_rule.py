@@ -82,7 +82,9 @@ def _cli(*args: str):
 
 
 def test_cli_anneal_without_epochs_runs_the_whole_ramp() -> None:
-    r = _cli("train", "--data", "fashion-mnist-mini", "--beta", "4", "--anneal", "3", "--max-steps", "1", "--name", "a", "--latent-dim", "4")
+    r = _cli(
+        "train", "--data", "fashion-mnist-mini", "--beta", "4", "--anneal", "3", "--max-steps", "1", "--name", "a", "--latent-dim", "4"
+    )
     assert r.exit_code == 0, r.output
     cfg = json.loads((Path(os.environ["VAE_HOME"]) / "a" / "config.json").read_text())
     assert cfg["train"]["epochs"] == 3 + DEFAULT_EPOCHS

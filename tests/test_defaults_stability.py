@@ -39,9 +39,7 @@ def _folder(root: Path, size: int, channels: int, n: int = 40) -> Path:
     return folder
 
 
-def _train(
-    folder: Path, size: int, channels: int, steps: int, **given: object
-) -> list[float]:
+def _train(folder: Path, size: int, channels: int, steps: int, **given: object) -> list[float]:
     """Train at the defaults (plus ``given``) for ``steps`` steps; returns the reported losses
     (a non-finite one stops training with a TrainingError)."""
     from vaecli.training import plan_run, start_run
@@ -54,36 +52,24 @@ def _train(
         "save_every": 1e9,
         **given,
     }
-    model_cfg, data_cfg, train_cfg, data = plan_run(
-        DataConfig(name=str(folder), image_size=size, channels=channels), opts
-    )
-    trainer = start_run(
-        model_cfg, data_cfg, train_cfg, name=f"s{size}c{channels}", data=data
-    )
+    model_cfg, data_cfg, train_cfg, data = plan_run(DataConfig(name=str(folder), image_size=size, channels=channels), opts)
+    trainer = start_run(model_cfg, data_cfg, train_cfg, name=f"s{size}c{channels}", data=data)
     losses: list[float] = []
     result = trainer.fit(lambda p: losses.append(p.loss) if p.kind == "step" else None)
-    assert (
-        result.steps == steps
-        and math.isfinite(result.train["neg_elbo"])
-        and math.isfinite(result.test["neg_elbo"])
-    )
+    assert result.steps == steps and math.isfinite(result.train["neg_elbo"]) and math.isfinite(result.test["neg_elbo"])
     return losses
 
 
 @pytest.fixture(scope="module")
 def colour64(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _folder(
-        tmp_path_factory.mktemp("c64"), 64, 3, n=600
-    )  # 540 train: 200 steps of 8 in 3 epochs
+    return _folder(tmp_path_factory.mktemp("c64"), 64, 3, n=600)  # 540 train: 200 steps of 8 in 3 epochs
 
 
 def test_wide_conv_at_64px_colour_trains_200_steps_at_the_default_lr(
     colour64: Path,
 ) -> None:
     _, train = build_configs({"widths": (32, 64, 128)}, 64, 3)
-    assert (
-        train.lr < 5e-3 and train.warmup_steps > 0
-    )  # the rule sized the lr for this model
+    assert train.lr < 5e-3 and train.warmup_steps > 0  # the rule sized the lr for this model
     losses = _train(colour64, 64, 3, 200, widths=(32, 64, 128), batch_size=8)
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0]
@@ -125,9 +111,7 @@ def test_the_lr_rule_scales_with_the_widest_layer() -> None:
     from vaecli.config import REFERENCE_FAN_IN, default_lr, max_fan_in
 
     assert max_fan_in("conv", 28, 1, (16, 32), 512, 32) == REFERENCE_FAN_IN
-    assert (
-        default_lr(5e-3, REFERENCE_FAN_IN) == 5e-3
-    )  # the measured 28 px conv recipe is unchanged
+    assert default_lr(5e-3, REFERENCE_FAN_IN) == 5e-3  # the measured 28 px conv recipe is unchanged
     assert default_lr(5e-3, 4 * REFERENCE_FAN_IN) == pytest.approx(2.5e-3)
     assert default_lr(2e-3, 100) == 2e-3  # never above the arch's own rate
     assert max_fan_in("mlp", 64, 3, (512, 512), 512, 32) == 64 * 64 * 3
@@ -139,7 +123,5 @@ def test_given_widths_size_the_default_lr_and_a_given_lr_wins() -> None:
     _, small = build_configs({"widths": (8, 16, 32)}, 64, 3)
     _, wide = build_configs({"widths": (64, 128, 256)}, 64, 3)
     assert wide.lr < small.lr
-    _, given = build_configs(
-        {"widths": (64, 128, 256), "lr": 5e-3, "warmup_steps": 0}, 64, 3
-    )
+    _, given = build_configs({"widths": (64, 128, 256), "lr": 5e-3, "warmup_steps": 0}, 64, 3)
     assert (given.lr, given.warmup_steps) == (5e-3, 0)

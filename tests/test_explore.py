@@ -163,7 +163,9 @@ def test_decode_bad_requests(url: str, body: dict, needle: str) -> None:
     assert call(url, "POST", "/api/decode", {"z": [0.0] * LATENT})[0] == 200  # still serving
 
 
-@pytest.mark.parametrize("raw", [b'{"z": [NaN, 0, 0, 0, 0, 0, 0, 0]}', b'{"z": [Infinity, 0, 0, 0, 0, 0, 0, 0]}', b"not json", b"[1, 2]", b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "raw", [b'{"z": [NaN, 0, 0, 0, 0, 0, 0, 0]}', b'{"z": [Infinity, 0, 0, 0, 0, 0, 0, 0]}', b"not json", b"[1, 2]", b"\xff\xfe"]
+)
 def test_decode_rejects_nan_and_junk(url: str, raw: bytes) -> None:
     msg = error_of(*call(url, "POST", "/api/decode", raw, "application/json"))
     assert "JSON object" in msg or "must be finite" in msg

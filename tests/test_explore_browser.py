@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import shutil
 import threading
 from collections.abc import Iterator
-import os
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,11 @@ def test_sliders_move_the_image_and_uploads_encode(page: Any, tiny_run: Path, tm
     ActionChains(driver).click_and_hold(top).move_by_offset(top.size["width"] // 3, 0).release().perform()
     assert float(top.get_attribute("value")) > 0.5
     wait_for(driver, "a new decoded image", lambda d: decoded_src(d) != "" and png_of(decoded_src(d)) != before)
-    wait_for(driver, "the last decode", lambda d: d.execute_script("return S.z")[int(top.get_attribute("data-dim"))] == float(top.get_attribute("value")))
+    wait_for(
+        driver,
+        "the last decode",
+        lambda d: d.execute_script("return S.z")[int(top.get_attribute("data-dim"))] == float(top.get_attribute("value")),
+    )
     after = png_of(decoded_src(driver))
     assert after != before and size_of(after) == (28, 28)
 

@@ -24,7 +24,11 @@ from vaecli.errors import DataError, VaeError
 from vaecli.latents import format_lines, parse_lines
 
 EXAMPLES = int(os.environ.get("VAE_FUZZ_EXAMPLES", "200"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
 COUNTS: Counter[str] = Counter()
 
 
@@ -96,7 +100,9 @@ NUMBERS = st.one_of(
 )
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | NUMBERS | st.text(max_size=8),
-    lambda children: st.lists(children, max_size=6) | st.dictionaries(st.sampled_from(["mu", "z", "path", "logvar", "x"]), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=6) | st.dictionaries(st.sampled_from(["mu", "z", "path", "logvar", "x"]), children, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -167,7 +173,9 @@ def test_json_lines_reader_returns_vectors_or_vae_error(text: str) -> None:
 @FUZZ
 @given(
     mu=st.lists(st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=DIM, max_size=DIM), min_size=1, max_size=5),
-    names=st.lists(st.text(st.characters(blacklist_categories=["Cs", "Cc"]), min_size=1, max_size=10).filter(str.strip), min_size=5, max_size=5),
+    names=st.lists(
+        st.text(st.characters(blacklist_categories=["Cs", "Cc"]), min_size=1, max_size=10).filter(str.strip), min_size=5, max_size=5
+    ),
 )
 def test_encode_output_round_trips_exactly(mu: list[list[float]], names: list[str]) -> None:
     COUNTS["round trip"] += 1

@@ -132,7 +132,7 @@ def test_latent_lines_round_trip_exactly() -> None:
 
 
 def test_latent_lines_accept_bare_lists_and_skip_blank_lines() -> None:
-    z, paths = parse_lines("[1, 2.5]\n\n{\"z\": [0, -1]}\n", 2)
+    z, paths = parse_lines('[1, 2.5]\n\n{"z": [0, -1]}\n', 2)
     assert z.tolist() == [[1.0, 2.5], [0.0, -1.0]]
     assert paths == [None, None]
 
@@ -142,7 +142,7 @@ def test_latent_lines_accept_bare_lists_and_skip_blank_lines() -> None:
     [
         ("[1, 2]\nnot json\n", "line 2"),
         ("[1, 2, 3]\n", "expected 2 numbers"),
-        ('{"path": "a.png"}\n', "no \"mu\""),
+        ('{"path": "a.png"}\n', 'no "mu"'),
         ('[1, "x"]\n', "not a finite number"),
         ("[1, NaN]\n", "not a finite number"),
         ("[true, 1]\n", "not a finite number"),

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from vaecli import checkpoint as ckpt
-from vaecli.data import ImageData, load_data
 from vaecli.config import DataConfig
+from vaecli.data import ImageData, load_data
 from vaecli.losses import kl_divergence, reconstruction_nll
 from vaecli.metrics import evaluate, is_binarized, iw_nll, likelihood_label, log_importance_weights
 

@@ -36,8 +36,18 @@ def test_eval_without_sampling_is_deterministic():
     assert torch.equal(m(x, sample=False).logits, m(x, sample=False).logits)
 
 
-@pytest.mark.parametrize("kwargs", [{"latent_dim": 0}, {"arch": "transformer"}, {"image_size": 30}, {"channels": 2}, {"likelihood": "poisson"},
-                                    {"norm": "layer"}, {"arch": "conv-mlp", "image_size": 30}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"latent_dim": 0},
+        {"arch": "transformer"},
+        {"image_size": 30},
+        {"channels": 2},
+        {"likelihood": "poisson"},
+        {"norm": "layer"},
+        {"arch": "conv-mlp", "image_size": 30},
+    ],
+)
 def test_invalid_configs(kwargs):
     with pytest.raises(ConfigError):
         VAE(ModelConfig(**kwargs))
@@ -65,3 +75,10 @@ def test_mlp_output_layer_stays_fp32_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = m(torch.rand(2, 1, 28, 28))
     assert out.logits.dtype == torch.float32 and out.logits.shape == (2, 1, 28, 28)
+
+
+def test_every_arch_in_the_config_has_a_builder():
+    from vaecli.config import ARCHS
+    from vaecli.model import _BUILDERS
+
+    assert set(ARCHS) == set(_BUILDERS)

@@ -74,19 +74,46 @@ def test_objective_loss_terms():
 
 
 def test_config_rejects_conflicting_or_negative_settings():
-    for kw in ({"cyclical": 2, "anneal": 3}, {"capacity": 5.0, "free_bits": 0.1}, {"tc_beta": -1.0},
-               {"free_bits": float("nan")}, {"cyclical": -1}, {"capacity_epochs": -2}):
+    for kw in (
+        {"cyclical": 2, "anneal": 3},
+        {"capacity": 5.0, "free_bits": 0.1},
+        {"tc_beta": -1.0},
+        {"free_bits": float("nan")},
+        {"cyclical": -1},
+        {"capacity_epochs": -2},
+    ):
         with pytest.raises(ConfigError):
             TrainConfig(**kw).validate()
     TrainConfig(cyclical=4, capacity=25.0, capacity_epochs=3).validate()
     assert TrainConfig.from_dict({"tc_beta": 6, "cyclical": 2}).tc_beta == 6.0
 
 
-@pytest.mark.parametrize("flags", [["--cyclical", "2"], ["--capacity", "5", "--capacity-epochs", "1"],
-                                   ["--free-bits", "0.5"], ["--tc-beta", "6"]])
+@pytest.mark.parametrize(
+    "flags", [["--cyclical", "2"], ["--capacity", "5", "--capacity-epochs", "1"], ["--free-bits", "0.5"], ["--tc-beta", "6"]]
+)
 def test_each_objective_trains_from_the_cli(flags):
-    r = CliRunner().invoke(app, ["train", "--data", "fashion-mnist-mini", "--latent-dim", "4", "--batch-size", "250",
-                                 "--device", "cpu", "--epochs", "2", "--max-steps", "3", "--name", "o", "--json", *flags])
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            "fashion-mnist-mini",
+            "--latent-dim",
+            "4",
+            "--batch-size",
+            "250",
+            "--device",
+            "cpu",
+            "--epochs",
+            "2",
+            "--max-steps",
+            "3",
+            "--name",
+            "o",
+            "--json",
+            *flags,
+        ],
+    )
     assert r.exit_code == 0, r.output
     cfg = ckpt.read_config(ckpt.resolve_run("o")).train
     key = flags[0][2:].replace("-", "_")

@@ -38,8 +38,7 @@ def _coloured(img: Image.Image) -> int:
 def _fake_metrics(epochs: int = 3, with_test: bool = True) -> list[dict]:
     rows = []
     for e in range(1, epochs + 1):
-        row = {"epoch": e, "beta": min(1.0, e / 2),
-               "train": {"neg_elbo": 200.0 / e + 90, "recon": 180.0 / e + 70, "kl": 20.0 + e}}
+        row = {"epoch": e, "beta": min(1.0, e / 2), "train": {"neg_elbo": 200.0 / e + 90, "recon": 180.0 / e + 70, "kl": 20.0 + e}}
         if with_test:
             row["test"] = {"neg_elbo": 205.0 / e + 92, "recon": 183.0 / e + 71, "kl": 21.0 + e}
         rows.append(row)
@@ -49,8 +48,9 @@ def _fake_metrics(epochs: int = 3, with_test: bool = True) -> list[dict]:
 def test_line_chart_writes_png_of_requested_size(tmp_path):
     out = tmp_path / "sub" / "chart.png"
     xs = list(range(1, 11))
-    data = line_chart(out, {"a": (xs, [1.0 / x for x in xs]), "b": (xs, [0.5 + 0.01 * x for x in xs])},
-                      title="Test", ylabel="value", size=(640, 400))
+    data = line_chart(
+        out, {"a": (xs, [1.0 / x for x in xs]), "b": (xs, [0.5 + 0.01 * x for x in xs])}, title="Test", ylabel="value", size=(640, 400)
+    )
     img = _decode(data)
     assert img.size == (640, 400)
     assert out.read_bytes() == data
@@ -91,8 +91,9 @@ def test_empty_input_draws_axes(tmp_path, series):
 
 def test_constant_series_and_secondary_axis(tmp_path):
     xs = [1, 2, 3, 4]
-    data = line_chart(tmp_path / "c.png", {"flat": (xs, [5.0] * 4), "zero": (xs, [0.0] * 4)},
-                      secondary={"beta": (xs, [1.0] * 4)}, secondary_label="beta")
+    data = line_chart(
+        tmp_path / "c.png", {"flat": (xs, [5.0] * 4), "zero": (xs, [0.0] * 4)}, secondary={"beta": (xs, [1.0] * 4)}, secondary_label="beta"
+    )
     img = _decode(data)
     assert _coloured(img) > 100
 

@@ -671,7 +671,9 @@ def straight(small_data, tmp_path_factory: pytest.TempPathFactory):  # type: ign
 
 
 @pytest.mark.parametrize("module,func,nth", DEATHS, ids=lambda x: str(x))
-def test_death_right_after_each_checkpoint_write_resumes_exactly(small_data, straight, monkeypatch: pytest.MonkeyPatch, module: str, func: str, nth: int) -> None:  # type: ignore[no-untyped-def]
+def test_death_right_after_each_checkpoint_write_resumes_exactly(
+    small_data, straight, monkeypatch: pytest.MonkeyPatch, module: str, func: str, nth: int
+) -> None:  # type: ignore[no-untyped-def]
     from vaecli import training
     from vaecli.training import resume_run
 

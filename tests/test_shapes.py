@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from vaecli.data import shapes
 from vaecli.config import DataConfig
-from vaecli.data import load_data
+from vaecli.data import load_data, shapes
 from vaecli.errors import DataError
 
 SMALL = (3, 2, 3, 3, 3)  # a small grid keeps rendering fast in tests
@@ -33,8 +32,9 @@ def test_full_grid_is_every_combination_once():
 
 
 def test_factors_change_the_pixels_as_they_should():
-    f = torch.tensor([[0, 5, 0, 8, 8], [0, 5, 0, 15, 8], [0, 5, 0, 8, 15], [0, 0, 0, 8, 8], [1, 5, 0, 8, 8], [2, 5, 0, 8, 8],
-                      [0, 5, 5, 8, 8]])
+    f = torch.tensor(
+        [[0, 5, 0, 8, 8], [0, 5, 0, 15, 8], [0, 5, 0, 8, 15], [0, 0, 0, 8, 8], [1, 5, 0, 8, 8], [2, 5, 0, 8, 8], [0, 5, 5, 8, 8]]
+    )
     for size in (32, 64):
         im = shapes.render(f, size)
         assert im.dtype == torch.uint8 and im.shape == (7, 1, size, size)

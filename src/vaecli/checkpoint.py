@@ -158,7 +158,9 @@ def _safe_load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     except Exception as exc:  # safetensors raises SafetensorError / OSError / others on junk
         head = path.read_bytes()[:2] if path.is_file() else b""
         hint = " (it looks like a pickle: refused, pickles are never loaded)" if head[:1] == b"\x80" or head[:2] == b"PK" else ""
-        raise CheckpointError(f"{path}: not a safetensors file{hint} ({str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__})") from None
+        raise CheckpointError(
+            f"{path}: not a safetensors file{hint} ({str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__})"
+        ) from None
     return tensors, meta
 
 
@@ -218,7 +220,11 @@ def load_model(ref: str | os.PathLike[str] | None = None, device: str | torch.de
 
 
 def save_train_state(
-    run: Path, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], state: dict[str, Any], model: torch.nn.Module | None = None
+    run: Path,
+    optimizer: torch.optim.Optimizer,
+    tensors: dict[str, torch.Tensor],
+    state: dict[str, Any],
+    model: torch.nn.Module | None = None,
 ) -> None:
     """Write ``train_state.safetensors``: optimizer state, RNG states (``tensors``), scalars (``state``)
     and, given ``model``, a copy of its weights, so that the file alone is a consistent resume point

@@ -42,7 +42,12 @@ SEED_RECIPE: dict[str, Any] = {"batch_size": 128, "lr": 1e-3, "lr_schedule": "co
 # gets batch 1024 with the CPU recipe's lr scaled by sqrt(1024 / 128) and capped at 1e-2, warmed up
 # over 100 steps. scripts/gpu_check.sh measures test -ELBO at equal wall time for batch
 # 128 / 1024 / 4096; set these numbers from its JSON (docs/performance.md, "GPU").
-CUDA_RECIPE: dict[str, Any] = {"batch_size": 1024, "lr": min(1e-2, 5e-3 * (1024 / 128) ** 0.5), "lr_schedule": "cosine", "warmup_steps": 100}
+CUDA_RECIPE: dict[str, Any] = {
+    "batch_size": 1024,
+    "lr": min(1e-2, 5e-3 * (1024 / 128) ** 0.5),
+    "lr_schedule": "cosine",
+    "warmup_steps": 100,
+}
 
 
 def conv_stages(image_size: int) -> int:
@@ -157,11 +162,15 @@ def default_epochs(time_budget: float | None, anneal: int = 0, cyclical: int = 0
 def ramp_warning(train: TrainConfig) -> str | None:
     """One line when an explicit ``--epochs`` ends before a ramp finishes, else None."""
     if train.anneal > train.epochs:
-        return (f"--epochs {train.epochs} ends before --anneal {train.anneal} finishes: beta reaches only "
-                f"{train.beta * train.epochs / train.anneal:.3g} of {train.beta:g}")
+        return (
+            f"--epochs {train.epochs} ends before --anneal {train.anneal} finishes: beta reaches only "
+            f"{train.beta * train.epochs / train.anneal:.3g} of {train.beta:g}"
+        )
     if train.capacity and train.capacity_epochs > train.epochs:
-        return (f"--epochs {train.epochs} ends before --capacity-epochs {train.capacity_epochs}: C reaches only "
-                f"{train.capacity * train.epochs / train.capacity_epochs:.3g} of {train.capacity:g} nats")
+        return (
+            f"--epochs {train.epochs} ends before --capacity-epochs {train.capacity_epochs}: C reaches only "
+            f"{train.capacity * train.epochs / train.capacity_epochs:.3g} of {train.capacity:g} nats"
+        )
     if train.cyclical and train.epochs < train.cyclical:
         return f"--cyclical {train.cyclical} over --epochs {train.epochs}: each cycle is shorter than an epoch"
     return None

@@ -29,7 +29,9 @@ def resolve_device(name: str = "auto") -> torch.device:
             raise DeviceError(f"unknown device {name!r} (use cuda or cuda:N)") from None
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
-            raise DeviceError(f"--device {name}: this machine has {count} CUDA device{'s' if count != 1 else ''} (cuda:0..cuda:{count - 1})")
+            raise DeviceError(
+                f"--device {name}: this machine has {count} CUDA device{'s' if count != 1 else ''} (cuda:0..cuda:{count - 1})"
+            )
         return dev
     if name == "mps":
         if not has_mps:

@@ -133,7 +133,9 @@ def device_for(name: str = "auto") -> torch.device:
         raise DeviceError("--device cuda: CUDA is not available on this machine (try --device cpu)")
     count = torch.cuda.device_count()
     if local >= count:
-        raise DeviceError(f"local rank {local} has no GPU: this machine has {count} (use --nproc-per-node {count} or fewer, or --device cpu)")
+        raise DeviceError(
+            f"local rank {local} has no GPU: this machine has {count} (use --nproc-per-node {count} or fewer, or --device cpu)"
+        )
     return torch.device("cuda", local)
 
 

@@ -65,7 +65,9 @@ def grid(images: torch.Tensor, nrow: int, padding: int = 2, scale: int = 1, pad_
     gh = math.ceil(n / ncol) * (images.shape[2] * scale + padding) + padding
     gw = ncol * (images.shape[3] * scale + padding) + padding
     if gh * gw > MAX_IMAGE_PIXELS:  # checked before allocating it
-        raise ConfigError(f"the grid would be {gw}x{gh} pixels (over {MAX_IMAGE_PIXELS:,}): use fewer images, a smaller --scale or --padding, or --out-dir")
+        raise ConfigError(
+            f"the grid would be {gw}x{gh} pixels (over {MAX_IMAGE_PIXELS:,}): use fewer images, a smaller --scale or --padding, or --out-dir"
+        )
     images = upscale(images.detach().float().cpu(), scale)
     g = make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value)
     return to_pil(g if images.shape[1] == 3 else g[:1])

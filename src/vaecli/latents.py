@@ -68,17 +68,17 @@ def parse_lines(text: str, latent_dim: int, source: str = "stdin") -> tuple[torc
         try:
             obj = json.loads(line, parse_constant=lambda c: float("nan"))
         except (ValueError, RecursionError):  # RecursionError: absurdly nested arrays
-            raise DataError(f"{where}: not valid JSON (expected {{\"mu\": [...]}} or a list of numbers)") from None
+            raise DataError(f'{where}: not valid JSON (expected {{"mu": [...]}} or a list of numbers)') from None
         if isinstance(obj, dict):
             key = "mu" if "mu" in obj else "z" if "z" in obj else None
             if key is None:
-                raise DataError(f"{where}: object has no \"mu\" (or \"z\") list")
-            vec = _vector(obj[key], f"{where} \"{key}\"", latent_dim)
+                raise DataError(f'{where}: object has no "mu" (or "z") list')
+            vec = _vector(obj[key], f'{where} "{key}"', latent_dim)
             path = obj.get("path")
             if path is not None and (not isinstance(path, str) or not path.strip()):
-                raise DataError(f"{where}: \"path\" must be a non-empty string")
+                raise DataError(f'{where}: "path" must be a non-empty string')
             if path is not None and not _is_file_name(path):
-                raise DataError(f"{where}: \"path\" is not a usable file name")
+                raise DataError(f'{where}: "path" is not a usable file name')
             paths.append(path)
         else:
             vec = _vector(obj, where, latent_dim)

@@ -69,7 +69,13 @@ def elbo_per_image(
 
 
 def latent_stats(
-    model: VAE, summary: dict[str, Any], test: Callable[[], ImageData | None], *, limit: int | None = None, seed: int = 0, binarize: bool = False
+    model: VAE,
+    summary: dict[str, Any],
+    test: Callable[[], ImageData | None],
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    binarize: bool = False,
 ) -> tuple[list[float] | None, list[float] | None, str]:
     """Per-dimension KL and Var(mu) on the test split, with where they came from: ``summary.json``'s
     ``test_per_dim_kl`` / ``test_mu_variance`` when training stored them, else computed by

@@ -128,8 +128,6 @@ def _build_conv_mlp(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, int]:
     return nn.Sequential(*enc), _mlp_decoder(cfg.latent_dim, [cfg.hidden, cfg.hidden], shape), cfg.hidden
 
 
-
-
 def _build_seed(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, int]:
     """The seed document's layer table, for any channels and size divisible by 4."""
     c = cfg.channels

@@ -81,8 +81,8 @@ def _axis(span: Span | None, target: int = 6, integer: bool = False) -> list[tup
 
 
 def _size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
-    l, t, r, b = draw.textbbox((0, 0), text, font=font)
-    return r - l, b - t
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    return right - left, bottom - top
 
 
 def _vtext(img: Image.Image, center: tuple[float, float], text: str, font) -> None:
@@ -146,8 +146,16 @@ def _legend(draw: ImageDraw.ImageDraw, entries: list[tuple[str, str, str, bool]]
     return top
 
 
-def _panel(img: Image.Image, box: tuple[int, int, int, int], series: Series, secondary: Series | None,
-           title: str, xlabel: str, ylabel: str, secondary_label: str) -> None:
+def _panel(
+    img: Image.Image,
+    box: tuple[int, int, int, int],
+    series: Series,
+    secondary: Series | None,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    secondary_label: str,
+) -> None:
     """Draw one chart (title, legend, frame, grid, ticks, lines) inside `box` of the supersampled image."""
     draw, S = ImageDraw.Draw(img), _SS
     f_title, f_label, f_tick = _font(17 * S), _font(14 * S), _font(12 * S)
@@ -242,7 +250,9 @@ def line_chart(
 
 
 def _metric(rows: list[dict], split: str, key: str) -> tuple[list[float], list[float]]:
-    pairs = [(r.get("epochs_done", r["epoch"]), r[split][key]) for r in rows if isinstance(r.get(split), dict) and r[split].get(key) is not None]
+    pairs = [
+        (r.get("epochs_done", r["epoch"]), r[split][key]) for r in rows if isinstance(r.get(split), dict) and r[split].get(key) is not None
+    ]
     return [float(e) for e, _ in pairs], [float(v) for _, v in pairs]
 
 

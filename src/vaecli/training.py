@@ -160,7 +160,9 @@ def resume_run(ref: str, overrides: dict[str, Any] | None = None, data: tuple[Im
     if data is None:
         train, test, loaded = distributed.local_main_first(lambda: load_data(run_cfg.data))  # DDP: one download per machine
         if run_cfg.data.fingerprint and loaded.fingerprint != run_cfg.data.fingerprint:
-            raise ConfigError(f"the data of run {path.name!r} changed since it started (fingerprint {loaded.fingerprint} != {run_cfg.data.fingerprint})")
+            raise ConfigError(
+                f"the data of run {path.name!r} changed since it started (fingerprint {loaded.fingerprint} != {run_cfg.data.fingerprint})"
+            )
     else:
         train, test = data
     if not (path / ckpt.STATE).exists():
@@ -465,7 +467,9 @@ class Trainer:
     def _raise_nonfinite(self, s: _Session) -> None:
         at = int(self._bad_at)
         where = f"at epoch {at // s.spe + 1}, step {at % s.spe + 1}" if at >= 0 else "on another rank"
-        raise TrainingError(f"non-finite loss {where}: stopped, the last good checkpoint is kept (use --skip-nonfinite to skip such batches)")
+        raise TrainingError(
+            f"non-finite loss {where}: stopped, the last good checkpoint is kept (use --skip-nonfinite to skip such batches)"
+        )
 
     def _checkpoint(self, s: _Session) -> None:
         """A --save-every checkpoint mid-epoch; its time is not charged to training."""

@@ -66,8 +66,9 @@ def _check_out_dir(path: str | None) -> None:
         raise ConfigError(f"--out-dir {path} exists and is not a folder")
 
 
-def _check_outputs(output: str | None, *, out_dir: str | None = None, gif: str | None = None,
-                   nrow: int | None = None, padding: int = 0) -> None:
+def _check_outputs(
+    output: str | None, *, out_dir: str | None = None, gif: str | None = None, nrow: int | None = None, padding: int = 0
+) -> None:
     """Refuse bad output options before any work: grid layout numbers, -o, --gif and --out-dir targets."""
     from .common import check_positive
 
@@ -354,7 +355,9 @@ def traverse_cmd(
         assert kl is not None
         dims = dims_by_kl(kl)
     if image is not None:
-        x = to_float(load_inputs([InputImage(Path(image).expanduser(), Path(image))], cfg.model.channels, cfg.model.image_size, cfg.data.fit))
+        x = to_float(
+            load_inputs([InputImage(Path(image).expanduser(), Path(image))], cfg.model.channels, cfg.model.image_size, cfg.data.fit)
+        )
         base = encode(model, x)[0][0]
     elif index is not None:
         base = encode(model, _split_images(cfg, split, [index]))[0][0]
@@ -392,8 +395,14 @@ def eval_kl_cmd(
     as_json: Json = False,
     svg: str = typer.Option(None, "--svg", help="Also save the table as an SVG image."),
     batch_size: int = typer.Option(500, "--batch-size", help="Images per forward pass."),
-    iw_samples: int = typer.Option(0, "--iw-samples", help="Also estimate -log p(x) with K importance samples per image (Burda et al. 2016; 0 = off)."),
-    binarize: bool = typer.Option(None, "--binarize/--no-binarize", help="Evaluate on a fixed binarisation of the split: a true likelihood (default: as the run was trained)."),
+    iw_samples: int = typer.Option(
+        0, "--iw-samples", help="Also estimate -log p(x) with K importance samples per image (Burda et al. 2016; 0 = off)."
+    ),
+    binarize: bool = typer.Option(
+        None,
+        "--binarize/--no-binarize",
+        help="Evaluate on a fixed binarisation of the split: a true likelihood (default: as the run was trained).",
+    ),
     limit: int = typer.Option(None, "--limit", help="Only the first N images of the split."),
     model_source: ModelSource = ModelSource(),
     seed: Seed = 0,
@@ -516,7 +525,7 @@ def encode_cmd(
 @model_options
 def decode_cmd(
     source: str = typer.Argument("-", help="JSON lines from `vae encode` (or lists of floats); - = stdin."),
-    out_dir: str = typer.Option(None, "--out-dir", help="Write one PNG per line (named after \"path\", else 000000.png ...)."),
+    out_dir: str = typer.Option(None, "--out-dir", help='Write one PNG per line (named after "path", else 000000.png ...).'),
     output: AlsoGrid = None,
     nrow: int = typer.Option(None, "--nrow", help="Images per grid row for -o (default ceil(sqrt(n)))."),
     padding: Padding = 2,

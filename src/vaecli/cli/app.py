@@ -35,7 +35,9 @@ def _err(msg: str, exc: BaseException | None = None) -> None:
 class VaeGroup(TyperGroup):
     """Runs commands with click's standalone mode off so that every error is reported here."""
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:  # noqa: D102
+    def main(
+        self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None, standalone_mode: bool = True, **extra: Any
+    ) -> Any:  # noqa: D102
         from ..errors import VaeError
 
         DEBUG["on"] = _debug_from_env()  # per invocation: `--debug` sets it again in the callback

@@ -22,7 +22,9 @@ Device = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (prior samples, posterior samples).")]
 Padding = Annotated[int, typer.Option("--padding", help="Pixels between grid tiles (make_grid padding).")]
 Scale = Annotated[int, typer.Option("--scale", help="Upscale every image by this integer factor (nearest neighbour).")]
-GridOutput = Annotated[Optional[str], typer.Option("--output", "-o", help="Grid PNG to write ('-' = PNG bytes on stdout; default <command>.png).")]  # noqa: UP045
+GridOutput = Annotated[
+    str | None, typer.Option("--output", "-o", help="Grid PNG to write ('-' = PNG bytes on stdout; default <command>.png).")
+]  # noqa: UP045
 AlsoGrid = Annotated[Optional[str], typer.Option("--output", "-o", help="Also write a grid PNG ('-' = PNG bytes on stdout).")]  # noqa: UP045
 Split = Annotated[str, typer.Option("--split", help="Split of the run's dataset: test or train.")]
 InputSplit = Annotated[Optional[str], typer.Option("--split", help="Take images from the run's dataset instead: test or train.")]  # noqa: UP045
@@ -54,7 +56,9 @@ class ModelSource:
             if not p.exists():
                 raise RunNotFoundError(f"--checkpoint {self.checkpoint}: no such file or folder")
             if p.is_file() and not p.name.endswith(".safetensors"):
-                raise CheckpointError(f"--checkpoint {self.checkpoint}: not a vaecli checkpoint (expected a run folder or its model.safetensors)")
+                raise CheckpointError(
+                    f"--checkpoint {self.checkpoint}: not a vaecli checkpoint (expected a run folder or its model.safetensors)"
+                )
             folder = ckpt.resolve_run(p)
             weights = p if p.is_file() else folder / ckpt.MODEL
         else:
@@ -83,5 +87,8 @@ def model_options(func: F) -> F:
         return func(*args, model_source=ModelSource(run, checkpoint, device), **kwargs)
 
     wrapper.__signature__ = sig.replace(parameters=params + extra)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {**{k: v for k, v in func.__annotations__.items() if k != "model_source"}, **{k: a for k, (a, _) in group.items()}}
+    wrapper.__annotations__ = {
+        **{k: v for k, v in func.__annotations__.items() if k != "model_source"},
+        **{k: a for k, (a, _) in group.items()},
+    }
     return wrapper  # type: ignore[return-value]

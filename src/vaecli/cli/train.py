@@ -15,51 +15,109 @@ from .common import DEVICE_HELP, fmt, load_reporter, print_json, stderr_console,
 
 @app.command("train")
 def train_cmd(
-    data: str = typer.Option("fashion-mnist", "--data", help="fashion-mnist | mnist | fashion-mnist-mini | shapes (dSprites-like, known factors) | a folder of images."),
+    data: str = typer.Option(
+        "fashion-mnist",
+        "--data",
+        help="fashion-mnist | mnist | fashion-mnist-mini | shapes (dSprites-like, known factors) | a folder of images.",
+    ),
     data_dir: str = typer.Option(None, "--data-dir", help="Dataset root (default $VAE_DATA_DIR, else the user cache dir)."),
-    image_size: int = typer.Option(None, "--image-size", help="Image side (folders: default their own, the most common shorter side, capped; shapes: 32 | 64, default 32)."),
+    image_size: int = typer.Option(
+        None,
+        "--image-size",
+        help="Image side (folders: default their own, the most common shorter side, capped; shapes: 32 | 64, default 32).",
+    ),
     channels: int = typer.Option(None, "--channels", help="1 or 3 (default: detected)."),
-    fit: str = typer.Option("crop", "--fit", help="Folders, non-square images: crop (the centre square) | pad (letterbox on the border colour) | stretch."),
+    fit: str = typer.Option(
+        "crop", "--fit", help="Folders, non-square images: crop (the centre square) | pad (letterbox on the border colour) | stretch."
+    ),
     max_image_size: int = typer.Option(None, "--max-image-size", help="Folders: cap on the detected image size (default 128)."),
-    strict: bool = typer.Option(False, "--strict", help="Folders: a file that cannot be decoded is an error (default: skipped and listed)."),
+    strict: bool = typer.Option(
+        False, "--strict", help="Folders: a file that cannot be decoded is an error (default: skipped and listed)."
+    ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Folders: decode every file again, without the decode cache."),
-    binarize: bool = typer.Option(False, "--binarize", help="Binarise pixels: x ~ Bernoulli(pixel) afresh per batch; a fixed binarisation of the test set."),
+    binarize: bool = typer.Option(
+        False, "--binarize", help="Binarise pixels: x ~ Bernoulli(pixel) afresh per batch; a fixed binarisation of the test set."
+    ),
     beta: float = typer.Option(None, "--beta", help="Weight of the KL term (beta-VAE; default 1)."),
     anneal: int = typer.Option(None, "--anneal", help="Ramp beta linearly from 0 over N epochs (0 = off)."),
-    cyclical: int = typer.Option(None, "--cyclical", help="Cyclical beta annealing: N cycles over the run, each ramping 0 -> beta over its first half (Fu et al. 2019; 0 = off)."),
-    capacity: float = typer.Option(None, "--capacity", help="Capacity annealing: minimise recon + beta * |KL - C|, C ramping 0 -> C_MAX nats (Burgess et al. 2018; 0 = off)."),
-    capacity_epochs: int = typer.Option(None, "--capacity-epochs", help="Epochs for C to reach --capacity (0 = the whole run)."),
-    free_bits: float = typer.Option(None, "--free-bits", help="Free bits: nats per latent dimension not penalised (Kingma et al. 2016; 0 = off)."),
-    tc_beta: float = typer.Option(None, "--tc-beta", help="beta-TCVAE: weight of the total correlation, the rest of the KL keeps --beta (Chen et al. 2018; 0 = off)."),
-    epochs: int = typer.Option(None, "--epochs", help="Total epochs of the run (default 10, plus the length of an --anneal/--capacity-epochs ramp; with --time-budget: until the budget ends)."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Images per step (default: by the data and model: 128, 64 for conv from 64 px; per rank under torchrun)."),
-    lr: float = typer.Option(None, "--lr", help="Adam learning rate (default: by the model: 2e-3 mlp, 5e-3 conv scaled down for layers wider than the 28 px net's; 1e-3 for --arch seed)."),
-    lr_schedule: str = typer.Option(
-        None, "--lr-schedule", help="cosine (to 1% by the end of the run or of --time-budget, whichever is first; the default) | constant (default for --arch seed)."
+    cyclical: int = typer.Option(
+        None,
+        "--cyclical",
+        help="Cyclical beta annealing: N cycles over the run, each ramping 0 -> beta over its first half (Fu et al. 2019; 0 = off).",
     ),
-    warmup_steps: int = typer.Option(None, "--warmup-steps", help="Linear learning-rate warm-up over N steps (default: by the model, 100 for conv)."),
+    capacity: float = typer.Option(
+        None,
+        "--capacity",
+        help="Capacity annealing: minimise recon + beta * |KL - C|, C ramping 0 -> C_MAX nats (Burgess et al. 2018; 0 = off).",
+    ),
+    capacity_epochs: int = typer.Option(None, "--capacity-epochs", help="Epochs for C to reach --capacity (0 = the whole run)."),
+    free_bits: float = typer.Option(
+        None, "--free-bits", help="Free bits: nats per latent dimension not penalised (Kingma et al. 2016; 0 = off)."
+    ),
+    tc_beta: float = typer.Option(
+        None, "--tc-beta", help="beta-TCVAE: weight of the total correlation, the rest of the KL keeps --beta (Chen et al. 2018; 0 = off)."
+    ),
+    epochs: int = typer.Option(
+        None,
+        "--epochs",
+        help="Total epochs of the run (default 10, plus the length of an --anneal/--capacity-epochs ramp; with --time-budget: until the budget ends).",
+    ),
+    batch_size: int = typer.Option(
+        None, "--batch-size", help="Images per step (default: by the data and model: 128, 64 for conv from 64 px; per rank under torchrun)."
+    ),
+    lr: float = typer.Option(
+        None,
+        "--lr",
+        help="Adam learning rate (default: by the model: 2e-3 mlp, 5e-3 conv scaled down for layers wider than the 28 px net's; 1e-3 for --arch seed).",
+    ),
+    lr_schedule: str = typer.Option(
+        None,
+        "--lr-schedule",
+        help="cosine (to 1% by the end of the run or of --time-budget, whichever is first; the default) | constant (default for --arch seed).",
+    ),
+    warmup_steps: int = typer.Option(
+        None, "--warmup-steps", help="Linear learning-rate warm-up over N steps (default: by the model, 100 for conv)."
+    ),
     grad_clip: float = typer.Option(None, "--grad-clip", help="Gradient-norm clip (default 1.0; 0 = off)."),
     latent_dim: int = typer.Option(None, "--latent-dim", help="Latent dimensions (default 32)."),
-    arch: str = typer.Option(None, "--arch", help="conv (strided convs; stages and widths follow the image size) | mlp (dense layers only, fast on a CPU) | conv-mlp (conv encoder, MLP decoder) | seed (the seed document's layers and recipe). Default: by the data (docs/performance.md)."),
-    widths: str = typer.Option(None, "--widths", help="conv, conv-mlp: channels of the strided conv stages (each halves the side); mlp: units of the encoder's hidden layers (the decoder mirrors them). Comma-separated; default by the data."),
-    hidden: int = typer.Option(None, "--hidden", help="conv: units of the fully connected layer; conv-mlp: of the decoder's two hidden layers (default 512)."),
+    arch: str = typer.Option(
+        None,
+        "--arch",
+        help="conv (strided convs; stages and widths follow the image size) | mlp (dense layers only, fast on a CPU) | conv-mlp (conv encoder, MLP decoder) | seed (the seed document's layers and recipe). Default: by the data (docs/performance.md).",
+    ),
+    widths: str = typer.Option(
+        None,
+        "--widths",
+        help="conv, conv-mlp: channels of the strided conv stages (each halves the side); mlp: units of the encoder's hidden layers (the decoder mirrors them). Comma-separated; default by the data.",
+    ),
+    hidden: int = typer.Option(
+        None, "--hidden", help="conv: units of the fully connected layer; conv-mlp: of the decoder's two hidden layers (default 512)."
+    ),
     norm: str = typer.Option(None, "--norm", help="conv archs: normalisation after each conv stage, none | group | batch (default none)."),
     likelihood: str = typer.Option(None, "--likelihood", help="bernoulli (BCE, the default) | gaussian."),
     seed: int = typer.Option(0, "--seed", help="Random seed (weights, shuffling, sampling, split)."),
     device: str = typer.Option(None, "--device", help=DEVICE_HELP + " A resumed run keeps its device unless given."),
     precision: str = typer.Option(
-        None, "--precision", help="auto (= fp32: bf16 measured 2.8 nats worse at equal steps) | fp32 | bf16 (autocast, fp32 master weights; fast only on CUDA and AVX-512-BF16/AMX CPUs)."
+        None,
+        "--precision",
+        help="auto (= fp32: bf16 measured 2.8 nats worse at equal steps) | fp32 | bf16 (autocast, fp32 master weights; fast only on CUDA and AVX-512-BF16/AMX CPUs).",
     ),
     name: str = typer.Option(None, "--name", help="Run name (default: generated)."),
     resume: str = typer.Option(None, "--resume", help="Continue the run NAME where it stopped."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run of the same --name."),
     max_steps: int = typer.Option(None, "--max-steps", help="Stop after N steps (this invocation)."),
-    time_budget: float = typer.Option(None, "--time-budget", help="Stop at the first step after SECONDS of training (this invocation; evaluation and checkpoints do not count)."),
+    time_budget: float = typer.Option(
+        None,
+        "--time-budget",
+        help="Stop at the first step after SECONDS of training (this invocation; evaluation and checkpoints do not count).",
+    ),
     save_every: float = typer.Option(None, "--save-every", help="Also checkpoint every SECONDS (default 300)."),
     skip_nonfinite: bool = typer.Option(False, "--skip-nonfinite", help="Skip batches with a non-finite loss instead of stopping."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout at the end (progress on stderr)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    eval_samples: bool = typer.Option(False, "--eval-samples", help="At the end, score samples as `vae eval-samples` does (stored in summary.json)."),
+    eval_samples: bool = typer.Option(
+        False, "--eval-samples", help="At the end, score samples as `vae eval-samples` does (stored in summary.json)."
+    ),
 ) -> None:
     """Train a (beta-)VAE and store the run (weights, config, metrics, loss.png).
 

@@ -121,7 +121,9 @@ def _folder(cfg: DataConfig, load: FolderLoad) -> tuple[ImageData, ImageData, di
         total = len(res.skipped) + len(res.data)
         if cfg.strict:
             raise DataError(f"{len(res.skipped)} of {total} files in {folder} cannot be used (--strict): {first}{more}")
-        load.say(f"skipped {len(res.skipped)} of {total} files that cannot be used: {first}{more} (all listed in config.json; --strict makes this an error)")
+        load.say(
+            f"skipped {len(res.skipped)} of {total} files that cannot be used: {first}{more} (all listed in config.json; --strict makes this an error)"
+        )
     train, test = _split_in_place(res.data, cfg.split_seed)
     if cfg.channels is not None and cfg.channels != train.channels:
         train, test = _resize(train, cfg), _resize(test, cfg)

@@ -7,6 +7,18 @@ from .server import DRAIN_LIMIT, MAX_JSON_BYTES, ExploreServer, is_loopback, mak
 from .service import CLASS_NAMES, FASHION_CLASSES, INACTIVE_KL, MAX_UPLOAD_BYTES, BadRequest, Explorer, ExploreRun, parse_z
 
 __all__ = [
-    "BadRequest", "CLASS_NAMES", "DRAIN_LIMIT", "ExploreRun", "ExploreServer", "Explorer", "FASHION_CLASSES",
-    "INACTIVE_KL", "MAX_JSON_BYTES", "MAX_UPLOAD_BYTES", "is_loopback", "make_server", "page_html", "parse_z",
+    "BadRequest",
+    "CLASS_NAMES",
+    "DRAIN_LIMIT",
+    "ExploreRun",
+    "ExploreServer",
+    "Explorer",
+    "FASHION_CLASSES",
+    "INACTIVE_KL",
+    "MAX_JSON_BYTES",
+    "MAX_UPLOAD_BYTES",
+    "is_loopback",
+    "make_server",
+    "page_html",
+    "parse_z",
 ]

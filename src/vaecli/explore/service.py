@@ -213,7 +213,9 @@ class Explorer:
             return
         m = run.config.model
         if test.channels != m.channels or test.image_size != m.image_size or len(test) == 0:
-            run.test_error = f"the test split ({len(test)} images {test.channels}x{test.image_size}x{test.image_size}) does not fit the model"
+            run.test_error = (
+                f"the test split ({len(test)} images {test.channels}x{test.image_size}x{test.image_size}) does not fit the model"
+            )
             return
         run.test_images, run.test_labels = test.images, test.labels
 
