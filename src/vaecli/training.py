@@ -406,7 +406,7 @@ class Trainer:
                 g["lr"] = lr
             self._lr = lr
         x = to_float(self.train_images[perm[self.step * s.bs : (self.step + 1) * s.bs]]).contiguous(memory_format=self.memory_format)
-        if self.cfg.data.binarize:  # dynamic binarisation, x ~ Bernoulli(pixel) per batch (issue 7)
+        if self.cfg.data.binarize:  # dynamic binarisation, x ~ Bernoulli(pixel) per batch
             x = torch.bernoulli(x, generator=self.noise)
         with autocast(self.device, self.precision):
             out = self.net(x, generator=self.noise)  # DDP: the wrapper averages gradients
@@ -624,10 +624,8 @@ def _sync(device: torch.device) -> None:
 
 
 def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
-    try:
-        from .plot import plot_training_curves
-    except ImportError:  # pragma: no cover
-        return
+    from .plot import plot_training_curves  # Pillow only; imported when the first epoch ends
+
     plot_training_curves(path / ckpt.LOSS_PLOT, rows)
 
 

@@ -33,7 +33,6 @@ from .dataset import ImageData
 from .idx import read_idx
 
 FACTORS = ("shape", "scale", "rotation", "x", "y")
-SHAPES = ("square", "ellipse", "heart")
 FACTOR_SIZES = (3, 6, 10, 16, 16)
 SIZES = (32, 64)
 VERSION = 1  # bump when the rendering changes: old caches are then ignored
@@ -138,4 +137,4 @@ def load_shapes(root: Path, image_size: int = 32) -> ImageData:
     return ImageData(images=images, labels=grid)
 
 
-__all__ = ["FACTORS", "FACTOR_SIZES", "SHAPES", "cache_paths", "factor_grid", "factor_values", "load_shapes", "render"]
+__all__ = ["FACTORS", "FACTOR_SIZES", "cache_paths", "factor_grid", "factor_values", "load_shapes", "render"]
