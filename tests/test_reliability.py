@@ -539,6 +539,7 @@ def test_nonfinite_loss_names_epoch_and_step() -> None:
     assert r.exit_code == 2 and "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("vae: error: non-finite loss at epoch 1, step 1") and "--skip-nonfinite" in last
+    assert "no checkpoint was written yet" in last and "--lr" in last  # step 1: nothing was saved, nothing is claimed
     assert not (ckpt.runs_dir() / "boom" / ckpt.MODEL).exists()  # nothing non-finite was saved
     works([*TRAIN, "--name", "boom", "--beta", "1e38", "--skip-nonfinite", "--max-steps", "3"])
     assert json.loads((ckpt.runs_dir() / "boom" / ckpt.SUMMARY).read_text())["nonfinite_skipped"] == 3

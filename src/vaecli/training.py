@@ -467,8 +467,9 @@ class Trainer:
     def _raise_nonfinite(self, s: _Session) -> None:
         at = int(self._bad_at)
         where = f"at epoch {at // s.spe + 1}, step {at % s.spe + 1}" if at >= 0 else "on another rank"
+        kept = "the last good checkpoint is kept" if (self.path / ckpt.STATE).exists() else "no checkpoint was written yet"
         raise TrainingError(
-            f"non-finite loss {where}: stopped, the last good checkpoint is kept (use --skip-nonfinite to skip such batches)"
+            f"non-finite loss {where}: stopped, {kept} (try a lower --lr or more --warmup-steps, or --skip-nonfinite to skip such batches)"
         )
 
     def _checkpoint(self, s: _Session) -> None:
