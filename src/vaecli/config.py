@@ -67,10 +67,15 @@ def conv_widths(image_size: int, channels: int) -> tuple[int, ...]:
     return tuple(min(256, 16 * 2**i) for i in range(conv_stages(image_size)))
 
 
+def size_multiple(arch: str | None, widths: tuple[int, ...] | None, size: int) -> int:
+    """What an image side must be a multiple of for this arch: 2 ** its strided stages (``seed``: 2,
+    ``mlp``: none, conv archs: one per width, or :func:`conv_stages` of ``size`` when no widths are given)."""
+    return 2 ** (2 if arch == "seed" else 0 if arch == "mlp" else len(widths) if widths else conv_stages(size))
+
+
 def accepted_image_size(size: int, arch: str | None = None, widths: tuple[int, ...] | None = None) -> int:
-    """``size`` rounded down to the nearest side the architecture accepts (a multiple of 2 ** stages)."""
-    stages = 2 if arch == "seed" else 0 if arch == "mlp" else len(widths) if widths else conv_stages(size)
-    m = 2**stages
+    """``size`` rounded down to the nearest side the architecture accepts."""
+    m = size_multiple(arch, widths, size)
     return max(m, (size // m) * m)
 
 
@@ -285,10 +290,10 @@ class ModelConfig(_Config):
         _check(self.latent_dim <= 4096, f"--latent-dim must be <= 4096, got {self.latent_dim}")
         _check(1 <= self.hidden <= 65536, f"hidden must be 1..65536, got {self.hidden}")
         _check(len(self.widths) >= 1 and all(w >= 1 for w in self.widths), f"widths must be positive, got {list(self.widths)}")
-        stages = 2 if self.arch == "seed" else 0 if self.arch == "mlp" else len(self.widths)
+        m = size_multiple(self.arch, self.widths, self.image_size)
         _check(
-            8 <= self.image_size <= 512 and self.image_size % (2**stages) == 0,
-            f"--image-size must be a multiple of {2**stages} between 8 and 512 for arch {self.arch}, got {self.image_size}",
+            8 <= self.image_size <= 512 and self.image_size % m == 0,
+            f"--image-size must be a multiple of {m} between 8 and 512 for arch {self.arch}, got {self.image_size}",
         )
 
 
@@ -450,8 +455,7 @@ def check_given(given: dict[str, Any]) -> None:
     _check(not unknown, f"unknown options {sorted(unknown)}")
     TrainConfig(**{k: v for k, v in given.items() if k in TRAIN_FIELDS}).validate()
     model = {k: v for k, v in given.items() if k in MODEL_FIELDS}
-    stages = 2 if model.get("arch") == "seed" else 0 if model.get("arch") == "mlp" else len(model.get("widths") or (1,))
-    ModelConfig(**model, image_size=8 * 2**stages).validate()
+    ModelConfig(**model, image_size=8 * size_multiple(model.get("arch"), model.get("widths") or (1,), 8)).validate()
 
 
 def build_configs(given: dict[str, Any], image_size: int, channels: int, device_type: str = "cpu") -> tuple[ModelConfig, TrainConfig]:

@@ -13,27 +13,25 @@ from platformdirs import user_cache_dir, user_data_dir
 APP_NAME = "vaecli"
 
 
+def _folder(variable: str, base: str, sub: str, explicit: str | os.PathLike[str] | None = None) -> Path:
+    """``explicit``, else ``$variable``, else the user ``base`` ("data" or "cache") dir's ``vaecli/sub``."""
+    chosen = explicit or os.environ.get(variable)
+    if chosen:
+        return Path(chosen).expanduser()
+    where = user_data_dir if base == "data" else user_cache_dir
+    return Path(where(APP_NAME, appauthor=False)) / sub
+
+
 def runs_dir() -> Path:
     """Folder holding one sub-folder per run (``$VAE_HOME`` or ``<user data dir>/vaecli/runs``)."""
-    home = os.environ.get("VAE_HOME")
-    if home:
-        return Path(home).expanduser()
-    return Path(user_data_dir(APP_NAME, appauthor=False)) / "runs"
+    return _folder("VAE_HOME", "data", "runs")
 
 
 def data_root(explicit: str | os.PathLike[str] | None = None) -> Path:
     """Dataset root: ``explicit`` (``--data-dir``), else ``$VAE_DATA_DIR``, else the user cache dir."""
-    if explicit:
-        return Path(explicit).expanduser()
-    env = os.environ.get("VAE_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path(user_cache_dir(APP_NAME, appauthor=False)) / "data"
+    return _folder("VAE_DATA_DIR", "cache", "data", explicit)
 
 
 def cache_dir() -> Path:
     """Decoded-image cache: ``$VAE_CACHE_DIR``, else ``<user cache dir>/vaecli/images`` (honours ``XDG_CACHE_HOME``)."""
-    env = os.environ.get("VAE_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path(user_cache_dir(APP_NAME, appauthor=False)) / "images"
+    return _folder("VAE_CACHE_DIR", "cache", "images")

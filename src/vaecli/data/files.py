@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections import Counter
@@ -119,31 +120,29 @@ def _run_chunks(fn: Callable[..., list[Any]], chunks: list[list[str]], args: tup
                 total: int, done0: int = 0) -> Any:  # fmt: skip
     """``fn(chunk, *args)`` for each chunk, in order (a generator), on a pool when more than one worker."""
     workers = min(opts.workers or usable_cores(), len(chunks))
-    done = done0
-    if workers <= 1:
-        for ch in chunks:
-            res = fn(ch, *args)
+    with contextlib.ExitStack() as stack:
+        if workers <= 1:
+            results: Any = (fn(ch, *args) for ch in chunks)
+        else:
+            results = stack.enter_context(_pool(workers, opts.pool)).map(fn, chunks, *[[a] * len(chunks) for a in args])
+        done = done0
+        for ch, res in zip(chunks, results):
             done += len(ch)
             if opts.progress:
                 opts.progress(done, total)
             yield res
-        return
-    if opts.pool == "thread":
+
+
+def _pool(workers: int, kind: str) -> Any:
+    """A thread pool or a process pool (fork on Linux, spawn elsewhere) of ``workers``."""
+    if kind == "thread":
         from concurrent.futures import ThreadPoolExecutor
 
-        ex: Any = ThreadPoolExecutor(workers)
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+        return ThreadPoolExecutor(workers)
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
 
-        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        ex = ProcessPoolExecutor(workers, mp_context=ctx)
-    with ex:
-        for ch, res in zip(chunks, ex.map(fn, chunks, *[[a] * len(chunks) for a in args])):
-            done += len(ch)
-            if opts.progress:
-                opts.progress(done, total)
-            yield res
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("fork" if sys.platform.startswith("linux") else "spawn"))
 
 
 def _chunks(items: Sequence[str]) -> list[list[str]]:
