@@ -179,6 +179,7 @@ class _Session:
 
     spe: int  # steps per epoch (of this rank)
     bs: int  # images per step (of this rank)
+    n_rank: int  # images per epoch (of this rank): the last step takes the rest
     total_steps: int
     report_every: int  # 0: report by time (CPU); N: every N steps (each report reads values: a device sync)
     check_every: int  # steps between control checks (DDP: one all-reduce per check)
@@ -367,7 +368,7 @@ class Trainer:
         if spe == 0:
             raise TrainingError("the training split is empty")
         on_cpu = self.device.type == "cpu"
-        return _Session(spe=spe, bs=bs, total_steps=spe * tc.epochs, report_every=0 if on_cpu else REPORT_STEPS_DEVICE,
+        return _Session(spe=spe, bs=bs, n_rank=n_rank, total_steps=spe * tc.epochs, report_every=0 if on_cpu else REPORT_STEPS_DEVICE,
                         check_every=CHECK_STEPS_DDP if distributed.is_distributed() else 1)  # fmt: skip
 
     def _should_stop(self, s: _Session, stop: threading.Event | None) -> str | None:
@@ -431,10 +432,10 @@ class Trainer:
 
     def _count(self, s: _Session) -> None:
         """Advance the position and the clocks after a step."""
+        s.images += min(s.bs, s.n_rank - self.step * s.bs) * distributed.world_size()  # DDP: every rank takes a batch
         self.step += 1
         self.global_step += 1
         s.steps += 1
-        s.images += s.bs * distributed.world_size()  # DDP: every rank takes bs images
         if s.steps == WARMUP_STEPS:
             _sync(self.device)
             s.warm_t, s.warm_images = s.trained(), s.images
