@@ -532,10 +532,11 @@ def mode_overhead(args: argparse.Namespace, home: Path) -> dict[str, Any]:
     import torch
 
     from vaecli import training
-    from vaecli.config import DataConfig, ModelConfig, TrainConfig, default_recipe
+    from vaecli.config import DataConfig, ModelConfig, TrainConfig
     from vaecli.data import ImageData, read_idx, to_float
     from vaecli.losses import bernoulli_nll, kl_divergence
     from vaecli.model import VAE
+    from vaecli.recipe import default_recipe
 
     raw = Path(args.data_dir) / "FashionMNIST" / "raw"
     images = read_idx((raw / "train-images-idx3-ubyte").read_bytes()).unsqueeze(1)

@@ -8,6 +8,7 @@ from vaecli import checkpoint as ckpt
 from vaecli.config import ModelConfig, RunConfig
 from vaecli.errors import CheckpointError, ConfigError, RunNotFoundError
 from vaecli.model import VAE
+from vaecli.state import TrainState
 
 
 def _make_run(tmp_path, name="r", **model_kwargs):
@@ -46,13 +47,17 @@ def test_seed_arch_round_trip_keeps_batchnorm_buffers(tmp_path):
 def test_train_state_round_trip(tmp_path):
     run, model = _make_run(tmp_path)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model(torch.rand(2, 1, 28, 28)).logits.sum().backward()
+    model(torch.rand(2, 1, 28, 28)).params.sum().backward()
     opt.step()
-    ckpt.save_train_state(run, opt, {"cpu": torch.get_rng_state()}, {"epoch": 3, "step": 7})
+    state = TrainState(epoch=3, step=7, global_step=37, best={"epoch": 2.0, "val": {"neg_elbo": 250.5}}, lr_scale=0.5)
+    saved_rng = torch.get_rng_state()
+    ckpt.save_train_state(run, opt, {"cpu": saved_rng}, state, model)
     opt2 = torch.optim.Adam(model.parameters(), lr=5.0)
-    rng, state = ckpt.load_train_state(run, opt2)
-    assert state == {"epoch": 3, "step": 7}
-    assert torch.equal(rng["cpu"], torch.get_rng_state())
+    other = VAE(model.config)
+    rng, loaded = ckpt.load_train_state(run, opt2, other)
+    assert loaded == state and loaded.best_neg_elbo == 250.5 and loaded.lr_scale == 0.5
+    assert torch.equal(rng["cpu"], saved_rng)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values(), strict=True))
     s1, s2 = opt.state_dict(), opt2.state_dict()
     assert s2["param_groups"][0]["lr"] == 1e-3
     for i in s1["state"]:

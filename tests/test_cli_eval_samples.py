@@ -88,7 +88,7 @@ def test_table_names_the_feature_space(ck: list[str]) -> None:
         (["--temperature", 0], "--temperature must be a finite number > 0, got 0.0"),
         (["--temperature", -1], "--temperature must be a finite number > 0"),
         (["--temperature", "nan"], "--temperature must be a finite number > 0"),
-        (["--split", "valid"], "--split must be test or train, got 'valid'"),
+        (["--split", "valid"], "--split must be one of train, val, test, got 'valid'"),
         (["--features", "clip"], "--features must be auto"),
     ],
 )

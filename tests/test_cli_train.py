@@ -1,8 +1,10 @@
 import json
+import math
 
 import pytest
 from typer.testing import CliRunner
 
+from vaecli import checkpoint as ckpt
 from vaecli.cli import app
 
 runner = CliRunner()
@@ -128,3 +130,44 @@ def test_help_and_version():
     assert r.exit_code == 0 and "train" in r.stdout
     r = invoke("--version")
     assert r.exit_code == 0 and r.stdout.startswith("vaecli ")
+
+
+@pytest.mark.parametrize(
+    "flags", [["--cyclical", "2"], ["--capacity", "5", "--capacity-epochs", "1"], ["--free-bits", "0.5"], ["--tc-beta", "6"]]
+)
+def test_each_objective_trains_from_the_cli(flags):
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            "fashion-mnist-mini",
+            "--latent-dim",
+            "4",
+            "--batch-size",
+            "250",
+            "--device",
+            "cpu",
+            "--epochs",
+            "2",
+            "--max-steps",
+            "3",
+            "--name",
+            "o",
+            "--json",
+            *flags,
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    cfg = ckpt.read_config(ckpt.resolve_run("o")).train
+    key = flags[0][2:].replace("-", "_")
+    assert getattr(cfg, key) == float(flags[1])
+    import json
+
+    out = json.loads(r.stdout)
+    assert all(math.isfinite(v) for v in out["test"].values())
+
+
+def test_cli_conflict_is_one_line():
+    r = CliRunner().invoke(app, ["train", "--data", "fashion-mnist-mini", "--cyclical", "2", "--anneal", "2", "--max-steps", "1"])
+    assert r.exit_code == 2 and "choose one" in r.stderr and "Traceback" not in r.output

@@ -57,3 +57,18 @@ def test_wrong_types_rejected(patch):
 def test_train_validation(kwargs):
     with pytest.raises(ConfigError):
         TrainConfig(**kwargs).validate()
+
+
+def test_config_rejects_conflicting_or_negative_settings():
+    for kw in (
+        {"cyclical": 2, "anneal": 3},
+        {"capacity": 5.0, "free_bits": 0.1},
+        {"tc_beta": -1.0},
+        {"free_bits": float("nan")},
+        {"cyclical": -1},
+        {"capacity_epochs": -2},
+    ):
+        with pytest.raises(ConfigError):
+            TrainConfig(**kw).validate()
+    TrainConfig(cyclical=4, capacity=25.0, capacity_epochs=3).validate()
+    assert TrainConfig.from_dict({"tc_beta": 6, "cyclical": 2}).tc_beta == 6.0

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from vaecli.config import (
+from vaecli.config import TrainConfig
+from vaecli.errors import ConfigError
+from vaecli.recipe import (
     BUDGET_EPOCHS,
     DEFAULT_EPOCHS,
-    TrainConfig,
     accepted_image_size,
     build_configs,
     conv_stages,
@@ -20,7 +21,6 @@ from vaecli.config import (
     default_recipe,
     ramp_warning,
 )
-from vaecli.errors import ConfigError
 
 
 @pytest.mark.parametrize(("size", "stages"), [(8, 1), (16, 1), (28, 2), (32, 2), (48, 3), (64, 3), (96, 4), (128, 4), (256, 5)])

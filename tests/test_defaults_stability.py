@@ -10,14 +10,17 @@ each by about lr per step, whatever the batch), so a small batch shows it as wel
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from vaecli.config import DataConfig, build_configs, default_recipe
+from vaecli.config import DataConfig
 from vaecli.errors import VaeError
+from vaecli.recipe import build_configs, default_recipe
 
 
 def _folder(root: Path, size: int, channels: int, n: int = 40) -> Path:
@@ -76,18 +79,14 @@ def test_wide_conv_at_64px_colour_trains_200_steps_at_the_default_lr(
 
 
 def test_the_old_fixed_lr_diverges_on_that_model(colour64: Path) -> None:
-    """The control: without the rule (5e-3, no warm-up) the same model stops on a non-finite loss."""
+    """The control: without the rule (5e-3, no warm-up) the same model stops on a non-finite loss
+    when recovery is off (--max-nonfinite 1); with the default recovery it rolls back, halves the
+    learning rate and trains on."""
     with pytest.raises(VaeError, match="non-finite"):
-        _train(
-            colour64,
-            64,
-            3,
-            40,
-            widths=(32, 64, 128),
-            batch_size=8,
-            lr=5e-3,
-            warmup_steps=0,
-        )
+        _train(colour64, 64, 3, 40, widths=(32, 64, 128), batch_size=8, lr=5e-3, warmup_steps=0, max_nonfinite=1)
+    _train(colour64, 64, 3, 40, widths=(32, 64, 128), batch_size=8, lr=5e-3, warmup_steps=0, max_nonfinite=10)  # ends finite
+    summary = json.loads((Path(os.environ["VAE_HOME"]) / "s64c3" / "summary.json").read_text())
+    assert summary["recoveries"] and all(e["lr_after"] == e["lr_before"] / 2 for e in summary["recoveries"])
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -108,7 +107,7 @@ def test_every_default_trains_finite(tmp_path: Path, size: int, channels: int) -
 
 
 def test_the_lr_rule_scales_with_the_widest_layer() -> None:
-    from vaecli.config import REFERENCE_FAN_IN, default_lr, max_fan_in
+    from vaecli.recipe import REFERENCE_FAN_IN, default_lr, max_fan_in
 
     assert max_fan_in("conv", 28, 1, (16, 32), 512, 32) == REFERENCE_FAN_IN
     assert default_lr(5e-3, REFERENCE_FAN_IN) == 5e-3  # the measured 28 px conv recipe is unchanged

@@ -160,12 +160,22 @@ def _digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _check_ranks_in_sync(run: Path) -> None:
-    """Both ranks reported the same parameter digest, equal to the digest of the saved weights."""
+def _last_weights(run: Path) -> torch.nn.Module:
+    """The run's model with its last weights (those of the training state, the resume point)."""
+    from safetensors.torch import load_file
+
     from vaecli import checkpoint
 
-    summary = json.loads((run / "summary.json").read_text())
     model, _, _ = checkpoint.load_model(run)
+    tensors = load_file(str(run / checkpoint.STATE))
+    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    return model
+
+
+def _check_ranks_in_sync(run: Path) -> None:
+    """Both ranks reported the same parameter digest, equal to the digest of the last saved weights."""
+    summary = json.loads((run / "summary.json").read_text())
+    model = _last_weights(run)
     per_rank = summary["param_sha256_per_rank"]
     assert len(per_rank) == 2
     assert per_rank[0] == per_rank[1] == _digest(model)
@@ -214,14 +224,14 @@ def test_torchrun_run_samples_on_one_process(ddp_home: Path) -> None:
 
 def test_single_run_resumes_under_torchrun(ddp_home: Path) -> None:
     from vaecli import checkpoint
-    from vaecli.training import _rank_steps
+    from vaecli.state import rank_steps_per_epoch as _rank_steps
 
     run = ddp_home / "single"
     cfg = checkpoint.read_config(run)
     summary = json.loads((run / "summary.json").read_text())
     # 3 single-process steps map to a place in the epoch with 2 ranks, then 3 DDP steps
-    one, two = _rank_steps(2000, 64, 1), _rank_steps(2000, 64, 2)
-    assert (one, two) == (32, 16)
+    one, two = _rank_steps(1800, 64, 1), _rank_steps(1800, 64, 2)  # the 2,000 training images less 200 for validation
+    assert (one, two) == (29, 15)
     assert summary["steps"] == 3 * two // one + 3
     assert cfg.train.world_size == 2 and summary["world_size"] == 2 and summary["effective_batch_size"] == 128
     _check_ranks_in_sync(run)
@@ -229,15 +239,16 @@ def test_single_run_resumes_under_torchrun(ddp_home: Path) -> None:
 
 def test_torchrun_run_resumes_on_one_process(ddp_home: Path, tmp_path: Path) -> None:
     from vaecli import checkpoint
-    from vaecli.training import _rank_steps, resume_run
+    from vaecli.state import rank_steps_per_epoch as _rank_steps
+    from vaecli.training import resume_run
 
     shutil.copytree(ddp_home / "ddp", tmp_path / "runs" / "ddp")  # VAE_HOME is tmp_path/runs (conftest)
-    before = checkpoint.load_model("ddp")[0].state_dict()
+    before = _last_weights(tmp_path / "runs" / "ddp").state_dict()
     result = resume_run("ddp", {"max_steps": 2, "device": "cpu"}).fit()
-    one, two = _rank_steps(2000, 64, 1), _rank_steps(2000, 64, 2)
+    one, two = _rank_steps(1800, 64, 1), _rank_steps(1800, 64, 2)
     assert result.steps == 5 * one // two + 2 and result.stopped == "max_steps"
     assert all(math.isfinite(v) for v in (*result.test.values(), *result.train.values()))
     cfg = checkpoint.read_config(tmp_path / "runs" / "ddp")
     assert cfg.train.world_size == 1
-    after = checkpoint.load_model("ddp")[0].state_dict()
+    after = _last_weights(tmp_path / "runs" / "ddp").state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained on

@@ -204,7 +204,8 @@ def test_traverse_bad_requests(url: str, extra: dict, needle: str) -> None:
 
 
 def test_encode_upload_matches_core(url: str, tiny_run: Path, tmp_path: Path) -> None:
-    from vaecli.data import _load_mini, to_float
+    from vaecli.data import load_mini as _load_mini
+    from vaecli.data import to_float
 
     x = _load_mini("test").images[3]  # uint8 (1, 28, 28)
     buf = io.BytesIO()

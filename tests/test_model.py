@@ -14,7 +14,7 @@ def test_shapes(arch, channels, size):
     m = VAE(cfg)
     x = torch.rand(3, channels, size, size)
     out = m(x)
-    assert out.logits.shape == x.shape
+    assert out.params.shape == x.shape
     assert out.mu.shape == out.logvar.shape == out.z.shape == (3, 6)
     img = m.decode(torch.randn(2, 6))
     assert img.shape == (2, channels, size, size)
@@ -33,7 +33,7 @@ def test_seed_logvar_init():
 def test_eval_without_sampling_is_deterministic():
     m = VAE(ModelConfig(latent_dim=4, widths=(4, 8), hidden=16)).eval()
     x = torch.rand(2, 1, 28, 28)
-    assert torch.equal(m(x, sample=False).logits, m(x, sample=False).logits)
+    assert torch.equal(m(x, sample=False).params, m(x, sample=False).params)
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ def test_mlp_layers_follow_widths_and_take_any_side():
     shapes = [(mod.in_features, mod.out_features) for mod in linears]
     # encoder 900-100-50, heads 50->5 (x2), decoder 5-50-100-900
     assert shapes == [(900, 100), (100, 50), (5, 50), (50, 100), (100, 900), (50, 5), (50, 5)]
-    assert m(torch.rand(2, 1, 30, 30)).logits.shape == (2, 1, 30, 30)
+    assert m(torch.rand(2, 1, 30, 30)).params.shape == (2, 1, 30, 30)
 
 
 @pytest.mark.parametrize("norm,layer", [("group", torch.nn.GroupNorm), ("batch", torch.nn.BatchNorm2d)])
@@ -67,14 +67,14 @@ def test_conv_norm_adds_a_layer_per_stage(norm, layer):
     m = VAE(ModelConfig(widths=(8, 16, 24), norm=norm, image_size=32, channels=3))
     assert sum(isinstance(mod, layer) for mod in m.modules()) == 3 + 2  # encoder stages, decoder inner stages
     assert not any(isinstance(mod, (torch.nn.GroupNorm, torch.nn.BatchNorm2d)) for mod in VAE(ModelConfig()).modules())
-    assert m(torch.rand(2, 3, 32, 32)).logits.shape == (2, 3, 32, 32)
+    assert m(torch.rand(2, 3, 32, 32)).params.shape == (2, 3, 32, 32)
 
 
 def test_mlp_output_layer_stays_fp32_under_bf16_autocast():
     m = VAE(ModelConfig(arch="mlp", widths=(32,), latent_dim=4))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = m(torch.rand(2, 1, 28, 28))
-    assert out.logits.dtype == torch.float32 and out.logits.shape == (2, 1, 28, 28)
+    assert out.params.dtype == torch.float32 and out.params.shape == (2, 1, 28, 28)
 
 
 def test_every_arch_in_the_config_has_a_builder():

@@ -46,7 +46,7 @@ def test_resume_is_exact_with_channels_last_and_fused_adam() -> None:
     conv = resumed.model.encoder[2].weight
     assert resumed.optimizer.state[conv]["exp_avg"].stride() == conv.stride()
     resumed.fit()
-    assert resumed.global_step == straight.global_step == 20
+    assert resumed.state.global_step == straight.state.global_step == 20
     a, b = _weights(straight), _weights(resumed)
     assert a.keys() == b.keys()
     for k in a:
@@ -116,7 +116,7 @@ def _train_cfg(run: str) -> dict:
 
 
 def test_cli_recipe_defaults_follow_the_arch() -> None:
-    from vaecli.config import default_recipe
+    from vaecli.recipe import default_recipe
 
     r = _cli("train", "--data", "fashion-mnist-mini", "--arch", "seed", "--max-steps", "1", "--name", "s", "-q")
     assert r.exit_code == 0, r.output
@@ -131,7 +131,7 @@ def test_cli_recipe_defaults_follow_the_arch() -> None:
 
 
 def test_cli_time_budget_alone_runs_until_the_budget() -> None:
-    from vaecli.config import BUDGET_EPOCHS
+    from vaecli.recipe import BUDGET_EPOCHS
 
     r = _cli("train", "--data", "fashion-mnist-mini", "--time-budget", "0.5", "--latent-dim", "8", "--name", "b", "-q", "--json")
     assert r.exit_code == 0, r.output

@@ -647,15 +647,16 @@ def _start(name: str, data):  # type: ignore[no-untyped-def]
     return start_run(ModelConfig(latent_dim=4, widths=(4, 8), hidden=16), DataConfig(name="fashion-mnist-mini"), tc, name=name, data=data)
 
 
-# (module, function, which call dies): the writes of one checkpoint, in order, incl. the epoch-end ones
+# (module, function, which call dies): the writes of a run, in order (a state before every step, at an
+# epoch end the metrics, loss.png, the best weights, then the state): each kind, mid-epoch and at both ends
 DEATHS = [
-    ("ckpt", "save_train_state", 1), ("ckpt", "save_model", 1), ("ckpt", "save_train_state", 3),
-    ("ckpt", "save_model", 3), ("ckpt", "write_metrics", 1), ("training", "_plot", 1), ("ckpt", "save_train_state", 4),
-    ("ckpt", "save_model", 4), ("ckpt", "write_metrics", 2), ("ckpt", "save_model", 7),
+    ("ckpt", "save_train_state", 1), ("ckpt", "save_train_state", 2), ("ckpt", "write_metrics", 1), ("training", "_plot", 1),
+    ("ckpt", "save_model", 1), ("ckpt", "save_train_state", 4), ("ckpt", "save_train_state", 5), ("ckpt", "write_metrics", 2),
+    ("ckpt", "save_model", 2), ("ckpt", "save_train_state", 8),
 ]  # fmt: skip
 
 
-METRIC_KEYS = ("epoch", "step", "train", "test", "active_units")
+METRIC_KEYS = ("epoch", "step", "train", "val", "active_units")
 
 
 @pytest.fixture(scope="module")

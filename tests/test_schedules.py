@@ -1,6 +1,6 @@
 import pytest
 
-from vaecli.schedules import beta_at, lr_at
+from vaecli.schedules import beta_at, capacity_at, cyclical_beta_at, lr_at
 
 
 def test_constant_beta_without_annealing():
@@ -25,3 +25,18 @@ def test_lr_schedules():
     assert lr_at(100, 100, 1e-3, "cosine") == pytest.approx(1e-5)
     assert lr_at(50, 100, 1e-3, "cosine") == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
     assert lr_at(0, 100, 1e-3, warmup_steps=10) == pytest.approx(1e-4)
+
+
+def test_cyclical_schedule_values():
+    # 12 epochs, 3 cycles of 4 epochs: ramp over the first 2 epochs of each cycle, then beta
+    f = lambda t: cyclical_beta_at(t, 2.0, 12, 3)  # noqa: E731
+    assert [f(t) for t in (0, 0.5, 1, 2, 3, 3.99)] == pytest.approx([0, 0.5, 1.0, 2.0, 2.0, 2.0])
+    assert [f(t) for t in (4, 5, 8, 9, 11)] == pytest.approx([0, 1.0, 0, 1.0, 2.0])
+    assert beta_at(5, 2.0, 0, cycles=3, total_epochs=12) == f(5)
+    assert beta_at(5, 2.0, 10) == pytest.approx(1.0)  # plain annealing unchanged
+    assert cyclical_beta_at(1.0, 1.0, 10, 1, ratio=0.25) == pytest.approx(0.4)
+
+
+def test_capacity_schedule_values():
+    assert [capacity_at(t, 25.0, 10) for t in (0, 2.5, 5, 10, 20)] == pytest.approx([0, 6.25, 12.5, 25, 25])
+    assert capacity_at(3, 25.0, 0) == 25.0

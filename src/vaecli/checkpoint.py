@@ -22,6 +22,7 @@ from .config import RunConfig
 from .errors import CheckpointError, ConfigError, RunNotFoundError
 from .fileio import atomic_write, atomic_write_json, atomic_write_text
 from .paths import runs_dir
+from .state import TrainState
 
 CONFIG = "config.json"
 MODEL = "model.safetensors"
@@ -222,63 +223,62 @@ def load_model(ref: str | os.PathLike[str] | None = None, device: str | torch.de
 def save_train_state(
     run: Path,
     optimizer: torch.optim.Optimizer,
-    tensors: dict[str, torch.Tensor],
-    state: dict[str, Any],
-    model: torch.nn.Module | None = None,
+    rng: dict[str, torch.Tensor],
+    state: TrainState,
+    model: torch.nn.Module,
+    ema: torch.nn.Module | None = None,
 ) -> None:
-    """Write ``train_state.safetensors``: optimizer state, RNG states (``tensors``), scalars (``state``)
-    and, given ``model``, a copy of its weights, so that the file alone is a consistent resume point
-    (one atomic write: a crash between this file and ``model.safetensors`` cannot mix two checkpoints)."""
+    """Write ``train_state.safetensors``, the resume point, in one atomic file: the model's current
+    (last) weights, the moving average of the weights when there is one, the optimizer's state, the
+    RNG states and the :class:`~vaecli.state.TrainState` (JSON metadata)."""
     sd = optimizer.state_dict()
-    out = {f"rng.{k}": v for k, v in tensors.items()}
-    if model is not None:
-        out.update({f"model.{k}": v for k, v in _unwrap(model).state_dict().items()})
+    out = {f"rng.{k}": v for k, v in rng.items()}
+    out.update({f"model.{k}": v for k, v in _unwrap(model).state_dict().items()})
+    if ema is not None:
+        out.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     for idx, pstate in sd["state"].items():
         for key, val in pstate.items():
-            t = val if isinstance(val, torch.Tensor) else torch.tensor(val)
-            out[f"opt.{idx}.{key}"] = t
-    meta = {"format": STATE_FORMAT, "param_groups": json.dumps(sd["param_groups"]), "state": json.dumps(state)}
+            out[f"opt.{idx}.{key}"] = val if isinstance(val, torch.Tensor) else torch.tensor(val)
+    meta = {"format": STATE_FORMAT, "param_groups": json.dumps(sd["param_groups"]), "state": json.dumps(state.to_json())}
     _safe_save(run / STATE, out, meta)
 
 
 def load_train_state(
-    run: Path, optimizer: torch.optim.Optimizer, model: torch.nn.Module | None = None
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Restore the optimizer (and ``model``, from the weights saved with the state, else from
-    ``model.safetensors``) from ``train_state.safetensors``; return (rng tensors, scalar state)."""
+    run: Path, optimizer: torch.optim.Optimizer, model: torch.nn.Module, ema: torch.nn.Module | None = None
+) -> tuple[dict[str, torch.Tensor], TrainState]:
+    """Restore the model's last weights, the moving average (into ``ema``, when given) and the
+    optimizer from ``train_state.safetensors``; return (RNG states, :class:`~vaecli.state.TrainState`)."""
     path = run / STATE
     tensors, meta = _safe_load(path)
     if meta.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path}: not a vaecli training state")
     try:
         groups = json.loads(meta["param_groups"])
-        state = json.loads(meta["state"])
+        state = TrainState.from_json(json.loads(meta["state"]), str(path))
     except (KeyError, ValueError):
         raise CheckpointError(f"{path}: damaged metadata") from None
-    opt_state: dict[int, dict[str, torch.Tensor]] = {}
-    rng: dict[str, torch.Tensor] = {}
-    weights: dict[str, torch.Tensor] = {}
+    parts: dict[str, dict[str, torch.Tensor]] = {"rng": {}, "model": {}, "ema": {}, "opt": {}}
     for k, v in tensors.items():
-        if k.startswith("rng."):
-            rng[k[4:]] = v
-        elif k.startswith("model."):
-            weights[k[6:]] = v
-        elif k.startswith("opt."):
-            try:
-                _, idx, key = k.split(".", 2)
-                opt_state.setdefault(int(idx), {})[key] = v
-            except ValueError:
-                raise CheckpointError(f"{path}: damaged optimizer state ({k!r})") from None
-    if model is not None:
-        if weights:
-            _load_checked(model, weights, path)
-        else:  # a state written before the weights were kept with it
-            load_state_dict_into(model, run / MODEL)
+        head, _, rest = k.partition(".")
+        if head not in parts or not rest:
+            raise CheckpointError(f"{path}: unexpected tensor {k!r}")
+        parts[head][rest] = v
+    _load_checked(model, parts["model"], path)
+    if ema is not None:
+        if not parts["ema"]:
+            raise CheckpointError(f"{path}: no moving average of the weights in the training state (--ema)")
+        _load_checked(ema, parts["ema"], path)
+    opt_state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in parts["opt"].items():
+        idx, _, key = k.partition(".")
+        if not idx.isdigit() or not key:
+            raise CheckpointError(f"{path}: damaged optimizer state ({k!r})")
+        opt_state.setdefault(int(idx), {})[key] = v
     try:
         optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
     except (ValueError, KeyError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: optimizer state does not match the model ({exc})") from None
-    return rng, state
+    return parts["rng"], state
 
 
 def remove_temp_files(run: Path) -> list[str]:
@@ -319,6 +319,26 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def build_summary(result: dict[str, Any], state: TrainState, facts: dict[str, Any]) -> dict[str, Any]:
+    """``summary.json`` of a training invocation: the headline ``result`` (run, epochs, steps, train
+    and test numbers, active units, stop reason, speed), the best and the last validation
+    evaluations, recoveries and notices from the state, and the ``facts`` of how it ran (the test
+    split's per-dimension statistics, likelihood, held-out sizes, runtime, DDP)."""
+    notes = [{"kind": "note", "epoch": state.epoch, "message": m} for m in facts.pop("notes", [])]
+    last_val = facts.pop("last_val", None)
+    return {
+        **result,
+        "epochs_done": facts.pop("epochs_done"),
+        "best": state.best,
+        "last": {"epoch": facts.pop("last_epoch"), "val": last_val},
+        "nonfinite_skipped": state.nonfinite_skipped,
+        "recoveries": list(state.recoveries),
+        "notices": [*state.notices, *notes],
+        "train_seconds": round(state.train_seconds, 3),
+        **facts,
+    }
+
+
 def write_summary(run: Path, summary: dict[str, Any]) -> None:
     """Write ``summary.json`` (the latest end-of-training numbers)."""
     atomic_write_json(run / SUMMARY, summary)
@@ -349,7 +369,7 @@ def run_brief(run: Path, cfg: RunConfig | None = None) -> dict[str, Any]:
     cfg = cfg or read_config(run)
     summary = read_summary(run)
     metrics = read_metrics(run)
-    test = summary.get("test") or (metrics[-1].get("test") if metrics else None) or {}
+    test = summary.get("test") or {}
     return {
         "name": run.name,
         "path": str(run),
@@ -365,6 +385,7 @@ def run_brief(run: Path, cfg: RunConfig | None = None) -> dict[str, Any]:
 
 def run_info(run: Path) -> dict[str, Any]:
     """What ``vae info`` shows: :func:`run_brief` plus parameters, steps, state and the config."""
+    from .explain import explain
     from .model import VAE, count_parameters
 
     cfg = read_config(run)
@@ -378,8 +399,13 @@ def run_info(run: Path) -> dict[str, Any]:
         "resumable": (run / STATE).exists(),
         "world_size": cfg.train.world_size,
         "effective_batch_size": cfg.train.batch_size * cfg.train.world_size,  # per-rank batch x world size
-        "test": summary.get("test") or (metrics[-1].get("test") if metrics else None),
+        "test": summary.get("test"),
         "train": summary.get("train") or (metrics[-1].get("train") if metrics else None),
         "active_units": summary.get("active_units"),
+        "best": summary.get("best"),
+        "last": summary.get("last"),
+        "explained": {row.key: row.to_dict() for row in explain(cfg, summary)} if summary else {},
+        "notices": summary.get("notices", []),
         "config": cfg.to_dict(),
+        "summary": summary,
     }

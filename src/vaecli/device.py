@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import DeviceError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import ModelConfig
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -56,15 +60,16 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(requested: str, device: torch.device) -> str:
-    """``auto`` -> what the rule for defaults says for this device (:func:`vaecli.config.auto_precision`)."""
-    from .config import auto_precision
+def resolve_precision(requested: str, device: torch.device, model: ModelConfig | None = None) -> str:
+    """``auto`` -> what the rule for defaults chooses for this model on this device
+    (:func:`vaecli.recipe.auto_precision`); bf16 on MPS is refused."""
+    from .recipe import auto_precision
 
     if requested != "auto":
         if requested == "bf16" and device.type == "mps":
             raise DeviceError("--precision bf16 is not supported on mps")
         return requested
-    return auto_precision(device.type, native_bf16(device))
+    return auto_precision(model, device.type, native_bf16(device))
 
 
 def native_bf16(device: torch.device) -> bool:

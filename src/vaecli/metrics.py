@@ -11,9 +11,9 @@ from typing import Any
 import torch
 
 from .data import ImageData, to_float
-from .losses import reconstruction_nll
+from .likelihoods import bits_per_dim
 from .model import VAE
-from .posterior import Posterior, standard_normal_log_prob
+from .posterior import Posterior
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016, sec. 5.2: dimension j is active when Cov_x(E_q[z_j|x]) > 0.01
 
@@ -29,53 +29,50 @@ class EvalResult:
     per_dim_kl: list[float] = field(default_factory=list)
     active_units: int = 0
     mu_variance: list[float] = field(default_factory=list)
+    bits_per_dim: float | None = None  # -ELBO in bits per dimension, for a discrete likelihood only
 
     def brief(self) -> dict[str, float]:
-        """The three headline numbers."""
-        return {"neg_elbo": self.neg_elbo, "recon": self.recon, "kl": self.kl}
+        """The headline numbers: -ELBO, reconstruction and KL (nats/image), and bits/dim where they apply."""
+        out = {"neg_elbo": self.neg_elbo, "recon": self.recon, "kl": self.kl}
+        if self.bits_per_dim is not None:
+            out["bits_per_dim"] = self.bits_per_dim
+        return out
 
 
-def one_sample_elbo(model: VAE, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, Posterior]:
-    """The one-sample ELBO's terms for a batch: -log p(x|z) per image, (B,), with z ~ q(z|x) drawn
-    once (Kingma & Welling 2014, eq. 10), and q itself (its KL gives the rest: -ELBO = recon + KL)."""
-    q = Posterior(*(t.float() for t in model.encode(x)))
-    logits = model.decode_logits(q.sample(generator))
-    return reconstruction_nll(logits, x, model.config.likelihood, getattr(model, "log_scale", None)), q
+def one_sample_elbo(
+    model: VAE, x: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Posterior]:
+    """The one-sample ELBO's terms for a batch, with z ~ q(z|x) drawn once (Kingma & Welling 2014,
+    eq. 10): -log p(x|z) and KL(q || p) per image, (B,) each (-ELBO = recon + KL), the KL per
+    dimension (B, D) where the prior factorises (else None), and q itself."""
+    q = model.posterior(x)
+    z = q.sample(generator)
+    recon = model.likelihood.nll(model.decode_params(z), x)
+    kl_dims = model.prior.kl_per_dim(q, z)
+    kl = kl_dims.sum(-1) if kl_dims is not None else model.prior.kl(q, z)
+    return recon, kl, kl_dims, q
 
 
 @torch.no_grad()
 def elbo_per_image(
-    model: VAE,
-    images: torch.Tensor,
-    generator: torch.Generator | None = None,
-    binarize: bool = False,
-    batch_size: int = 500,
+    model: VAE, images: torch.Tensor, generator: torch.Generator | None = None, batch_size: int = 500
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image reconstruction -log p(x|z) and KL(q(z|x) || N(0, I)) in nats, each (N,), on the CPU,
+    """Per-image reconstruction -log p(x|z) and KL(q(z|x) || p(z)) in nats, each (N,), on the CPU,
     with one posterior sample per image as :func:`evaluate`. ``images`` are floats in [0, 1]."""
     model.eval()
     dev = next(model.parameters()).device
     recons, kls = [], []
     for i in range(0, images.shape[0], batch_size):
-        x = images[i : i + batch_size].float().to(dev)
-        if binarize:
-            x = (x > 0.5).float()
-        recon, q = one_sample_elbo(model, x, generator)
+        recon, kl, _, _ = one_sample_elbo(model, images[i : i + batch_size].float().to(dev), generator)
         recons.append(recon.float().cpu())
-        kls.append(q.kl().cpu())
+        kls.append(kl.float().cpu())
     if not recons:
         return torch.empty(0), torch.empty(0)
     return torch.cat(recons), torch.cat(kls)
 
 
 def latent_stats(
-    model: VAE,
-    summary: dict[str, Any],
-    test: Callable[[], ImageData | None],
-    *,
-    limit: int | None = None,
-    seed: int = 0,
-    binarize: bool = False,
+    model: VAE, summary: dict[str, Any], test: Callable[[], ImageData | None], *, limit: int | None = None, seed: int = 0
 ) -> tuple[list[float] | None, list[float] | None, str]:
     """Per-dimension KL and Var(mu) on the test split, with where they came from: ``summary.json``'s
     ``test_per_dim_kl`` / ``test_mu_variance`` when training stored them, else computed by
@@ -91,7 +88,7 @@ def latent_stats(
         return kl, var, "summary.json" if kl is not None else "unavailable"
     if limit is not None and len(data) > limit:
         data = ImageData(images=data.images[:limit])
-    res = evaluate(model, data, device=next(model.parameters()).device, seed=seed, binarize=binarize)
+    res = evaluate(model, data, device=next(model.parameters()).device, seed=seed)
     return res.per_dim_kl, res.mu_variance, f"{len(data)} test images"
 
 
@@ -103,14 +100,13 @@ def evaluate(
     batch_size: int = 500,
     device: torch.device | str = "cpu",
     seed: int = 0,
-    active_threshold: float = ACTIVE_THRESHOLD,
-    binarize: bool = False,
     shard: tuple[int, int] | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` (in eval mode) on every image of ``data`` with one posterior sample each.
 
     Active units (Burda et al. 2016, sec. 5.2): dimension j is active when
-    Cov_x(E_q[z_j | x]) > ``active_threshold``.
+    Cov_x(E_q[z_j | x]) > :data:`ACTIVE_THRESHOLD`. Bits per dimension are given when the
+    likelihood is a discrete one for these pixels (the logistic mixture; Bernoulli on binary images).
 
     ``shard=(rank, world)`` (DDP): this rank takes batches rank, rank + world, ... and the sums
     are all-reduced, so every rank returns the numbers of the whole split (its noise per rank).
@@ -125,15 +121,17 @@ def evaluate(
     n = len(data)
     d = model.config.latent_dim
     acc = accumulator_dtype(device)  # float64; float32 on MPS (no float64 there)
-    sums = torch.zeros(1 + 3 * d, dtype=acc, device=device)  # recon, KL per dim, mu sum, mu^2 sum
-    sum_recon, sum_kl, mu_sum, mu_sq = sums[0], sums[1 : 1 + d], sums[1 + d : 1 + 2 * d], sums[1 + 2 * d :]
+    sums = torch.zeros(2 + 3 * d, dtype=acc, device=device)  # recon, KL, KL per dim, mu sum, mu^2 sum
+    sum_recon, sum_kl, sum_kl_dims, mu_sum, mu_sq = sums[0], sums[1], sums[2 : 2 + d], sums[2 + d : 2 + 2 * d], sums[2 + 2 * d :]
+    factorised = True
     for start in range(rank * batch_size, n, batch_size * world):
-        x = to_float(data.images[start : start + batch_size].to(device))
-        if binarize:
-            x = (x > 0.5).float()
-        recon, q = one_sample_elbo(model, x, gen)
+        recon, kl, kl_dims, q = one_sample_elbo(model, to_float(data.images[start : start + batch_size].to(device)), gen)
         sum_recon += recon.to(acc).sum()
-        sum_kl += q.kl_per_dim().to(acc).sum(0)
+        sum_kl += kl.to(acc).sum()
+        if kl_dims is None:
+            factorised = False
+        else:
+            sum_kl_dims += kl_dims.to(acc).sum(0)
         mu = q.mu.to(acc)
         mu_sum += mu.sum(0)
         mu_sq += mu.pow(2).sum(0)
@@ -144,42 +142,40 @@ def evaluate(
         all_reduce_sum(sums)
     if n == 0:
         return EvalResult(images=0, neg_elbo=float("nan"), recon=float("nan"), kl=float("nan"))
-    per_dim = (sum_kl / n).cpu()
     mean = mu_sum / n
     var = (mu_sq / n - mean.pow(2)).clamp_min(0).cpu()
+    per_dim = (sum_kl_dims / n).cpu()
     recon_mean = float(sum_recon / n)
-    kl_total = float(per_dim.sum())
+    kl_mean = float(per_dim.sum()) if factorised else float(sum_kl / n)  # the total is the sum of its dimensions
+    discrete = model.likelihood.is_discrete(is_binarized(data))
     return EvalResult(
         images=n,
-        neg_elbo=recon_mean + kl_total,
+        neg_elbo=recon_mean + kl_mean,
         recon=recon_mean,
-        kl=kl_total,
-        per_dim_kl=[float(v) for v in per_dim],
-        active_units=int((var > active_threshold).sum()),
+        kl=kl_mean,
+        per_dim_kl=[float(v) for v in per_dim] if factorised else [],
+        active_units=int((var > ACTIVE_THRESHOLD).sum()),
         mu_variance=[float(v) for v in var],
+        bits_per_dim=bits_per_dim(recon_mean + kl_mean, image_dims(data)) if discrete else None,
     )
 
 
+def bce_floor(data: ImageData, batch_size: int = 1000) -> float:
+    """The lowest BCE any model can reach on ``data``, nats/image: the pixels' own entropy,
+    sum_pixels -(x ln x + (1 - x) ln(1 - x)) for continuous x in [0, 1] (0 on binary images)."""
+    total = 0.0
+    for i in range(0, len(data), batch_size):
+        x = to_float(data.images[i : i + batch_size]).double()
+        total += float(-(torch.special.xlogy(x, x) + torch.special.xlogy(1 - x, 1 - x)).sum())
+    return total / max(1, len(data))
+
+
+def image_dims(data: ImageData) -> int:
+    """Dimensions of one image of ``data``: channels x height x width."""
+    return data.channels * int(data.images.shape[-2]) * int(data.images.shape[-1])
+
+
 # ----------------------------------------------------------------------------- importance-weighted NLL
-
-LN2 = math.log(2.0)
-
-
-def likelihood_label(likelihood: str, binarized: bool) -> str:
-    """What the nats of a run measure, in words (printed next to every likelihood number).
-
-    A Bernoulli decoder on continuous pixels in [0, 1] gives binary cross-entropy, which is
-    not a normalised likelihood of those pixels; on binarised pixels ({0, 1}) it is the true
-    log-likelihood, comparable with the binarised-MNIST literature. A Gaussian decoder gives a
-    density on [0, 1] pixels, comparable with neither.
-    """
-    if likelihood == "bernoulli":
-        if binarized:
-            return "Bernoulli log-likelihood of binarised pixels (a normalised likelihood, nats)"
-        return "BCE nats on continuous pixels, not a normalised likelihood"
-    if likelihood == "gaussian":
-        return "Gaussian density of continuous pixels (nats; not comparable with discrete likelihoods)"
-    return f"{likelihood} likelihood (nats)"
 
 
 def is_binarized(data: ImageData) -> bool:
@@ -196,7 +192,7 @@ class IWResult:
     k: int
     iw_nll: float  # mean over images of -log p_hat_k(x), nats
     iw_nll_stderr: float  # standard error of that mean over images
-    bits_per_dim: float  # iw_nll / (D ln 2), D = channels * height * width
+    bits_per_dim: float | None  # iw_nll / (D ln 2), D = channels * height * width; None unless the likelihood is discrete
     binarized: bool
     label: str
 
@@ -209,18 +205,17 @@ def log_importance_weights(
 
     Burda et al. (2016), eq. 8. Decoded in chunks of at most ``max_decode`` images.
     """
-    q = Posterior(*(t.float() for t in model.encode(x)))
+    q = model.posterior(x)
     b = x.shape[0]
-    log_scale = getattr(model, "log_scale", None)
     chunk = max(1, min(k, max_decode // max(1, b)))
     out = []
     for start in range(0, k, chunk):
         c = min(chunk, k - start)
         z = q.sample(generator, n=c)  # (c, B, D)
-        logits = model.decode_logits(z.reshape(c * b, -1))
+        params = model.decode_params(z.reshape(c * b, -1))
         xr = x.unsqueeze(0).expand(c, *x.shape).reshape(c * b, *x.shape[1:])
-        log_px_z = -reconstruction_nll(logits, xr, model.config.likelihood, log_scale).reshape(c, b)
-        out.append((log_px_z + standard_normal_log_prob(z) - q.log_prob(z)).t())
+        log_px_z = -model.likelihood.nll(params, xr).reshape(c, b)
+        out.append((log_px_z + model.prior.log_prob(z) - q.log_prob(z)).t())
     from .device import accumulator_dtype
 
     return torch.cat(out, dim=1).to(accumulator_dtype(x.device))  # float64; float32 on MPS
@@ -257,12 +252,12 @@ def iw_nll(
     finally:
         model.train(was_training)
     binarized = is_binarized(data)
-    label = likelihood_label(model.config.likelihood, binarized)
+    label = model.likelihood.label(binarized)
+    discrete = model.likelihood.is_discrete(binarized)
     if not per_image:
-        return IWResult(0, k, float("nan"), float("nan"), float("nan"), binarized, label)
+        return IWResult(0, k, float("nan"), float("nan"), float("nan") if discrete else None, binarized, label)
     v = torch.cat(per_image)
     n = v.numel()
     mean = float(v.mean())
     stderr = float(v.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
-    dims = data.channels * data.image_size * data.images.shape[-2]
-    return IWResult(n, k, mean, stderr, mean / (dims * LN2), binarized, label)
+    return IWResult(n, k, mean, stderr, bits_per_dim(mean, image_dims(data)) if discrete else None, binarized, label)

@@ -19,14 +19,16 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
+from .likelihoods import build_likelihood
 from .posterior import Posterior
+from .priors import StandardNormal
 
 
 @dataclass
 class VAEOutput:
     """What :meth:`VAE.forward` returns."""
 
-    logits: torch.Tensor  # decoder output before the sigmoid, shape (B, C, H, W)
+    params: torch.Tensor  # the decoder's output: the parameters of p(x|z), (B, out_channels, H, W)
     mu: torch.Tensor  # posterior means (B, D)
     logvar: torch.Tensor  # posterior log-variances (B, D)
     z: torch.Tensor  # the sample that was decoded (B, D)
@@ -83,16 +85,16 @@ def _conv_encoder(cfg: ModelConfig) -> tuple[list[nn.Module], int, int]:
     return enc, prev, side
 
 
-def _build_conv(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, int]:
+def _build_conv(cfg: ModelConfig, out_ch: int) -> tuple[nn.Module, nn.Module, int]:
     """Lean conv net: k4 s2 convs (widths), FC hidden, mirrored decoder. Returns (enc, dec, feat)."""
-    c, widths = cfg.channels, list(cfg.widths)
+    widths = list(cfg.widths)
     enc, prev, side = _conv_encoder(cfg)
     flat = prev * side * side
     dec: list[nn.Module] = [nn.Linear(cfg.latent_dim, cfg.hidden), _act(), nn.Linear(cfg.hidden, flat), _act()]
     dec.append(_Reshape(prev, side, side))
     rev = widths[::-1]
     for i, w in enumerate(rev):
-        out = rev[i + 1] if i + 1 < len(rev) else c
+        out = rev[i + 1] if i + 1 < len(rev) else out_ch
         dec.append(nn.ConvTranspose2d(w, out, 4, 2, 1))
         if i + 1 < len(rev):
             dec += [*_norm(cfg.norm, out), _act()]
@@ -110,25 +112,25 @@ def _mlp_decoder(latent_dim: int, widths: list[int], shape: tuple[int, int, int]
     return nn.Sequential(*dec)
 
 
-def _build_mlp(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, int]:
+def _build_mlp(cfg: ModelConfig, out_ch: int) -> tuple[nn.Module, nn.Module, int]:
     """Fully connected: pixels -> widths -> (mu, logvar); z -> reversed widths -> pixels."""
-    shape = (cfg.channels, cfg.image_size, cfg.image_size)
     enc: list[nn.Module] = [nn.Flatten()]
-    prev = shape[0] * shape[1] * shape[2]
+    prev = cfg.channels * cfg.image_size * cfg.image_size
     for w in cfg.widths:
         enc += [nn.Linear(prev, w), _act()]
         prev = w
+    shape = (out_ch, cfg.image_size, cfg.image_size)
     return nn.Sequential(*enc), _mlp_decoder(cfg.latent_dim, list(cfg.widths)[::-1], shape), prev
 
 
-def _build_conv_mlp(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, int]:
+def _build_conv_mlp(cfg: ModelConfig, out_ch: int) -> tuple[nn.Module, nn.Module, int]:
     """The conv encoder with an MLP decoder of two ``hidden`` layers."""
     enc, _, _ = _conv_encoder(cfg)
-    shape = (cfg.channels, cfg.image_size, cfg.image_size)
+    shape = (out_ch, cfg.image_size, cfg.image_size)
     return nn.Sequential(*enc), _mlp_decoder(cfg.latent_dim, [cfg.hidden, cfg.hidden], shape), cfg.hidden
 
 
-def _build_seed(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, int]:
+def _build_seed(cfg: ModelConfig, out_ch: int) -> tuple[nn.Module, nn.Module, int]:
     """The seed document's layer table, for any channels and size divisible by 4."""
     c = cfg.channels
     side = cfg.image_size // 4
@@ -146,7 +148,7 @@ def _build_seed(cfg: ModelConfig) -> tuple[nn.Module, nn.Module, int]:
         nn.ConvTranspose2d(128, 128, 3, 1, 1), nn.BatchNorm2d(128), _act(),
         nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.BatchNorm2d(64), _act(),
         nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.BatchNorm2d(32), _act(),
-        nn.ConvTranspose2d(32, c, 3, 1, 1),
+        nn.ConvTranspose2d(32, out_ch, 3, 1, 1),
     )  # fmt: skip
     return enc, dec, 512
 
@@ -157,25 +159,25 @@ _BUILDERS = {"conv": _build_conv, "mlp": _build_mlp, "conv-mlp": _build_conv_mlp
 class VAE(nn.Module):
     """A (beta-)VAE built from a :class:`ModelConfig`.
 
-    ``encode(x) -> (mu, logvar)``, ``decode_logits(z)``, ``decode(z)`` (the likelihood's mean,
-    i.e. Bernoulli probabilities / Gaussian means in [0, 1]) and ``forward(x) -> VAEOutput``.
-    Inputs are float images in [0, 1], shape (B, C, H, W).
+    ``encode(x) -> (mu, logvar)``, ``decode_params(z)`` (the parameters of p(x|z)), ``decode(z)``
+    (the likelihood's mean in [0, 1]: Bernoulli probabilities, Gaussian means, the logistic
+    mixture's mean) and ``forward(x) -> VAEOutput``. ``likelihood`` is p(x|z)
+    (:mod:`vaecli.likelihoods`). Inputs are float images in [0, 1], shape (B, C, H, W).
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         config.validate()
         self.config = config
-        self.encoder, self.decoder, feat = _BUILDERS[config.arch](config)
+        self.likelihood = build_likelihood(config)
+        self.prior = StandardNormal(config.latent_dim)
+        self.encoder, self.decoder, feat = _BUILDERS[config.arch](config, self.likelihood.out_channels(config.channels))
         self.fc_mu = nn.Linear(feat, config.latent_dim)
         self.fc_logvar = nn.Linear(feat, config.latent_dim)
         # Start with small posterior variances (the seed: weight 0, bias -6) so early
         # training is not drowned in sampling noise.
         nn.init.zeros_(self.fc_logvar.weight)
         nn.init.constant_(self.fc_logvar.bias, -6.0 if config.arch == "seed" else -4.0)
-        if config.likelihood == "gaussian":
-            # One learned observation log-scale shared by all pixels: a normalised density.
-            self.log_scale = nn.Parameter(torch.tensor(math.log(0.1)))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior parameters (mu, logvar), each (B, latent_dim)."""
@@ -191,8 +193,8 @@ class VAE(nn.Module):
         mu, logvar = self.encode(x)
         return Posterior(mu.float(), logvar.float())
 
-    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
-        """Decoder output before the sigmoid, (B, C, H, W)."""
+    def decode_params(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder's output, the parameters of p(x|z): (B, out_channels, H, W)."""
         if not _autocast_on(z):
             return self.decoder(z)
         *body, last = self.decoder  # the output layer stays fp32 under bf16 autocast
@@ -204,18 +206,18 @@ class VAE(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The likelihood's mean in [0, 1] (never thresholded)."""
-        return torch.sigmoid(self.decode_logits(z).float())
+        return self.likelihood.mean(self.decode_params(z))
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True) -> VAEOutput:
         """Encode, draw z (or take the mean when ``sample`` is false) and decode."""
         q = self.posterior(x)
         z = q.sample(generator) if sample else q.mean
-        return VAEOutput(logits=self.decode_logits(z), mu=q.mu, logvar=q.logvar, z=z)
+        return VAEOutput(params=self.decode_params(z), mu=q.mu, logvar=q.logvar, z=z)
 
 
 def _autocast_on(t: torch.Tensor) -> bool:
     """True inside an enabled autocast region for ``t``'s device. Under bf16 autocast the layers
-    that produce the likelihood's logits and the posterior (mu, logvar) run in fp32: they cost
+    that produce the likelihood's parameters and the posterior (mu, logvar) run in fp32: they cost
     little and their rounding otherwise costs nats (docs/performance.md, the bf16 check)."""
     return torch.is_autocast_enabled(t.device.type)
 

@@ -20,7 +20,7 @@ PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#0
 MARKERS = ["o", "s", "^", "D"]
 MAX_MARKED = 30  # series with at most this many points get markers
 _SS = 2  # supersampling: draw at 2x, downscale with LANCZOS (PIL lines are not anti-aliased)
-_GRID, _AXIS, _TEXT, _MUTED = "#e5e5e5", "#555555", "#222222", "#888888"
+_GRID, _AXIS, _TEXT, _MUTED, _MARK = "#e5e5e5", "#555555", "#222222", "#888888", "#B00020"
 
 
 def _font(px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -155,8 +155,10 @@ def _panel(
     xlabel: str,
     ylabel: str,
     secondary_label: str,
+    marks: Sequence[tuple[float, str]] = (),
 ) -> None:
-    """Draw one chart (title, legend, frame, grid, ticks, lines) inside `box` of the supersampled image."""
+    """Draw one chart (title, legend, frame, grid, ticks, lines) inside `box` of the supersampled image;
+    ``marks`` are (x, label) events drawn as labelled vertical lines."""
     draw, S = ImageDraw.Draw(img), _SS
     f_title, f_label, f_tick = _font(17 * S), _font(14 * S), _font(12 * S)
     x0, y0, x1, y1 = box
@@ -205,6 +207,10 @@ def _panel(
         draw.line([(right, fy(v, spans[1])), (right + 4 * S, fy(v, spans[1]))], fill=_AXIS, width=S)
         draw.text((right + 8 * S, fy(v, spans[1])), t, font=f_tick, anchor="lm", fill=_TEXT)
     draw.rectangle([left, top, right, bottom], outline=_AXIS, width=S)
+    for x, label in marks:
+        if xlo <= x <= xhi:
+            _line(draw, [(fx(x), top), (fx(x), bottom)], _MARK, True)
+            draw.text((fx(x) + 4 * S, top + 4 * S), label, font=f_tick, anchor="lt", fill=_MARK)
     if xlabel:
         draw.text(((left + right) / 2, y1 - pad), xlabel, font=f_label, anchor="mb", fill=_TEXT)
     if ylabel:
@@ -256,20 +262,21 @@ def _metric(rows: list[dict], split: str, key: str) -> tuple[list[float], list[f
     return [float(e) for e, _ in pairs], [float(v) for _, v in pairs]
 
 
-def plot_training_curves(path: str | os.PathLike[str] | None, metrics: list[dict]) -> bytes:
-    """loss.png of a run from metrics.jsonl rows: top panel train -ELBO, train recon, test -ELBO
-    (nats/image); bottom panel train/test KL (nats) with beta on a right-hand axis. Returns PNG bytes."""
+def plot_training_curves(path: str | os.PathLike[str] | None, metrics: list[dict], marks: Sequence[tuple[float, str]] = ()) -> bytes:
+    """loss.png of a run from metrics.jsonl rows: top panel train -ELBO, train recon, validation
+    -ELBO (nats/image); bottom panel train/validation KL (nats) with beta on a right-hand axis.
+    ``marks`` (epoch, label): alarms and recoveries, drawn on both panels. Returns PNG bytes."""
     rows = sorted((r for r in metrics if "epoch" in r), key=lambda r: r["epoch"])
     top: Series = {"train -ELBO": _metric(rows, "train", "neg_elbo"), "train recon": _metric(rows, "train", "recon")}
     bottom: Series = {"train KL": _metric(rows, "train", "kl")}
-    if any(isinstance(r.get("test"), dict) for r in rows):
-        top["test -ELBO"] = _metric(rows, "test", "neg_elbo")
-        bottom["test KL"] = _metric(rows, "test", "kl")
+    if any(isinstance(r.get("val"), dict) for r in rows):
+        top["validation -ELBO"] = _metric(rows, "val", "neg_elbo")
+        bottom["validation KL"] = _metric(rows, "val", "kl")
     b_rows = [r for r in rows if r.get("beta") is not None]
     beta = {"beta": ([float(r.get("epochs_done", r["epoch"])) for r in b_rows], [float(r["beta"]) for r in b_rows])} if b_rows else None
     size = (900, 1040)
     img = Image.new("RGB", (size[0] * _SS, size[1] * _SS), "white")
     half = img.height // 2
-    _panel(img, (0, 0, img.width, half), top, None, "Loss per epoch", "epoch", "nats / image", "")
-    _panel(img, (0, half, img.width, img.height), bottom, beta, "KL divergence per epoch", "epoch", "KL (nats)", "beta")
+    _panel(img, (0, 0, img.width, half), top, None, "Loss per epoch", "epoch", "nats / image", "", marks)
+    _panel(img, (0, half, img.width, img.height), bottom, beta, "KL divergence per epoch", "epoch", "KL (nats)", "beta", marks)
     return _finish(img, size, path)

@@ -1,19 +1,25 @@
 """The training loop. Reports progress through a callback and never prints.
 
-``start_run`` creates a run folder and ``resume_run`` reopens one; both return a
-:class:`Trainer` whose :meth:`Trainer.fit` trains until the epochs are done, ``max_steps``
-or ``time_budget`` seconds of training (per invocation; evaluation and checkpoints excluded) are reached, or ``stop`` is set (Ctrl-C in the CLI).
-A checkpoint is written at every epoch end, every ``save_every`` seconds and when stopping,
-so an interrupted run resumes exactly where it left off.
+:func:`start_run` creates a run folder and :func:`resume_run` reopens one; both return a
+:class:`Trainer` whose :meth:`Trainer.fit` trains until the epochs are done, ``max_steps`` or
+``time_budget`` seconds of training (per invocation; evaluation and checkpoints excluded) are
+reached, ``--early-stop`` ends it, or ``stop`` is set (Ctrl-C in the CLI).
+
+Every epoch ends with an evaluation on the validation split (carved out of the training split):
+``model.safetensors`` holds the best weights by validation -ELBO, ``train_state.safetensors`` the
+last ones, the resume point, written at every epoch end, every ``save_every`` seconds and when
+stopping. The test split is scored once, at the end, with the best weights. A non-finite step is
+rolled back to the last finite state in memory with the learning rate halved (:mod:`vaecli.health`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,24 +28,32 @@ import torch
 
 from . import __version__, distributed
 from . import checkpoint as ckpt
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, accepted_image_size, build_configs, check_given
-from .data import FolderLoad, ImageData, load_data, to_float
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, check_given
+from .data import FolderLoad, ImageData, load_data, split_validation, to_float
 from .device import accumulator_dtype, adam_kwargs, autocast, configure_cuda, memory_format_for, resolve_precision
+from .ema import EMA
 from .errors import ConfigError, TrainingError
-from .losses import LossTerms, kl_per_dim, reconstruction_nll, training_terms
-from .metrics import EvalResult, evaluate
+from .health import GradWatch, Snapshot, collapse_alarm, lr_alarm, overfit_alarm
+from .metrics import EvalResult, bce_floor, evaluate
 from .model import VAE
-from .schedules import beta_at, capacity_at, lr_at
+from .objective import LossTerms, Objective
+from .recipe import accepted_image_size, build_configs, validation_size
+from .schedules import lr_at
+from .state import TrainState, epoch_permutation, steps_per_epoch
 
-WARMUP_STEPS = 5  # steps excluded from images_per_second
+RATE_WARMUP_STEPS = 5  # steps excluded from images_per_second
 REPORT_SECONDS = 0.1  # CPU: progress (reading the loss values) at most 10 times a second
-REPORT_STEPS_DEVICE = 50  # CUDA / MPS: progress every N steps, since each read of a value is a device sync
+CHECK_STEPS_DEVICE = 50  # CUDA / MPS: the control check (a host read: a device sync) every N steps
 CHECK_STEPS_DDP = 4  # DDP: steps between the control checks (one small all-reduce each)
+SNAPSHOT_STEPS = 100  # steps between in-memory copies of the last finite state (benchmarks/bench_recovery.py)
+NAN_STEPS_ENV = "VAE_TEST_NAN_STEPS"  # test hook: comma-separated global steps whose loss is made NaN
+
+__all__ = ["Progress", "TrainResult", "Trainer", "plan_run", "start_run", "resume_run", "epoch_permutation", "steps_per_epoch"]
 
 
 @dataclass
 class Progress:
-    """One progress report (``kind`` is 'start', 'step', 'epoch' or 'end')."""
+    """One progress report (``kind`` is 'start', 'step', 'epoch', 'notice' or 'end')."""
 
     kind: str
     epoch: int  # 0-based index of the current epoch
@@ -54,11 +68,12 @@ class Progress:
     lr: float = 0.0
     images_per_second: float | None = None  # None before the warm-up steps (nothing measured yet)
     metrics: dict[str, Any] = field(default_factory=dict)
+    message: str = ""  # 'notice': one line for the user
 
 
 @dataclass
 class TrainResult:
-    """What :meth:`Trainer.fit` returns (also written to ``summary.json``)."""
+    """What :meth:`Trainer.fit` returns: the headline of ``summary.json`` (the whole of it in ``summary``)."""
 
     run: str
     path: str
@@ -67,26 +82,18 @@ class TrainResult:
     seconds: float
     images_per_second: float | None  # None when the run stopped before the warm-up steps ended
     train: dict[str, float]
-    test: dict[str, float]
+    test: dict[str, float]  # the test split, scored with the weights model.safetensors holds
     active_units: int
-    stopped: str  # 'done', 'max_steps', 'time_budget', 'interrupted'
+    stopped: str  # 'done', 'max_steps', 'time_budget', 'early_stop', 'interrupted'
     precision: str = "fp32"
     device: str = "cpu"
+    summary: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a plain dict (``summary.json``)."""
-        return asdict(self)
-
-
-def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The shuffling order of ``epoch``: derived from (seed, epoch), so resuming needs no state."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Batches per epoch; a last batch of a single image is dropped (BatchNorm needs two)."""
-    full, rest = divmod(n, batch_size)
-    return full + (1 if rest >= 2 else 0)
+        """The headline fields as a plain dict."""
+        out = asdict(self)
+        out.pop("summary")
+        return out
 
 
 def _versions() -> dict[str, str]:
@@ -99,7 +106,7 @@ def plan_run(
     data_cfg: DataConfig, given: dict[str, Any], load: FolderLoad | None = None
 ) -> tuple[ModelConfig, DataConfig, TrainConfig, tuple[ImageData, ImageData]]:
     """Load the data, then fill every option the user did not give (``None``) by the one rule for
-    defaults (:func:`vaecli.config.build_configs`), keyed on the data's size and channels and the
+    defaults (:func:`vaecli.recipe.build_configs`), keyed on the data's size and channels and the
     device. Returns the configs and the data, ready for :func:`start_run`. ``load``: progress and
     notice callbacks and cache use of a folder load; its detected size is rounded to the given arch."""
     check_given(given)  # a bad flag fails before a long load
@@ -120,7 +127,8 @@ def start_run(
     overwrite: bool = False,
     data: tuple[ImageData, ImageData] | None = None,
 ) -> Trainer:
-    """Load the data, create the run folder and write ``config.json``; returns a fresh :class:`Trainer`."""
+    """Create the run folder and write ``config.json`` (loading the data unless ``data`` =
+    (train, test) is given); returns a fresh :class:`Trainer`."""
     train_cfg.validate()
     data_cfg.validate()
     train_cfg = replace(train_cfg, world_size=distributed.world_size())  # DDP: recorded in config.json
@@ -129,14 +137,13 @@ def start_run(
     else:
         train, test = data
         data_cfg = replace(data_cfg, image_size=train.image_size, channels=train.channels, train_size=len(train), test_size=len(test))
+    if data_cfg.val_size is None:
+        data_cfg = replace(data_cfg, val_size=validation_size(len(train)))
     model_cfg = replace(model_cfg, channels=train.channels, image_size=train.image_size)
     model_cfg.validate()
 
     def create() -> tuple[Path, RunConfig]:
         run_name = ckpt.validate_run_name(name) if name else ckpt.generate_run_name()
-        existing = ckpt.runs_dir() / run_name
-        if existing.exists() and not overwrite and ((existing / ckpt.MODEL).exists() or (existing / ckpt.STATE).exists()):
-            raise ConfigError(f"run {run_name!r} already exists: use --resume {run_name} to continue it or --overwrite to replace it")
         run_cfg = RunConfig(name=run_name, model=model_cfg, data=data_cfg, train=train_cfg, created=ckpt.utc_now(), versions=_versions())
         path = ckpt.create_run_dir(run_name, overwrite=overwrite)
         ckpt.write_config(path, run_cfg)
@@ -146,13 +153,15 @@ def start_run(
     return Trainer(path, run_cfg, train, test)
 
 
+RESUME_OVERRIDES = frozenset({"epochs", "max_steps", "time_budget", "device", "precision", "save_every", "skip_nonfinite", "world_size"})
+
+
 def resume_run(ref: str, overrides: dict[str, Any] | None = None, data: tuple[ImageData, ImageData] | None = None) -> Trainer:
-    """Reopen run ``ref`` to continue it. ``overrides`` may change epochs, max_steps, time_budget,
-    device, precision and save_every; the data must be the data the run started on."""
+    """Reopen run ``ref`` to continue it from its last weights. ``overrides`` may change
+    :data:`RESUME_OVERRIDES`; the data must be the data the run started on."""
     path = ckpt.resolve_run(ref)
     run_cfg = ckpt.read_config(path)
-    allowed = {"epochs", "max_steps", "time_budget", "device", "precision", "save_every", "skip_nonfinite", "world_size"}
-    bad = set(overrides or {}) - allowed
+    bad = set(overrides or {}) - RESUME_OVERRIDES
     if bad:
         raise ConfigError(f"cannot change {', '.join(sorted(bad))} when resuming")
     run_cfg.train = replace(run_cfg.train, **{**(overrides or {}), "world_size": distributed.world_size()})
@@ -174,15 +183,14 @@ def resume_run(ref: str, overrides: dict[str, Any] | None = None, data: tuple[Im
 
 
 @dataclass
-class _Session:
-    """Clocks and counters of one :meth:`Trainer.fit` call."""
+class Session:
+    """Clocks and counters of one :meth:`Trainer.fit` call (or :meth:`Trainer.train_steps`)."""
 
-    spe: int  # steps per epoch (of this rank)
-    bs: int  # images per step (of this rank)
-    n_rank: int  # images per epoch (of this rank): the last step takes the rest
+    steps_per_epoch: int  # of this rank
+    batch_size: int  # images per step of this rank
+    rank_images: int  # images per epoch of this rank: the last step takes the rest
     total_steps: int
-    report_every: int  # 0: report by time (CPU); N: every N steps (each report reads values: a device sync)
-    check_every: int  # steps between control checks (DDP: one all-reduce per check)
+    check_every: int  # steps between control checks (a host read; DDP: one all-reduce)
     t0: float = field(default_factory=time.perf_counter)
     excluded: float = 0.0  # seconds evaluating / checkpointing: neither --time-budget nor img/s counts them
     steps: int = 0
@@ -191,7 +199,7 @@ class _Session:
     warm_images: int = 0
     last_report: float = 0.0
     last_save: float = 0.0
-    seg_start: float = 0.0  # start of the training time not yet added to Trainer.train_seconds
+    seg_start: float = 0.0  # start of the training time not yet added to the state's train_seconds
 
     def __post_init__(self) -> None:
         self.last_save = self.seg_start = self.t0
@@ -202,179 +210,206 @@ class _Session:
 
     def rate(self) -> float | None:
         """Images per second after the warm-up steps; None before them (nothing measured)."""
-        return None if self.warm_t is None else _rate(self.images - self.warm_images, self.trained() - self.warm_t)
+        if self.warm_t is None:
+            return None
+        seconds = self.trained() - self.warm_t
+        return (self.images - self.warm_images) / seconds if seconds > 0 else 0.0
+
+    @contextlib.contextmanager
+    def paused(self, state: TrainState) -> Iterator[None]:
+        """Stop the training clock around a checkpoint or an evaluation: the time until now is
+        added to ``state.train_seconds``; what the block takes counts as excluded."""
+        now = time.perf_counter()
+        state.train_seconds += now - self.seg_start
+        try:
+            yield
+        finally:
+            self.last_save = self.seg_start = time.perf_counter()
+            self.excluded += self.seg_start - now
 
 
 class Trainer:
-    """Owns the model, optimizer, data and position of one run."""
+    """Owns the model, optimizer, data and position (:class:`~vaecli.state.TrainState`) of one run."""
 
     def __init__(self, path: Path, cfg: RunConfig, train: ImageData, test: ImageData) -> None:
-        self.path = path
-        self.cfg = cfg
+        self.path, self.cfg = path, cfg
         tc = cfg.train
         self.device = distributed.device_for(tc.device)  # DDP: cuda:LOCAL_RANK or cpu under torchrun
-        self.precision = resolve_precision(tc.precision, self.device)
+        self.precision = resolve_precision(tc.precision, self.device, cfg.model)
         self.runtime: dict[str, Any] = configure_cuda(self.device)  # cuDNN autotune + TF32 policy on CUDA
         torch.manual_seed(tc.seed)
         self.model = VAE(cfg.model).to(self.device)
         self.memory_format = memory_format_for(self.model, self.device)
         self.model.to(memory_format=self.memory_format)
-        # ---- DDP (distributed.py): the training forward runs through the DDP wrapper (``self.net``);
-        # ``self.model`` stays the bare VAE for evaluation and checkpoints. Other ranks draw their own
-        # noise (seed + 1 + rank; rank 0 matches a single process) and dropout masks (seed + rank).
+        self.ema = EMA(self.model, tc.ema) if tc.ema else None
+        # DDP (distributed.py): the training forward runs through the wrapper (``net``); ``model`` stays the
+        # bare VAE. Other ranks draw their own noise (seed + 1 + rank) and dropout masks (seed + rank).
         self.net = distributed.wrap(self.model, self.device)
         if distributed.rank() > 0:
             torch.manual_seed(tc.seed + distributed.rank())
-        # ---- end DDP
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, **adam_kwargs(self.device))
-        self._params = [p for p in self.model.parameters() if p.requires_grad]
-        self._lr = tc.lr  # the learning rate the param groups hold (set only when it changes)
-        self.train_data = train
+        self.objective = Objective(tc)
+        self.train_data, self.val_data = split_validation(train, cfg.data.val_size or 0, cfg.data.split_seed)
         self.test_data = test
-        self.train_images = train.images.to(self.device)
+        self.train_images = self.train_data.images.to(self.device)
         self.noise = torch.Generator(device=self.device).manual_seed(tc.seed + 1 + distributed.rank())
-        self.epoch = 0
-        self.step = 0  # completed steps in the current epoch
-        self.global_step = 0
-        self.train_seconds = 0.0
-        self.nonfinite_skipped = 0
+        self.state = TrainState(world_size=distributed.world_size(), noise_device=self.device.type)
         self.history: list[dict[str, Any]] = []  # complete epochs only (metrics.jsonl may add one partial row)
         self.notices: list[str] = []  # one-line notes for the user (e.g. a resume that is not bit-exact)
-        self._epoch_sums = torch.zeros(4, dtype=torch.float64)  # neg_elbo, recon, kl, images (host)
-        self._acc = torch.zeros(3, dtype=accumulator_dtype(self.device), device=self.device)  # the same, not yet synced
-        self._acc_images = 0  # images in ``_acc`` (this rank)
-        self._bad_at = torch.full((), -1, dtype=torch.int64, device=self.device)  # first non-finite global step
-        self._last_eval: tuple[int, EvalResult] | None = None  # (global step, test result) of the latest evaluation
+        self._acc = torch.zeros(4, dtype=accumulator_dtype(self.device), device=self.device)  # neg_elbo, recon, kl, images (this rank)
+        self._first_nonfinite = torch.full((), -1, dtype=torch.int64, device=self.device)  # global step, -1: none
+        self._grads = GradWatch(self.device)
+        self._snapshot = Snapshot()
+        self._lr = tc.lr  # the learning rate the param groups hold (set only when it changes)
+        self._perm: tuple[int, torch.Tensor] | None = None  # (epoch, this rank's order on the device)
+        self._last_eval: tuple[int, EvalResult] | None = None  # (global step, validation result)
+        self._nan_steps = {int(v) for v in os.environ.get(NAN_STEPS_ENV, "").split(",") if v.strip()}
+        self._cb: Callable[[Progress], None] = _ignore  # fit()'s callback, for notices
+        self._spe = 1  # steps per epoch of this rank (set by _session)
 
-    def _fold(self) -> torch.Tensor:
-        """Move the on-device running sums to the host (one sync) and return the epoch sums."""
-        self._epoch_sums[:3] += distributed.all_reduce_sum(self._acc).cpu().double()  # DDP: sums over all ranks
-        self._epoch_sums[3] += self._acc_images * distributed.world_size()  # ranks take equal batches, skip together
-        self._acc.zero_()
-        self._acc_images = 0
-        return self._epoch_sums
+    @property
+    def eval_model(self) -> VAE:
+        """The weights that are evaluated, saved and sampled: the moving average when ``--ema`` is on."""
+        return self.ema.shadow if self.ema is not None else self.model  # type: ignore[return-value]
 
-    # -------------------------------------------------------------- state
-    def _state(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "step": self.step,
-            "global_step": self.global_step,
-            "train_seconds": self.train_seconds,
-            "nonfinite_skipped": self.nonfinite_skipped,
-            "epoch_sums": [float(v) for v in self._fold()],
-            "world_size": distributed.world_size(),
-            "noise_device": self.noise.device.type,  # a generator state loads only into one of its type
-        }
-
-    def save(self) -> None:
-        """Write the training state with a copy of the weights (the resume point, one atomic file),
-        then the weights; a kill between the two leaves model.safetensors one checkpoint behind.
-        Under DDP every rank calls this (the running sums are all-reduced); rank 0 writes."""
-        state = self._state()
+    # -------------------------------------------------------------- state on disk
+    def save(self, best: bool = False) -> None:
+        """Write the resume point (last weights, optimizer, RNG, :class:`TrainState`) and, when
+        ``best`` (or with no validation split), first the weights analysis commands use. Under DDP
+        every rank calls this (the running sums are all-reduced); rank 0 writes."""
+        self._sync_sums()
         if distributed.is_main():
+            if best or not self.val_data.images.shape[0]:
+                ckpt.save_model(self.path, self.eval_model, self.cfg.model.to_dict())
             rng = {"cpu": torch.get_rng_state(), "noise": self.noise.get_state().cpu()}
             if self.device.type == "cuda":
                 rng["cuda"] = torch.cuda.get_rng_state(self.device)
-            ckpt.save_train_state(self.path, self.optimizer, rng, state, model=self.model)
-            ckpt.save_model(self.path, self.model, self.cfg.model.to_dict())
+            ema = self.ema.shadow if self.ema is not None else None
+            ckpt.save_train_state(self.path, self.optimizer, rng, self.state, self.model, ema)
         distributed.barrier()  # DDP: the others wait until the checkpoint is on disk
 
     def restore(self) -> None:
-        """Load weights, optimizer, position and RNG states from the run folder. A noise state
-        saved on another kind of device (CPU <-> CUDA) cannot be loaded: the noise is then re-seeded
-        from (seed, global step) and :attr:`notices` says the continuation is not bit-exact."""
+        """Load the last weights, optimizer, :class:`TrainState` and RNG states from the run folder.
+        A noise state saved on another kind of device (CPU <-> CUDA) cannot be loaded: the noise is
+        then re-seeded from (seed, global step) and :attr:`notices` says the continuation is not bit-exact."""
         if distributed.is_main():  # DDP: only the writer (another rank could delete its temp file mid-write)
             ckpt.remove_temp_files(self.path)  # left by a killed writer
-        rng, st = ckpt.load_train_state(self.path, self.optimizer, self.model)
-        try:
-            self.epoch, self.step, self.global_step = int(st["epoch"]), int(st["step"]), int(st["global_step"])
-            self.train_seconds = float(st.get("train_seconds", 0.0))
-            self.nonfinite_skipped = int(st.get("nonfinite_skipped", 0))
-            self._epoch_sums = torch.tensor(st.get("epoch_sums", [0.0] * 4), dtype=torch.float64)
-            saved_world = int(st.get("world_size", 1))
-        except (KeyError, TypeError, ValueError):
-            raise ckpt.CheckpointError(f"{self.path / ckpt.STATE}: damaged training state") from None
-        self._convert_position(saved_world)
-        if distributed.rank() == 0:  # the saved RNG states are rank 0's
-            if "cpu" in rng:
-                torch.set_rng_state(rng["cpu"])
-            saved_type = _noise_device_type(st, rng.get("noise"))
-            if saved_type == self.noise.device.type:
-                self.noise.set_state(rng["noise"].cpu())
-            else:
-                self._reseed_noise()
-                if saved_type is not None:
-                    self.notices.append(
-                        f"resumed on {self.device.type} from a checkpoint written on {saved_type}: the noise is re-seeded "
-                        f"from (seed, step {self.global_step}), so the continuation is not bit-exact"
-                    )
+        rng, self.state = ckpt.load_train_state(self.path, self.optimizer, self.model, self.ema.shadow if self.ema else None)
+        self.state.for_world_size(distributed.world_size(), len(self.train_data), self.cfg.train.batch_size)
+        saved_type, self.state.noise_device = self.state.noise_device, self.device.type
+        if distributed.rank() == 0 and saved_type == self.device.type:  # the saved RNG states are rank 0's
+            torch.set_rng_state(rng["cpu"])
+            self.noise.set_state(rng["noise"].cpu())
             if "cuda" in rng and self.device.type == "cuda":
                 torch.cuda.set_rng_state(rng["cuda"], self.device)
-        else:  # DDP: the other ranks derive theirs from (seed, rank, step)
-            self._reseed_noise()
+        else:  # DDP's other ranks, or another device type: noise from (seed, rank, step)
+            seed = (self.cfg.train.seed + 1 + distributed.rank()) * 1_000_003 + self.state.global_step
+            self.noise.manual_seed(seed)
+            torch.manual_seed(seed + 1)
+            if distributed.rank() == 0:
+                self.notices.append(f"resumed on {self.device.type} from a checkpoint written on {saved_type}: the noise is re-seeded "
+                                    f"from (seed, step {self.state.global_step}), so the continuation is not bit-exact")  # fmt: skip
         _match_state_layout(self.optimizer)
-        self.history = [r for r in ckpt.read_metrics(self.path) if int(r.get("epoch", 0)) <= self.epoch and not r.get("partial")]
+        done = self.state.epoch
+        self.history = [r for r in ckpt.read_metrics(self.path) if int(r.get("epoch", 0)) <= done and not r.get("partial")]
 
-    def _reseed_noise(self) -> None:
-        """Noise (and torch's global generator) from (seed, rank, global step): a resume point
-        that needs no saved generator state."""
-        seed = (self.cfg.train.seed + 1 + distributed.rank()) * 1_000_003 + self.global_step
-        self.noise.manual_seed(seed)
-        torch.manual_seed(seed + 1)
-
-    def _convert_position(self, saved_world: int) -> None:
-        """DDP: a run resumed with another world size keeps its place as a fraction of the epoch
-        (steps per epoch scale with 1 / world size); ``global_step`` is recounted in the new steps
-        so the learning-rate schedule continues smoothly. Exact at epoch boundaries."""
-        world = distributed.world_size()
-        if saved_world == world:
-            return
-        n, bs = len(self.train_data), self.cfg.train.batch_size
-        old, new = _rank_steps(n, bs, saved_world), _rank_steps(n, bs, world)
-        if old > 0 and new > 0:
-            self.step = min(self.step * new // old, new - 1) if self.step else 0
-            self.global_step = self.epoch * new + self.step
-
-    # -------------------------------------------------------------- loop
+    # -------------------------------------------------------------- the loop
     def fit(self, callback: Callable[[Progress], None] | None = None, stop: threading.Event | None = None) -> TrainResult:
-        """Train; returns the final numbers. Checkpoints as it goes (see module docstring)."""
-        tc = self.cfg.train
+        """Train; returns the final numbers. Checkpoints as it goes (see the module docstring)."""
+        tc, st = self.cfg.train, self.state
         s = self._session()
-        cb = callback or _ignore
-        cb(Progress("start", self.epoch, tc.epochs, self.step, s.spe, self.global_step))
+        self._cb = cb = callback or _ignore
+        cb(Progress("start", st.epoch, tc.epochs, st.step, s.steps_per_epoch, st.global_step))
         self.model.train()
         stopped = None
-        while self.epoch < tc.epochs and stopped is None:
-            # the order is made on the CPU from (seed, epoch), the same on every device; one copy per epoch
-            perm = distributed.shard(epoch_permutation(len(self.train_data), tc.seed, self.epoch)).to(self.device)
-            while self.step < s.spe:
-                stopped = self._should_stop(s, stop)
-                if stopped:
-                    break
-                terms, beta, lr = self._step(s, perm)
-                self._count(s)
-                if self._report_due(s):
-                    self._report(s, cb, terms, beta, lr)
-            if self.step == s.spe:
-                self._end_epoch(s, cb)
-        return self._finish(s, stopped or "done", cb)
+        while st.epoch < tc.epochs and stopped is None:
+            perm = self._epoch_order()
+            while st.step < s.steps_per_epoch and stopped is None:
+                stopped = self._control(s, stop)
+                if stopped is None:
+                    terms, lr = self._step(s, perm)
+                    if st.step == s.steps_per_epoch or self._report_due(s):
+                        self._report(s, terms, lr)
+            if st.step == s.steps_per_epoch:
+                stopped = self._end_epoch(s) or stopped
+        return self._finish(s, stopped or "done")
 
-    def _session(self) -> _Session:
+    def train_steps(self, steps: int) -> float | None:
+        """Run ``steps`` optimisation steps from the current position, continuing into the next
+        epoch's order when one ends, with no evaluation, checkpoint or control check: the inner loop
+        that benchmarks time. Returns images per second after the warm-up steps."""
+        s = self._session()
+        self.model.train()
+        for _ in range(steps):
+            self._step(s, self._epoch_order())
+            if self.state.step == s.steps_per_epoch:
+                self.state.epoch, self.state.step = self.state.epoch + 1, 0
+        _sync(self.device)
+        return s.rate()
+
+    def _session(self) -> Session:
         tc = self.cfg.train
         n_rank = distributed.shard_size(len(self.train_data))  # DDP: images per rank per epoch (n in a single process)
-        bs = min(tc.batch_size, n_rank)
-        spe = steps_per_epoch(n_rank, bs)
+        batch = min(tc.batch_size, n_rank)
+        spe = steps_per_epoch(n_rank, batch)
         if spe == 0:
             raise TrainingError("the training split is empty")
-        on_cpu = self.device.type == "cpu"
-        return _Session(spe=spe, bs=bs, n_rank=n_rank, total_steps=spe * tc.epochs, report_every=0 if on_cpu else REPORT_STEPS_DEVICE,
-                        check_every=CHECK_STEPS_DDP if distributed.is_distributed() else 1)  # fmt: skip
+        check = CHECK_STEPS_DDP if distributed.is_distributed() else 1 if self.device.type == "cpu" else CHECK_STEPS_DEVICE
+        self._spe = spe
+        return Session(steps_per_epoch=spe, batch_size=batch, rank_images=n_rank, total_steps=spe * tc.epochs, check_every=check)
 
-    def _should_stop(self, s: _Session, stop: threading.Event | None) -> str | None:
-        """The one control check before a step: why to stop, or None; checkpoints when one is due.
-        Under DDP every ``check_every`` steps, the flags of all ranks (stop, budget, save, non-finite)
-        OR-ed in ONE small all-reduce, so the ranks stop and save together."""
+    def _epoch_order(self) -> torch.Tensor:
+        """This rank's order of the current epoch on the device, made on the CPU from (seed, epoch), one copy per epoch."""
+        if self._perm is None or self._perm[0] != self.state.epoch:
+            perm = epoch_permutation(len(self.train_data), self.cfg.train.seed, self.state.epoch)
+            self._perm = (self.state.epoch, distributed.shard(perm).to(self.device))
+        return self._perm[1]
+
+    def _step(self, s: Session, perm: torch.Tensor) -> tuple[LossTerms, float]:
+        """One optimisation step on batch ``state.step`` of ``perm``, then the position advances.
+        No host sync: a non-finite loss is noted on the device and read at the next control check."""
+        tc, st = self.cfg.train, self.state
+        frac = s.trained() / tc.time_budget if tc.time_budget else None
+        lr = st.lr_scale * lr_at(st.global_step, s.total_steps, tc.lr, tc.lr_schedule, tc.warmup_steps, time_fraction=frac)
+        if lr != self._lr:
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+            self._lr = lr
+        idx = perm[st.step * s.batch_size : (st.step + 1) * s.batch_size]
+        x = to_float(self.train_images[idx]).contiguous(memory_format=self.memory_format)
+        if self.cfg.data.binarize:  # dynamic binarisation, x ~ Bernoulli(pixel) per batch
+            x = torch.bernoulli(x, generator=self.noise)
+        with autocast(self.device, self.precision):
+            out = self.net(x, generator=self.noise)  # DDP: the wrapper averages gradients
+        terms = self.objective(self.model, out, x, st.progress(s.steps_per_epoch))
+        if st.global_step in self._nan_steps:
+            terms.loss = terms.loss * float("nan")
+        if tc.skip_nonfinite and not distributed.all_finite(terms.loss):  # a per-step check, only when skipping
+            st.nonfinite_skipped += 1
+        else:
+            self._first_nonfinite = torch.where(
+                torch.isfinite(terms.loss) | (self._first_nonfinite >= 0), self._first_nonfinite, st.global_step
+            )
+            self.optimizer.zero_grad(set_to_none=True)
+            terms.loss.backward()
+            self._grads.add(torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip or float("inf")))
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(st.global_step)
+            self._acc.add_(torch.stack((terms.neg_elbo * x.shape[0], terms.recon * x.shape[0], terms.kl * x.shape[0],
+                                        terms.loss.new_tensor(float(x.shape[0])))).detach())  # fmt: skip
+        s.images += min(s.batch_size, s.rank_images - st.step * s.batch_size) * distributed.world_size()  # DDP: every rank takes a batch
+        st.step, st.global_step, s.steps = st.step + 1, st.global_step + 1, s.steps + 1
+        if s.steps == RATE_WARMUP_STEPS:
+            _sync(self.device)
+            s.warm_t, s.warm_images = s.trained(), s.images
+        return terms, lr
+
+    def _control(self, s: Session, stop: threading.Event | None) -> str | None:
+        """The one control check before a step: why to stop, or None. Every ``check_every`` steps the
+        flags (stop, budget, save due, a non-finite step) are read (DDP: OR-ed over the ranks in one
+        all-reduce, so the ranks stop, save and roll back together); a non-finite step is rolled back,
+        a finite state copied every :data:`SNAPSHOT_STEPS`, a checkpoint written when due."""
         tc = self.cfg.train
         if tc.max_steps is not None and s.steps >= tc.max_steps:  # the same count on every rank
             return "max_steps"
@@ -382,212 +417,215 @@ class Trainer:
             return None
         flags = [stop is not None and stop.is_set(), tc.time_budget is not None and s.trained() >= tc.time_budget,
                  time.perf_counter() - s.last_save >= tc.save_every]  # fmt: skip
-        if distributed.is_distributed():
-            *flags, bad = distributed.any_flags(flags, self._bad_at >= 0)
-            if bad:
-                self._raise_nonfinite(s)
-        interrupted, budget, save = flags
+        interrupted, budget, save, bad = distributed.any_flags(flags, self._first_nonfinite >= 0)
+        step = self.state.global_step
+        if bad:
+            self._recover()
+        elif step > 0 and (self._snapshot.step is None or step - self._snapshot.step >= SNAPSHOT_STEPS):  # step 0: no optimizer state yet
+            self._snapshot.take(self._snapshot_tensors(), step)
         if interrupted or budget:
             return "interrupted" if interrupted else "time_budget"
         if save:
-            self._checkpoint(s)
+            with s.paused(self.state):
+                self.save()
         return None
 
-    def _step(self, s: _Session, perm: torch.Tensor) -> tuple[LossTerms, float, float]:
-        """One optimisation step on batch ``self.step`` of ``perm``. Reconstruction and per-dimension
-        KL are computed once, the loss and -ELBO derived from them. No host sync: a non-finite loss
-        is noted on the device (``_bad_at``) and read at the next report, checkpoint or end."""
-        tc = self.cfg.train
-        pos = self.epoch + self.step / s.spe
-        beta = beta_at(pos, tc.beta, tc.anneal, tc.cyclical, tc.epochs)
-        frac = s.trained() / tc.time_budget if tc.time_budget else None
-        lr = lr_at(self.global_step, s.total_steps, tc.lr, tc.lr_schedule, tc.warmup_steps, time_fraction=frac)
-        if lr != self._lr:
-            for g in self.optimizer.param_groups:
-                g["lr"] = lr
-            self._lr = lr
-        x = to_float(self.train_images[perm[self.step * s.bs : (self.step + 1) * s.bs]]).contiguous(memory_format=self.memory_format)
-        if self.cfg.data.binarize:  # dynamic binarisation, x ~ Bernoulli(pixel) per batch
-            x = torch.bernoulli(x, generator=self.noise)
-        with autocast(self.device, self.precision):
-            out = self.net(x, generator=self.noise)  # DDP: the wrapper averages gradients
-        cap = capacity_at(pos, tc.capacity, tc.capacity_epochs or tc.epochs) if tc.capacity else None
-        terms = training_terms(
-            reconstruction_nll(out.logits, x, self.cfg.model.likelihood, getattr(self.model, "log_scale", None)),
-            kl_per_dim(out.mu, out.logvar), beta,
-            mu=out.mu, logvar=out.logvar, z=out.z, capacity=cap, free_bits=tc.free_bits, tc_beta=tc.tc_beta,
-        )  # fmt: skip
-        if tc.skip_nonfinite and not distributed.all_finite(terms.loss):  # a per-step check, only when skipping
-            self.nonfinite_skipped += 1
-            return terms, beta, lr
-        self._bad_at = torch.where(torch.isfinite(terms.loss) | (self._bad_at >= 0), self._bad_at, self.global_step)
-        self.optimizer.zero_grad(set_to_none=True)
-        terms.loss.backward()
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self._params, tc.grad_clip)
-        self.optimizer.step()
-        self._acc.add_(torch.stack((terms.neg_elbo, terms.recon, terms.kl)).detach(), alpha=x.shape[0])
-        self._acc_images += x.shape[0]
-        return terms, beta, lr
+    def _snapshot_tensors(self) -> list[torch.Tensor]:
+        """What a rollback restores: weights and buffers, the optimizer's moments, the moving average,
+        the running sums and the gradient-norm watch."""
+        opt = [v for st in self.optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+        ema = self.ema.tensors() if self.ema is not None else []
+        return [*self.model.parameters(), *self.model.buffers(), *opt, *ema, self._acc, *self._grads.tensors()]
 
-    def _count(self, s: _Session) -> None:
-        """Advance the position and the clocks after a step."""
-        s.images += min(s.bs, s.n_rank - self.step * s.bs) * distributed.world_size()  # DDP: every rank takes a batch
-        self.step += 1
-        self.global_step += 1
-        s.steps += 1
-        if s.steps == WARMUP_STEPS:
-            _sync(self.device)
-            s.warm_t, s.warm_images = s.trained(), s.images
+    def _recover(self) -> None:
+        """A non-finite step: roll back to the last finite state and halve the learning rate, or,
+        on the run's ``max_nonfinite``-th one (or with nothing finite to go back to), stop."""
+        st, tc = self.state, self.cfg.train
+        at = int(self._first_nonfinite)
+        where = f"at epoch {at // self._spe + 1}, step {at % self._spe + 1}" if at >= 0 else "on another rank"
+        if len(st.recoveries) + 1 >= tc.max_nonfinite or self._snapshot.step is None:
+            kept = "the last good checkpoint is kept" if (self.path / ckpt.STATE).exists() else "no checkpoint was written yet"
+            raise TrainingError(f"non-finite loss {where}: stopped, {kept} (try a lower --lr or more --warmup-steps, "
+                                "or --skip-nonfinite to skip such batches)")  # fmt: skip
+        self._snapshot.restore(self._snapshot_tensors())
+        self._first_nonfinite.fill_(-1)
+        before = self._lr
+        st.lr_scale /= 2
+        event = {"step": at, "epoch": round(st.progress(self._spe), 4), "lr_before": before, "lr_after": before / 2,
+                 "rolled_back_to": self._snapshot.step}  # fmt: skip
+        st.recoveries.append(event)
+        self._notice("recovery", f"non-finite loss {where}: rolled back to step {self._snapshot.step}, learning rate "
+                                     f"{before:.3g} -> {before / 2:.3g} ({len(st.recoveries)} of {tc.max_nonfinite - 1} recoveries)")  # fmt: skip
 
-    def _report_due(self, s: _Session) -> bool:
-        if self.step == s.spe:
-            return True
-        if s.report_every:
-            return s.steps % s.report_every == 0
+    def _report_due(self, s: Session) -> bool:
         now = time.perf_counter()
-        if now - s.last_report >= REPORT_SECONDS:
-            s.last_report = now
-            return True
-        return False
+        if s.check_every == 1 and now - s.last_report < REPORT_SECONDS:
+            return False
+        if s.check_every > 1 and s.steps % s.check_every:
+            return False
+        s.last_report = now
+        return True
 
-    def _report(self, s: _Session, cb: Callable[[Progress], None], terms: LossTerms, beta: float, lr: float) -> None:
-        """A 'step' report: reads the loss values (one sync) and, in a single process, the non-finite flag."""
-        if not distributed.is_distributed():  # DDP: read at the control checks, where the ranks agree
-            self._check_finite(s)
+    def _report(self, s: Session, terms: LossTerms, lr: float) -> None:
+        """A 'step' report: reads the loss values (one sync) and the gradient-norm watch."""
+        spike = self._grads.spike()
+        if spike is not None:
+            self._notice("lr", lr_alarm(*spike, self.state.global_step, lr))
         loss, recon, kl = torch.stack((terms.loss, terms.recon, terms.kl)).detach().tolist()
-        cb(Progress("step", self.epoch, self.cfg.train.epochs, self.step, s.spe, self.global_step,
-                    loss=loss, recon=recon, kl=kl, beta=beta, lr=lr, images_per_second=s.rate()))  # fmt: skip
+        st, tc = self.state, self.cfg.train
+        self._cb(Progress("step", st.epoch, tc.epochs, st.step, s.steps_per_epoch, st.global_step, loss=loss, recon=recon, kl=kl,
+                    beta=terms.beta, lr=lr, images_per_second=s.rate()))  # fmt: skip
 
-    def _check_finite(self, s: _Session) -> None:
-        """Raise TrainingError when a step since the start had a non-finite loss (DDP: on any rank;
-        one all-reduce). Called before every checkpoint, so a non-finite loss never reaches one."""
-        if distributed.any_flags([], self._bad_at >= 0)[0]:
-            self._raise_nonfinite(s)
+    def _notice(self, kind: str, message: str) -> None:
+        """An alarm or event: once per kind and run (recoveries every time), kept in the state
+        (summary.json ``notices``, loss.png) and reported as a 'notice'."""
+        st = self.state
+        if kind != "recovery" and any(n["kind"] == kind for n in st.notices):
+            return
+        st.notices.append({"kind": kind, "epoch": round(st.progress(self._spe), 4), "message": message})
+        self._cb(Progress("notice", st.epoch, self.cfg.train.epochs, st.step, self._spe, st.global_step, message=message))
 
-    def _raise_nonfinite(self, s: _Session) -> None:
-        at = int(self._bad_at)
-        where = f"at epoch {at // s.spe + 1}, step {at % s.spe + 1}" if at >= 0 else "on another rank"
-        kept = "the last good checkpoint is kept" if (self.path / ckpt.STATE).exists() else "no checkpoint was written yet"
-        raise TrainingError(
-            f"non-finite loss {where}: stopped, {kept} (try a lower --lr or more --warmup-steps, or --skip-nonfinite to skip such batches)"
-        )
+    def _sync_sums(self) -> None:
+        """Move the on-device running sums into the state (one sync; DDP: summed over the ranks)."""
+        acc = distributed.all_reduce_sum(self._acc).cpu().double().tolist()
+        self.state.epoch_sums = [a + b for a, b in zip(self.state.epoch_sums, acc)]
+        self._acc.zero_()
 
-    def _checkpoint(self, s: _Session) -> None:
-        """A --save-every checkpoint mid-epoch; its time is not charged to training."""
-        now = time.perf_counter()
-        self._check_finite(s)
-        self.train_seconds += now - s.seg_start
-        self.save()
-        s.last_save = s.seg_start = time.perf_counter()
-        s.excluded += s.last_save - now
+    def _train_numbers(self) -> dict[str, float]:
+        """The running means of the epoch so far (nats/image)."""
+        self._sync_sums()
+        *sums, count = self.state.epoch_sums
+        return dict(zip(("neg_elbo", "recon", "kl"), (v / max(count, 1.0) for v in sums)))
 
-    def _end_epoch(self, s: _Session, cb: Callable[[Progress], None]) -> None:
-        """Epoch end: evaluate, record the epoch in metrics.jsonl, checkpoint (not charged to training)."""
-        now = time.perf_counter()
-        self._check_finite(s)
-        self.train_seconds += now - s.seg_start
-        row = self._metrics_row(s)
-        self.epoch += 1
-        self.step = 0
-        self._epoch_sums.zero_()
-        self.history.append(row)
-        self._write_metrics(self.history)
-        self.save()
-        cb(Progress("epoch", self.epoch - 1, self.cfg.train.epochs, s.spe, s.spe, self.global_step, metrics=row))
-        s.last_save = s.seg_start = time.perf_counter()
-        s.excluded += s.last_save - now
-
-    def _finish(self, s: _Session, stopped: str, cb: Callable[[Progress], None]) -> TrainResult:
-        """The end of fit(): checkpoint a stop (with a partial row in metrics.jsonl when it fell
-        inside an epoch), evaluate, write summary.json and build the result."""
+    def _end_epoch(self, s: Session) -> str | None:
+        """Epoch end: evaluate on the validation split, record the row, keep the best weights,
+        checkpoint (none of it charged to training), raise alarms; 'early_stop' when it is time."""
+        with s.paused(self.state):
+            row, best = self._evaluation_row(s)
+            st = self.state
+            st.epoch, st.step, st.epoch_sums = st.epoch + 1, 0, [0.0] * 4
+            self.history.append(row)
+            self._write_metrics(self.history)
+            self.save(best=best)
+        self._cb(Progress("epoch", st.epoch - 1, self.cfg.train.epochs, s.steps_per_epoch, s.steps_per_epoch, st.global_step, metrics=row))
+        self._alarms()
         tc = self.cfg.train
+        return "early_stop" if tc.early_stop and st.evals_since_best >= tc.early_stop else None
+
+    def _evaluation_row(self, s: Session, partial: bool = False) -> tuple[dict[str, Any], bool]:
+        """The metrics.jsonl row of the current epoch (complete, or ``partial``: marked, with its
+        steps) and whether its validation -ELBO is the best so far (the state records it)."""
+        self._guard()
+        st = self.state
+        done = st.progress(s.steps_per_epoch) if partial else st.epoch + 1.0
+        row: dict[str, Any] = {"epoch": st.epoch + 1, "step": st.global_step, "beta": self.objective.beta_at(done - 1e-9),
+                               "lr": self._lr, "train": self._train_numbers(), "grad_norm": self._grads.epoch_stats(),
+                               "train_seconds": round(st.train_seconds, 3)}  # fmt: skip
+        best = False
+        val = self._evaluate_val()
+        if val is not None:
+            row.update(val=val.brief(), active_units=val.active_units)
+            best = st.best_neg_elbo is None or val.neg_elbo < st.best_neg_elbo
+            if best:
+                st.best, st.evals_since_best = {"epoch": round(done, 4), "val": val.brief()}, 0
+            else:
+                st.evals_since_best += 1
+        if partial:
+            row.update(partial=True, steps=st.step, epochs_done=round(done, 4))
+        return row, best
+
+    def _guard(self) -> None:
+        """Before anything is evaluated or saved: no non-finite step may be pending (DDP: on any rank)."""
+        if distributed.any_flags([], self._first_nonfinite >= 0)[0]:
+            self._recover()
+
+    def _alarms(self) -> None:
+        tc, m = self.cfg.train, self.cfg.model
+        ramp = max(tc.anneal, tc.capacity_epochs if tc.capacity else 0, tc.epochs if tc.cyclical else 0)
+        collapse = collapse_alarm(self.history, ramp, m.latent_dim)
+        if collapse:
+            self._notice("collapse", collapse)
+        overfit = overfit_alarm(self.history, self.state.best_epoch, keeps_best=len(self.val_data) > 0)
+        if overfit:
+            self._notice("overfit", overfit)
+
+    def _evaluate_val(self) -> EvalResult | None:
+        """The validation split at the evaluated weights (DDP: sharded); None without one. Reused
+        while the weights are unchanged."""
+        if not len(self.val_data):
+            return None
+        if self._last_eval is None or self._last_eval[0] != self.state.global_step:
+            self._last_eval = (self.state.global_step, self._evaluate(self.val_data))
+        return self._last_eval[1]
+
+    def _evaluate(self, data: ImageData, model: VAE | None = None) -> EvalResult:
+        shard = (distributed.rank(), distributed.world_size()) if distributed.is_distributed() else None
+        res = evaluate(model or self.eval_model, data, device=self.device, seed=self.cfg.train.seed, shard=shard)
+        self.model.train()
+        return res
+
+    def _finish(self, s: Session, stopped: str) -> TrainResult:
+        """The end of fit(): checkpoint a stop (with a partial row when it fell inside an epoch), score
+        the test split with the kept weights, write summary.json and build the result."""
         _sync(self.device)
-        if self.step != 0 or stopped != "done":
-            self.train_seconds += time.perf_counter() - s.seg_start
-        ips = s.rate()
-        seconds = time.perf_counter() - s.t0
-        if stopped != "done" and s.steps > 0:
-            self._check_finite(s)
-            if self.step > 0:  # every run has its numbers: the part of the epoch done so far
-                self._write_metrics([*self.history, self._metrics_row(s, partial=True)])
-            self.save()
-        test = self._evaluate()
-        sums = self._fold()
-        if sums[3] > 0:
-            train_brief = {"neg_elbo": float(sums[0] / sums[3]), "recon": float(sums[1] / sums[3]), "kl": float(sums[2] / sums[3])}
-        elif self.history:
-            train_brief = dict(self.history[-1]["train"])
-        else:
-            train_brief = {"neg_elbo": float("nan"), "recon": float("nan"), "kl": float("nan")}
+        st = self.state
+        ips, seconds = s.rate(), time.perf_counter() - s.t0
+        with s.paused(st):
+            if stopped not in ("done", "early_stop") and s.steps > 0:
+                best = False
+                if st.step > 0:  # every run has its numbers: the part of the epoch done so far
+                    row, best = self._evaluation_row(s, partial=True)
+                    self._write_metrics([*self.history, row])
+                self.save(best=best)
+            kept = self._kept_model()
+            test = self._evaluate(self.test_data, kept)
+        train = self._train_numbers() if st.epoch_sums[3] > 0 else dict(self.history[-1]["train"]) if self.history else {}
         result = TrainResult(
-            run=self.path.name, path=str(self.path), epochs=self.epoch, steps=self.global_step, seconds=round(seconds, 3),
-            images_per_second=None if ips is None else round(ips, 2), train=train_brief, test=test.brief(),
-            active_units=test.active_units, stopped=stopped, precision=self.precision, device=str(self.device),
+            run=self.path.name, path=str(self.path), epochs=st.epoch, steps=st.global_step, seconds=round(seconds, 3),
+            images_per_second=None if ips is None else round(ips, 2), train=train, test=test.brief(), active_units=test.active_units,
+            stopped=stopped, precision=self.precision, device=str(self.device),
         )  # fmt: skip
-        summary = {**result.to_dict(), "epochs_done": round(self.epoch + self.step / s.spe, 4), "test_per_dim_kl": test.per_dim_kl,
-                   "test_mu_variance": test.mu_variance, "nonfinite_skipped": self.nonfinite_skipped,
-                   "train_seconds": round(self.train_seconds, 3), "runtime": self._runtime(), "notices": list(self.notices)}  # fmt: skip
-        # ---- DDP: record the world size and effective batch; check that the ranks agree
-        summary["world_size"] = distributed.world_size()
-        summary["effective_batch_size"] = s.bs * distributed.world_size()
-        digests = distributed.param_digests(self.model) if distributed.is_distributed() else []
-        if digests:
-            summary["param_sha256_per_rank"] = digests
+        facts = {"test_per_dim_kl": test.per_dim_kl, "test_mu_variance": test.mu_variance, **self._run_facts(s, kept)}
+        result.summary = ckpt.build_summary(result.to_dict(), self.state, facts)
         if distributed.is_main():
-            ckpt.write_summary(self.path, summary)
+            ckpt.write_summary(self.path, result.summary)
+        digests = result.summary.get("param_sha256_per_rank", [])
         if len(set(digests)) > 1:
             raise TrainingError(f"the {len(digests)} ranks ended with different parameters (a DDP bug); the checkpoint holds rank 0's")
-        # ---- end DDP
-        cb(Progress("end", self.epoch, tc.epochs, self.step, s.spe, self.global_step, images_per_second=ips, metrics=summary))
+        self._cb(Progress("end", st.epoch, self.cfg.train.epochs, st.step, s.steps_per_epoch, st.global_step, images_per_second=ips,
+                          metrics=result.summary))  # fmt: skip
         return result
 
-    def _evaluate(self) -> EvalResult:
-        """The test split at the current weights (DDP: sharded over the ranks); reused while the weights are unchanged."""
-        if self._last_eval is not None and self._last_eval[0] == self.global_step:
-            return self._last_eval[1]
-        shard = (distributed.rank(), distributed.world_size()) if distributed.is_distributed() else None
-        test = evaluate(self.model, self.test_data, device=self.device, seed=self.cfg.train.seed, shard=shard)
-        self.model.train()
-        self._last_eval = (self.global_step, test)
-        return test
+    def _kept_model(self) -> VAE:
+        """The weights model.safetensors holds (the best by validation), loaded for the test score."""
+        if not len(self.val_data) or not (self.path / ckpt.MODEL).exists():
+            return self.eval_model
+        kept = VAE(self.cfg.model).to(self.device)
+        ckpt.load_state_dict_into(kept, self.path / ckpt.MODEL)
+        return kept
 
-    def _metrics_row(self, s: _Session, partial: bool = False) -> dict[str, Any]:
-        """The metrics.jsonl row of the current epoch: complete, or ``partial`` (marked, with its steps)."""
-        tc = self.cfg.train
-        sums = self._fold()
-        count = max(float(sums[3]), 1.0)
-        test = self._evaluate()
-        done = self.epoch + (self.step / s.spe if partial else 1.0)
-        row: dict[str, Any] = {
-            "epoch": self.epoch + 1,
-            "step": self.global_step,
-            "beta": beta_at(done - 1e-9, tc.beta, tc.anneal, tc.cyclical, tc.epochs),
-            "train": {"neg_elbo": float(sums[0]) / count, "recon": float(sums[1]) / count, "kl": float(sums[2]) / count},
-            "test": test.brief(),
-            "active_units": test.active_units,
-            "train_seconds": round(self.train_seconds, 3),
-        }
-        if partial:
-            row.update(partial=True, steps=self.step, epochs_done=round(done, 4))
-        return row
+    def _run_facts(self, s: Session, kept: VAE) -> dict[str, Any]:
+        """What summary.json records besides the numbers: epochs done, the held-out splits, how it ran."""
+        facts: dict[str, Any] = {
+            "epochs_done": round(self.state.progress(s.steps_per_epoch), 4), "val_size": len(self.val_data),
+            "likelihood": kept.likelihood.label(self.cfg.data.binarize), "likelihood_name": kept.likelihood.name,
+            "discrete": kept.likelihood.is_discrete(self.cfg.data.binarize),
+            "last_val": self.history[-1].get("val") if self.history else None, "last_epoch": self.state.epoch,
+            "runtime": {"threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+                        "memory_format": "channels_last" if self.memory_format == torch.channels_last else "contiguous", **self.runtime},
+            "world_size": distributed.world_size(), "effective_batch_size": s.batch_size * distributed.world_size(),
+            "notes": list(self.notices),
+        }  # fmt: skip
+        if kept.likelihood.name == "bernoulli" and not self.cfg.data.binarize:
+            facts["test_bce_floor"] = round(bce_floor(self.test_data), 4)
+        if distributed.is_distributed():
+            facts["param_sha256_per_rank"] = distributed.param_digests(self.model)
+        return facts
 
     def _write_metrics(self, rows: list[dict[str, Any]]) -> None:
         if distributed.is_main():  # DDP: rank 0 writes; metrics before the checkpoint (a resume drops rows past it)
             ckpt.write_metrics(self.path, rows)
-            _plot(self.path, rows)
-
-    def _runtime(self) -> dict[str, Any]:
-        """How this invocation ran (summary.json ``runtime``): threads, OpenMP policy, layout, CUDA policy."""
-        return {"threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
-                "memory_format": "channels_last" if self.memory_format == torch.channels_last else "contiguous",
-                **self.runtime}  # fmt: skip
-
-
-def _rank_steps(n: int, batch_size: int, world: int) -> int:
-    """Steps per epoch of each rank when ``n`` images are sharded over ``world`` ranks."""
-    m = distributed.shard_size(n, world)
-    return steps_per_epoch(m, min(batch_size, m)) if m else 0
+            _plot(self.path, rows, self.state.notices)
 
 
 def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:
@@ -605,30 +643,12 @@ def _ignore(progress: Progress) -> None:
     """The callback of a fit() without one."""
 
 
-def _noise_device_type(state: dict[str, Any], saved: torch.Tensor | None) -> str | None:
-    """The device type of a saved noise-generator state: recorded with the state;
-    in older checkpoints told by size (a CPU generator's state is 5,056 bytes, a CUDA one's 16)."""
-    if saved is None:
-        return None
-    if isinstance(state.get("noise_device"), str):
-        return state["noise_device"]
-    return "cpu" if saved.numel() == torch.Generator().get_state().numel() else "cuda"
-
-
-def _rate(images: int, seconds: float) -> float:
-    """Images per second, 0 before any time has passed."""
-    return images / seconds if seconds > 0 else 0.0
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
+def _plot(path: Path, rows: list[dict[str, Any]], notices: list[dict[str, Any]]) -> None:
     from .plot import plot_training_curves  # Pillow only; imported when the first epoch ends
 
-    plot_training_curves(path / ckpt.LOSS_PLOT, rows)
-
-
-__all__ = ["Progress", "TrainResult", "Trainer", "start_run", "resume_run", "epoch_permutation", "steps_per_epoch"]
+    plot_training_curves(path / ckpt.LOSS_PLOT, rows, marks=[(float(n["epoch"]), n["kind"]) for n in notices])

@@ -27,14 +27,10 @@ def _generator(seed: int) -> Any:
 
 
 def _split_data(cfg: Any, split: str) -> Any:
-    """One split of the run's dataset (loaded from what is on disk; nothing is downloaded)."""
-    from ..data import load_data
-    from ..errors import ConfigError
+    """One split of the run's dataset, train, val or test (loaded from what is on disk; nothing is downloaded)."""
+    from ..data import load_split
 
-    if split not in ("test", "train"):
-        raise ConfigError(f"--split must be test or train, got {split!r}")
-    train, test, _ = load_data(cfg.data, download=False)
-    return test if split == "test" else train
+    return load_split(cfg.data, split)
 
 
 def _split_images(cfg: Any, split: str, indices: list[int]) -> Any:
@@ -227,7 +223,10 @@ def reconstruct_cmd(
         files += _dir_files(out_dir, names, [image_png(img, scale) for img in recon])
     lines = []
     if as_json:
-        rec_nll, kl = elbo_per_image(model, x, _generator(seed), binarize=cfg.data.binarize)
+        from ..data import ImageData, binarize_fixed, to_float
+
+        xs = to_float(binarize_fixed(ImageData(images=(x * 255).round().to(torch.uint8))).images) if cfg.data.binarize else x
+        rec_nll, kl = elbo_per_image(model, xs, _generator(seed))  # a --binarize run scores binary pixels
         for p, r, k in zip(paths, rec_nll.tolist(), kl.tolist()):
             lines.append({"path": p, "neg_elbo": r + k, "recon": r, "kl": k})
     _write_all(files)
@@ -301,7 +300,7 @@ def _per_dim_kl(model: Any, cfg: Any, folder: Path, seed: int) -> list[float]:
     from .. import checkpoint as ckpt
     from ..metrics import latent_stats
 
-    kl, _, _ = latent_stats(model, ckpt.read_summary(folder), lambda: _split_data(cfg, "test"), seed=seed, binarize=cfg.data.binarize)
+    kl, _, _ = latent_stats(model, ckpt.read_summary(folder), lambda: _split_data(cfg, "test"), seed=seed)
     return kl or []
 
 
@@ -411,7 +410,7 @@ def eval_kl_cmd(
     with --iw-samples K also the importance-weighted -log p(x), its standard error and bits/dim."""
     from ..data import ImageData, binarize_fixed
     from ..errors import ConfigError
-    from ..metrics import evaluate, iw_nll, likelihood_label
+    from ..metrics import evaluate, iw_nll
     from .common import check_positive
 
     check_positive("--batch-size", batch_size)
@@ -430,8 +429,8 @@ def eval_kl_cmd(
     if use_binary:  # a fixed stochastic binarisation (the test split of a --binarize run already is one)
         data = binarize_fixed(data)
     dev = next(model.parameters()).device
-    res = evaluate(model, data, batch_size=batch_size, device=dev, seed=seed, binarize=use_binary)
-    label = likelihood_label(model.config.likelihood, use_binary)
+    res = evaluate(model, data, batch_size=batch_size, device=dev, seed=seed)
+    label = model.likelihood.label(use_binary)
     out: dict[str, Any] = {"run": folder.name, "split": split, "images": res.images, "neg_elbo": res.neg_elbo, "recon": res.recon,
                            "kl": res.kl, "per_dim_kl": res.per_dim_kl, "active_units": res.active_units,
                            "binarized": use_binary, "likelihood": label}  # fmt: skip

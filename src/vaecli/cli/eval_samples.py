@@ -27,8 +27,8 @@ def _check(n: int, temperature: float, split: str, features: str) -> None:
     check_positive("-n", n, N_MIN)
     if not math.isfinite(temperature) or temperature <= 0:
         raise ConfigError(f"--temperature must be a finite number > 0, got {temperature}")
-    if split not in ("test", "train"):
-        raise ConfigError(f"--split must be test or train, got {split!r}")
+    if split not in ("test", "val", "train"):
+        raise ConfigError(f"--split must be one of train, val, test, got {split!r}")
     if features != "auto" and features not in FEATURES:
         raise ConfigError(f"--features must be auto, {' or '.join(FEATURES)}, got {features!r}")
 

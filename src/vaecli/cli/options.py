@@ -26,8 +26,10 @@ GridOutput = Annotated[
     str | None, typer.Option("--output", "-o", help="Grid PNG to write ('-' = PNG bytes on stdout; default <command>.png).")
 ]  # noqa: UP045
 AlsoGrid = Annotated[Optional[str], typer.Option("--output", "-o", help="Also write a grid PNG ('-' = PNG bytes on stdout).")]  # noqa: UP045
-Split = Annotated[str, typer.Option("--split", help="Split of the run's dataset: test or train.")]
-InputSplit = Annotated[Optional[str], typer.Option("--split", help="Take images from the run's dataset instead: test or train.")]  # noqa: UP045
+Split = Annotated[
+    str, typer.Option("--split", help="Split of the run's dataset: test, val (the validation images carved out of training) or train.")
+]
+InputSplit = Annotated[Optional[str], typer.Option("--split", help="Take images from the run's dataset instead: test, val or train.")]  # noqa: UP045
 InputN = Annotated[int, typer.Option("-n", "--num", help="With --split: the first N images.")]
 Fps = Annotated[float, typer.Option("--fps", help="GIF frames per second.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from .app import app
@@ -48,8 +50,10 @@ def info_cmd(
     run: str = typer.Argument(..., help="Run name or path (folder or model.safetensors)."),
     as_json: Json = False,
 ) -> None:
-    """Show one run: config, parameter count, epochs and latest metrics."""
+    """Show one run: what its numbers mean (rate, distortion, bits/dim, normalised beta, the held-out
+    gap, best and last epoch), its config, parameter count and training state."""
     from .. import checkpoint as ckpt
+    from ..config import RunConfig
 
     info = ckpt.run_info(ckpt.resolve_run(run))
     if as_json:
@@ -62,17 +66,33 @@ def info_cmd(
     t.add_column("key", style="bold")
     t.add_column("value")
     m, d, tr = cfg["model"], cfg["data"], cfg["train"]
-    test = info.get("test") or {}
     for k, v in [
         ("path", info["path"]), ("created", info["created"]),
         ("model", f"{m['arch']}, z={m['latent_dim']}, {m['channels']}x{m['image_size']}x{m['image_size']}, {m['likelihood']}"),
         ("parameters", f"{info['parameters']:,}"),
-        ("data", f"{d['name']} ({d.get('train_size')} train / {d.get('test_size')} test, fingerprint {d.get('fingerprint')})"),
+        ("data", f"{d['name']} ({d.get('train_size')} train of which {d.get('val_size')} validation / {d.get('test_size')} test, "
+                 f"fingerprint {d.get('fingerprint')})"),
         ("training", f"beta={tr['beta']} anneal={tr['anneal']} lr={tr['lr']} batch={tr['batch_size']} x {tr.get('world_size', 1)} seed={tr['seed']}"),
         ("epochs", f"{info['epochs']} of {tr['epochs']} ({fmt(info.get('steps'))} steps)"),
-        ("test -ELBO", f"{fmt(test.get('neg_elbo'))} (recon {fmt(test.get('recon'))} + KL {fmt(test.get('kl'))}) nats/image"),
-        ("active units", fmt(info.get("active_units"))),
         ("resumable", "yes" if info["resumable"] else "no"),
     ]:  # fmt: skip
         t.add_row(k, str(v))
-    stdout_console().print(t)
+    console = stdout_console()
+    console.print(t)
+    if info.get("summary"):
+        console.print(explained_table(RunConfig.from_dict(cfg), info["summary"], "what the numbers mean"))
+
+
+def explained_table(cfg: Any, summary: dict[str, Any], title: str) -> Any:
+    """The rows of :func:`vaecli.explain.explain` as a rich table: figure, value, unit, meaning, reference."""
+    from rich.table import Table
+
+    from ..explain import explain
+
+    t = Table(title=title)
+    for col in ("figure", "value", "unit", "what it means", "to place it"):
+        t.add_column(col, justify="right" if col == "value" else "left", overflow="fold")
+    for row in explain(cfg, summary):
+        value = "" if row.value is None else fmt(row.value, 4 if row.key in ("bits_per_dim", "normalised_beta") else 2)
+        t.add_row(row.name, value, row.unit, row.meaning, row.reference)
+    return t

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import MAX_AUTO_IMAGE_SIZE, DataConfig
+from ..config import DataConfig
 from ..errors import DataError
 from .dataset import (
     BINARIZE_SEED,
@@ -29,6 +29,7 @@ from .dataset import (
     convert_channels,
     fingerprint,
     split_indices,
+    split_validation,
     subset,
     to_float,
 )
@@ -47,11 +48,9 @@ from .idx import IDX_FILES, load_mini, load_torchvision, read_idx
 __all__ = [
     "BINARIZE_SEED", "DATASETS", "FITS", "IDX_FILES", "IMAGE_EXTENSIONS", "IMAGE_FORMATS", "MAX_IMAGE_PIXELS", "REGISTRY",
     "FolderLoad", "ImageData", "binarize_fixed", "convert_channels", "fingerprint", "list_images", "load_data",
-    "load_folder", "load_image", "read_idx", "split_indices", "to_float",
+    "load_folder", "load_image", "load_split", "read_idx", "split_indices", "split_validation", "to_float",
 ]  # fmt: skip
 
-_load_mini = load_mini  # older name, still imported by tests
-_subset = subset
 Splits = tuple[ImageData, ImageData]
 
 
@@ -109,10 +108,28 @@ def load_data(cfg: DataConfig, download: bool = True, load: FolderLoad | None = 
     return train, test, out
 
 
+SPLITS = ("train", "val", "test")
+
+
+def load_split(cfg: DataConfig, split: str, download: bool = False) -> ImageData:
+    """One split of a run's data as the run saw it: ``train`` (the images it was fitted on), ``val``
+    (the validation images carved out of the training split) or ``test``. Nothing is downloaded
+    unless ``download``."""
+    if split not in SPLITS:
+        raise DataError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    train, test, _ = load_data(cfg, download=download)
+    if split == "test":
+        return test
+    fit, val = split_validation(train, cfg.val_size or 0, cfg.split_seed)
+    return fit if split == "train" else val
+
+
 def _folder(cfg: DataConfig, load: FolderLoad) -> tuple[ImageData, ImageData, dict]:
     folder = Path(cfg.name).expanduser()
     if not folder.exists():
         raise DataError(f"--data {cfg.name!r} is neither a dataset ({', '.join(REGISTRY)}) nor an existing folder")
+    from ..recipe import MAX_AUTO_IMAGE_SIZE
+
     cap = cfg.max_image_size or MAX_AUTO_IMAGE_SIZE
     res = load_folder(folder, cfg.image_size, cfg.fit, cap, load)
     if res.skipped:

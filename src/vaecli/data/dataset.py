@@ -59,6 +59,19 @@ def split_indices(n: int, seed: int, test_fraction: float = 0.1) -> tuple[torch.
     return perm[n_test:].sort().values, perm[:n_test].sort().values
 
 
+VAL_SEED_OFFSET = 7919  # the validation split's generator is seeded apart from the train/test split's
+
+
+def split_validation(data: ImageData, n_val: int, seed: int) -> tuple[ImageData, ImageData]:
+    """(train, validation): ``n_val`` images of a training split set aside by ``seed``, each part in
+    its original order. Deterministic, so a resumed run and every analysis command carve the same."""
+    n = len(data)
+    if not 0 <= n_val < n:
+        raise DataError(f"--val-size must be between 0 and {n - 1} for a training split of {n} images, got {n_val}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + VAL_SEED_OFFSET))
+    return subset(data, perm[n_val:].sort().values), subset(data, perm[:n_val].sort().values)
+
+
 def subset(data: ImageData, idx: torch.Tensor) -> ImageData:
     """The items ``idx`` of ``data`` (a copy)."""
     return ImageData(

@@ -195,7 +195,7 @@ class Explorer:
             self._load_test(run)
             return None if run.test_images is None else ImageData(images=run.test_images)
 
-        kl, run.mu_variance, source = latent_stats(model, summary, test, limit=self.kl_images, binarize=cfg.data.binarize)
+        kl, run.mu_variance, source = latent_stats(model, summary, test, limit=self.kl_images)
         run.per_dim_kl = kl or [0.0] * cfg.model.latent_dim
         run.kl_source = f"unavailable ({run.test_error})" if kl is None else source
         return run

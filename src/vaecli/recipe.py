@@ -1,0 +1,180 @@
+"""The one rule that chooses every default the user did not give, keyed on the data (image size,
+channels) and the device. The CLI passes through only what the user gave (``None`` = not given);
+:func:`build_configs` fills the rest from :func:`default_recipe` once the data is loaded.
+
+The measurements behind each number are in docs/performance.md ("How the defaults are chosen").
+``--arch seed`` keeps the seed document's recipe.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .config import MODEL_FIELDS, TRAIN_FIELDS, ModelConfig, TrainConfig, check_given, size_multiple
+
+DEFAULT_EPOCHS = 10  # epochs of a run given neither --epochs nor --time-budget (plus any ramp, see default_epochs)
+BUDGET_EPOCHS = 1000  # epochs of a run given only a --time-budget: the budget ends it
+MAX_AUTO_IMAGE_SIZE = 128  # a folder's own image size is capped here unless --max-image-size raises it
+
+SEED_RECIPE: dict[str, Any] = {"batch_size": 128, "lr": 1e-3, "lr_schedule": "constant", "warmup_steps": 0}
+
+# Measured on Fashion-MNIST at equal CPU time (docs/performance.md, "How the defaults are chosen").
+MLP_RECIPE: dict[str, Any] = {"widths": (512, 512), "batch_size": 128, "lr": 2e-3, "warmup_steps": 0}
+MLP_MAX_SIDE = 28  # gray images up to this side get the mlp arch by default: it won on Fashion-MNIST
+CONV_BASE_LR = 5e-3
+CONV_WARMUP_STEPS = 100  # linear learning-rate warm-up of the conv recipes
+REFERENCE_FAN_IN = 32 * 7 * 7  # the 28 px conv net's widest layer (1,568 inputs): trains at 5e-3 without a warm-up
+
+# CUDA: not measured on a GPU yet (scripts/gpu_check.sh measures test -ELBO at equal wall time for
+# batch 128 / 1024 / 4096). A GPU idles at batch 128 with these small nets, so CUDA gets batch 1024
+# with the CPU recipe's lr scaled by sqrt(1024 / batch), capped at 1e-2, warmed up over 100 steps.
+CUDA_BATCH, CUDA_MAX_LR, CUDA_WARMUP_STEPS = 1024, 1e-2, 100
+
+
+def conv_stages(image_size: int) -> int:
+    """Strided stages of the ``conv`` arch for a side: the fewest that bring the feature map to
+    8 px or less (28 -> 2 stages of 7 px, 64 -> 3, 128 -> 4), at least 1 and at most 5."""
+    k = 1
+    while image_size / 2**k > 8 and k < 5:
+        k += 1
+    return k
+
+
+def conv_widths(image_size: int) -> tuple[int, ...]:
+    """Channels of the ``conv`` stages: doubling per stage from 16, at most 256 (16,32 at 28 px,
+    16,32,64 at 64 px, 16,32,64,128 at 128 px). Gray and colour alike: at 64 px colour 16,32,64
+    beat 32,64,128 by 256 nats at equal CPU time (docs/performance.md)."""
+    return tuple(min(256, 16 * 2**i) for i in range(conv_stages(image_size)))
+
+
+def accepted_image_size(size: int, arch: str | None = None, widths: tuple[int, ...] | None = None) -> int:
+    """``size`` rounded down to the nearest side the architecture accepts (the default arch's
+    stages for ``size`` when neither ``arch`` nor ``widths`` is given)."""
+    if arch in (None, "conv", "conv-mlp") and not widths:
+        widths = conv_widths(size)
+    m = size_multiple(arch or "conv", widths or (1,))
+    return max(m, (size // m) * m)
+
+
+def default_arch(image_size: int, channels: int) -> str:
+    """``mlp`` for small gray images (where it measured better per CPU-second than the conv net),
+    ``conv`` otherwise (colour and larger images, where the stages follow the size)."""
+    return "mlp" if channels == 1 and image_size <= MLP_MAX_SIDE else "conv"
+
+
+def max_fan_in(arch: str, image_size: int, channels: int, widths: tuple[int, ...], hidden: int, latent_dim: int) -> int:
+    """Inputs of the model's widest layer (a k4 conv counts 16 per input channel): Adam moves every
+    weight by about lr per step, so a unit's pre-activation moves about lr x fan-in."""
+    if arch == "seed":
+        return 128 * (image_size // 4) ** 2
+    if arch == "mlp":
+        return max(channels * image_size * image_size, *widths, latent_dim)
+    side = image_size // 2 ** len(widths)
+    return max(channels * 16, *(w * 16 for w in widths), widths[-1] * side * side, hidden, latent_dim)
+
+
+def default_lr(base: float, fan_in: int) -> float:
+    """The arch's measured learning rate ``base``, scaled down by sqrt(reference fan-in / fan-in)
+    for models whose widest layer is wider than the 28 px conv net's: ``--widths 32,64,128`` at
+    64 px colour diverged at step 4 with 5e-3 (fan-in 8,192 -> 2.2e-3 trains)."""
+    return min(base, CONV_BASE_LR * math.sqrt(REFERENCE_FAN_IN / fan_in))
+
+
+def default_likelihood(channels: int, arch: str) -> str:
+    """The decoder's likelihood: Bernoulli (the seed's BCE) for gray images and ``--arch seed``;
+    for colour a Gaussian with a learned scale (it beat Bernoulli by 53 BCE nats at 64 px)."""
+    return "gaussian" if channels == 3 and arch != "seed" else "bernoulli"
+
+
+def default_recipe(
+    image_size: int, channels: int, device_type: str = "cpu", arch: str | None = None, given: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The defaults for data of this side and channel count on this kind of device: model fields
+    (arch, widths, hidden, latent_dim, likelihood, norm) and optimiser fields (batch_size, lr,
+    lr_schedule, warmup_steps). ``arch`` given by the user selects that arch's recipe; ``given``
+    (the user's other model fields, optional) sizes the learning rate for the model actually built."""
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    conv_fields = any(k in given for k in ("widths", "hidden", "norm"))  # --widths alone still means conv stages
+    arch = arch or ("conv" if conv_fields else default_arch(image_size, channels))
+    model: dict[str, Any] = {
+        "arch": arch,
+        "latent_dim": 32,
+        "hidden": 512,
+        "likelihood": default_likelihood(channels, arch),
+        "norm": "none",
+    }
+    if arch == "seed":
+        return {**model, **SEED_RECIPE}
+    if arch == "mlp":
+        model["widths"] = MLP_RECIPE["widths"]
+        base_lr, batch, warmup = MLP_RECIPE["lr"], MLP_RECIPE["batch_size"], MLP_RECIPE["warmup_steps"]
+    else:
+        model["widths"] = conv_widths(image_size)
+        base_lr, batch, warmup = CONV_BASE_LR, 128 if image_size < 64 else 64, CONV_WARMUP_STEPS
+    m = {**model, **{k: v for k, v in given.items() if k in model}}
+    lr = default_lr(base_lr, max_fan_in(arch, image_size, channels, tuple(m["widths"]), m["hidden"], m["latent_dim"]))
+    if device_type == "cuda":
+        lr = min(CUDA_MAX_LR, lr * (CUDA_BATCH / batch) ** 0.5)
+        batch, warmup = CUDA_BATCH, max(warmup, CUDA_WARMUP_STEPS)
+    return {**model, "batch_size": batch, "lr": lr, "lr_schedule": "cosine", "warmup_steps": warmup}
+
+
+def auto_precision(model: ModelConfig | None, device_type: str, native_bf16: bool) -> str:
+    """What ``--precision auto`` means for a model on a device: bf16 only where it measured a better
+    held-out -ELBO at equal wall time (docs/performance.md, "bf16"); fp32 everywhere else."""
+    return "fp32"
+
+
+def default_epochs(time_budget: float | None, anneal: int = 0, cyclical: int = 0, capacity_epochs: int = 0) -> int:
+    """Epochs of a run given no ``--epochs``: until the budget when there is one, else long enough
+    to finish a beta or capacity ramp and then train :data:`DEFAULT_EPOCHS` more at full strength
+    (``--anneal 30`` -> 40 epochs); ``--cyclical N`` gets at least 2 epochs per cycle."""
+    if time_budget is not None:
+        return BUDGET_EPOCHS
+    if cyclical:
+        return max(DEFAULT_EPOCHS, 2 * cyclical)
+    return max(anneal, capacity_epochs) + DEFAULT_EPOCHS
+
+
+def ramp_warning(train: TrainConfig) -> str | None:
+    """One line when an explicit ``--epochs`` ends before a ramp finishes, else None."""
+    if train.anneal > train.epochs:
+        return (
+            f"--epochs {train.epochs} ends before --anneal {train.anneal} finishes: beta reaches only "
+            f"{train.beta * train.epochs / train.anneal:.3g} of {train.beta:g}"
+        )
+    if train.capacity and train.capacity_epochs > train.epochs:
+        return (
+            f"--epochs {train.epochs} ends before --capacity-epochs {train.capacity_epochs}: C reaches only "
+            f"{train.capacity * train.epochs / train.capacity_epochs:.3g} of {train.capacity:g} nats"
+        )
+    if train.cyclical and train.epochs < train.cyclical:
+        return f"--cyclical {train.cyclical} over --epochs {train.epochs}: each cycle is shorter than an epoch"
+    return None
+
+
+def build_configs(given: dict[str, Any], image_size: int, channels: int, device_type: str = "cpu") -> tuple[ModelConfig, TrainConfig]:
+    """The run's model and training configs: what the user gave (``None`` = not given) over the
+    rule's defaults for this data and device (:func:`default_recipe`, :func:`default_epochs`)."""
+    given = {k: v for k, v in given.items() if v is not None}
+    check_given(given)
+    merged = {**default_recipe(image_size, channels, device_type, given.get("arch"), given), **given}
+    if "epochs" not in given:
+        merged["epochs"] = default_epochs(
+            merged.get("time_budget"), merged.get("anneal", 0), merged.get("cyclical", 0), merged.get("capacity_epochs", 0)
+        )
+    model = ModelConfig(**{k: v for k, v in merged.items() if k in MODEL_FIELDS}, image_size=image_size, channels=channels)
+    train = TrainConfig(**{k: v for k, v in merged.items() if k in TRAIN_FIELDS})
+    model.validate()
+    train.validate()
+    return model, train
+
+
+VAL_FRACTION, MAX_VAL_SIZE = 0.1, 5000  # the validation split: 10% of the training split, at most 5,000 images
+
+
+def validation_size(n_train: int) -> int:
+    """Images carved out of a training split of ``n_train`` to choose the model by: 10%, at most
+    5,000 (Fashion-MNIST: 5,000 of 60,000, the usual choice); none below 10 images."""
+    return 0 if n_train < 10 else min(MAX_VAL_SIZE, max(1, round(n_train * VAL_FRACTION)))
