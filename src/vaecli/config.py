@@ -120,6 +120,7 @@ class ModelConfig(_Config):
     likelihood: str = "bernoulli"
     norm: str = "none"
     mixtures: int = 1  # components of the discretised logistic mixture (likelihood logistic)
+    blocks: int = 0  # residual blocks after each conv stage, encoder and decoder (conv archs)
 
     def validate(self) -> None:
         _check(self.norm in NORMS, f"unknown norm {self.norm!r} (choose from {', '.join(NORMS)})")
@@ -127,6 +128,7 @@ class ModelConfig(_Config):
         _check(self.likelihood in LIKELIHOODS, f"unknown likelihood {self.likelihood!r} (choose from {', '.join(LIKELIHOODS)})")
         _check(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}")
         _check(1 <= self.mixtures <= 32, f"--mixtures must be 1..32, got {self.mixtures}")
+        _check(0 <= self.blocks <= 8, f"--blocks must be 0..8, got {self.blocks}")
         _check(self.latent_dim >= 1, f"--latent-dim must be >= 1, got {self.latent_dim}")
         _check(self.latent_dim <= 4096, f"--latent-dim must be <= 4096, got {self.latent_dim}")
         _check(1 <= self.hidden <= 65536, f"hidden must be 1..65536, got {self.hidden}")

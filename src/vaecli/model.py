@@ -72,21 +72,41 @@ def _norm(kind: str, channels: int) -> list[nn.Module]:
     return []
 
 
+class _ResBlock(nn.Module):
+    """x + conv3x3(act(norm(conv3x3(act(norm(x)))))), the second conv zero-initialised so that the
+    block starts as the identity (the residual blocks of diffusers' and NVAE's autoencoders, small)."""
+
+    def __init__(self, channels: int, norm: str) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            *_norm(norm, channels), _act(), nn.Conv2d(channels, channels, 3, 1, 1),
+            *_norm(norm, channels), _act(), nn.Conv2d(channels, channels, 3, 1, 1),
+        )  # fmt: skip
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
 def _conv_encoder(cfg: ModelConfig) -> tuple[list[nn.Module], int, int]:
-    """k4 s2 convs (widths), then FC hidden. Returns (layers, last width, last side)."""
+    """k4 s2 convs (widths), each followed by ``blocks`` residual blocks, then FC hidden.
+    Returns (layers, last width, last side)."""
     c, widths = cfg.channels, list(cfg.widths)
     side = cfg.image_size // 2 ** len(widths)
     enc: list[nn.Module] = []
     prev = c
     for w in widths:
         enc += [nn.Conv2d(prev, w, 4, 2, 1), *_norm(cfg.norm, w), _act()]
+        enc += [_ResBlock(w, cfg.norm) for _ in range(cfg.blocks)]
         prev = w
     enc += [nn.Flatten(), nn.Linear(prev * side * side, cfg.hidden), _act()]
     return enc, prev, side
 
 
 def _build_conv(cfg: ModelConfig, out_ch: int) -> tuple[nn.Module, nn.Module, int]:
-    """Lean conv net: k4 s2 convs (widths), FC hidden, mirrored decoder. Returns (enc, dec, feat)."""
+    """Lean conv net: k4 s2 convs (widths, each with ``blocks`` residual blocks), FC hidden, mirrored
+    decoder. Returns (enc, dec, feat)."""
     widths = list(cfg.widths)
     enc, prev, side = _conv_encoder(cfg)
     flat = prev * side * side
@@ -95,6 +115,7 @@ def _build_conv(cfg: ModelConfig, out_ch: int) -> tuple[nn.Module, nn.Module, in
     rev = widths[::-1]
     for i, w in enumerate(rev):
         out = rev[i + 1] if i + 1 < len(rev) else out_ch
+        dec += [_ResBlock(w, cfg.norm) for _ in range(cfg.blocks)]
         dec.append(nn.ConvTranspose2d(w, out, 4, 2, 1))
         if i + 1 < len(rev):
             dec += [*_norm(cfg.norm, out), _act()]
