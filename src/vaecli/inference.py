@@ -55,18 +55,25 @@ def decode(model: VAE, z: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     return torch.cat(outs)
 
 
-def sample_prior(n: int, latent_dim: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """z ~ N(0, temperature^2 I), shape (n, latent_dim), on the CPU."""
+def check_sampling(n: int, temperature: float) -> None:
+    """Refuse a sample count or temperature that makes no sense (the flags ``-n``, ``--temperature``)."""
     if not 1 <= n <= MAX_SAMPLES:
         raise ConfigError(f"-n must be between 1 and {MAX_SAMPLES:,}, got {n}")
     if not math.isfinite(temperature) or temperature < 0:
         raise ConfigError(f"--temperature must be a finite number >= 0, got {temperature}")
+
+
+def sample_prior(n: int, latent_dim: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """z ~ N(0, temperature^2 I), shape (n, latent_dim), on the CPU."""
+    check_sampling(n, temperature)
     return torch.randn(n, latent_dim, generator=generator) * temperature
 
 
 def sample(model: VAE, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Decode ``n`` draws from the prior (the seed's "generation from noise")."""
-    return decode(model, sample_prior(n, model.config.latent_dim, temperature, generator))
+    """Decode ``n`` draws from the model's prior (the seed's "generation from noise"; N(0, I) unless
+    the run trained a VampPrior)."""
+    check_sampling(n, temperature)
+    return decode(model, model.prior.sample(n, temperature, generator))
 
 
 @torch.no_grad()
@@ -100,9 +107,12 @@ def interpolate_latents(z_a: torch.Tensor, z_b: torch.Tensor, steps: int, mode: 
     return out
 
 
-def traverse_latents(base: torch.Tensor, dims: list[int], value_range: float = 3.0, steps: int = 11) -> torch.Tensor:
+def traverse_latents(
+    base: torch.Tensor, dims: list[int], value_range: float = 3.0, steps: int = 11, scale: torch.Tensor | None = None
+) -> torch.Tensor:
     """Latent sweeps: for each dim in ``dims``, ``steps`` copies of ``base`` with that dim set
-    from -range to +range (in prior standard deviations). Shape (len(dims) * steps, D)."""
+    from -range to +range in prior standard deviations (``scale``: each dimension's, the prior's
+    marginal std; 1 for N(0, I)). Shape (len(dims) * steps, D)."""
     d = base.numel()
     if not 2 <= steps <= MAX_STEPS:
         raise ConfigError(f"--steps must be between 2 and {MAX_STEPS:,}, got {steps}")
@@ -115,7 +125,7 @@ def traverse_latents(base: torch.Tensor, dims: list[int], value_range: float = 3
     rows = []
     for j in dims:
         z = base.reshape(1, d).float().repeat(steps, 1)
-        z[:, j] = values
+        z[:, j] = values * (1.0 if scale is None else float(scale[j]))
         rows.append(z)
     return torch.cat(rows) if rows else torch.empty(0, d)
 

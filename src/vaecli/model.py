@@ -21,7 +21,7 @@ from torch import nn
 from .config import ModelConfig
 from .likelihoods import build_likelihood
 from .posterior import Posterior
-from .priors import StandardNormal
+from .priors import Prior, VampPrior, build_prior
 
 
 @dataclass
@@ -32,6 +32,7 @@ class VAEOutput:
     mu: torch.Tensor  # posterior means (B, D)
     logvar: torch.Tensor  # posterior log-variances (B, D)
     z: torch.Tensor  # the sample that was decoded (B, D)
+    prior: Posterior | None = None  # a VampPrior's components q(z|u_k) of this pass (else None)
 
     @property
     def posterior(self) -> Posterior:
@@ -191,7 +192,11 @@ class VAE(nn.Module):
         config.validate()
         self.config = config
         self.likelihood = build_likelihood(config)
-        self.prior = StandardNormal(config.latent_dim)
+        self.prior: Prior = build_prior(
+            config.latent_dim, config.prior, config.pseudo_inputs, (config.channels, config.image_size, config.image_size)
+        )
+        if isinstance(self.prior, VampPrior):
+            self.prior.encode = self.encode
         self.encoder, self.decoder, feat = _BUILDERS[config.arch](config, self.likelihood.out_channels(config.channels))
         self.fc_mu = nn.Linear(feat, config.latent_dim)
         self.fc_logvar = nn.Linear(feat, config.latent_dim)
@@ -233,7 +238,8 @@ class VAE(nn.Module):
         """Encode, draw z (or take the mean when ``sample`` is false) and decode."""
         q = self.posterior(x)
         z = q.sample(generator) if sample else q.mean
-        return VAEOutput(params=self.decode_params(z), mu=q.mu, logvar=q.logvar, z=z)
+        components = self.prior.components() if isinstance(self.prior, VampPrior) else None
+        return VAEOutput(params=self.decode_params(z), mu=q.mu, logvar=q.logvar, z=z, prior=components)
 
 
 def _autocast_on(t: torch.Tensor) -> bool:
