@@ -16,7 +16,7 @@ import torch
 from ..errors import DataError
 from . import cache
 from . import decode as dec
-from .dataset import ImageData
+from .dataset import ImageData, convert_channels
 
 IMAGE_EXTENSIONS = dec.IMAGE_EXTENSIONS
 IMAGE_FORMATS = dec.IMAGE_FORMATS
@@ -251,7 +251,7 @@ def _decode_all(paths: list[str], rels: list[str], size: int, fit: str, channels
             c = len(px) // plane
             t = t.view(size, size, c)
             if c != channels:
-                t = t.expand(size, size, 3) if channels == 3 else _luma(t)
+                t = convert_channels(t.permute(2, 0, 1), channels).permute(1, 2, 0)
             hwc[n].copy_(t)
             kept.append(rel)
             n += 1
@@ -259,11 +259,6 @@ def _decode_all(paths: list[str], rels: list[str], size: int, fit: str, channels
     if channels == 3 and _all_gray(out):
         out = out[:, :1].contiguous()
     return out, kept, skipped
-
-
-def _luma(t: torch.Tensor) -> torch.Tensor:
-    f = t.float()
-    return (f[..., 0] * 0.299 + f[..., 1] * 0.587 + f[..., 2] * 0.114).round().clamp(0, 255).to(torch.uint8).unsqueeze(-1)
 
 
 def _all_gray(images: torch.Tensor) -> bool:
