@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -47,7 +47,7 @@ def runs_cmd(as_json: Json = False) -> None:
 
 @app.command("info")
 def info_cmd(
-    run: str = typer.Argument(..., help="Run name or path (folder or model.safetensors)."),
+    run: Annotated[str, typer.Argument(help="Run name or path (folder or model.safetensors).")],
     as_json: Json = False,
 ) -> None:
     """Show one run: what its numbers mean (rate, distortion, bits/dim, normalised beta, the held-out
