@@ -76,7 +76,7 @@ def write_scan(root: Path, folder: Path, key: str, scan: dict[str, Any]) -> None
 def read(path: Path, key: str, rule: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]] | None:
     """(pixels, header) of a valid entry for ``key`` and ``rule``, else None (missing, stale or damaged)."""
     try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed by the with below
+        fh = open(path, "rb")  # closed by the with below
     except OSError:
         return None
     with fh:
