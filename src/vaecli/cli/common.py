@@ -104,8 +104,14 @@ class load_reporter:  # lower case: used as a context manager, like a function
                 return
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("decoding images"), BarColumn(bar_width=24), MofNCompleteColumn(), TimeRemainingColumn(),
-                                console=self.console, transient=True)  # fmt: skip
+            self.bar = Progress(
+                TextColumn("decoding images"),
+                BarColumn(bar_width=24),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
             self.bar.start()
             self.task = self.bar.add_task("decode", total=total)
         self.bar.update(self.task, completed=done, total=total)

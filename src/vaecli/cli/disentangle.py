@@ -58,8 +58,16 @@ def _table(name: str, res: dict[str, Any]) -> None:
     for col in ("factor", "H (nats)", "best dim", "MI/H", "2nd dim", "MI/H ", "gap", "FactorVAE dims"):
         t.add_column(col, justify="left" if col in ("factor", "FactorVAE dims") else "right")
     for r in res["table"]:
-        t.add_row(r["factor"], fmt(r["entropy"]), str(r["best_dim"]), fmt(r["best_mi"]), str(r["second_dim"]),
-                  fmt(r["second_mi"]), fmt(r["gap"]), ", ".join(map(str, r["factorvae_dims"])) or "-")  # fmt: skip
+        t.add_row(
+            r["factor"],
+            fmt(r["entropy"]),
+            str(r["best_dim"]),
+            fmt(r["best_mi"]),
+            str(r["second_dim"]),
+            fmt(r["second_mi"]),
+            fmt(r["gap"]),
+            ", ".join(map(str, r["factorvae_dims"])) or "-",
+        )
     console = stdout_console()
     console.print(t)
     v = res["votes"]

@@ -40,8 +40,16 @@ def runs_cmd(as_json: Json = False) -> None:
         if "error" in r:
             t.add_row(r["name"], "[red]" + r["error"] + "[/red]", "", "", "", "", "", "")
             continue
-        t.add_row(r["name"], r["created"].replace("T", " ")[:19], str(r["data"])[-28:], r["arch"], str(r["latent_dim"]),
-                  fmt(r["beta"], 2), str(r["epochs"]), fmt(r["test_neg_elbo"]))  # fmt: skip
+        t.add_row(
+            r["name"],
+            r["created"].replace("T", " ")[:19],
+            str(r["data"])[-28:],
+            r["arch"],
+            str(r["latent_dim"]),
+            fmt(r["beta"], 2),
+            str(r["epochs"]),
+            fmt(r["test_neg_elbo"]),
+        )
     console.print(t)
 
 

@@ -116,8 +116,9 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _run_chunks(fn: Callable[..., list[Any]], chunks: list[list[str]], args: tuple[Any, ...], opts: FolderLoad,
-                total: int, done0: int = 0) -> Any:  # fmt: skip
+def _run_chunks(
+    fn: Callable[..., list[Any]], chunks: list[list[str]], args: tuple[Any, ...], opts: FolderLoad, total: int, done0: int = 0
+) -> Any:
     """``fn(chunk, *args)`` for each chunk, in order (a generator), on a pool when more than one worker."""
     workers = min(opts.workers or usable_cores(), len(chunks))
     with contextlib.ExitStack() as stack:
@@ -225,8 +226,9 @@ def _quiet(opts: FolderLoad) -> FolderLoad:
     return FolderLoad(workers=opts.workers, pool=opts.pool)
 
 
-def _decode_all(paths: list[str], rels: list[str], size: int, fit: str, channels: int,
-                opts: FolderLoad) -> tuple[torch.Tensor, list[str], list[dict[str, str]]]:  # fmt: skip
+def _decode_all(
+    paths: list[str], rels: list[str], size: int, fit: str, channels: int, opts: FolderLoad
+) -> tuple[torch.Tensor, list[str], list[dict[str, str]]]:
     """Decode into one preallocated tensor; a 3-channel tensor of all-gray images becomes 1-channel."""
     out = torch.empty((len(paths), channels, size, size), dtype=torch.uint8)
     hwc = out.permute(0, 2, 3, 1)  # a view: rows are filled in the decoder's (H, W, C) order

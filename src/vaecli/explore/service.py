@@ -191,7 +191,7 @@ class Explorer:
         summary = ckpt.read_summary(path)
         run = ExploreRun(name=name, path=path, model=model, config=cfg, per_dim_kl=[], kl_source="", summary=summary)
 
-        def test() -> ImageData | None:  # a run trained before summary.json had the statistics
+        def test() -> ImageData | None:  # summary.json lacks the statistics: compute them on the test split
             self.log(f"computing per-dimension KL of run {name} on up to {self.kl_images} test images")
             self._load_test(run)
             return None if run.test_images is None else ImageData(images=run.test_images)
