@@ -149,7 +149,7 @@ def check_run(run: Path, env: dict[str, str]) -> dict[str, Any]:
             rep["problems"].append(f"vae info printed no valid JSON ({exc!r})")
     try:
         cfg = ckpt.read_config(run)
-    except Exception as exc:  # noqa: BLE001 - any failure is a finding
+    except Exception as exc:  # any failure is a finding
         rep["problems"].append(f"config.json: {exc}")
         return rep
     if has_model:
@@ -158,7 +158,7 @@ def check_run(run: Path, env: dict[str, str]) -> dict[str, Any]:
             rep["model_finite"] = all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
             if not rep["model_finite"]:
                 rep["problems"].append("model.safetensors holds non-finite weights")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             rep["problems"].append(f"model.safetensors: {exc}")
     if has_state:
         try:
@@ -166,7 +166,7 @@ def check_run(run: Path, env: dict[str, str]) -> dict[str, Any]:
             opt = torch.optim.Adam(m.parameters(), lr=cfg.train.lr)
             _, st = ckpt.load_train_state(run, opt)
             rep["state"] = {k: st.get(k) for k in ("epoch", "step", "global_step")}
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             rep["problems"].append(f"train_state.safetensors: {exc}")
     rep["stage"] = "resumable" if has_state else "config only" if not has_model else "weights without state"
     return rep

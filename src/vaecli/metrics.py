@@ -18,6 +18,12 @@ from .posterior import Posterior
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016, sec. 5.2: dimension j is active when Cov_x(E_q[z_j|x]) > 0.01
 
 
+def active_mask(mu_variance: list[float]) -> list[bool]:
+    """Which latent dimensions are active units (Burda et al. 2016, sec. 5.2): those whose posterior
+    mean varies over the data, Var_x(E_q[z_j | x]) > :data:`ACTIVE_THRESHOLD`."""
+    return [v > ACTIVE_THRESHOLD for v in mu_variance]
+
+
 @dataclass
 class EvalResult:
     """Averages per image, in nats, over every image of the split."""
@@ -162,7 +168,7 @@ def evaluate(
         kl=kl_mean,
         per_dim_kl=[float(v) for v in per_dim],
         per_dim_marginal=not exact,
-        active_units=int((var > ACTIVE_THRESHOLD).sum()),
+        active_units=sum(active_mask(var.tolist())),
         mu_variance=[float(v) for v in var],
         bits_per_dim=bits_per_dim(recon_mean + kl_mean, image_dims(data)) if discrete else None,
     )

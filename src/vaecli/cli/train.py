@@ -21,7 +21,7 @@ OptFloat = Optional[float]  # noqa: UP045
 OptStr = Optional[str]  # noqa: UP045
 
 
-def _opt(flag: str, help: str, *names: str) -> Any:  # noqa: A002 - typer's word
+def _opt(flag: str, help: str, *names: str) -> Any:
     return typer.Option(flag, *names, help=help)
 
 
