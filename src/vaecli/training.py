@@ -191,7 +191,7 @@ class Session:
     rank_images: int  # images per epoch of this rank: the last step takes the rest
     total_steps: int
     check_every: int  # steps between control checks (a host read; DDP: one all-reduce)
-    t0: float = field(default_factory=time.perf_counter)
+    t0: float = field(default_factory=lambda: time.perf_counter())  # looked up at call time (benchmarks swap the clock)
     excluded: float = 0.0  # seconds evaluating / checkpointing: neither --time-budget nor img/s counts them
     steps: int = 0
     images: int = 0  # images of all ranks

@@ -166,7 +166,7 @@ def traverse_cmd(
         base = encode(model, split_images(cfg, split, [index]))[0][0]
     else:
         base = torch.zeros(d)
-    images = decode(model, traverse_latents(base, dims, value_range, steps))
+    images = decode(model, traverse_latents(base, dims, value_range, steps, model.prior.marginal_std()))
     row_labels = [f"z{j}" + (f"  KL {kl[j]:.2f}" if kl is not None else "") for j in dims]
     stderr_console().print("rows (top to bottom): " + ", ".join(row_labels), highlight=False, soft_wrap=True)
     files: list[tuple[str, bytes]] = []
