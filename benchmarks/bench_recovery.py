@@ -8,14 +8,16 @@ default Fashion-MNIST model and the default 64 px colour model (the rule's defau
 
     python benchmarks/bench_recovery.py --data-dir /path/to/data --out benchmarks/results/bench_recovery.json
 
+(about 3 minutes on 2 busy cores).
+
 * ``recovery``: one trainer per variant (a copy every 10, 100, 1000 steps, and without: no copy
   after the first, which falls in the warm-up), ``--rounds`` interleaved rounds (the order turns
   each round) of ``Trainer.fit`` with ``max_steps`` (the loop of ``vae train``, control checks
   included: ``Trainer.train_steps`` makes no copies); images/s after the 5 warm-up steps of each
   round, and the ratio to "without" in the same round (median of the per-round ratios).
   Each copy is also timed where it happens (``Snapshot.take`` wrapped with a clock; the copy itself
-  is unchanged), which gives the cost at any interval k without the noise of a shared machine:
-  copy time / (k x step time), the step time from the "without" rounds.
+  is unchanged), which gives the cost at any interval k far less disturbed by a shared machine than the
+  rounds are: copy time / (k x step time), the step time from the "without" rounds.
 
 The colour data is ``--colour``: a folder of images (default: ``noto-emoji-64`` under the data
 dir when it is there), or ``synthetic`` (smooth random 64 px colour images made in memory).
@@ -155,11 +157,11 @@ def mode_recovery(args: argparse.Namespace, home: Path) -> dict[str, Any]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of every variant")
+    p.add_argument("--rounds", type=int, default=4, help="interleaved rounds of every variant")
     p.add_argument("--intervals", type=lambda s: [int(v) for v in s.split(",")], default=[10, 100, 1000], help="steps between copies")
     p.add_argument("--models", type=lambda s: s.split(","), default=["fmnist", "colour64"], help="fmnist,colour64")
-    p.add_argument("--fmnist-steps", type=int, default=400, help="timed steps per round, Fashion-MNIST model")
-    p.add_argument("--colour-steps", type=int, default=80, help="timed steps per round, 64 px colour model")
+    p.add_argument("--fmnist-steps", type=int, default=200, help="timed steps per round, Fashion-MNIST model")
+    p.add_argument("--colour-steps", type=int, default=30, help="timed steps per round, 64 px colour model")
     p.add_argument("--colour", default=None, help="colour data: a folder of images or 'synthetic' (default: DATA_DIR/noto-emoji-64)")
 
 

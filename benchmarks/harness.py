@@ -306,7 +306,7 @@ def use_cpu_clock() -> None:
 def main(doc: str, modes: dict[str, Mode], default: str, add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
          argv: list[str] | None = None, note: str | None = None) -> int:  # fmt: skip
     """Parse the common flags (``--modes``, ``--out``, ``--data-dir``, ``--data``, ``--vae``,
-    ``--vae-args``, ``--keep``) and the benchmark's own, run the modes in order with a fresh runs
+    ``--vae-args``, ``--keep``, ``--note``) and the benchmark's own, run the modes in order with a fresh runs
     folder, and write one JSON report (``--out``, else stdout) with the machine and the load."""
     from vaecli.paths import data_root
 
@@ -320,6 +320,7 @@ def main(doc: str, modes: dict[str, Mode], default: str, add_arguments: Callable
     p.add_argument("--vae", nargs="+", help="the vae command (default: this python -m vaecli with ./src first)")
     p.add_argument("--vae-args", nargs=argparse.REMAINDER, default=[], help="extra arguments for every vae train (last)")
     p.add_argument("--keep", action="store_true", help="keep the runs folder")
+    p.add_argument("--note", default=note, help="a line about the machine for the JSON (e.g. 'shared with other jobs')")
     if add_arguments:
         add_arguments(p)
     args = p.parse_args(argv)
@@ -336,7 +337,7 @@ def main(doc: str, modes: dict[str, Mode], default: str, add_arguments: Callable
     saved_home = os.environ.get("VAE_HOME")
     os.environ["VAE_HOME"] = str(home / "runs")  # in-process trainers write their runs here
     report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-                              "data": args.data, "machine": machine_info(note)}  # fmt: skip
+                              "data": args.data, "machine": machine_info(args.note)}  # fmt: skip
     try:
         for m in chosen:
             log(f"mode {m}")
