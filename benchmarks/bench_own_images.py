@@ -57,7 +57,11 @@ def split_folder(folder: Path, every: int, work: Path) -> tuple[Path, Path, list
 
 def vae(args: list[str], env: dict[str, str], clock: str, threads: int) -> subprocess.CompletedProcess[str]:
     """Run ``vae ARGS`` in a subprocess (``--clock cpu``: the budget in CPU seconds of ``threads`` threads)."""
-    code = CPU_CLOCK.format(threads=threads) if clock == "cpu" else "from vaecli.cli import main; import sys; sys.argv=['vae', *sys.argv[1:]]; main()"
+    code = (
+        CPU_CLOCK.format(threads=threads)
+        if clock == "cpu"
+        else "from vaecli.cli import main; import sys; sys.argv=['vae', *sys.argv[1:]]; main()"
+    )
     return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, check=False)
 
 
@@ -77,14 +81,33 @@ def psnr_of(run: Path, held_files: list[Path], out_dir: Path) -> dict[str, float
         mse = float((orig - rec).pow(2).mean())
         mses.append(mse)
         psnrs.append(10 * math.log10(1 / max(mse, 1e-10)))
-    return {"psnr_db": sum(psnrs) / len(psnrs), "mse": sum(mses) / len(mses), "images": len(held_files), "psnr_median_db": float(torch.tensor(psnrs).median())}
+    return {
+        "psnr_db": sum(psnrs) / len(psnrs),
+        "mse": sum(mses) / len(mses),
+        "images": len(held_files),
+        "psnr_median_db": float(torch.tensor(psnrs).median()),
+    }
 
 
-def run_config(name: str, flags: str, budget: float, rest: Path, held: Path, held_files: list[Path], home: Path, args: argparse.Namespace) -> dict:
+def run_config(
+    name: str, flags: str, budget: float, rest: Path, held: Path, held_files: list[Path], home: Path, args: argparse.Namespace
+) -> dict:
     env = {**os.environ, "VAE_HOME": str(home), "PYTHONPATH": str(ROOT / "src"), "OMP_WAIT_POLICY": "PASSIVE"}
     run_name = f"{name}-{int(budget)}"
     t0 = time.perf_counter()
-    cmd = ["train", "--data", str(rest), "--time-budget", str(budget), "--name", run_name, "--overwrite", "--json", "-q", *shlex.split(flags)]
+    cmd = [
+        "train",
+        "--data",
+        str(rest),
+        "--time-budget",
+        str(budget),
+        "--name",
+        run_name,
+        "--overwrite",
+        "--json",
+        "-q",
+        *shlex.split(flags),
+    ]
     tr = vae(cmd, env, args.clock, args.threads)
     wall = time.perf_counter() - t0
     if tr.returncode != 0:
