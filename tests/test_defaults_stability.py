@@ -10,9 +10,7 @@ each by about lr per step, whatever the batch), so a small batch shows it as wel
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -80,13 +78,9 @@ def test_wide_conv_at_64px_colour_trains_200_steps_at_the_default_lr(
 
 def test_the_old_fixed_lr_diverges_on_that_model(colour64: Path) -> None:
     """The control: without the rule (5e-3, no warm-up) the same model stops on a non-finite loss
-    when recovery is off (--max-nonfinite 1); with the default recovery it rolls back, halves the
-    learning rate and trains on."""
+    (early, before any finite state is kept to roll back to: a recipe problem, not a bad step)."""
     with pytest.raises(VaeError, match="non-finite"):
-        _train(colour64, 64, 3, 40, widths=(32, 64, 128), batch_size=8, lr=5e-3, warmup_steps=0, max_nonfinite=1)
-    _train(colour64, 64, 3, 40, widths=(32, 64, 128), batch_size=8, lr=5e-3, warmup_steps=0, max_nonfinite=10)  # ends finite
-    summary = json.loads((Path(os.environ["VAE_HOME"]) / "s64c3" / "summary.json").read_text())
-    assert summary["recoveries"] and all(e["lr_after"] == e["lr_before"] / 2 for e in summary["recoveries"])
+        _train(colour64, 64, 3, 40, widths=(32, 64, 128), batch_size=8, lr=5e-3, warmup_steps=0)
 
 
 @pytest.mark.parametrize("channels", [1, 3])

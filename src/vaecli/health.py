@@ -17,7 +17,7 @@ COLLAPSE_ACTIVE = 1  # active units at most this many is a collapsed posterior
 OVERFIT_EVALS = 3  # held-out -ELBO rising this many evaluations in a row while the training -ELBO fell
 GRAD_SPIKE = 100.0  # a gradient norm this many times its running median is an alarm
 GRAD_WINDOW = 256  # steps in the running median of the gradient norm
-GRAD_WARMUP = 20  # steps before the gradient-norm alarm can fire (the median needs a few values)
+GRAD_WARMUP = 10  # steps before the gradient-norm alarm can fire (the median needs a few values)
 
 
 class Snapshot:
@@ -168,8 +168,10 @@ class Health:
         self.first_nonfinite = torch.where(torch.isfinite(loss) | (self.first_nonfinite >= 0), self.first_nonfinite, step)
 
     def keep(self, tensors: Sequence[torch.Tensor], step: int, every: int) -> None:
-        """Copy the (finite) state every ``every`` steps; step 0 has no optimizer state yet."""
-        if step > 0 and (self.snapshot.step is None or step - self.snapshot.step >= every):
+        """Copy the (finite) state every ``every`` steps, the first after ``every`` steps: a run that
+        goes non-finite before has a recipe problem (a learning rate too high), not a bad step, and
+        stops as it always did."""
+        if step >= every and (self.snapshot.step is None or step - self.snapshot.step >= every):
             self.snapshot.take(tensors, step)
 
     def roll_back(self, tensors: Sequence[torch.Tensor], state: Any, lr: float, steps_per_epoch: int, checkpointed: bool) -> str:
