@@ -281,6 +281,24 @@ def load_train_state(
     return parts["rng"], state
 
 
+def read_train_state(run: Path) -> TrainState | None:
+    """The :class:`~vaecli.state.TrainState` of ``train_state.safetensors`` (its metadata only, no
+    tensors read), or None when the run has none or it cannot be read."""
+    from safetensors import safe_open
+
+    path = run / STATE
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            meta = fh.metadata() or {}
+        if meta.get("format") != STATE_FORMAT:
+            return None
+        return TrainState.from_json(json.loads(meta["state"]), str(path))
+    except Exception:  # damaged or foreign file: no usable state
+        return None
+
+
 def remove_temp_files(run: Path) -> list[str]:
     """Delete temp files that a killed writer left in ``run`` (``.<file>.<random>.tmp`` of
     :func:`vaecli.fileio.atomic_write`); call only while no other process writes to the run."""

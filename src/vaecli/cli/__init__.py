@@ -10,6 +10,7 @@ from . import (  # noqa: F401  (register commands)
     eval_samples,  # noqa: F401, I001
     explore,  # noqa: F401, I001
     runs,
+    sweep,  # noqa: F401, I001
     train,
 )
 from .app import app
