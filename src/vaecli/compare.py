@@ -40,7 +40,7 @@ SAMPLES_PER_ROW = 8
 TRAVERSE_DIMS = 3
 TRAVERSE_STEPS = 7
 TRAVERSE_RANGE = 3.0
-VOTES = 2000  # FactorVAE votes per run in a sweep (vae eval-disentangle: 10,000)
+VOTES = 10_000  # FactorVAE training votes per run (as vae eval-disentangle; half as many held out)
 
 
 def _num(v: Any) -> float | None:
@@ -137,7 +137,7 @@ def study_run(row: dict[str, Any], *, score: bool, n: int = 2000, seed: int = 0,
               pictures: bool = True, votes: int = VOTES) -> tuple[dict[str, Any], list[str], Study | None]:  # fmt: skip
     """Load one finished run and compute its scores (when ``score``; from ``cache``, a folder of JSON
     files, when it holds them for the same weights and settings) and the pictures' material. Returns
-    (scores merged into the row's keys, notes, :class:`Study` or None without ``pictures``)."""
+    (scores merged into the row's keys, notes about the run, :class:`Study` or None without ``pictures``)."""
     import torch
 
     from .data import load_split
@@ -195,7 +195,7 @@ def _scores(model: Any, cfg: Any, row: dict[str, Any], n: int, seed: int, votes:
         out.update({k: res[k] for k in ("fd", "kid", "kid_std", "precision", "recall")}, samples_scored=res["n"], features=res["features"])
     else:
         c, s = row["image"]
-        notes.append(f"{row['run']}: no sample scores ({c} channel{'s' if c > 1 else ''}, {s} px: the shipped feature net is for 28x28 "
+        notes.append(f"no sample scores ({c} channel{'s' if c > 1 else ''}, {s} px: the shipped feature net is for 28x28 "
                      "grayscale; `vae eval-samples --features inception-v3-pool3` scores it where the Inception weights can be downloaded)")  # fmt: skip
     if cfg.data.name == "shapes":
         from .disentangle import evaluate_run as disentangle
@@ -259,17 +259,18 @@ def rd_png(path: Path, result: dict[str, Any], factors: Sequence[str]) -> bytes:
     from .plot import PointsPanel, points_chart
 
     runs, lines = result["runs"], bool(factors)
-    if factors and result.get("groups"):
+    if factors:  # a sweep: a point per group of seeds (a single run without seeds), a series per value of the other factors
+        groups = result.get("groups") or aggregate(runs, factors)
         points = [{**g["mean"], "label": f"{factors[0]}={_text(g['values'][factors[0]])}",
-                   "series": " ".join(f"{k}={_text(g['values'][k])}" for k in factors[1:]) or f"{factors[0]} swept", "units": g["units"],
-                   "beta": _group_beta(g, runs)} for g in result["groups"]]  # fmt: skip
-        if any(g["n"] > 1 for g in result["groups"]):
-            for p, g in zip(points, result["groups"]):
+                   "series": " ".join(f"{k}={_text(g['values'][k])}" for k in factors[1:]) or f"{factors[0]} swept",
+                   "units": g["units"], "beta": _group_beta(g, runs)} for g in groups]  # fmt: skip
+        if any(g["n"] > 1 for g in groups):
+            for p, g in zip(points, groups):
                 p["series"] += f" (mean of {g['n']} seeds)"
-    else:
-        points = [{**r, "series": "runs" if factors else r["units"]} for r in runs]
-        if not factors and result.get("kind") == "sweep":  # only seeds swept
-            points = [{**p, "label": f"seed={_text(p['values'].get('seed'))}", "series": "seeds"} for p in points]
+    elif result.get("kind") == "sweep":  # only seeds swept
+        points = [{**r, "label": f"seed={_text(r['values'].get('seed'))}", "series": "seeds"} for r in runs]
+    else:  # a comparison: each run its own point, named
+        points = [{**r, "series": r["units"]} for r in runs]
     units = {p["units"] for p in points}
     if len(units) > 1:
         for p in points:
@@ -283,7 +284,7 @@ def rd_png(path: Path, result: dict[str, Any], factors: Sequence[str]) -> bytes:
                 out.setdefault(p["series"], []).append((float(p[x]), float(p[y]), p["label"]))
         return out
 
-    title = f"{result.get('name', '')}: rate-distortion (test split)"
+    title = f"{result['name']}: rate-distortion (test split)" if result.get("name") else "rate-distortion (test split)"
     panels = [PointsPanel(series("distortion", "rate"), title, "rate = KL(q(z|x) || p(z)), nats/image", f"distortion = -log p(x|z), {unit}",
                           lines=lines)]  # fmt: skip
     if any(_num(p.get("mig")) is not None for p in points):

@@ -396,16 +396,31 @@ def resume_args(plan: Plan, run: PlannedRun, status: RunStatus) -> list[str]:
 # ----------------------------------------------------------------------------- running the commands
 
 
-def default_jobs(device: str | None) -> int:
-    """One job per GPU where there are GPUs (and the runs may use them), else one on a CPU."""
+def gpu_count(device: str | None) -> int:
+    """GPUs the runs may use: CUDA devices when ``device`` is auto or cuda, else 0."""
     if device not in (None, "auto") and not str(device).startswith("cuda"):
-        return 1
+        return 0
     try:
         import torch
 
-        return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
     except Exception:  # no usable CUDA build
+        return 0
+
+
+def default_jobs(plan: Plan, runs: int) -> int:
+    """Runs at a time when --jobs is not given: one per GPU where there are GPUs. On a CPU, with a
+    budget of work (``--epochs``, ``--max-steps``), one per core up to ``runs``: each gets cores // jobs
+    threads, and several one-thread runs finish sooner than one run on all the cores
+    (benchmarks/bench_sweep.py, docs/sweep.md); with a ``--time-budget``, one: each run has the whole
+    machine for its seconds, as ``vae train --time-budget`` alone would (parallel runs would each get a
+    share of it and train less in the same seconds)."""
+    gpus = gpu_count(plan.fixed_value("device"))
+    if gpus:
+        return gpus
+    if "time_budget" in plan.budget():
         return 1
+    return max(1, min(cpu_cores(), runs))
 
 
 def cpu_cores() -> int:
@@ -420,14 +435,7 @@ def slot_env(jobs: int, device: str | None) -> list[dict[str, str]]:
     """Environment additions of each of ``jobs`` slots: with GPUs, one GPU per slot (round robin);
     on a CPU with jobs > 1, torch threads = cores // jobs each (OMP_NUM_THREADS), so that the jobs
     share the cores instead of oversubscribing them."""
-    gpus = 0
-    if device in (None, "auto") or str(device).startswith("cuda"):
-        try:
-            import torch
-
-            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        except Exception:
-            gpus = 0
+    gpus = gpu_count(device)
     if gpus:
         visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()] or [str(i) for i in range(gpus)]
         return [{"CUDA_VISIBLE_DEVICES": visible[i % len(visible)]} for i in range(jobs)]
@@ -499,13 +507,19 @@ class Executor:
         except (OSError, ValueError):
             return {}
 
-    def _record(self, job: _Job, code: int, outcome: str, seconds: float) -> None:
+    def _record(self, job: _Job, code: int | None, outcome: str, seconds: float) -> None:
+        """Write the invocation's record: at its start with outcome 'running' (a record left so says the
+        sweep itself was killed), replaced at its end by the outcome, exit code and steps after."""
         data = self._progress()
-        status = run_status(job.run.name)
-        data.setdefault(job.run.name, []).append({
-            "action": job.action, "args": job.argv, "steps_before": job.steps_before, "steps_after": status.steps,
-            "exit_code": code, "outcome": outcome, "seconds": round(seconds, 3), "ended": ckpt.utc_now(),
-        })  # fmt: skip
+        records = data.setdefault(job.run.name, [])
+        if code is not None and records and records[-1].get("outcome") == "running":
+            records.pop()
+        for r in records if code is None else ():
+            if r.get("outcome") == "running":  # its sweep was killed: the run's checkpoint is where it was left
+                r["outcome"] = "killed with the sweep"
+        records.append({"action": job.action, "args": job.argv, "steps_before": job.steps_before,
+                        "steps_after": run_status(job.run.name).steps if code is not None else None, "exit_code": code,
+                        "outcome": outcome, "seconds": round(seconds, 3), "at": ckpt.utc_now()})  # fmt: skip
         atomic_write_json(self.progress_path, data)
 
     # ------------------------------------------------------------ control
@@ -570,12 +584,16 @@ class Executor:
             action, argv = "start", list(run.args) + (["--overwrite"] if status.leftover else [])  # a folder that failed at start
         job = _Job(run, action, argv, slot, logs / f"{run.name}.log", status.steps)
         env = {**os.environ, "COLUMNS": "160", **self.env[slot % len(self.env)]}  # the log's lines unwrapped
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(Path(__file__).resolve().parents[1]), *filter(None, [env.get("PYTHONPATH")])]
+        )  # this vaecli
         with open(job.log, "ab") as log:
             log.write(f"# {ckpt.utc_now()} {shlex.join(['vae', 'train', *argv])}\n".encode())
             log.flush()
             job.proc = subprocess.Popen([*self.python, "train", *argv, "--json", "-q"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=log, env=env, start_new_session=True, preexec_fn=_die_with_parent)  # fmt: skip
         job.t0 = time.monotonic()
+        self._record(job, None, "running", 0.0)
         self.running.append(job)
         self.on_event(Event("start", run.name, action, detail=" ".join(argv)))
 
@@ -583,8 +601,15 @@ class Executor:
         status = run_status(job.run.name)
         if code == 0 and status.state == "done":
             outcome, detail = "done", f"{status.stopped}, {status.steps} steps"
-        elif code in (130, -signal.SIGINT) or (status.state == "interrupted" and code in (-signal.SIGTERM, -signal.SIGKILL, 143)):
+        elif code in (130, -signal.SIGINT):
             outcome, detail = "interrupted", f"saved at step {status.steps}" if status.state == "interrupted" else "nothing saved yet"
+        elif code in (-signal.SIGTERM, -signal.SIGKILL, 143) and self.stopping:
+            outcome = "interrupted"
+            detail = (
+                f"stopped at once: its checkpoint is at step {status.steps}"
+                if status.state == "interrupted"
+                else "stopped before its first checkpoint"
+            )
         else:
             outcome, detail = "failed", _last_line(job.log) or f"exit code {code}"
         self._record(job, code, outcome, seconds)
@@ -663,5 +688,5 @@ def invocations(plan: Plan) -> dict[str, list[dict[str, Any]]]:
 
 
 __all__ = ["Flag", "Plan", "PlannedRun", "RunStatus", "Event", "Executor", "SweepLock", "parse_values", "parse_args", "build_plan",
-           "read_plan", "record_plan", "run_status", "check_run_matches", "resume_args", "default_jobs", "slot_env", "sweep_folder",
+           "read_plan", "record_plan", "run_status", "check_run_matches", "resume_args", "default_jobs", "gpu_count", "slot_env", "sweep_folder",
            "value_text", "invocations", "FINISHED", "BUDGETS"]  # fmt: skip

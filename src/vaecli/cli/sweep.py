@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import signal
 import sys
 import threading
+import time
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -109,8 +111,8 @@ class _Board:
         from rich.table import Table
 
         t = Table(title=f"sweep {self.plan.name}", title_justify="left", show_edge=False, pad_edge=False)
-        for col in ("run", "values", "status", "last epoch"):
-            t.add_column(col, overflow="fold" if col == "last epoch" else "ellipsis", no_wrap=col != "last epoch")
+        for col in ("run", "values", "status", "progress"):
+            t.add_column(col, overflow="fold" if col == "progress" else "ellipsis", no_wrap=col != "progress")
         for name, (label, status, detail) in self.rows.items():
             style = (
                 "green"
@@ -175,16 +177,17 @@ def _study(
     """Scores (merged into the rows) and the pictures' material of every row, with a status line."""
     from ..compare import study_run
 
-    studies, notes = [], []
-    with err.status("") as status:
+    studies, notes = [], {}
+    with contextlib.nullcontext() if quiet else err.status("") as status:
         for i, row in enumerate(rows, 1):
-            if not quiet:
+            if status is not None:
                 status.update(f"{'scoring and drawing' if score else 'drawing'} {row['run']} ({i}/{len(rows)})")
             scores, run_notes, study = study_run(row, score=score, n=n, device=device, cache=cache)
             row.update(scores)
-            notes.extend(run_notes)
+            for note in run_notes:
+                notes.setdefault(note, []).append(row["run"])
             studies.append(study)
-    return studies, notes
+    return studies, [f"{', '.join(runs)}: {note}" for note, runs in notes.items()]
 
 
 def _pictures(folder: Path, result: dict[str, Any], studies: list[Any], factors: list[str]) -> dict[str, str]:
@@ -279,8 +282,8 @@ def sweep_cmd(
     ctx: typer.Context,
     name: Annotated[OptStr, typer.Option("--name", help="Sweep name; its runs are NAME-beta0.5 ... (default: sweep-<flags>-<hash of the plan>, "
                                          "the same for the same command).")] = None,
-    jobs: Annotated[OptInt, typer.Option("--jobs", "-j", help="Runs at a time (default: one per GPU where there are GPUs, else 1; on a CPU "
-                                         "the cores are split between the runs).")] = None,
+    jobs: Annotated[OptInt, typer.Option("--jobs", "-j", help="Runs at a time (default: one per GPU; on a CPU one per core with --epochs or "
+                                         "--max-steps, 1 with --time-budget; the cores are split between the runs).")] = None,
     plan_only: Annotated[bool, typer.Option("--plan", help="Record the plan and print each run's `vae train` command, one per line "
                                             "(for a job array or any scheduler); train nothing.")] = False,
     collect: Annotated[OptStr, typer.Option("--collect", help="Build the results of sweep NAME from its run folders (runs trained elsewhere "
@@ -300,8 +303,9 @@ def sweep_cmd(
     samples.png, traverse.png. Run the same command again to continue: finished runs are skipped,
     interrupted ones resumed (Ctrl-C leaves every run resumable)."""
     from ..errors import ConfigError
-    from ..sweep import build_plan, check_run_matches, parse_args, read_plan, record_plan, run_status
+    from ..sweep import build_plan, check_run_matches, default_jobs, parse_args, read_plan, record_plan, run_status
 
+    t0 = time.perf_counter()
     check_positive("-n", n, 10)
     if jobs is not None:
         check_positive("--jobs", jobs, 1)
@@ -328,13 +332,14 @@ def sweep_cmd(
 
     with SweepLock(plan):
         failed: dict[str, str] = {}
+        seconds = {"runs": 0.0}
         if collect is None:
             outcome = record_plan(plan, overwrite)
             for run in plan.runs:
                 check_run_matches(run)
             statuses = {run.name: run_status(run.name) for run in plan.runs}
             todo = [(run, statuses[run.name]) for run in plan.runs if statuses[run.name].state != "done"]
-            n_jobs = jobs or _default_jobs(plan)
+            n_jobs = jobs or default_jobs(plan, len(todo))
             if not quiet:
                 counts = {s: sum(1 for st in statuses.values() if st.state == s) for s in ("done", "interrupted", "absent")}
                 err.print(f"sweep {plan.name}: {len(plan.runs)} runs ({counts['done']} finished, {counts['interrupted']} to resume, "
@@ -344,6 +349,7 @@ def sweep_cmd(
             if todo:
                 from ..sweep import slot_env
 
+                t_runs = time.perf_counter()
                 with _Board(plan, statuses, err, quiet) as board:
                     outcomes, stopping = _execute(plan, todo, n_jobs, slot_env(n_jobs, plan.fixed_value("device")), board, err)
                 if stopping == "terminate":
@@ -354,7 +360,8 @@ def sweep_cmd(
                               highlight=False, markup=False, soft_wrap=True)  # fmt: skip
                     raise typer.Exit(130)
                 failed = {r: o for r, o in outcomes.items() if o == "failed"}
-        result = _results(plan, score=score, n=n, err=err, quiet=quiet)
+                seconds["runs"] = time.perf_counter() - t_runs
+        result = _results(plan, score=score, n=n, err=err, quiet=quiet, seconds={**seconds, "start": t0})
     _finish(result, plan.factors if result.get("groups") else [], as_json)
     if failed:
         err.print(f"[red]{len(failed)} run{'s' if len(failed) > 1 else ''} failed: {', '.join(failed)} (logs in {plan.folder / 'logs'})[/red]",
@@ -362,14 +369,10 @@ def sweep_cmd(
         raise typer.Exit(1)
 
 
-def _default_jobs(plan: Any) -> int:
-    from ..sweep import default_jobs
-
-    return default_jobs(plan.fixed_value("device"))
-
-
-def _results(plan: Any, *, score: bool, n: int, err: Any, quiet: bool) -> dict[str, Any]:
-    """Rows of the plan's finished runs, scores, groups of seeds, notes, files (sweep.json/.csv, pictures)."""
+def _results(plan: Any, *, score: bool, n: int, err: Any, quiet: bool, seconds: dict[str, float]) -> dict[str, Any]:
+    """Rows of the plan's finished runs, scores, groups of seeds, notes, files (sweep.json/.csv, pictures);
+    ``seconds``: the wall-clock start of the command and the seconds its runs took (recorded with the results)."""
+    t_results = time.perf_counter()
     from ..compare import aggregate, comparability_notes, run_row, write_tables
     from ..errors import ConfigError
     from ..paths import runs_dir
@@ -395,6 +398,8 @@ def _results(plan: Any, *, score: bool, n: int, err: Any, quiet: bool) -> dict[s
     if SEED in plan.swept:
         result["groups"] = aggregate(rows, factors)
     result["files"] = _pictures(plan.folder, result, studies, factors)
+    now = time.perf_counter()
+    result["seconds"] = {"runs": round(seconds["runs"], 3), "results": round(now - t_results, 3), "total": round(now - seconds["start"], 3)}
     result["files"].update(write_tables(plan.folder, "sweep", result, list(plan.swept)))
     return result
 
