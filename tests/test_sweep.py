@@ -244,23 +244,9 @@ def test_a_three_value_sweep(tmp_path):
 def test_a_killed_sweep_resumes_and_trains_no_run_twice(tmp_path):
     """A real SIGINT to the sweep process while its runs train: every run saves; the same command
     again resumes them with the rest of their budget, and each run ends at exactly its budget."""
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "vaecli",
-        "sweep",
-        "--beta",
-        "0.1,4",
-        *TINY,
-        "--max-steps",
-        "60",
-        "--name",
-        "k",
-        "--no-score",
-        "--jobs",
-        "2",
-    ]
+    env, steps = {**os.environ, "PYTHONPATH": str(SRC)}, 100  # 29 steps an epoch: the first checkpoint, then time to be interrupted
+    cmd = [sys.executable, "-m", "vaecli", "sweep", "--beta", "0.1,4", *TINY, "--max-steps", str(steps), "--name", "k", "--no-score",
+           "--jobs", "2"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = tmp_path / "runs" / "sweeps" / "k" / "logs" / "k-beta0.1.log"
     deadline = time.monotonic() + 120
@@ -272,16 +258,16 @@ def test_a_killed_sweep_resumes_and_trains_no_run_twice(tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted: every run is saved" in err
     first = sw.run_status("k-beta0.1")
-    assert first.state == "interrupted" and 0 < first.steps < 45
+    assert first.state == "interrupted" and 0 < first.steps < steps
 
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert again.returncode == 0, again.stderr
     progress = json.loads((tmp_path / "runs" / "sweeps" / "k" / "progress.json").read_text())
     for run in ("k-beta0.1", "k-beta4"):
         summary = json.loads((tmp_path / "runs" / run / "summary.json").read_text())
-        assert (summary["steps"], summary["stopped"]) == (45, "max_steps")
+        assert (summary["steps"], summary["stopped"]) == (steps, "max_steps")
         calls = progress[run]
-        assert sum(c["steps_after"] - c["steps_before"] for c in calls) == 45  # no step trained twice
+        assert sum(c["steps_after"] - c["steps_before"] for c in calls) == steps  # no step trained twice
         assert all(b["steps_before"] == a["steps_after"] for a, b in zip(calls, calls[1:]))  # each invocation continues the last
     assert [c["action"] for c in progress["k-beta0.1"]] == ["start", "resume"]
     assert sw.run_status("k-beta0.1").state == "done"
