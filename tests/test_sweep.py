@@ -301,3 +301,13 @@ def test_default_jobs_split_the_cores(monkeypatch):
     monkeypatch.setattr(sw, "gpu_count", lambda device: 2)
     assert sw.default_jobs(plan_of("--beta", "1,2,4", "--time-budget", "60"), 3) == 2
     assert [e["CUDA_VISIBLE_DEVICES"] for e in sw.slot_env(3, None)] == ["0", "1", "0"]
+
+
+def test_runs_that_fail_are_reported_with_their_error(tmp_path):
+    r = invoke("sweep", "--beta", "1,2", "--data", str(tmp_path / "no-such-folder"), "--max-steps", "2", "--name", "bad", "--jobs", "2")
+    assert r.exit_code == 1, r.output
+    failed = [ln for ln in r.stderr.splitlines() if ln.startswith("failed: ")]
+    assert len(failed) == 2 and all("neither a dataset" in ln for ln in failed), r.stderr
+    assert "no run finished" in r.stderr and "Traceback" not in r.output
+    progress = json.loads((tmp_path / "runs" / "sweeps" / "bad" / "progress.json").read_text())
+    assert [c["exit_code"] for c in progress["bad-beta1"]] == [2]

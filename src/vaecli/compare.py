@@ -140,7 +140,7 @@ def study_run(row: dict[str, Any], *, score: bool, n: int = 2000, seed: int = 0,
     (scores merged into the row's keys, notes about the run, :class:`Study` or None without ``pictures``)."""
     import torch
 
-    from .data import load_split
+    from .data import load_split, to_float
     from .device import resolve_device
     from .inference import decode, dims_by_kl, encode, sample, traverse_latents
     from .metrics import latent_stats
@@ -165,8 +165,6 @@ def study_run(row: dict[str, Any], *, score: bool, n: int = 2000, seed: int = 0,
     samples = sample(model, SAMPLES_PER_ROW, 1.0, g)
     kl, _, _ = latent_stats(model, ckpt.read_summary(folder), lambda: test, seed=seed)
     dims = dims_by_kl(kl or [0.0] * cfg.model.latent_dim)[:TRAVERSE_DIMS]
-    from .data import to_float
-
     mu, _ = encode(model, to_float(test.images[:1]))
     grid = decode(model, traverse_latents(mu[0], dims, TRAVERSE_RANGE, TRAVERSE_STEPS))
     labels = [f"{row['label']}  z{j}" + (f" KL {kl[j]:.1f}" if kl else "") for j in dims]

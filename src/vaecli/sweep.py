@@ -496,6 +496,7 @@ class Executor:
         self.on_event = on_event or (lambda e: None)
         self.python = list(python)
         self.stopping = ""  # '', 'interrupt' or 'terminate'
+        self.details: dict[str, str] = {}  # run -> the last invocation's outcome in words (a failure: its error line)
         self.running: list[_Job] = []
         self.progress_path = plan.folder / PROGRESS
 
@@ -613,6 +614,7 @@ class Executor:
         else:
             outcome, detail = "failed", _last_line(job.log) or f"exit code {code}"
         self._record(job, code, outcome, seconds)
+        self.details[job.run.name] = detail
         self.on_event(Event("end", job.run.name, job.action, seconds, detail, outcome, code))
         return outcome
 

@@ -145,8 +145,11 @@ class _Board:
             self.console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
-def _execute(plan: Any, todo: list[Any], jobs: int, env: list[dict[str, str]], board: _Board, err: Any) -> tuple[dict[str, str], str]:
-    """Run the commands; Ctrl-C forwards SIGINT to the runs (each saves), SIGTERM ends them at once."""
+def _execute(
+    plan: Any, todo: list[Any], jobs: int, env: list[dict[str, str]], board: _Board, err: Any
+) -> tuple[dict[str, str], str, list[str]]:
+    """Run the commands; Ctrl-C forwards SIGINT to the runs (each saves), SIGTERM ends them at once.
+    Returns (run -> outcome, how the sweep was stopped ('' when it was not), one line per failed run)."""
     from ..sweep import Executor
 
     executor = Executor(plan, jobs, env, board.event)
@@ -165,7 +168,8 @@ def _execute(plan: Any, todo: list[Any], jobs: int, env: list[dict[str, str]], b
         if old is not None:
             signal.signal(signal.SIGINT, old[0])
             signal.signal(signal.SIGTERM, old[1])
-    return outcomes, executor.stopping
+    failures = [f"{run}: {executor.details.get(run, '')}" for run, o in outcomes.items() if o == "failed"]
+    return outcomes, executor.stopping, failures
 
 
 # ----------------------------------------------------------------------------- results
@@ -296,12 +300,13 @@ def sweep_cmd(
 ) -> None:  # fmt: skip
     """Train one run per value of the swept flags and compare them: `vae sweep --beta 0.25,1,4 --time-budget 60`.
 
-    Any numeric `vae train` flag with comma-separated values is swept (two make a grid; `--seed 0,1,2`
-    are repeats, reported as mean ± std); every other `vae train` option goes to every run as it is.
-    Every run gets the same budget (--time-budget, --epochs or --max-steps: one is required). Results:
-    a table, and in <runs dir>/sweeps/NAME/: sweep.json, sweep.csv, rd.png (rate-distortion),
-    samples.png, traverse.png. Run the same command again to continue: finished runs are skipped,
-    interrupted ones resumed (Ctrl-C leaves every run resumable)."""
+    Any numeric `vae train` flag given comma-separated values is swept; two make a grid; `--seed 0,1,2` are repeats (mean ± std).
+
+    Every other `vae train` option goes to every run as it is; all get the same budget: --time-budget, --epochs or --max-steps.
+
+    Results: a table, and sweep.json, sweep.csv, rd.png (rate-distortion), samples.png, traverse.png in <runs dir>/sweeps/NAME/.
+
+    Run the same command again to continue: finished runs are skipped, interrupted ones resumed (Ctrl-C leaves them resumable)."""
     from ..errors import ConfigError
     from ..sweep import build_plan, check_run_matches, default_jobs, parse_args, read_plan, record_plan, run_status
 
@@ -351,7 +356,7 @@ def sweep_cmd(
 
                 t_runs = time.perf_counter()
                 with _Board(plan, statuses, err, quiet) as board:
-                    outcomes, stopping = _execute(plan, todo, n_jobs, slot_env(n_jobs, plan.fixed_value("device")), board, err)
+                    outcomes, stopping, failures = _execute(plan, todo, n_jobs, slot_env(n_jobs, plan.fixed_value("device")), board, err)
                 if stopping == "terminate":
                     err.print("terminated: the runs stopped without saving; run the same command again to continue from their checkpoints")
                     raise typer.Exit(143)
@@ -361,6 +366,11 @@ def sweep_cmd(
                     raise typer.Exit(130)
                 failed = {r: o for r, o in outcomes.items() if o == "failed"}
                 seconds["runs"] = time.perf_counter() - t_runs
+                for line in failures:
+                    err.print(f"failed: {line}", style="red", highlight=False, markup=False, soft_wrap=True)
+                if failed and all(run_status(run.name).state != "done" for run in plan.runs):
+                    err.print(f"no run finished (logs in {plan.folder / 'logs'})", highlight=False, markup=False, soft_wrap=True)
+                    raise typer.Exit(1)
         result = _results(plan, score=score, n=n, err=err, quiet=quiet, seconds={**seconds, "start": t0})
     _finish(result, plan.factors if result.get("groups") else [], as_json)
     if failed:
