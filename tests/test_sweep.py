@@ -311,3 +311,9 @@ def test_runs_that_fail_are_reported_with_their_error(tmp_path):
     assert "no run finished" in r.stderr and "Traceback" not in r.output
     progress = json.loads((tmp_path / "runs" / "sweeps" / "bad" / "progress.json").read_text())
     assert [c["exit_code"] for c in progress["bad-beta1"]] == [2]
+
+
+def test_no_run_may_take_the_sweeps_folder(tmp_path):
+    assert invoke("sweep", "--beta", "1,2", "--max-steps", "2", "--name", "keep", "--plan").exit_code == 0
+    assert "run name 'sweeps' is reserved" in one_error_line(invoke("train", *TINY, "--max-steps", "1", "--name", "sweeps"))
+    assert (tmp_path / "runs" / "sweeps" / "keep" / "plan.json").is_file()

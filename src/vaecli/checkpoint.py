@@ -32,6 +32,8 @@ SUMMARY = "summary.json"
 LOSS_PLOT = "loss.png"
 MODEL_FORMAT = "vaecli-model-1"
 STATE_FORMAT = "vaecli-train-state-1"
+SWEEPS = "sweeps"  # <runs dir>/sweeps/NAME/: the plans and results of `vae sweep`
+RESERVED = {SWEEPS: "the runs folder keeps the plans of `vae sweep` there"}  # folders of the runs dir that are no runs
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -109,6 +111,8 @@ def latest_run() -> Path:
 def create_run_dir(name: str, overwrite: bool = False) -> Path:
     """Make ``<runs dir>/<name>``; an existing run is refused unless ``overwrite``."""
     validate_run_name(name)
+    if name in RESERVED:
+        raise ConfigError(f"run name {name!r} is reserved: {RESERVED[name]}")
     path = runs_dir() / name
     if path.exists() and not overwrite and not (path / MODEL).exists() and not (path / STATE).exists():
         overwrite = True  # a run that never saved weights (failed at start) holds nothing to lose

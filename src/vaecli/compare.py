@@ -23,7 +23,7 @@ import json
 import math
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +147,7 @@ def study_run(row: dict[str, Any], *, score: bool, n: int = 2000, seed: int = 0,
 
     folder = Path(row["path"])
     model, cfg, _ = ckpt.load_model(folder, resolve_device(device))
+    test = load_split(replace(cfg.data, binarize=False), "test")  # original pixels: the real side of the scores, the traversals' base
     notes: list[str] = []
     scores: dict[str, Any] = {}
     if score:
@@ -154,13 +155,12 @@ def study_run(row: dict[str, Any], *, score: bool, n: int = 2000, seed: int = 0,
         if cached is not None:
             scores = cached
         else:
-            scores = _scores(model, cfg, row, n, seed, votes, notes)
+            scores = _scores(model, cfg, row, n, seed, votes, notes, test)
             if cache is not None:
                 atomic_write_json(cache / f"{row['run']}.json", {"key": _score_key(row, n, seed), "scores": scores, "notes": notes})
         notes.extend(scores.pop("_notes", []))
     if not pictures:
         return scores, notes, None
-    test = load_split(cfg.data, "test")
     g = torch.Generator().manual_seed(seed)
     samples = sample(model, SAMPLES_PER_ROW, 1.0, g)
     kl, _, _ = latent_stats(model, ckpt.read_summary(folder), lambda: test, seed=seed)
@@ -183,13 +183,13 @@ def _read_cache(cache: Path | None, row: dict[str, Any], n: int, seed: int) -> d
     return {**data["scores"], "_notes": list(data.get("notes") or [])}
 
 
-def _scores(model: Any, cfg: Any, row: dict[str, Any], n: int, seed: int, votes: int, notes: list[str]) -> dict[str, Any]:
+def _scores(model: Any, cfg: Any, row: dict[str, Any], n: int, seed: int, votes: int, notes: list[str], test: Any) -> dict[str, Any]:
     """Sample quality where a shipped feature space fits, MIG and FactorVAE on shapes."""
     out: dict[str, Any] = {}
     if sample_features_fit(row):
         from .fidelity import evaluate_run
 
-        res = evaluate_run(model, cfg, n, seed=seed, reconstructions=False)
+        res = evaluate_run(model, cfg, n, seed=seed, reconstructions=False, data=test)
         out.update({k: res[k] for k in ("fd", "kid", "kid_std", "precision", "recall")}, samples_scored=res["n"], features=res["features"])
     else:
         c, s = row["image"]

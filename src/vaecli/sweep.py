@@ -35,7 +35,7 @@ from .errors import ConfigError
 from .fileio import atomic_write_json
 from .paths import runs_dir
 
-SWEEPS = "sweeps"  # <runs dir>/sweeps/NAME/
+SWEEPS = ckpt.SWEEPS  # <runs dir>/sweeps/NAME/
 PLAN = "plan.json"
 PROGRESS = "progress.json"  # every invocation of every run: kind, steps before and after, exit code, seconds
 LOCK = "lock"
