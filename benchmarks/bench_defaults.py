@@ -1,8 +1,8 @@
 """How the defaults are chosen: quality at equal wall time, by hand (never in CI).
 
-Each row is one ``vae train --time-budget SECONDS --json`` in a fresh process (wall-clock budget,
-the CLI's own threads), taken under ``flock LOCK`` so that two timing jobs never overlap on a
-shared machine. One run of the script produces, in one JSON file:
+Each row is one ``vae train --time-budget SECONDS --json`` in a fresh process (by default the
+budget is CPU seconds of one thread, ``--clock cpu``), with ``--lock FILE`` under ``flock FILE``
+so that two timing jobs never overlap on a shared machine. One run of the script produces, in one JSON file:
 
 * ``fmnist``: the Fashion-MNIST sweep at ``--budget`` seconds (arch, widths, batch, lr, warm-up,
   latent size), then the best ``--finalists`` of it again at ``--long`` seconds;
@@ -14,8 +14,8 @@ shared machine. One run of the script produces, in one JSON file:
 
 Usage::
 
-    VAE_HOME=/tmp/vh python benchmarks/bench_defaults.py --data-dir /work/shared/data \\
-        --folder /work/shared/data/noto-emoji-64 --out benchmarks/results/bench_defaults.json
+    VAE_HOME=/tmp/vh python benchmarks/bench_defaults.py --data-dir /path/to/data \\
+        --folder /path/to/noto-emoji-64 --out benchmarks/results/bench_defaults.json
 
 ``--parts fmnist,long,colour`` selects parts; ``--only TAG,...`` selects rows; rows already in
 ``--out`` are kept and re-used (``--rerun`` to redo them), so a sweep can be run in pieces.
@@ -25,15 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+import harness
 
 # tag -> vae train flags (beyond --data and --time-budget). "default" rows pass no model/optimiser flags.
 FMNIST: dict[str, list[str]] = {
@@ -82,81 +79,45 @@ COLOUR: dict[str, list[str]] = {
 }  # fmt: skip
 
 
-def machine_info() -> dict[str, Any]:
-    import torch
-
-    cpuinfo = Path("/proc/cpuinfo").read_text(errors="ignore") if Path("/proc/cpuinfo").exists() else ""
-    flags = next((ln for ln in cpuinfo.splitlines() if ln.startswith("flags")), "").split()
-    return {
-        "cpu_model": next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), platform.processor()),
-        "capability": torch.backends.cpu.get_cpu_capability(),
-        "avx512f": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
-        "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-        "python": platform.python_version(), "platform": platform.platform(),
-        "note": "shared machine: other developers' unit tests ran at times; timing runs were serialised by a lock",
-    }  # fmt: skip
-
-
-def train(
-    tag: str,
-    data: list[str],
-    flags: list[str],
-    budget: float,
-    lock: str | None,
-    clock: str,
-) -> dict[str, Any]:
-    """One ``vae train`` run under the lock; returns its JSON summary plus the command. ``clock``
-    cpu: the budget is CPU seconds of one thread (benchmarks/cpu_budget.py); wall: plain ``vae``."""
-    entry = [str(ROOT / "benchmarks" / "cpu_budget.py")] if clock == "cpu" else ["-m", "vaecli"]
+def train(tag: str, data: list[str], flags: list[str], budget: float, lock: str | None, clock: str) -> dict[str, Any]:
+    """One ``vae train`` run (under ``flock LOCK`` when given); returns its JSON summary plus the command.
+    ``clock`` cpu: the budget is CPU seconds of one thread (benchmarks/cpu_budget.py); wall: plain ``vae``."""
+    entry = [str(harness.ROOT / "benchmarks" / "cpu_budget.py")] if clock == "cpu" else ["-m", "vaecli"]
     cmd = [sys.executable, *entry, "train", *data, *flags, "--time-budget", str(budget),
            "--name", tag.replace(",", "-").replace(".", "p"), "--overwrite", "--json", "-q"]  # fmt: skip
-    full = (["flock", lock] if lock else []) + cmd
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    }
-    t0 = time.time()
-    p = subprocess.run(full, capture_output=True, text=True, env=env, check=False)
-    row: dict[str, Any] = {"tag": tag, "flags": flags, "budget_s": budget, "rc": p.returncode, "wall_s": round(time.time() - t0, 1),
-                           "clock": clock, "loadavg_after": os.getloadavg(), "cmd": "vae " + " ".join(cmd[len(entry) + 1 :])}  # fmt: skip
-    if p.returncode == 0:
-        r = json.loads(p.stdout)
+    p = harness.run_measured((["flock", lock] if lock else []) + cmd, env=harness.vae_env())
+    row: dict[str, Any] = {"tag": tag, "flags": flags, "budget_s": budget, "rc": p["rc"], "wall_s": round(p["wall_s"], 1), "clock": clock,
+                           "load_after": p["load_after"], "cmd": "vae " + " ".join(cmd[len(entry) + 1 :])}  # fmt: skip
+    r = harness.last_json(p["stdout"]) if p["rc"] == 0 else None
+    if r:
         row.update(test_neg_elbo=r["test"]["neg_elbo"], test_recon=r["test"]["recon"], test_kl=r["test"]["kl"], steps=r["steps"],
                    epochs=r["epochs"], images_per_second=r["images_per_second"], active_units=r["active_units"], run=r["path"])  # fmt: skip
     else:
-        row["stderr_tail"] = p.stderr[-2000:]
-    print(
-        json.dumps({k: row.get(k) for k in ("tag", "rc", "test_neg_elbo", "steps", "wall_s")}),
-        flush=True,
-    )
+        row["stderr_tail"] = p["stderr_tail"]
+    print(json.dumps({k: row.get(k) for k in ("tag", "rc", "test_neg_elbo", "steps", "wall_s")}), flush=True)
     return row
 
 
 def bce_floor(folder: str, flags: list[str]) -> dict[str, float]:
-    """Sum over the test split's pixels of -x ln x - (1-x) ln(1-x), per image (the split of ``vae train --seed 0``)."""
-    import torch
-
+    """The BCE floor of the test split of ``vae train --seed 0`` on ``folder`` at the size and
+    channels of ``flags`` (:func:`vaecli.metrics.bce_floor`: the pixels' own entropy, per image)."""
     from vaecli.config import DataConfig
     from vaecli.data import load_data
+    from vaecli.metrics import bce_floor as floor
 
-    size, ch = (
-        int(flags[flags.index("--image-size") + 1]),
-        int(flags[flags.index("--channels") + 1]),
-    )
+    size, ch = int(flags[flags.index("--image-size") + 1]), int(flags[flags.index("--channels") + 1])
     _, test, _ = load_data(DataConfig(name=folder, image_size=size, channels=ch, split_seed=0))
-    x = test.images.double() / 255.0
-    h = -(torch.xlogy(x, x) + torch.xlogy(1 - x, 1 - x))
-    return {"floor": float(h.flatten(1).sum(1).mean()), "test_images": len(test)}
+    return {"floor": floor(test), "test_images": len(test)}
 
 
 def bce_of_run(run: str, seed: int = 0) -> dict[str, float]:
-    """BCE -ELBO of a run's model on its test split: BCE of the decoder's means + KL, one sample per image."""
+    """BCE -ELBO of a run's kept weights on its test split, whatever its likelihood: the BCE of the
+    decoder's means plus the KL, one posterior sample per image, eval mode."""
     import torch
     import torch.nn.functional as F
 
     from vaecli.checkpoint import load_model
-    from vaecli.data import load_data
-    from vaecli.losses import kl_divergence
+    from vaecli.data import load_data, to_float
 
     model, cfg, _ = load_model(run)
     _, test, _ = load_data(cfg.data)
@@ -164,23 +125,20 @@ def bce_of_run(run: str, seed: int = 0) -> dict[str, float]:
     tot_r = tot_k = 0.0
     with torch.no_grad():
         for i in range(0, len(test), 256):
-            x = test.images[i : i + 256].float() / 255.0
+            x = to_float(test.images[i : i + 256])
             out = model(x, generator=g)
-            mean = torch.sigmoid(out.logits.float()).clamp(1e-6, 1 - 1e-6)
+            mean = model.likelihood.mean(out.params).clamp(1e-6, 1 - 1e-6)
             tot_r += float(F.binary_cross_entropy(mean, x, reduction="none").flatten(1).sum(1).sum())
-            tot_k += float(kl_divergence(out.mu, out.logvar).sum())
+            tot_k += float(out.posterior.kl().sum())
     n = len(test)
-    return {
-        "bce_neg_elbo": (tot_r + tot_k) / n,
-        "bce_recon": tot_r / n,
-        "kl": tot_k / n,
-    }
+    return {"bce_neg_elbo": (tot_r + tot_k) / n, "bce_recon": tot_r / n, "kl": tot_k / n}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default=os.environ.get("VAE_DATA_DIR", "/work/shared/data"))
-    p.add_argument("--folder", default="/work/shared/data/noto-emoji-64")
+    p.add_argument("--data-dir", default=None, help="folder holding FashionMNIST/raw (default: $VAE_DATA_DIR)")
+    p.add_argument("--folder", default=None, help="the colour folder (default: DATA_DIR/noto-emoji-64)")
+    p.add_argument("--note", default=None, help="a line about the machine for the JSON (e.g. 'shared with other jobs')")
     p.add_argument("--budget", type=float, default=120.0)
     p.add_argument("--long", type=float, default=600.0)
     p.add_argument("--finalists", type=int, default=2)
@@ -193,28 +151,27 @@ def main() -> int:
     p.add_argument("--parts", default="fmnist,long,colour")
     p.add_argument("--only", default="", help="comma-separated tags (default: all)")
     p.add_argument("--rerun", action="store_true")
-    p.add_argument(
-        "--lock",
-        default="/work/wt/bench.lock",
-        help="flock file around each run ('' = none)",
-    )
+    p.add_argument("--lock", default=None, help="flock this file around each run (timing jobs never overlap on a shared machine)")
     p.add_argument("--out", default="benchmarks/results/bench_defaults.json")
     args = p.parse_args()
-    sys.path.insert(0, str(ROOT / "src"))
+    from vaecli.paths import data_root
+
+    args.data_dir = str(data_root(args.data_dir))
+    args.folder = args.folder or str(Path(args.data_dir) / "noto-emoji-64")
     out = Path(args.out)
-    res: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
+    res = harness.read_json(out)
     res.setdefault("runs_of_script", []).append(
         {
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "argv": sys.argv[1:],
         }
     )
-    res["machine"] = machine_info()
+    res["machine"] = harness.machine_info(args.note)
     only = set(filter(None, args.only.split(",")))
     lock = args.lock or None
 
     def save() -> None:
-        out.write_text(json.dumps(res, indent=1) + "\n")
+        harness.write_json(out, res)
 
     def sweep(section: str, table: dict[str, list[str]], data: list[str], budget: float) -> None:
         rows = res.setdefault(section, {})

@@ -1,7 +1,7 @@
-"""Loading benchmark of image folders (issue 12), written as JSON. Run by hand, never in CI::
+"""Loading benchmark of image folders, written as JSON. Run by hand, never in CI::
 
-    flock /work/wt/bench.lock python benchmarks/bench_load.py --idx /work/shared/data/FashionMNIST/raw \\
-        --work /work/wt/data-bench --out benchmarks/results/bench_load.json
+    VAE_DATA_DIR=/path/to/data python benchmarks/bench_load.py --work /tmp/data-bench \\
+        --out benchmarks/results/bench_load.json
 
 Builds (once) two folders under ``--work``: the 70,000 Fashion-MNIST images as 28 px gray PNGs
 (``fmnist-png``) and ``--colour-count`` of them upscaled to 64 px and tinted per class as RGB
@@ -22,14 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import harness
 
 
 def _status(field: str) -> int:
@@ -42,7 +42,6 @@ def _status(field: str) -> int:
 def child(folder: str, mode: str, workers: int | None, cache: str) -> None:
     """One measurement in this process; prints one JSON line."""
     os.environ["VAE_CACHE_DIR"] = cache
-    sys.path.insert(0, str(ROOT / "src"))
     from vaecli.config import DataConfig
     from vaecli.data import FolderLoad, load_data
 
@@ -64,7 +63,6 @@ def _write_pngs(args: tuple[int, int, str, int, bool]) -> None:
     from PIL import Image
 
     start, stop, out, size, colour = args
-    sys.path.insert(0, str(ROOT / "src"))
     imgs, labels = _idx(IDX_DIR)
     tints = [(255, 80, 80), (80, 255, 80), (80, 80, 255), (255, 255, 80), (80, 255, 255),
              (255, 80, 255), (255, 160, 40), (160, 40, 255), (40, 160, 160), (200, 200, 200)]  # fmt: skip
@@ -124,17 +122,20 @@ def run_child(folder: Path, mode: str, workers: int | None, cache: Path) -> dict
 def main() -> None:
     global IDX_DIR
     ap = argparse.ArgumentParser()
-    ap.add_argument("--idx", default="/work/shared/data/FashionMNIST/raw")
-    ap.add_argument("--work", default="/work/wt/data-bench")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_load.json"))
+    ap.add_argument("--idx", default=None, help="folder holding Fashion-MNIST's four IDX files (default: $VAE_DATA_DIR/FashionMNIST/raw)")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "vae-data-bench"), help="where the PNG folders are built (once)")
+    ap.add_argument("--out", default=str(harness.RESULTS / "bench_load.json"))
     ap.add_argument("--colour-count", type=int, default=10_000)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--modes", default="serial,process,thread,first,cached")
     ap.add_argument("--sets", default="fmnist-png,fmnist-64-rgb")
+    ap.add_argument("--note", default=None, help="a line about the machine for the JSON (e.g. 'shared with other jobs')")
     ap.add_argument("--build-only", action="store_true", help="Write the folders and stop (no lock needed: nothing timed).")
     args = ap.parse_args()
-    IDX_DIR = args.idx
+    from vaecli.paths import data_root
+
+    IDX_DIR = args.idx or str(data_root() / "FashionMNIST" / "raw")
     work = Path(args.work)
     procs = len(os.sched_getaffinity(0))
     folders = {
@@ -145,9 +146,7 @@ def main() -> None:
         for name in args.sets.split(","):
             folders[name]()
         return
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), "?")
-    result = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": {"cpu": cpu, "usable_cores": procs, "python": platform.python_version(),
-              "note": "shared machine (other agents running); benchmarks serialised by a lock, not the rest"}, "sets": {}}  # fmt: skip
+    result = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": harness.machine_info(args.note), "sets": {}}
     for name in args.sets.split(","):
         t = time.perf_counter()
         folder = folders[name]()
@@ -168,8 +167,7 @@ def main() -> None:
                                 "speedup_process_over_serial": round(best["serial"] / best["process"], 2) if "process" in best else None,
                                 "speedup_thread_over_serial": round(best["serial"] / best["thread"], 2) if "thread" in best else None,
                                 "speedup_first_over_serial": round(best["serial"] / best["first"], 2) if "first" in best else None}  # fmt: skip
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    harness.write_json(args.out, result)
     print(json.dumps({k: v["best_seconds"] for k, v in result["sets"].items()}))
 
 

@@ -1,6 +1,6 @@
 """Crash test: SIGKILL `vae train` at random moments and check that the run survives every kill.
 
-    PYTHONPATH=src python benchmarks/crash_test.py --kills 20 --batch-size 64 --epochs 3 --save-every 0.1 \
+    python benchmarks/crash_test.py --kills 20 --batch-size 64 --epochs 3 --save-every 0.1 \
         --max-after-start 12 --anytime 0.2 --in-write 0.4 --rng 3 --out benchmarks/results/crash_test.json
 
 Trains a small model (``--latent-dim 8``, the default conv arch) on the embedded
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import signal
 import subprocess
@@ -41,15 +40,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+import harness
 
-
-def _env(home: Path, src: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["VAE_HOME"] = str(home)
-    env["PYTHONPATH"] = str(src) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.pop("VAE_DEBUG", None)
-    return env
+ROOT = harness.ROOT
 
 
 def _train_args(name: str, args: argparse.Namespace) -> list[str]:
@@ -149,7 +142,7 @@ def check_run(run: Path, env: dict[str, str]) -> dict[str, Any]:
             rep["problems"].append(f"vae info printed no valid JSON ({exc!r})")
     try:
         cfg = ckpt.read_config(run)
-    except Exception as exc:  # noqa: BLE001 - any failure is a finding
+    except Exception as exc:  # any failure is a finding
         rep["problems"].append(f"config.json: {exc}")
         return rep
     if has_model:
@@ -158,15 +151,15 @@ def check_run(run: Path, env: dict[str, str]) -> dict[str, Any]:
             rep["model_finite"] = all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
             if not rep["model_finite"]:
                 rep["problems"].append("model.safetensors holds non-finite weights")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             rep["problems"].append(f"model.safetensors: {exc}")
     if has_state:
         try:
             m = VAE(cfg.model)
             opt = torch.optim.Adam(m.parameters(), lr=cfg.train.lr)
-            _, st = ckpt.load_train_state(run, opt)
-            rep["state"] = {k: st.get(k) for k in ("epoch", "step", "global_step")}
-        except Exception as exc:  # noqa: BLE001
+            _, st = ckpt.load_train_state(run, opt, m)
+            rep["state"] = {"epoch": st.epoch, "step": st.step, "global_step": st.global_step}
+        except Exception as exc:
             rep["problems"].append(f"train_state.safetensors: {exc}")
     rep["stage"] = "resumable" if has_state else "config only" if not has_model else "weights without state"
     return rep
@@ -193,17 +186,18 @@ def main() -> int:
         "--in-write", type=float, default=0.3, help="fraction of kills aimed at a checkpoint write (after its temp file appears)"
     )
     ap.add_argument("--write-window", type=float, default=0.3, help="aimed kills land 0..this many seconds after the temp file appears")
-    ap.add_argument("--src", type=Path, default=ROOT / "src", help="vaecli source to test")
+    ap.add_argument("--src", type=Path, default=harness.SRC, help="vaecli source to test")
     ap.add_argument("--home", type=Path, default=None, help="VAE_HOME (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    sys.path.insert(0, str(args.src))
+    if args.src.resolve() != harness.SRC:
+        sys.path.insert(0, str(args.src))  # this process checks the runs with the vaecli it tests
     import torch
 
     torch.set_num_threads(1)  # the checks only; the runs use the default
     rng = random.Random(args.rng)
     home = args.home or Path(tempfile.mkdtemp(prefix="vae-crash-"))
-    env = _env(home, args.src)
+    env = harness.vae_env(home, src=args.src)
     name, ref_name = "crash", "reference"
     run = home / name
     kills: list[dict[str, Any]] = []
@@ -290,7 +284,7 @@ def main() -> int:
         from vaecli.checkpoint import read_metrics
 
         ma, mb = read_metrics(run), read_metrics(home / ref_name)
-        keys = ("epoch", "step", "train", "test", "active_units")
+        keys = ("epoch", "step", "train", "val", "active_units")
         equal.update({
             "tensors": len(a), "tensors_different": len(diff), "max_abs_difference": max_abs,
             "weights_bit_identical": not diff and set(a) == set(b),
@@ -300,6 +294,7 @@ def main() -> int:
     corrupt = [k["kill"] for k in kills if k.get("problems")]
     result = {
         "command": " ".join([Path(sys.executable).name, "benchmarks/crash_test.py", *sys.argv[1:]]),
+        "machine": harness.machine_info(),
         "train_args": _train_args(name, args),
         "kills": len(kills),
         "kills_by_mode": {m: sum(1 for k in kills if k.get("mode") == m) for m in ("anytime", "training", "write")},
@@ -320,10 +315,8 @@ def main() -> int:
         "seconds": round(time.perf_counter() - t_begin, 1),
         "details": kills,
     }
-    text = json.dumps(result, indent=2)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        harness.write_json(args.out, result)
     short = {k: v for k, v in result.items() if k != "details"}
     print(json.dumps(short, indent=2))
     ok = not corrupt and not final_check["problems"] and equal.get("weights_bit_identical") and not final["temp_files_after_resume"]

@@ -19,10 +19,8 @@ import os
 import sys
 import tempfile
 import time
-import types
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import harness
 
 
 def main() -> int:
@@ -30,18 +28,13 @@ def main() -> int:
     p.add_argument("spec", help='JSON: {"model": {...ModelConfig fields}, "train": {...TrainConfig fields}}')
     p.add_argument("budget", type=float, help="CPU seconds of training (one thread)")
     p.add_argument("tag")
-    p.add_argument("--data-dir", default=os.environ.get("VAE_DATA_DIR", "/work/shared/data"))
+    p.add_argument("--data-dir", default=None, help="folder holding FashionMNIST/raw (default: $VAE_DATA_DIR)")
     p.add_argument("--out", default="quality_sweep.jsonl")
     args = p.parse_args()
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    sys.path.insert(0, str(ROOT / "src"))
-    import torch
-
-    torch.set_num_threads(1)
+    harness.use_cpu_clock()
     from vaecli import training
     from vaecli.config import DataConfig, ModelConfig, TrainConfig
 
-    training.time = types.SimpleNamespace(perf_counter=time.process_time)  # type: ignore[assignment]
     spec = json.loads(args.spec)
     mc = ModelConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.get("model", {}).items()})
     tc = TrainConfig(**{"epochs": 1000, "device": "cpu", "precision": "fp32", "time_budget": args.budget, "save_every": 1e9,
@@ -52,9 +45,10 @@ def main() -> int:
     r = tr.fit()
     out = {"tag": args.tag, "spec": spec, "budget_cpu_s": args.budget, "test": r.test["neg_elbo"], "steps": r.steps,
            "epochs_done": r.epochs, "images": r.steps * tc.batch_size, "ips_cpu": r.images_per_second,
-           "wall_s": time.perf_counter() - w0, "hist": [h["test"]["neg_elbo"] for h in tr.history]}  # fmt: skip
+           "wall_s": time.perf_counter() - w0, "val_history": [h["val"]["neg_elbo"] for h in tr.history if "val" in h],
+           "machine": harness.machine_info()}  # fmt: skip
     print(json.dumps(out))
-    with open(args.out, "a") as f:
+    with open(args.out, "a") as f:  # one line per run: appending is the format (a torn last line is the only risk)
         f.write(json.dumps(out) + "\n")
     return 0
 

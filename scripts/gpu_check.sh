@@ -62,17 +62,7 @@ fi
 [ -n "$PY" ] || { cat "$WORK/install.err" >&2 2>/dev/null; exit 1; }
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 VAE=("$PY" -m vaecli)
-"$PY" - > "$WORK/machine.json" <<'EOF'
-import json, os, platform, torch
-from vaecli.device import cpu_has_bf16
-info = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_has_bf16": cpu_has_bf16(), "host": platform.node()}
-if torch.cuda.is_available():
-    p = torch.cuda.get_device_properties(0)
-    info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), compute_capability=f"{p.major}.{p.minor}",
-                cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), bf16_native=torch.cuda.is_bf16_supported(including_emulation=False))
-print(json.dumps(info))
-EOF
+"$PY" benchmarks/harness.py machine > "$WORK/machine.json"  # the machine block every benchmark records, GPU included
 log "python $PY: $(cat "$WORK/machine.json")"
 
 # ---- 2. tests

@@ -173,7 +173,7 @@ def test_float32_sums_where_mps_would_run(small_data, monkeypatch):
     got = evaluate(model, small_data[1])
     assert got.neg_elbo == pytest.approx(ref.neg_elbo, rel=1e-5) and got.active_units == ref.active_units
     tr = _start("f32", small_data, epochs=1)
-    assert tr._acc.dtype == torch.float32
+    assert tr.sums.acc.dtype == torch.float32
     res = tr.fit()
     assert math.isfinite(res.train["neg_elbo"]) and res.train["neg_elbo"] > 0
 

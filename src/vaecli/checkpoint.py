@@ -14,7 +14,7 @@ import re
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,6 +23,9 @@ from .errors import CheckpointError, ConfigError, RunNotFoundError
 from .fileio import atomic_write, atomic_write_json, atomic_write_text
 from .paths import runs_dir
 from .state import TrainState
+
+if TYPE_CHECKING:
+    from .model import VAE
 
 CONFIG = "config.json"
 MODEL = "model.safetensors"
@@ -212,15 +215,21 @@ def _load_checked(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path
     model.load_state_dict(tensors)
 
 
-def load_model(ref: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu"):  # type: ignore[no-untyped-def]
-    """Load a run's model in eval mode: returns ``(model, run_config, run_path)``."""
+def load_model(
+    ref: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu", weights: str | os.PathLike[str] | None = None
+) -> tuple[VAE, RunConfig, Path]:
+    """Load a run's model in eval mode on ``device`` (a name as ``--device`` takes, e.g. ``auto``, or
+    a torch.device): returns ``(model, run_config, run_path)``. ``ref`` is as :func:`resolve_run`
+    takes it; ``weights`` is a safetensors file to load instead of the run's ``model.safetensors``."""
+    from .device import resolve_device
     from .model import VAE
 
+    dev = resolve_device(device) if isinstance(device, str) else device
     run = resolve_run(ref)
     cfg = read_config(run)
     model = VAE(cfg.model)
-    load_state_dict_into(model, run / MODEL)
-    model.to(device).eval()
+    load_state_dict_into(model, Path(weights) if weights is not None else run / MODEL)
+    model.to(dev).eval()
     return model, cfg, run
 
 

@@ -141,12 +141,11 @@ def study_run(row: dict[str, Any], *, score: bool, n: int = 2000, seed: int = 0,
     import torch
 
     from .data import load_split, to_float
-    from .device import resolve_device
     from .inference import decode, dims_by_kl, encode, sample, traverse_latents
     from .metrics import latent_stats
 
     folder = Path(row["path"])
-    model, cfg, _ = ckpt.load_model(folder, resolve_device(device))
+    model, cfg, _ = ckpt.load_model(folder, device)
     test = load_split(replace(cfg.data, binarize=False), "test")  # original pixels: the real side of the scores, the traversals' base
     notes: list[str] = []
     scores: dict[str, Any] = {}
@@ -166,7 +165,7 @@ def study_run(row: dict[str, Any], *, score: bool, n: int = 2000, seed: int = 0,
     kl, _, _ = latent_stats(model, ckpt.read_summary(folder), lambda: test, seed=seed)
     dims = dims_by_kl(kl or [0.0] * cfg.model.latent_dim)[:TRAVERSE_DIMS]
     mu, _ = encode(model, to_float(test.images[:1]))
-    grid = decode(model, traverse_latents(mu[0], dims, TRAVERSE_RANGE, TRAVERSE_STEPS))
+    grid = decode(model, traverse_latents(mu[0], dims, TRAVERSE_RANGE, TRAVERSE_STEPS, model.prior.marginal_std()))
     labels = [f"{row['label']}  z{j}" + (f" KL {kl[j]:.1f}" if kl else "") for j in dims]
     return scores, notes, Study(row["label"], samples, grid, labels)
 
@@ -336,18 +335,17 @@ def samples_png(path: Path, studies: Sequence[Study]) -> bytes:
 
 def traverse_png(path: Path, studies: Sequence[Study]) -> bytes:
     """``traverse.png``: for each run its top latent dimensions by test KL, each swept from -3 to +3
-    prior sigmas around the posterior mean of the first test image (one row per dimension)."""
+    prior standard deviations around the posterior mean of the first test image (one row per dimension)."""
     import torch
 
     from .fileio import atomic_write_bytes
-    from .images import grid, label_grid, png_bytes
+    from .images import traversal_png
+    from .inference import traversal_values
 
     tiles = _common([s.traverse for s in studies])
-    side, pad = tiles[0].shape[-1], 2
-    values = torch.linspace(-TRAVERSE_RANGE, TRAVERSE_RANGE, TRAVERSE_STEPS).tolist()
-    img = grid(torch.cat(tiles), TRAVERSE_STEPS, pad, _scale(side))
+    side = tiles[0].shape[-1]
     labels = [lab for s in studies for lab in s.traverse_labels]
-    data = png_bytes(label_grid(img, labels, side * _scale(side), pad, [f"{v:+.0f}" if v else "0" for v in values]))
+    data = traversal_png(torch.cat(tiles), traversal_values(TRAVERSE_RANGE, TRAVERSE_STEPS).tolist(), 2, _scale(side), labels)
     atomic_write_bytes(path, data)
     return data
 

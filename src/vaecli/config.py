@@ -22,6 +22,7 @@ from .errors import ConfigError
 ARCHS = ("conv", "mlp", "conv-mlp", "seed")
 NORMS = ("none", "group", "batch")
 LIKELIHOODS = ("bernoulli", "gaussian", "logistic")
+PRIORS = ("normal", "vamp")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 FITS = ("crop", "pad", "stretch")  # how a non-square image of a folder becomes square
@@ -120,6 +121,9 @@ class ModelConfig(_Config):
     likelihood: str = "bernoulli"
     norm: str = "none"
     mixtures: int = 1  # components of the discretised logistic mixture (likelihood logistic)
+    blocks: int = 0  # residual blocks after each conv stage, encoder and decoder (conv archs)
+    prior: str = "normal"  # p(z): normal (N(0, I)) or vamp (the VampPrior of pseudo_inputs learned pseudo-inputs)
+    pseudo_inputs: int = 500  # K of the VampPrior
 
     def validate(self) -> None:
         _check(self.norm in NORMS, f"unknown norm {self.norm!r} (choose from {', '.join(NORMS)})")
@@ -127,6 +131,9 @@ class ModelConfig(_Config):
         _check(self.likelihood in LIKELIHOODS, f"unknown likelihood {self.likelihood!r} (choose from {', '.join(LIKELIHOODS)})")
         _check(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}")
         _check(1 <= self.mixtures <= 32, f"--mixtures must be 1..32, got {self.mixtures}")
+        _check(0 <= self.blocks <= 8, f"--blocks must be 0..8, got {self.blocks}")
+        _check(self.prior in PRIORS, f"--prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
+        _check(1 <= self.pseudo_inputs <= 10_000, f"--pseudo-inputs must be 1..10000, got {self.pseudo_inputs}")
         _check(self.latent_dim >= 1, f"--latent-dim must be >= 1, got {self.latent_dim}")
         _check(self.latent_dim <= 4096, f"--latent-dim must be <= 4096, got {self.latent_dim}")
         _check(1 <= self.hidden <= 65536, f"hidden must be 1..65536, got {self.hidden}")
@@ -260,6 +267,7 @@ class RunConfig(_Config):
         self.model.validate()
         self.data.validate()
         self.train.validate()
+        check_pair(self.model, self.train)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -301,6 +309,13 @@ MODEL_FIELDS = frozenset(f.name for f in fields(ModelConfig)) - {"image_size", "
 TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))
 
 
+def check_pair(model: ModelConfig, train: TrainConfig) -> None:
+    """Settings of the model and the objective that do not go together."""
+    if model.prior != "normal":
+        used = [f for f, v in (("--free-bits", train.free_bits), ("--tc-beta", train.tc_beta)) if v]
+        _check(not used, f"{' and '.join(used)} need a prior that factorises over dimensions: not with --prior {model.prior}")
+
+
 def check_given(given: dict[str, Any]) -> None:
     """Validate the options a user gave before any data is loaded (a bad flag fails fast)."""
     given = {k: v for k, v in given.items() if v is not None}
@@ -308,4 +323,6 @@ def check_given(given: dict[str, Any]) -> None:
     _check(not unknown, f"unknown options {sorted(unknown)}")
     TrainConfig(**{k: v for k, v in given.items() if k in TRAIN_FIELDS}).validate()
     model = {k: v for k, v in given.items() if k in MODEL_FIELDS}
-    ModelConfig(**model, image_size=8 * size_multiple(model.get("arch", "conv"), model.get("widths") or (1,))).validate()
+    m = ModelConfig(**model, image_size=8 * size_multiple(model.get("arch", "conv"), model.get("widths") or (1,)))
+    m.validate()
+    check_pair(m, TrainConfig(**{k: v for k, v in given.items() if k in TRAIN_FIELDS}))

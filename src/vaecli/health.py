@@ -150,3 +150,64 @@ def lr_alarm(top: float, median: float, step: int, lr: float) -> str:
         f"learning rate too high? the gradient norm reached {top:.3g} at step {step}, {top / median:.0f}x its running median "
         f"{median:.3g} (lr {lr:.3g}; try a lower --lr or more --warmup-steps)"
     )
+
+
+class Health:
+    """One run's watch, for the Trainer: the first non-finite step (flagged on the device, no host
+    sync), the gradient norms, the last finite state to roll back to, and the notices (alarms and
+    recoveries) kept in the :class:`~vaecli.state.TrainState`."""
+
+    def __init__(self, device: torch.device, max_nonfinite: int) -> None:
+        self.max_nonfinite = max_nonfinite
+        self.grads = GradWatch(device)
+        self.snapshot = Snapshot()
+        self.first_nonfinite = torch.full((), -1, dtype=torch.int64, device=device)  # global step, -1: none
+
+    def note_step(self, loss: torch.Tensor, step: int) -> None:
+        """Remember ``step`` if its loss is the first non-finite one (on the device)."""
+        self.first_nonfinite = torch.where(torch.isfinite(loss) | (self.first_nonfinite >= 0), self.first_nonfinite, step)
+
+    def keep(self, tensors: Sequence[torch.Tensor], step: int, every: int) -> None:
+        """Copy the (finite) state every ``every`` steps; step 0 has no optimizer state yet."""
+        if step > 0 and (self.snapshot.step is None or step - self.snapshot.step >= every):
+            self.snapshot.take(tensors, step)
+
+    def roll_back(self, tensors: Sequence[torch.Tensor], state: Any, lr: float, steps_per_epoch: int, checkpointed: bool) -> str:
+        """A non-finite step: put the last finite state back, halve ``state.lr_scale`` and record the
+        event (returns its line); on the run's ``max_nonfinite``-th one, or with no finite state to go
+        back to, raise a TrainingError that names the step and what is on disk."""
+        from .errors import TrainingError
+
+        at = int(self.first_nonfinite)
+        where = f"at epoch {at // steps_per_epoch + 1}, step {at % steps_per_epoch + 1}" if at >= 0 else "on another rank"
+        if len(state.recoveries) + 1 >= self.max_nonfinite or self.snapshot.step is None:
+            kept = "the last good checkpoint is kept" if checkpointed else "no checkpoint was written yet"
+            raise TrainingError(
+                f"non-finite loss {where}: stopped, {kept} (try a lower --lr or more --warmup-steps, or --skip-nonfinite to skip such batches)"
+            )
+        self.snapshot.restore(tensors)
+        self.first_nonfinite.fill_(-1)
+        state.lr_scale /= 2
+        state.recoveries.append({"step": at, "lr_before": lr, "lr_after": lr / 2, "rolled_back_to": self.snapshot.step})
+        return (
+            f"non-finite loss {where}: rolled back to step {self.snapshot.step}, learning rate {lr:.3g} -> {lr / 2:.3g} "
+            f"({len(state.recoveries)} of {self.max_nonfinite - 1} recoveries)"
+        )
+
+    @staticmethod
+    def add_notice(state: Any, kind: str, message: str, epoch: float) -> bool:
+        """Record a notice in the state; alarms once per kind and run (recoveries each time). True when new."""
+        if kind != "recovery" and any(n["kind"] == kind for n in state.notices):
+            return False
+        state.notices.append({"kind": kind, "epoch": epoch, "message": message})
+        return True
+
+    @staticmethod
+    def epoch_alarms(
+        history: Sequence[dict[str, Any]], train: Any, latent_dim: int, best_epoch: float | None, keeps_best: bool
+    ) -> list[tuple[str, str]]:
+        """The (kind, line) alarms the metrics rows so far raise: posterior collapse after any beta
+        ramp, overfitting."""
+        ramp = max(train.anneal, train.capacity_epochs if train.capacity else 0, train.epochs if train.cyclical else 0)
+        found = [("collapse", collapse_alarm(history, ramp, latent_dim)), ("overfit", overfit_alarm(history, best_epoch, keeps_best))]
+        return [(k, m) for k, m in found if m]

@@ -1,4 +1,5 @@
-"""Image files in and out for the analysis commands: PNG grids, labelled rows, GIFs, input lists.
+"""Image files in and out for the analysis commands and the explorer: PNG grids and their layouts
+(originals over reconstructions, labelled traversals, strips), GIF frames, input lists.
 
 Grids are built by ``torchvision.utils.make_grid`` and turned into 8-bit pixels exactly as
 ``torchvision.utils.save_image`` does (``x * 255 + 0.5``, clamped, truncated), then encoded to PNG
@@ -50,14 +51,19 @@ def default_nrow(n: int) -> int:
     return max(1, math.ceil(math.sqrt(n)))
 
 
+def check_grid(nrow: int | None, padding: int) -> None:
+    """Refuse grid layout numbers that make no grid: ``--nrow`` below 1 (None: chosen later), ``--padding`` below 0."""
+    if nrow is not None and nrow < 1:
+        raise ConfigError(f"--nrow must be >= 1, got {nrow}")
+    if padding < 0:
+        raise ConfigError(f"--padding must be >= 0, got {padding}")
+
+
 def grid(images: torch.Tensor, nrow: int, padding: int = 2, scale: int = 1, pad_value: float = 0.0):  # type: ignore[no-untyped-def]
     """A PIL image of the grid ``make_grid(images, nrow, padding)`` (gray 'L' for 1-channel images)."""
     from torchvision.utils import make_grid
 
-    if nrow < 1:
-        raise ConfigError(f"--nrow must be >= 1, got {nrow}")
-    if padding < 0:
-        raise ConfigError(f"--padding must be >= 0, got {padding}")
+    check_grid(nrow, padding)
     if images.ndim != 4 or images.shape[0] == 0:
         raise ConfigError("no images to put in a grid")
     n, ncol = images.shape[0], min(nrow, images.shape[0])
@@ -98,6 +104,60 @@ def image_png(image: torch.Tensor, scale: int = 1) -> bytes:
 def grid_png(images: torch.Tensor, nrow: int, padding: int = 2, scale: int = 1) -> bytes:
     """PNG bytes of ``make_grid(images, nrow, padding)``."""
     return png_bytes(grid(images, nrow, padding, scale))
+
+
+def pairs_png(top: torch.Tensor, bottom: torch.Tensor, nrow: int, padding: int = 2, scale: int = 1) -> bytes:
+    """A grid of ``nrow`` columns in which each row of ``top`` images (originals) has the matching
+    ``bottom`` images (reconstructions) in the row below; the last pair of rows is filled with black
+    tiles so that the two stay aligned."""
+    check_grid(nrow, padding)
+    tiles = []
+    for i in range(0, top.shape[0], nrow):
+        a, b = top[i : i + nrow], bottom[i : i + nrow]
+        if a.shape[0] < nrow:
+            fill = torch.zeros((nrow - a.shape[0], *a.shape[1:]))
+            a, b = torch.cat([a, fill]), torch.cat([b, fill])
+        tiles += [a, b]
+    return grid_png(torch.cat(tiles), nrow, padding, scale)
+
+
+def traversal_png(
+    images: torch.Tensor, values: Sequence[float], padding: int = 2, scale: int = 1, row_labels: Sequence[str] | None = None
+) -> bytes:
+    """A latent traversal as a grid: one row per swept dimension, one column per value of ``values``.
+    With ``row_labels``, each row is labelled on the left and the columns get a header of their values
+    (every value up to 7 columns, else the two ends and the middle)."""
+    steps = len(values)
+    img = grid(images, steps, padding, scale)
+    if row_labels is not None:
+        shown = set(range(steps)) if steps <= 7 else {0, steps // 2, steps - 1}
+        cols = [("0" if abs(v) < 1e-6 else f"{v:+.1f}") if i in shown else "" for i, v in enumerate(values)]
+        img = label_grid(img, row_labels, images.shape[-1] * scale, padding, cols)
+    return png_bytes(img)
+
+
+def traversal_frames(images: torch.Tensor, steps: int, padding: int = 2, scale: int = 1) -> list:  # type: ignore[type-arg]
+    """GIF frames of a traversal laid out as rows of ``steps`` images (one row per dimension): frame t
+    shows every dimension at its t-th value, up to 8 per row, upscaled at least 2x."""
+    k = images.shape[0] // steps
+    per_step = images.reshape(k, steps, *images.shape[1:]).transpose(0, 1)  # (steps, dims, C, H, W)
+    ncol = max(1, min(k, 8))
+    return [grid(per_step[t], ncol, padding, max(scale, 2)) for t in range(steps)]
+
+
+def gif_frames(images: torch.Tensor, scale: int = 1) -> list:  # type: ignore[type-arg]
+    """One GIF frame per image (N, C, H, W), upscaled at least 4x (a 28-pixel frame is too small to watch)."""
+    return [to_pil(img) for img in upscale(images, max(scale, 4))]
+
+
+def strip_png(images: torch.Tensor, gap: int = 0) -> bytes:
+    """Float images (N, C, H, W) in [0, 1] side by side, left to right, ``gap`` white pixels between
+    them and no border: one PNG (the explorer's images and traversal strips)."""
+    n, c, h, w = images.shape
+    canvas = torch.ones(c, h, n * w + max(n - 1, 0) * gap)
+    for i in range(n):
+        canvas[:, :, i * (w + gap) : i * (w + gap) + w] = images[i].clamp(0, 1)
+    return png_bytes(to_pil(canvas))
 
 
 def gif_bytes(frames: Sequence, fps: float = 8.0, bounce: bool = True) -> bytes:  # type: ignore[type-arg]
@@ -178,10 +238,7 @@ def output_name(path: str | os.PathLike[str], fallback: str) -> PurePosixPath:
     if not parts:
         parts = [fallback]
     rel = PurePosixPath(*parts)
-    return rel.with_name(rel.stem + ".png") if rel.suffix.lower() in _SUFFIXES else rel.with_name(rel.name + ".png")
-
-
-_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+    return rel.with_name(rel.stem + ".png") if rel.suffix.lower() in IMAGE_EXTENSIONS else rel.with_name(rel.name + ".png")
 
 
 def collect_inputs(specs: Sequence[str], read_stdin: Callable[[], str] | None = None) -> list[InputImage]:
@@ -228,7 +285,7 @@ def load_inputs(items: Sequence[InputImage], channels: int, size: int, fit: str 
     return out
 
 
-def check_unique(names: Sequence[PurePath]) -> None:
+def check_unique(names: Sequence[PurePath | str]) -> None:
     """Refuse two outputs with the same file name (they would overwrite each other)."""
     seen: set[str] = set()
     for n in names:

@@ -55,18 +55,31 @@ def decode(model: VAE, z: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     return torch.cat(outs)
 
 
-def sample_prior(n: int, latent_dim: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """z ~ N(0, temperature^2 I), shape (n, latent_dim), on the CPU."""
+def check_num_samples(n: int) -> None:
+    """Refuse a number of prior samples outside 1..MAX_SAMPLES (``-n`` of `vae sample`)."""
     if not 1 <= n <= MAX_SAMPLES:
         raise ConfigError(f"-n must be between 1 and {MAX_SAMPLES:,}, got {n}")
+
+
+def check_temperature(temperature: float) -> None:
+    """Refuse a sampling temperature that is not a finite number >= 0 (``--temperature``)."""
     if not math.isfinite(temperature) or temperature < 0:
         raise ConfigError(f"--temperature must be a finite number >= 0, got {temperature}")
+
+
+def sample_prior(n: int, latent_dim: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """z ~ N(0, temperature^2 I), shape (n, latent_dim), on the CPU."""
+    check_num_samples(n)
+    check_temperature(temperature)
     return torch.randn(n, latent_dim, generator=generator) * temperature
 
 
 def sample(model: VAE, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Decode ``n`` draws from the prior (the seed's "generation from noise")."""
-    return decode(model, sample_prior(n, model.config.latent_dim, temperature, generator))
+    """Decode ``n`` draws from the model's prior (the seed's "generation from noise"; N(0, I) unless
+    the run trained a VampPrior)."""
+    check_num_samples(n)
+    check_temperature(temperature)
+    return decode(model, model.prior.sample(n, temperature, generator))
 
 
 @torch.no_grad()
@@ -76,17 +89,43 @@ def reconstruct(model: VAE, images: torch.Tensor, sample_z: bool = False, genera
     return decode(model, q.sample(generator) if sample_z else q.mean)
 
 
+MODES = ("lerp", "slerp")
+
+
+def check_steps(steps: int) -> None:
+    """Refuse a number of interpolation or traversal points outside 2..MAX_STEPS (``--steps``)."""
+    if not 2 <= steps <= MAX_STEPS:
+        raise ConfigError(f"--steps must be between 2 and {MAX_STEPS:,}, got {steps}")
+
+
+def check_mode(mode: str) -> None:
+    """Refuse an interpolation path other than lerp or slerp (``--mode``)."""
+    if mode not in MODES:
+        raise ConfigError(f"--mode must be lerp or slerp, got {mode!r}")
+
+
+def check_range(value_range: float) -> None:
+    """Refuse a traversal range that is not a finite number > 0 (``--range``)."""
+    if not math.isfinite(value_range) or value_range <= 0:
+        raise ConfigError(f"--range must be a finite number > 0, got {value_range}")
+
+
+def check_dims(dims: list[int], latent_dim: int) -> None:
+    """Refuse latent dimensions outside 0..latent_dim - 1 (``--dim``)."""
+    for j in dims:
+        if not 0 <= j < latent_dim:
+            raise ConfigError(f"--dim {j} is out of range: the model has latent dims 0..{latent_dim - 1}")
+
+
 def interpolate_latents(z_a: torch.Tensor, z_b: torch.Tensor, steps: int, mode: str = "lerp") -> torch.Tensor:
     """``steps`` points from ``z_a`` to ``z_b`` inclusive, (steps, D). ``slerp``: spherical
     interpolation (Shoemake 1985; White 2016, "Sampling Generative Networks")."""
-    if not 2 <= steps <= MAX_STEPS:
-        raise ConfigError(f"--steps must be between 2 and {MAX_STEPS:,}, got {steps}")
+    check_steps(steps)
+    check_mode(mode)
     t = torch.linspace(0.0, 1.0, steps).unsqueeze(1)
     a, b = z_a.reshape(1, -1).float(), z_b.reshape(1, -1).float()
     if mode == "lerp":
         return (1 - t) * a + t * b
-    if mode != "slerp":
-        raise ConfigError(f"--mode must be lerp or slerp, got {mode!r}")
     na, nb = a.norm(), b.norm()
     if na < 1e-8 or nb < 1e-8:
         return (1 - t) * a + t * b
@@ -100,22 +139,26 @@ def interpolate_latents(z_a: torch.Tensor, z_b: torch.Tensor, steps: int, mode: 
     return out
 
 
-def traverse_latents(base: torch.Tensor, dims: list[int], value_range: float = 3.0, steps: int = 11) -> torch.Tensor:
+def traversal_values(value_range: float = 3.0, steps: int = 11) -> torch.Tensor:
+    """The ``steps`` values of a traversal, evenly from -range to +range (prior standard deviations)."""
+    check_steps(steps)
+    check_range(value_range)
+    return torch.linspace(-value_range, value_range, steps)
+
+
+def traverse_latents(
+    base: torch.Tensor, dims: list[int], value_range: float = 3.0, steps: int = 11, scale: torch.Tensor | None = None
+) -> torch.Tensor:
     """Latent sweeps: for each dim in ``dims``, ``steps`` copies of ``base`` with that dim set
-    from -range to +range (in prior standard deviations). Shape (len(dims) * steps, D)."""
+    from -range to +range in prior standard deviations (``scale``: each dimension's, the prior's
+    marginal std; 1 for N(0, I)). Shape (len(dims) * steps, D)."""
     d = base.numel()
-    if not 2 <= steps <= MAX_STEPS:
-        raise ConfigError(f"--steps must be between 2 and {MAX_STEPS:,}, got {steps}")
-    if not math.isfinite(value_range) or value_range <= 0:
-        raise ConfigError(f"--range must be a finite number > 0, got {value_range}")
-    for j in dims:
-        if not 0 <= j < d:
-            raise ConfigError(f"--dim {j} is out of range: the model has latent dims 0..{d - 1}")
-    values = torch.linspace(-value_range, value_range, steps)
+    values = traversal_values(value_range, steps)
+    check_dims(dims, d)
     rows = []
     for j in dims:
         z = base.reshape(1, d).float().repeat(steps, 1)
-        z[:, j] = values
+        z[:, j] = values * (1.0 if scale is None else float(scale[j]))
         rows.append(z)
     return torch.cat(rows) if rows else torch.empty(0, d)
 

@@ -131,7 +131,7 @@ class DiscretizedLogistic(Likelihood):
         """(logits (B, K, H, W), mu (B, C, K, H, W), log_s (B, C, K, H, W), coeffs (B, 3, K, H, W) or None)."""
         b, _, h, w = out.shape
         k, c = self.mixtures, self.channels
-        out = out.float()
+        out = out.float().contiguous()
         logits = out[:, :k]
         mu = out[:, k : k + c * k].reshape(b, c, k, h, w)
         log_s = out[:, k + c * k : k + 2 * c * k].reshape(b, c, k, h, w).clamp(MIN_LOG_SCALE, MAX_LOG_SCALE)
@@ -147,20 +147,24 @@ class DiscretizedLogistic(Likelihood):
         return torch.stack((mu[:, 0], mu[:, 1] + coeffs[:, 0] * r, mu[:, 2] + coeffs[:, 1] * r + coeffs[:, 2] * g), dim=1)
 
     def log_prob_levels(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """log p(x|z) per pixel, (B, H, W), for ``x`` floats in [0, 1] on the 8-bit grid (v / 255)."""
+        """log p(x|z) per pixel, (B, H, W), for ``x`` floats in [0, 1] on the 8-bit grid (v / 255).
+
+        With the bin's ends a = (x + 1/255 - m) / s and b = (x - 1/255 - m) / s,
+        sigmoid(a) - sigmoid(b) = sigmoid(a) sigmoid(-b) (1 - exp(b - a)) exactly, so
+        log p = logsigmoid(a) + logsigmoid(-b) + log(-expm1(b - a)): stable for any m and s, and
+        the end levels are the same formula with a = +inf (level 255) or b = -inf (level 0)."""
         logits, mu, log_s, coeffs = self._split(out)
-        xs = (x.float() * 2 - 1).unsqueeze(2)  # (B, C, 1, H, W) in [-1, 1]
-        m = self._coupled(mu, coeffs, xs)
+        xs = (x.float().contiguous() * 2 - 1).unsqueeze(2)  # (B, C, 1, H, W) in [-1, 1]
         inv_s = torch.exp(-log_s)
-        centered = xs - m
-        upper = inv_s * (centered + 1.0 / (LEVELS - 1))
-        lower = inv_s * (centered - 1.0 / (LEVELS - 1))
-        log_bin = _log_sigmoid_difference(upper, lower)
-        log_first = F.logsigmoid(upper)  # level 0: F(upper)
-        log_last = F.logsigmoid(-lower)  # level 255: 1 - F(lower)
-        log_p = torch.where(xs < -0.999, log_first, torch.where(xs > 0.999, log_last, log_bin))  # (B, C, K, H, W)
-        log_mix = log_p.sum(1) + F.log_softmax(logits, dim=1)  # channels multiply within a component
-        return torch.logsumexp(log_mix, dim=1)
+        centered = xs - self._coupled(mu, coeffs, xs)
+        half = 1.0 / (LEVELS - 1)
+        a = torch.where(xs > 0.999, torch.inf, inv_s * (centered + half))
+        b = torch.where(xs < -0.999, -torch.inf, inv_s * (centered - half))
+        log_p = F.logsigmoid(a) + F.logsigmoid(-b) + torch.log(-torch.expm1(b - a))  # (B, C, K, H, W)
+        log_p = log_p.sum(1)  # the channels of a component multiply
+        if self.mixtures == 1:
+            return log_p[:, 0]
+        return torch.logsumexp(log_p + F.log_softmax(logits, dim=1), dim=1)
 
     def nll(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return -self.log_prob_levels(out, x).flatten(1).sum(1)
@@ -188,15 +192,6 @@ class DiscretizedLogistic(Likelihood):
     def label(self, binarized: bool = False) -> str:
         k = f"{self.mixtures} components" if self.mixtures > 1 else "1 component"
         return f"discretised logistic mixture over 256 levels ({k}; a normalised likelihood of 8-bit pixels, nats)"
-
-
-def _log_sigmoid_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """log(sigmoid(a) - sigmoid(b)) for a > b, finite with finite gradients everywhere: computed on
-    the side where both sigmoids are small (sigmoid(a) - sigmoid(b) = sigmoid(-b) - sigmoid(-a))."""
-    flip = (a + b) > 0
-    hi, lo = torch.where(flip, -b, a), torch.where(flip, -a, b)
-    ls_hi, ls_lo = F.logsigmoid(hi), F.logsigmoid(lo)
-    return ls_hi + torch.log(-torch.expm1((ls_lo - ls_hi).clamp(max=-1e-12)))
 
 
 def _clamped_logistic_mean(m: torch.Tensor, s: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -16,6 +16,12 @@ from .model import VAE
 from .posterior import Posterior
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016, sec. 5.2: dimension j is active when Cov_x(E_q[z_j|x]) > 0.01
+
+
+def active_mask(mu_variance: list[float]) -> list[bool]:
+    """Which latent dimensions are active units (Burda et al. 2016, sec. 5.2): those whose posterior
+    mean varies over the data, Var_x(E_q[z_j | x]) > :data:`ACTIVE_THRESHOLD`."""
+    return [v > ACTIVE_THRESHOLD for v in mu_variance]
 
 
 @dataclass
@@ -30,6 +36,7 @@ class EvalResult:
     active_units: int = 0
     mu_variance: list[float] = field(default_factory=list)
     bits_per_dim: float | None = None  # -ELBO in bits per dimension, for a discrete likelihood only
+    per_dim_marginal: bool = False  # per_dim_kl are KLs to the prior's marginals (a prior that does not factorise)
 
     def brief(self) -> dict[str, float]:
         """The headline numbers: -ELBO, reconstruction and KL (nats/image), and bits/dim where they apply."""
@@ -39,18 +46,27 @@ class EvalResult:
         return out
 
 
-def one_sample_elbo(
-    model: VAE, x: torch.Tensor, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Posterior]:
+class ElboTerms(NamedTuple):
+    """The one-sample ELBO's terms of a batch (nats, per image)."""
+
+    recon: torch.Tensor  # -log p(x|z), (B,)
+    kl: torch.Tensor  # KL(q(z|x) || p(z)), (B,): closed form, or the one-sample estimate for a mixture prior
+    kl_dims: torch.Tensor  # per dimension, (B, D): exact where the prior factorises, else KL to each marginal
+    exact_dims: bool  # kl is the sum of kl_dims
+    q: Posterior
+
+
+def one_sample_elbo(model: VAE, x: torch.Tensor, generator: torch.Generator | None = None) -> ElboTerms:
     """The one-sample ELBO's terms for a batch, with z ~ q(z|x) drawn once (Kingma & Welling 2014,
-    eq. 10): -log p(x|z) and KL(q || p) per image, (B,) each (-ELBO = recon + KL), the KL per
-    dimension (B, D) where the prior factorises (else None), and q itself."""
+    eq. 10): -ELBO = recon + KL. For a prior that does not factorise (the VampPrior) the KL is the
+    estimate log q(z|x) - log p(z) and the per-dimension figures are KLs to the prior's marginals."""
     q = model.posterior(x)
     z = q.sample(generator)
     recon = model.likelihood.nll(model.decode_params(z), x)
     kl_dims = model.prior.kl_per_dim(q, z)
-    kl = kl_dims.sum(-1) if kl_dims is not None else model.prior.kl(q, z)
-    return recon, kl, kl_dims, q
+    if kl_dims is not None:
+        return ElboTerms(recon, kl_dims.sum(-1), kl_dims, True, q)
+    return ElboTerms(recon, model.prior.kl(q, z), model.prior.marginal_kl_per_dim(q, z), False, q)
 
 
 @torch.no_grad()
@@ -63,7 +79,7 @@ def elbo_per_image(
     dev = next(model.parameters()).device
     recons, kls = [], []
     for i in range(0, images.shape[0], batch_size):
-        recon, kl, _, _ = one_sample_elbo(model, images[i : i + batch_size].float().to(dev), generator)
+        recon, kl, *_ = one_sample_elbo(model, images[i : i + batch_size].float().to(dev), generator)
         recons.append(recon.float().cpu())
         kls.append(kl.float().cpu())
     if not recons:
@@ -123,15 +139,12 @@ def evaluate(
     acc = accumulator_dtype(device)  # float64; float32 on MPS (no float64 there)
     sums = torch.zeros(2 + 3 * d, dtype=acc, device=device)  # recon, KL, KL per dim, mu sum, mu^2 sum
     sum_recon, sum_kl, sum_kl_dims, mu_sum, mu_sq = sums[0], sums[1], sums[2 : 2 + d], sums[2 + d : 2 + 2 * d], sums[2 + 2 * d :]
-    factorised = True
+    exact = True
     for start in range(rank * batch_size, n, batch_size * world):
-        recon, kl, kl_dims, q = one_sample_elbo(model, to_float(data.images[start : start + batch_size].to(device)), gen)
+        recon, kl, kl_dims, exact, q = one_sample_elbo(model, to_float(data.images[start : start + batch_size].to(device)), gen)
         sum_recon += recon.to(acc).sum()
         sum_kl += kl.to(acc).sum()
-        if kl_dims is None:
-            factorised = False
-        else:
-            sum_kl_dims += kl_dims.to(acc).sum(0)
+        sum_kl_dims += kl_dims.to(acc).sum(0)
         mu = q.mu.to(acc)
         mu_sum += mu.sum(0)
         mu_sq += mu.pow(2).sum(0)
@@ -146,15 +159,16 @@ def evaluate(
     var = (mu_sq / n - mean.pow(2)).clamp_min(0).cpu()
     per_dim = (sum_kl_dims / n).cpu()
     recon_mean = float(sum_recon / n)
-    kl_mean = float(per_dim.sum()) if factorised else float(sum_kl / n)  # the total is the sum of its dimensions
+    kl_mean = float(per_dim.sum()) if exact else float(sum_kl / n)  # the total is the sum of its dimensions where it can be
     discrete = model.likelihood.is_discrete(is_binarized(data))
     return EvalResult(
         images=n,
         neg_elbo=recon_mean + kl_mean,
         recon=recon_mean,
         kl=kl_mean,
-        per_dim_kl=[float(v) for v in per_dim] if factorised else [],
-        active_units=int((var > ACTIVE_THRESHOLD).sum()),
+        per_dim_kl=[float(v) for v in per_dim],
+        per_dim_marginal=not exact,
+        active_units=sum(active_mask(var.tolist())),
         mu_variance=[float(v) for v in var],
         bits_per_dim=bits_per_dim(recon_mean + kl_mean, image_dims(data)) if discrete else None,
     )

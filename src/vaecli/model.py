@@ -21,7 +21,7 @@ from torch import nn
 from .config import ModelConfig
 from .likelihoods import build_likelihood
 from .posterior import Posterior
-from .priors import StandardNormal
+from .priors import Prior, VampPrior, build_prior
 
 
 @dataclass
@@ -32,6 +32,7 @@ class VAEOutput:
     mu: torch.Tensor  # posterior means (B, D)
     logvar: torch.Tensor  # posterior log-variances (B, D)
     z: torch.Tensor  # the sample that was decoded (B, D)
+    prior: Posterior | None = None  # a VampPrior's components q(z|u_k) of this pass (else None)
 
     @property
     def posterior(self) -> Posterior:
@@ -72,21 +73,41 @@ def _norm(kind: str, channels: int) -> list[nn.Module]:
     return []
 
 
+class _ResBlock(nn.Module):
+    """x + conv3x3(act(norm(conv3x3(act(norm(x)))))), the second conv zero-initialised so that the
+    block starts as the identity (the residual blocks of diffusers' and NVAE's autoencoders, small)."""
+
+    def __init__(self, channels: int, norm: str) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            *_norm(norm, channels), _act(), nn.Conv2d(channels, channels, 3, 1, 1),
+            *_norm(norm, channels), _act(), nn.Conv2d(channels, channels, 3, 1, 1),
+        )  # fmt: skip
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
 def _conv_encoder(cfg: ModelConfig) -> tuple[list[nn.Module], int, int]:
-    """k4 s2 convs (widths), then FC hidden. Returns (layers, last width, last side)."""
+    """k4 s2 convs (widths), each followed by ``blocks`` residual blocks, then FC hidden.
+    Returns (layers, last width, last side)."""
     c, widths = cfg.channels, list(cfg.widths)
     side = cfg.image_size // 2 ** len(widths)
     enc: list[nn.Module] = []
     prev = c
     for w in widths:
         enc += [nn.Conv2d(prev, w, 4, 2, 1), *_norm(cfg.norm, w), _act()]
+        enc += [_ResBlock(w, cfg.norm) for _ in range(cfg.blocks)]
         prev = w
     enc += [nn.Flatten(), nn.Linear(prev * side * side, cfg.hidden), _act()]
     return enc, prev, side
 
 
 def _build_conv(cfg: ModelConfig, out_ch: int) -> tuple[nn.Module, nn.Module, int]:
-    """Lean conv net: k4 s2 convs (widths), FC hidden, mirrored decoder. Returns (enc, dec, feat)."""
+    """Lean conv net: k4 s2 convs (widths, each with ``blocks`` residual blocks), FC hidden, mirrored
+    decoder. Returns (enc, dec, feat)."""
     widths = list(cfg.widths)
     enc, prev, side = _conv_encoder(cfg)
     flat = prev * side * side
@@ -95,6 +116,7 @@ def _build_conv(cfg: ModelConfig, out_ch: int) -> tuple[nn.Module, nn.Module, in
     rev = widths[::-1]
     for i, w in enumerate(rev):
         out = rev[i + 1] if i + 1 < len(rev) else out_ch
+        dec += [_ResBlock(w, cfg.norm) for _ in range(cfg.blocks)]
         dec.append(nn.ConvTranspose2d(w, out, 4, 2, 1))
         if i + 1 < len(rev):
             dec += [*_norm(cfg.norm, out), _act()]
@@ -170,7 +192,11 @@ class VAE(nn.Module):
         config.validate()
         self.config = config
         self.likelihood = build_likelihood(config)
-        self.prior = StandardNormal(config.latent_dim)
+        self.prior: Prior = build_prior(
+            config.latent_dim, config.prior, config.pseudo_inputs, (config.channels, config.image_size, config.image_size)
+        )
+        if isinstance(self.prior, VampPrior):
+            self.prior.encode = self.encode
         self.encoder, self.decoder, feat = _BUILDERS[config.arch](config, self.likelihood.out_channels(config.channels))
         self.fc_mu = nn.Linear(feat, config.latent_dim)
         self.fc_logvar = nn.Linear(feat, config.latent_dim)
@@ -212,7 +238,8 @@ class VAE(nn.Module):
         """Encode, draw z (or take the mean when ``sample`` is false) and decode."""
         q = self.posterior(x)
         z = q.sample(generator) if sample else q.mean
-        return VAEOutput(params=self.decode_params(z), mu=q.mu, logvar=q.logvar, z=z)
+        components = self.prior.components() if isinstance(self.prior, VampPrior) else None
+        return VAEOutput(params=self.decode_params(z), mu=q.mu, logvar=q.logvar, z=z, prior=components)
 
 
 def _autocast_on(t: torch.Tensor) -> bool:

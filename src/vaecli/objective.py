@@ -67,7 +67,7 @@ class Objective:
         q, z = out.posterior, out.z
         recon = model.likelihood.nll(out.params, x).mean()
         kl_dims = model.prior.kl_per_dim(q, z)
-        kl = (kl_dims.sum(-1) if kl_dims is not None else model.prior.kl(q, z)).mean()
+        kl = (kl_dims.sum(-1) if kl_dims is not None else model.prior.kl(q, z, out.prior)).mean()
         beta = self.beta_at(epoch_progress)
         if t.free_bits > 0:
             assert kl_dims is not None, "free bits need a factorised prior"

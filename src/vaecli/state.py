@@ -98,3 +98,27 @@ class TrainState:
     def progress(self, steps_in_epoch: int) -> float:
         """Epochs done, with the fraction of the current one."""
         return self.epoch + self.step / max(1, steps_in_epoch)
+
+
+class EpochSums:
+    """The running sums of the epoch (-ELBO, reconstruction, KL, images), added on the device each
+    step with no host sync, folded into ``TrainState.epoch_sums`` (one sync) when they are read."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
+        self.acc = torch.zeros(4, dtype=dtype, device=device)
+
+    def add(self, neg_elbo: torch.Tensor, recon: torch.Tensor, kl: torch.Tensor, images: int) -> None:
+        """Add one step's batch means, weighted by its ``images``."""
+        self.acc.add_(torch.stack((neg_elbo * images, recon * images, kl * images, neg_elbo.new_tensor(float(images)))).detach())
+
+    def fold(self, state: TrainState, reduce: Any = None) -> None:
+        """Move the sums into ``state.epoch_sums`` (``reduce``: e.g. DDP's all-reduce over the ranks)."""
+        acc = (reduce(self.acc) if reduce is not None else self.acc).cpu().double().tolist()
+        state.epoch_sums = [a + b for a, b in zip(state.epoch_sums, acc)]
+        self.acc.zero_()
+
+    def means(self, state: TrainState, reduce: Any = None) -> dict[str, float]:
+        """The epoch's running means so far (nats/image)."""
+        self.fold(state, reduce)
+        *sums, count = state.epoch_sums
+        return dict(zip(("neg_elbo", "recon", "kl"), (v / max(count, 1.0) for v in sums)))

@@ -659,7 +659,7 @@ class SweepLock:
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(self.path, "a+")  # noqa: SIM115 - held for the life of the sweep
+        self.fh = open(self.path, "a+")  # held for the life of the sweep
         try:
             fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -33,13 +33,13 @@ from .data import FolderLoad, ImageData, load_data, split_validation, to_float
 from .device import accumulator_dtype, adam_kwargs, autocast, configure_cuda, memory_format_for, resolve_precision
 from .ema import EMA
 from .errors import ConfigError, TrainingError
-from .health import GradWatch, Snapshot, collapse_alarm, lr_alarm, overfit_alarm
+from .health import Health, lr_alarm
 from .metrics import EvalResult, bce_floor, evaluate
 from .model import VAE
 from .objective import LossTerms, Objective
 from .recipe import accepted_image_size, build_configs, validation_size
 from .schedules import lr_at
-from .state import TrainState, epoch_permutation, steps_per_epoch
+from .state import EpochSums, TrainState, epoch_permutation, steps_per_epoch
 
 RATE_WARMUP_STEPS = 5  # steps excluded from images_per_second
 REPORT_SECONDS = 0.1  # CPU: progress (reading the loss values) at most 10 times a second
@@ -191,7 +191,7 @@ class Session:
     rank_images: int  # images per epoch of this rank: the last step takes the rest
     total_steps: int
     check_every: int  # steps between control checks (a host read; DDP: one all-reduce)
-    t0: float = field(default_factory=time.perf_counter)
+    t0: float = field(default_factory=lambda: time.perf_counter())  # looked up at call time (benchmarks swap the clock)
     excluded: float = 0.0  # seconds evaluating / checkpointing: neither --time-budget nor img/s counts them
     steps: int = 0
     images: int = 0  # images of all ranks
@@ -214,6 +214,42 @@ class Session:
             return None
         seconds = self.trained() - self.warm_t
         return (self.images - self.warm_images) / seconds if seconds > 0 else 0.0
+
+    @classmethod
+    def for_run(cls, n: int, train: TrainConfig, device: torch.device) -> Session:
+        """The session of a run with ``n`` training images on ``device`` (DDP: this rank's share)."""
+        n_rank = distributed.shard_size(n)  # DDP: images per rank per epoch (n in a single process)
+        batch = min(train.batch_size, n_rank)
+        spe = steps_per_epoch(n_rank, batch)
+        if spe == 0:
+            raise TrainingError("the training split is empty")
+        check = CHECK_STEPS_DDP if distributed.is_distributed() else 1 if device.type == "cpu" else CHECK_STEPS_DEVICE
+        return cls(steps_per_epoch=spe, batch_size=batch, rank_images=n_rank, total_steps=spe * train.epochs, check_every=check)
+
+    def lr(self, state: TrainState, train: TrainConfig) -> float:
+        """The learning rate of the next step: the schedule at this step and (with a budget) this time,
+        scaled by the state's ``lr_scale`` (halved by every recovery)."""
+        frac = self.trained() / train.time_budget if train.time_budget else None
+        return state.lr_scale * lr_at(
+            state.global_step, self.total_steps, train.lr, train.lr_schedule, train.warmup_steps, time_fraction=frac
+        )
+
+    def report_due(self) -> bool:
+        """Whether to report progress now: by time on the CPU (at most every :data:`REPORT_SECONDS`),
+        at the control checks elsewhere (each report reads values: a device sync)."""
+        now = time.perf_counter()
+        if (self.check_every == 1 and now - self.last_report < REPORT_SECONDS) or (self.check_every > 1 and self.steps % self.check_every):
+            return False
+        self.last_report = now
+        return True
+
+    def count_step(self, state: TrainState, world: int, device: torch.device) -> None:
+        """Advance the position and the counters after a step (the rate's warm-up ends after a few)."""
+        self.images += min(self.batch_size, self.rank_images - state.step * self.batch_size) * world  # DDP: every rank takes a batch
+        state.step, state.global_step, self.steps = state.step + 1, state.global_step + 1, self.steps + 1
+        if self.steps == RATE_WARMUP_STEPS:
+            _sync(device)
+            self.warm_t, self.warm_images = self.trained(), self.images
 
     @contextlib.contextmanager
     def paused(self, state: TrainState) -> Iterator[None]:
@@ -242,9 +278,8 @@ class Trainer:
         self.memory_format = memory_format_for(self.model, self.device)
         self.model.to(memory_format=self.memory_format)
         self.ema = EMA(self.model, tc.ema) if tc.ema else None
-        # DDP (distributed.py): the training forward runs through the wrapper (``net``); ``model`` stays the
-        # bare VAE. Other ranks draw their own noise (seed + 1 + rank) and dropout masks (seed + rank).
-        self.net = distributed.wrap(self.model, self.device)
+        self.net = distributed.wrap(self.model, self.device)  # DDP: the training forward; ``model`` stays the bare VAE
+        # DDP: other ranks draw their own noise (seed + 1 + rank) and dropout masks (seed + rank)
         if distributed.rank() > 0:
             torch.manual_seed(tc.seed + distributed.rank())
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, **adam_kwargs(self.device))
@@ -254,15 +289,13 @@ class Trainer:
         self.train_images = self.train_data.images.to(self.device)
         self.noise = torch.Generator(device=self.device).manual_seed(tc.seed + 1 + distributed.rank())
         self.state = TrainState(world_size=distributed.world_size(), noise_device=self.device.type)
+        self.health = Health(self.device, tc.max_nonfinite)
         self.history: list[dict[str, Any]] = []  # complete epochs only (metrics.jsonl may add one partial row)
         self.notices: list[str] = []  # one-line notes for the user (e.g. a resume that is not bit-exact)
-        self._acc = torch.zeros(4, dtype=accumulator_dtype(self.device), device=self.device)  # neg_elbo, recon, kl, images (this rank)
-        self._first_nonfinite = torch.full((), -1, dtype=torch.int64, device=self.device)  # global step, -1: none
-        self._grads = GradWatch(self.device)
-        self._snapshot = Snapshot()
+        self.sums = EpochSums(self.device, accumulator_dtype(self.device))
+        self.validation = Validation(self.val_data, self.device, tc.seed)
         self._lr = tc.lr  # the learning rate the param groups hold (set only when it changes)
         self._perm: tuple[int, torch.Tensor] | None = None  # (epoch, this rank's order on the device)
-        self._last_eval: tuple[int, EvalResult] | None = None  # (global step, validation result)
         self._nan_steps = {int(v) for v in os.environ.get(NAN_STEPS_ENV, "").split(",") if v.strip()}
         self._cb: Callable[[Progress], None] = _ignore  # fit()'s callback, for notices
         self._spe = 1  # steps per epoch of this rank (set by _session)
@@ -272,54 +305,35 @@ class Trainer:
         """The weights that are evaluated, saved and sampled: the moving average when ``--ema`` is on."""
         return self.ema.shadow if self.ema is not None else self.model  # type: ignore[return-value]
 
-    # -------------------------------------------------------------- state on disk
     def save(self, best: bool = False) -> None:
         """Write the resume point (last weights, optimizer, RNG, :class:`TrainState`) and, when
         ``best`` (or with no validation split), first the weights analysis commands use. Under DDP
         every rank calls this (the running sums are all-reduced); rank 0 writes."""
-        self._sync_sums()
+        self.sums.fold(self.state, distributed.all_reduce_sum)
         if distributed.is_main():
-            if best or not self.val_data.images.shape[0]:
+            if best or not len(self.val_data):
                 ckpt.save_model(self.path, self.eval_model, self.cfg.model.to_dict())
-            rng = {"cpu": torch.get_rng_state(), "noise": self.noise.get_state().cpu()}
-            if self.device.type == "cuda":
-                rng["cuda"] = torch.cuda.get_rng_state(self.device)
-            ema = self.ema.shadow if self.ema is not None else None
-            ckpt.save_train_state(self.path, self.optimizer, rng, self.state, self.model, ema)
+            rng = _rng_states(self.noise)
+            ckpt.save_train_state(self.path, self.optimizer, rng, self.state, self.model, self.ema.shadow if self.ema else None)
         distributed.barrier()  # DDP: the others wait until the checkpoint is on disk
 
     def restore(self) -> None:
-        """Load the last weights, optimizer, :class:`TrainState` and RNG states from the run folder.
-        A noise state saved on another kind of device (CPU <-> CUDA) cannot be loaded: the noise is
-        then re-seeded from (seed, global step) and :attr:`notices` says the continuation is not bit-exact."""
+        """Load the last weights, optimizer, :class:`TrainState` and RNG states from the run folder."""
         if distributed.is_main():  # DDP: only the writer (another rank could delete its temp file mid-write)
             ckpt.remove_temp_files(self.path)  # left by a killed writer
         rng, self.state = ckpt.load_train_state(self.path, self.optimizer, self.model, self.ema.shadow if self.ema else None)
         self.state.for_world_size(distributed.world_size(), len(self.train_data), self.cfg.train.batch_size)
-        saved_type, self.state.noise_device = self.state.noise_device, self.device.type
-        if distributed.rank() == 0 and saved_type == self.device.type:  # the saved RNG states are rank 0's
-            torch.set_rng_state(rng["cpu"])
-            self.noise.set_state(rng["noise"].cpu())
-            if "cuda" in rng and self.device.type == "cuda":
-                torch.cuda.set_rng_state(rng["cuda"], self.device)
-        else:  # DDP's other ranks, or another device type: noise from (seed, rank, step)
-            seed = (self.cfg.train.seed + 1 + distributed.rank()) * 1_000_003 + self.state.global_step
-            self.noise.manual_seed(seed)
-            torch.manual_seed(seed + 1)
-            if distributed.rank() == 0:
-                self.notices.append(f"resumed on {self.device.type} from a checkpoint written on {saved_type}: the noise is re-seeded "
-                                    f"from (seed, step {self.state.global_step}), so the continuation is not bit-exact")  # fmt: skip
+        self.notices += _restore_rng(rng, self.noise, self.state, self.cfg.train.seed)
         _match_state_layout(self.optimizer)
         done = self.state.epoch
         self.history = [r for r in ckpt.read_metrics(self.path) if int(r.get("epoch", 0)) <= done and not r.get("partial")]
 
-    # -------------------------------------------------------------- the loop
     def fit(self, callback: Callable[[Progress], None] | None = None, stop: threading.Event | None = None) -> TrainResult:
         """Train; returns the final numbers. Checkpoints as it goes (see the module docstring)."""
         tc, st = self.cfg.train, self.state
         s = self._session()
-        self._cb = cb = callback or _ignore
-        cb(Progress("start", st.epoch, tc.epochs, st.step, s.steps_per_epoch, st.global_step))
+        self._cb = callback or _ignore
+        self._progress("start", s)
         self.model.train()
         stopped = None
         while st.epoch < tc.epochs and stopped is None:
@@ -328,7 +342,7 @@ class Trainer:
                 stopped = self._control(s, stop)
                 if stopped is None:
                     terms, lr = self._step(s, perm)
-                    if st.step == s.steps_per_epoch or self._report_due(s):
+                    if st.step == s.steps_per_epoch or s.report_due():
                         self._report(s, terms, lr)
             if st.step == s.steps_per_epoch:
                 stopped = self._end_epoch(s) or stopped
@@ -348,15 +362,9 @@ class Trainer:
         return s.rate()
 
     def _session(self) -> Session:
-        tc = self.cfg.train
-        n_rank = distributed.shard_size(len(self.train_data))  # DDP: images per rank per epoch (n in a single process)
-        batch = min(tc.batch_size, n_rank)
-        spe = steps_per_epoch(n_rank, batch)
-        if spe == 0:
-            raise TrainingError("the training split is empty")
-        check = CHECK_STEPS_DDP if distributed.is_distributed() else 1 if self.device.type == "cpu" else CHECK_STEPS_DEVICE
-        self._spe = spe
-        return Session(steps_per_epoch=spe, batch_size=batch, rank_images=n_rank, total_steps=spe * tc.epochs, check_every=check)
+        s = Session.for_run(len(self.train_data), self.cfg.train, self.device)
+        self._spe = s.steps_per_epoch
+        return s
 
     def _epoch_order(self) -> torch.Tensor:
         """This rank's order of the current epoch on the device, made on the CPU from (seed, epoch), one copy per epoch."""
@@ -369,47 +377,40 @@ class Trainer:
         """One optimisation step on batch ``state.step`` of ``perm``, then the position advances.
         No host sync: a non-finite loss is noted on the device and read at the next control check."""
         tc, st = self.cfg.train, self.state
-        frac = s.trained() / tc.time_budget if tc.time_budget else None
-        lr = st.lr_scale * lr_at(st.global_step, s.total_steps, tc.lr, tc.lr_schedule, tc.warmup_steps, time_fraction=frac)
-        if lr != self._lr:
+        lr = s.lr(st, tc)
+        if lr != self._lr:  # set only when it changes
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
             self._lr = lr
-        idx = perm[st.step * s.batch_size : (st.step + 1) * s.batch_size]
-        x = to_float(self.train_images[idx]).contiguous(memory_format=self.memory_format)
+        x = to_float(self.train_images[perm[st.step * s.batch_size : (st.step + 1) * s.batch_size]]).contiguous(
+            memory_format=self.memory_format
+        )
         if self.cfg.data.binarize:  # dynamic binarisation, x ~ Bernoulli(pixel) per batch
             x = torch.bernoulli(x, generator=self.noise)
         with autocast(self.device, self.precision):
             out = self.net(x, generator=self.noise)  # DDP: the wrapper averages gradients
         terms = self.objective(self.model, out, x, st.progress(s.steps_per_epoch))
-        if st.global_step in self._nan_steps:
+        if st.global_step in self._nan_steps:  # the test hook (VAE_TEST_NAN_STEPS)
             terms.loss = terms.loss * float("nan")
         if tc.skip_nonfinite and not distributed.all_finite(terms.loss):  # a per-step check, only when skipping
             st.nonfinite_skipped += 1
         else:
-            self._first_nonfinite = torch.where(
-                torch.isfinite(terms.loss) | (self._first_nonfinite >= 0), self._first_nonfinite, st.global_step
-            )
+            self.health.note_step(terms.loss, st.global_step)
             self.optimizer.zero_grad(set_to_none=True)
             terms.loss.backward()
-            self._grads.add(torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip or float("inf")))
+            self.health.grads.add(torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip or float("inf")))
             self.optimizer.step()
             if self.ema is not None:
                 self.ema.update(st.global_step)
-            self._acc.add_(torch.stack((terms.neg_elbo * x.shape[0], terms.recon * x.shape[0], terms.kl * x.shape[0],
-                                        terms.loss.new_tensor(float(x.shape[0])))).detach())  # fmt: skip
-        s.images += min(s.batch_size, s.rank_images - st.step * s.batch_size) * distributed.world_size()  # DDP: every rank takes a batch
-        st.step, st.global_step, s.steps = st.step + 1, st.global_step + 1, s.steps + 1
-        if s.steps == RATE_WARMUP_STEPS:
-            _sync(self.device)
-            s.warm_t, s.warm_images = s.trained(), s.images
+            self.sums.add(terms.neg_elbo, terms.recon, terms.kl, x.shape[0])
+        s.count_step(st, distributed.world_size(), self.device)
         return terms, lr
 
     def _control(self, s: Session, stop: threading.Event | None) -> str | None:
         """The one control check before a step: why to stop, or None. Every ``check_every`` steps the
         flags (stop, budget, save due, a non-finite step) are read (DDP: OR-ed over the ranks in one
         all-reduce, so the ranks stop, save and roll back together); a non-finite step is rolled back,
-        a finite state copied every :data:`SNAPSHOT_STEPS`, a checkpoint written when due."""
+        a finite state kept every :data:`SNAPSHOT_STEPS`, a checkpoint written when due."""
         tc = self.cfg.train
         if tc.max_steps is not None and s.steps >= tc.max_steps:  # the same count on every rank
             return "max_steps"
@@ -417,12 +418,11 @@ class Trainer:
             return None
         flags = [stop is not None and stop.is_set(), tc.time_budget is not None and s.trained() >= tc.time_budget,
                  time.perf_counter() - s.last_save >= tc.save_every]  # fmt: skip
-        interrupted, budget, save, bad = distributed.any_flags(flags, self._first_nonfinite >= 0)
-        step = self.state.global_step
+        interrupted, budget, save, bad = distributed.any_flags(flags, self.health.first_nonfinite >= 0)
         if bad:
-            self._recover()
-        elif step > 0 and (self._snapshot.step is None or step - self._snapshot.step >= SNAPSHOT_STEPS):  # step 0: no optimizer state yet
-            self._snapshot.take(self._snapshot_tensors(), step)
+            self._roll_back()
+        else:
+            self.health.keep(self._state_tensors(), self.state.global_step, SNAPSHOT_STEPS)
         if interrupted or budget:
             return "interrupted" if interrupted else "time_budget"
         if save:
@@ -430,202 +430,206 @@ class Trainer:
                 self.save()
         return None
 
-    def _snapshot_tensors(self) -> list[torch.Tensor]:
+    def _state_tensors(self) -> list[torch.Tensor]:
         """What a rollback restores: weights and buffers, the optimizer's moments, the moving average,
         the running sums and the gradient-norm watch."""
         opt = [v for st in self.optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
         ema = self.ema.tensors() if self.ema is not None else []
-        return [*self.model.parameters(), *self.model.buffers(), *opt, *ema, self._acc, *self._grads.tensors()]
+        return [*self.model.parameters(), *self.model.buffers(), *opt, *ema, self.sums.acc, *self.health.grads.tensors()]
 
-    def _recover(self) -> None:
-        """A non-finite step: roll back to the last finite state and halve the learning rate, or,
-        on the run's ``max_nonfinite``-th one (or with nothing finite to go back to), stop."""
-        st, tc = self.state, self.cfg.train
-        at = int(self._first_nonfinite)
-        where = f"at epoch {at // self._spe + 1}, step {at % self._spe + 1}" if at >= 0 else "on another rank"
-        if len(st.recoveries) + 1 >= tc.max_nonfinite or self._snapshot.step is None:
-            kept = "the last good checkpoint is kept" if (self.path / ckpt.STATE).exists() else "no checkpoint was written yet"
-            raise TrainingError(f"non-finite loss {where}: stopped, {kept} (try a lower --lr or more --warmup-steps, "
-                                "or --skip-nonfinite to skip such batches)")  # fmt: skip
-        self._snapshot.restore(self._snapshot_tensors())
-        self._first_nonfinite.fill_(-1)
-        before = self._lr
-        st.lr_scale /= 2
-        event = {"step": at, "epoch": round(st.progress(self._spe), 4), "lr_before": before, "lr_after": before / 2,
-                 "rolled_back_to": self._snapshot.step}  # fmt: skip
-        st.recoveries.append(event)
-        self._notice("recovery", f"non-finite loss {where}: rolled back to step {self._snapshot.step}, learning rate "
-                                     f"{before:.3g} -> {before / 2:.3g} ({len(st.recoveries)} of {tc.max_nonfinite - 1} recoveries)")  # fmt: skip
-
-    def _report_due(self, s: Session) -> bool:
-        now = time.perf_counter()
-        if s.check_every == 1 and now - s.last_report < REPORT_SECONDS:
-            return False
-        if s.check_every > 1 and s.steps % s.check_every:
-            return False
-        s.last_report = now
-        return True
+    def _roll_back(self) -> None:
+        """A non-finite step: back to the last finite state with the learning rate halved, or stop."""
+        line = self.health.roll_back(self._state_tensors(), self.state, self._lr, self._spe, (self.path / ckpt.STATE).exists())
+        self._notice("recovery", line)
 
     def _report(self, s: Session, terms: LossTerms, lr: float) -> None:
         """A 'step' report: reads the loss values (one sync) and the gradient-norm watch."""
-        spike = self._grads.spike()
+        spike = self.health.grads.spike()
         if spike is not None:
             self._notice("lr", lr_alarm(*spike, self.state.global_step, lr))
         loss, recon, kl = torch.stack((terms.loss, terms.recon, terms.kl)).detach().tolist()
-        st, tc = self.state, self.cfg.train
-        self._cb(Progress("step", st.epoch, tc.epochs, st.step, s.steps_per_epoch, st.global_step, loss=loss, recon=recon, kl=kl,
-                    beta=terms.beta, lr=lr, images_per_second=s.rate()))  # fmt: skip
+        self._progress("step", s, loss=loss, recon=recon, kl=kl, beta=terms.beta, lr=lr, images_per_second=s.rate())
+
+    def _progress(self, kind: str, s: Session | None = None, **fields: Any) -> None:
+        st, spe = self.state, s.steps_per_epoch if s is not None else self._spe
+        self._cb(Progress(kind, st.epoch, self.cfg.train.epochs, st.step, spe, st.global_step, **fields))
 
     def _notice(self, kind: str, message: str) -> None:
-        """An alarm or event: once per kind and run (recoveries every time), kept in the state
-        (summary.json ``notices``, loss.png) and reported as a 'notice'."""
-        st = self.state
-        if kind != "recovery" and any(n["kind"] == kind for n in st.notices):
-            return
-        st.notices.append({"kind": kind, "epoch": round(st.progress(self._spe), 4), "message": message})
-        self._cb(Progress("notice", st.epoch, self.cfg.train.epochs, st.step, self._spe, st.global_step, message=message))
-
-    def _sync_sums(self) -> None:
-        """Move the on-device running sums into the state (one sync; DDP: summed over the ranks)."""
-        acc = distributed.all_reduce_sum(self._acc).cpu().double().tolist()
-        self.state.epoch_sums = [a + b for a, b in zip(self.state.epoch_sums, acc)]
-        self._acc.zero_()
-
-    def _train_numbers(self) -> dict[str, float]:
-        """The running means of the epoch so far (nats/image)."""
-        self._sync_sums()
-        *sums, count = self.state.epoch_sums
-        return dict(zip(("neg_elbo", "recon", "kl"), (v / max(count, 1.0) for v in sums)))
+        """An alarm or event, kept in the state (summary.json ``notices``, loss.png) and reported once."""
+        if self.health.add_notice(self.state, kind, message, round(self.state.progress(self._spe), 4)):
+            self._progress("notice", message=message)
 
     def _end_epoch(self, s: Session) -> str | None:
         """Epoch end: evaluate on the validation split, record the row, keep the best weights,
         checkpoint (none of it charged to training), raise alarms; 'early_stop' when it is time."""
-        with s.paused(self.state):
+        tc, st = self.cfg.train, self.state
+        with s.paused(st):
             row, best = self._evaluation_row(s)
-            st = self.state
             st.epoch, st.step, st.epoch_sums = st.epoch + 1, 0, [0.0] * 4
             self.history.append(row)
             self._write_metrics(self.history)
             self.save(best=best)
-        self._cb(Progress("epoch", st.epoch - 1, self.cfg.train.epochs, s.steps_per_epoch, s.steps_per_epoch, st.global_step, metrics=row))
-        self._alarms()
-        tc = self.cfg.train
+        self._progress("epoch", s, metrics=row)
+        for kind, line in self.health.epoch_alarms(self.history, tc, self.cfg.model.latent_dim, st.best_epoch, len(self.val_data) > 0):
+            self._notice(kind, line)
         return "early_stop" if tc.early_stop and st.evals_since_best >= tc.early_stop else None
 
     def _evaluation_row(self, s: Session, partial: bool = False) -> tuple[dict[str, Any], bool]:
         """The metrics.jsonl row of the current epoch (complete, or ``partial``: marked, with its
         steps) and whether its validation -ELBO is the best so far (the state records it)."""
-        self._guard()
+        if distributed.any_flags([], self.health.first_nonfinite >= 0)[0]:  # nothing non-finite is evaluated or saved
+            self._roll_back()
         st = self.state
         done = st.progress(s.steps_per_epoch) if partial else st.epoch + 1.0
         row: dict[str, Any] = {"epoch": st.epoch + 1, "step": st.global_step, "beta": self.objective.beta_at(done - 1e-9),
-                               "lr": self._lr, "train": self._train_numbers(), "grad_norm": self._grads.epoch_stats(),
-                               "train_seconds": round(st.train_seconds, 3)}  # fmt: skip
-        best = False
-        val = self._evaluate_val()
+                               "lr": self._lr, "train": self.sums.means(st, distributed.all_reduce_sum),
+                               "grad_norm": self.health.grads.epoch_stats(), "train_seconds": round(st.train_seconds, 3)}  # fmt: skip
+        val = self.validation.evaluate(self.eval_model, st.global_step)
+        best = self.validation.judge(val, st, done)
+        self.model.train()
         if val is not None:
             row.update(val=val.brief(), active_units=val.active_units)
-            best = st.best_neg_elbo is None or val.neg_elbo < st.best_neg_elbo
-            if best:
-                st.best, st.evals_since_best = {"epoch": round(done, 4), "val": val.brief()}, 0
-            else:
-                st.evals_since_best += 1
         if partial:
             row.update(partial=True, steps=st.step, epochs_done=round(done, 4))
         return row, best
-
-    def _guard(self) -> None:
-        """Before anything is evaluated or saved: no non-finite step may be pending (DDP: on any rank)."""
-        if distributed.any_flags([], self._first_nonfinite >= 0)[0]:
-            self._recover()
-
-    def _alarms(self) -> None:
-        tc, m = self.cfg.train, self.cfg.model
-        ramp = max(tc.anneal, tc.capacity_epochs if tc.capacity else 0, tc.epochs if tc.cyclical else 0)
-        collapse = collapse_alarm(self.history, ramp, m.latent_dim)
-        if collapse:
-            self._notice("collapse", collapse)
-        overfit = overfit_alarm(self.history, self.state.best_epoch, keeps_best=len(self.val_data) > 0)
-        if overfit:
-            self._notice("overfit", overfit)
-
-    def _evaluate_val(self) -> EvalResult | None:
-        """The validation split at the evaluated weights (DDP: sharded); None without one. Reused
-        while the weights are unchanged."""
-        if not len(self.val_data):
-            return None
-        if self._last_eval is None or self._last_eval[0] != self.state.global_step:
-            self._last_eval = (self.state.global_step, self._evaluate(self.val_data))
-        return self._last_eval[1]
-
-    def _evaluate(self, data: ImageData, model: VAE | None = None) -> EvalResult:
-        shard = (distributed.rank(), distributed.world_size()) if distributed.is_distributed() else None
-        res = evaluate(model or self.eval_model, data, device=self.device, seed=self.cfg.train.seed, shard=shard)
-        self.model.train()
-        return res
 
     def _finish(self, s: Session, stopped: str) -> TrainResult:
         """The end of fit(): checkpoint a stop (with a partial row when it fell inside an epoch), score
         the test split with the kept weights, write summary.json and build the result."""
         _sync(self.device)
-        st = self.state
-        ips, seconds = s.rate(), time.perf_counter() - s.t0
-        with s.paused(st):
+        seconds = time.perf_counter() - s.t0
+        with s.paused(self.state):
             if stopped not in ("done", "early_stop") and s.steps > 0:
-                best = False
-                if st.step > 0:  # every run has its numbers: the part of the epoch done so far
-                    row, best = self._evaluation_row(s, partial=True)
+                row, best = self._evaluation_row(s, partial=True) if self.state.step > 0 else (None, False)
+                if row is not None:  # every run has its numbers: the part of the epoch done so far
                     self._write_metrics([*self.history, row])
                 self.save(best=best)
-            kept = self._kept_model()
-            test = self._evaluate(self.test_data, kept)
-        train = self._train_numbers() if st.epoch_sums[3] > 0 else dict(self.history[-1]["train"]) if self.history else {}
-        result = TrainResult(
-            run=self.path.name, path=str(self.path), epochs=st.epoch, steps=st.global_step, seconds=round(seconds, 3),
-            images_per_second=None if ips is None else round(ips, 2), train=train, test=test.brief(), active_units=test.active_units,
-            stopped=stopped, precision=self.precision, device=str(self.device),
-        )  # fmt: skip
-        facts = {"test_per_dim_kl": test.per_dim_kl, "test_mu_variance": test.mu_variance, **self._run_facts(s, kept)}
-        result.summary = ckpt.build_summary(result.to_dict(), self.state, facts)
-        if distributed.is_main():
-            ckpt.write_summary(self.path, result.summary)
-        digests = result.summary.get("param_sha256_per_rank", [])
-        if len(set(digests)) > 1:
-            raise TrainingError(f"the {len(digests)} ranks ended with different parameters (a DDP bug); the checkpoint holds rank 0's")
-        self._cb(Progress("end", st.epoch, self.cfg.train.epochs, st.step, s.steps_per_epoch, st.global_step, images_per_second=ips,
-                          metrics=result.summary))  # fmt: skip
+            kept = (_kept_model(self.path, self.cfg.model, self.device) if len(self.val_data) else None) or self.eval_model
+            test = _evaluate(kept, self.test_data, self.device, self.cfg.train.seed)
+            self.model.train()
+        result = _conclude(self, s, stopped, kept, test, seconds)
+        self._progress("end", s, images_per_second=s.rate(), metrics=result.summary)
         return result
-
-    def _kept_model(self) -> VAE:
-        """The weights model.safetensors holds (the best by validation), loaded for the test score."""
-        if not len(self.val_data) or not (self.path / ckpt.MODEL).exists():
-            return self.eval_model
-        kept = VAE(self.cfg.model).to(self.device)
-        ckpt.load_state_dict_into(kept, self.path / ckpt.MODEL)
-        return kept
-
-    def _run_facts(self, s: Session, kept: VAE) -> dict[str, Any]:
-        """What summary.json records besides the numbers: epochs done, the held-out splits, how it ran."""
-        facts: dict[str, Any] = {
-            "epochs_done": round(self.state.progress(s.steps_per_epoch), 4), "val_size": len(self.val_data),
-            "likelihood": kept.likelihood.label(self.cfg.data.binarize), "likelihood_name": kept.likelihood.name,
-            "discrete": kept.likelihood.is_discrete(self.cfg.data.binarize),
-            "last_val": self.history[-1].get("val") if self.history else None, "last_epoch": self.state.epoch,
-            "runtime": {"threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
-                        "memory_format": "channels_last" if self.memory_format == torch.channels_last else "contiguous", **self.runtime},
-            "world_size": distributed.world_size(), "effective_batch_size": s.batch_size * distributed.world_size(),
-            "notes": list(self.notices),
-        }  # fmt: skip
-        if kept.likelihood.name == "bernoulli" and not self.cfg.data.binarize:
-            facts["test_bce_floor"] = round(bce_floor(self.test_data), 4)
-        if distributed.is_distributed():
-            facts["param_sha256_per_rank"] = distributed.param_digests(self.model)
-        return facts
 
     def _write_metrics(self, rows: list[dict[str, Any]]) -> None:
         if distributed.is_main():  # DDP: rank 0 writes; metrics before the checkpoint (a resume drops rows past it)
             ckpt.write_metrics(self.path, rows)
             _plot(self.path, rows, self.state.notices)
+
+
+def _kept_model(path: Path, cfg: ModelConfig, device: torch.device) -> VAE | None:
+    """The weights model.safetensors holds (the best by validation), for the test score; None before any."""
+    if not (path / ckpt.MODEL).exists():
+        return None
+    kept = VAE(cfg).to(device)
+    ckpt.load_state_dict_into(kept, path / ckpt.MODEL)
+    return kept
+
+
+class Validation:
+    """Model selection on the validation split: its evaluation (DDP: sharded; reused while the weights
+    are unchanged) and the best -ELBO so far, kept in the :class:`TrainState` for ``--early-stop``."""
+
+    def __init__(self, data: ImageData, device: torch.device, seed: int) -> None:
+        self.data, self.device, self.seed = data, device, seed
+        self._last: tuple[int, EvalResult] | None = None  # (global step, result)
+
+    def evaluate(self, model: VAE, step: int) -> EvalResult | None:
+        """The validation numbers of ``model`` at ``step``; None without a validation split."""
+        if not len(self.data):
+            return None
+        if self._last is None or self._last[0] != step:
+            self._last = (step, _evaluate(model, self.data, self.device, self.seed))
+        return self._last[1]
+
+    @staticmethod
+    def judge(val: EvalResult | None, state: TrainState, epochs_done: float) -> bool:
+        """Record ``val`` in the state: True (and the new best) when its -ELBO is the lowest so far."""
+        if val is None:
+            return False
+        best = state.best_neg_elbo is None or val.neg_elbo < state.best_neg_elbo
+        if best:
+            state.best, state.evals_since_best = {"epoch": round(epochs_done, 4), "val": val.brief()}, 0
+        else:
+            state.evals_since_best += 1
+        return best
+
+
+def _evaluate(model: VAE, data: ImageData, device: torch.device, seed: int) -> EvalResult:
+    """:func:`vaecli.metrics.evaluate` of a split, sharded over the ranks under DDP."""
+    shard = (distributed.rank(), distributed.world_size()) if distributed.is_distributed() else None
+    return evaluate(model, data, device=device, seed=seed, shard=shard)
+
+
+def _conclude(trainer: Trainer, s: Session, stopped: str, kept: VAE, test: EvalResult, seconds: float) -> TrainResult:
+    """The end of a run as a :class:`TrainResult` with its ``summary`` (checkpoint.build_summary),
+    written to summary.json; under DDP the ranks' parameters must agree."""
+    st, ips = trainer.state, s.rate()
+    trainer.sums.fold(st, distributed.all_reduce_sum)
+    train = trainer.sums.means(st) if st.epoch_sums[3] > 0 else dict(trainer.history[-1]["train"]) if trainer.history else {}
+    result = TrainResult(
+        run=trainer.path.name, path=str(trainer.path), epochs=st.epoch, steps=st.global_step, seconds=round(seconds, 3),
+        images_per_second=None if ips is None else round(ips, 2), train=train, test=test.brief(), active_units=test.active_units,
+        stopped=stopped, precision=trainer.precision, device=str(trainer.device),
+    )  # fmt: skip
+    result.summary = ckpt.build_summary(result.to_dict(), st, _run_facts(trainer, s, kept, test))
+    if distributed.is_main():
+        ckpt.write_summary(trainer.path, result.summary)
+    digests = result.summary.get("param_sha256_per_rank", [])
+    if len(set(digests)) > 1:
+        raise TrainingError(f"the {len(digests)} ranks ended with different parameters (a DDP bug); the checkpoint holds rank 0's")
+    return result
+
+
+def _run_facts(trainer: Trainer, s: Session, kept: VAE, test: EvalResult) -> dict[str, Any]:
+    """What summary.json records besides the headline: the test split's per-dimension statistics,
+    the likelihood, the held-out sizes, how it ran (threads, layout, DDP)."""
+    st, binarize = trainer.state, trainer.cfg.data.binarize
+    facts: dict[str, Any] = {
+        "test_per_dim_kl": test.per_dim_kl, "test_mu_variance": test.mu_variance,
+        "epochs_done": round(st.progress(s.steps_per_epoch), 4), "val_size": len(trainer.val_data),
+        "likelihood": kept.likelihood.label(binarize), "likelihood_name": kept.likelihood.name,
+        "discrete": kept.likelihood.is_discrete(binarize),
+        "last_val": trainer.history[-1].get("val") if trainer.history else None, "last_epoch": st.epoch,
+        "runtime": {"threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+                    "memory_format": "channels_last" if trainer.memory_format == torch.channels_last else "contiguous", **trainer.runtime},
+        "world_size": distributed.world_size(), "effective_batch_size": s.batch_size * distributed.world_size(),
+        "notes": list(trainer.notices),
+    }  # fmt: skip
+    if kept.likelihood.name == "bernoulli" and not binarize:
+        facts["test_bce_floor"] = round(bce_floor(trainer.test_data), 4)
+    if distributed.is_distributed():
+        facts["param_sha256_per_rank"] = distributed.param_digests(trainer.model)
+    return facts
+
+
+def _rng_states(noise: torch.Generator) -> dict[str, torch.Tensor]:
+    """The RNG states a checkpoint keeps: torch's, the noise generator's and CUDA's on a GPU."""
+    rng = {"cpu": torch.get_rng_state(), "noise": noise.get_state().cpu()}
+    if noise.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(noise.device)
+    return rng
+
+
+def _restore_rng(rng: dict[str, torch.Tensor], noise: torch.Generator, state: TrainState, seed: int) -> list[str]:
+    """Load the saved RNG states (rank 0's) into torch and ``noise``. A noise state saved on another
+    kind of device (CPU <-> CUDA) cannot be loaded, and DDP's other ranks have none: their noise is
+    re-seeded from (seed, rank, global step). Returns the line that says a resume is not bit-exact, if one does."""
+    device_type = noise.device.type
+    saved_type, state.noise_device = state.noise_device, device_type
+    if distributed.rank() == 0 and saved_type == device_type:
+        torch.set_rng_state(rng["cpu"])
+        noise.set_state(rng["noise"].cpu())
+        if "cuda" in rng and device_type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], noise.device)
+        return []
+    reseed = (seed + 1 + distributed.rank()) * 1_000_003 + state.global_step
+    noise.manual_seed(reseed)
+    torch.manual_seed(reseed + 1)
+    if distributed.rank() > 0:
+        return []
+    return [(f"resumed on {device_type} from a checkpoint written on {saved_type}: the noise is re-seeded "
+            f"from (seed, step {state.global_step}), so the continuation is not bit-exact")]  # fmt: skip
 
 
 def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:

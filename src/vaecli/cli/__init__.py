@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import os
+from importlib import import_module
 
-from . import (  # noqa: F401  (register commands)
-    analysis,  # noqa: F401, I001  (registered after train: listed after it in --help)
-    disentangle,  # noqa: F401, I001
-    eval_samples,  # noqa: F401, I001
-    explore,  # noqa: F401, I001
-    runs,
-    sweep,  # noqa: F401, I001
-    train,
-)
 from .app import app
+
+# The command modules, imported to register their commands; `vae --help` lists them in this order.
+COMMAND_MODULES = ("train", "generate", "reconstruct", "eval_kl", "eval_samples", "disentangle", "sweep", "explore", "runs")
+for _name in COMMAND_MODULES:
+    import_module(f"{__name__}.{_name}")
 
 
 def main() -> None:

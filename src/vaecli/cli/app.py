@@ -37,7 +37,7 @@ class VaeGroup(TyperGroup):
 
     def main(
         self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None, standalone_mode: bool = True, **extra: Any
-    ) -> Any:  # noqa: D102
+    ) -> Any:
         from ..errors import VaeError
 
         DEBUG["on"] = _debug_from_env()  # per invocation: `--debug` sets it again in the callback
@@ -52,7 +52,7 @@ class VaeGroup(TyperGroup):
             _err("vae: interrupted")
             sys.exit(130)
         except BrokenPipeError:
-            sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - reader went away (e.g. `| head`)
+            sys.stderr = open(os.devnull, "w")  # the reader went away (e.g. `| head`)
             sys.exit(1)
         except OSError as exc:
             if DEBUG["on"]:

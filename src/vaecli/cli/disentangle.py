@@ -2,38 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from .app import app
 from .common import check_positive, fmt, print_json, stdout_console
-from .options import Device, Json
+from .options import Json, ModelSource, model_options
 
 
 @app.command("eval-disentangle")
+@model_options
 def eval_disentangle_cmd(
-    run: str = typer.Option(None, "--run", help="Run name or folder (default: the most recently trained run)."),
     as_json: Json = False,
-    bins: int = typer.Option(20, "--bins", help="MIG: equal-width bins per latent dimension for the mutual information."),
-    votes: int = typer.Option(10_000, "--votes", help="FactorVAE score: training votes (half as many held out for the score)."),
-    batch: int = typer.Option(64, "--vote-batch", help="FactorVAE score: images per vote (one factor fixed)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed of the FactorVAE votes."),
-    device: Device = "auto",
+    bins: Annotated[int, typer.Option("--bins", help="MIG: equal-width bins per latent dimension for the mutual information.")] = 20,
+    votes: Annotated[int, typer.Option("--votes", help="FactorVAE score: training votes (half as many held out for the score).")] = 10_000,
+    batch: Annotated[int, typer.Option("--vote-batch", help="FactorVAE score: images per vote (one factor fixed).")] = 64,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the FactorVAE votes.")] = 0,
+    model_source: ModelSource = ModelSource(),
 ) -> None:
     """Disentanglement of a run trained on `--data shapes`: MIG (Chen et al. 2018), FactorVAE score
     (Kim & Mnih 2018) and which latent dimension captures which factor, over all 46,080 images."""
-    from .. import checkpoint as ckpt
-    from ..device import resolve_device
     from ..disentangle import evaluate_run, require_factors
 
     check_positive("--bins", bins, 2)
     check_positive("--votes", votes, 2)
     check_positive("--vote-batch", batch, 2)
-    folder = ckpt.resolve_run(run)
-    cfg = ckpt.read_config(folder)
+    model, cfg, folder = model_source.load()
     require_factors(cfg)
-    model, cfg, folder = ckpt.load_model(folder, resolve_device(device))
     res = evaluate_run(model, cfg, bins=bins, n_train=votes, n_eval=max(1, votes // 2), batch_size=batch, seed=seed)
     if as_json:
         print_json({"run": folder.name, **res})
@@ -48,8 +44,16 @@ def _table(name: str, res: dict[str, Any]) -> None:
     for col in ("factor", "H (nats)", "best dim", "MI/H", "2nd dim", "MI/H ", "gap", "FactorVAE dims"):
         t.add_column(col, justify="left" if col in ("factor", "FactorVAE dims") else "right")
     for r in res["table"]:
-        t.add_row(r["factor"], fmt(r["entropy"]), str(r["best_dim"]), fmt(r["best_mi"]), str(r["second_dim"]),
-                  fmt(r["second_mi"]), fmt(r["gap"]), ", ".join(map(str, r["factorvae_dims"])) or "-")  # fmt: skip
+        t.add_row(
+            r["factor"],
+            fmt(r["entropy"]),
+            str(r["best_dim"]),
+            fmt(r["best_mi"]),
+            str(r["second_dim"]),
+            fmt(r["second_mi"]),
+            fmt(r["gap"]),
+            ", ".join(map(str, r["factorvae_dims"])) or "-",
+        )
     console = stdout_console()
     console.print(t)
     v = res["votes"]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from .app import app
-from .common import fmt, print_json, stderr_console, stdout_console
+from .common import check_positive, fmt, print_json, stderr_console, stdout_console
 from .options import Json, ModelSource, Seed, Split, model_options
 
 N_DEFAULT = 10_000
@@ -18,15 +18,14 @@ N_MIN = 10  # a covariance and 3 nearest neighbours need a few points
 
 def _check(n: int, temperature: float, split: str, features: str) -> None:
     """Refuse bad options before any work (one line, exit 2)."""
+    from ..data import check_split
     from ..errors import ConfigError
     from ..features import FEATURES
-    from .common import check_positive
 
     check_positive("-n", n, N_MIN)
     if not math.isfinite(temperature) or temperature <= 0:
         raise ConfigError(f"--temperature must be a finite number > 0, got {temperature}")
-    if split not in ("test", "val", "train"):
-        raise ConfigError(f"--split must be one of train, val, test, got {split!r}")
+    check_split(split)
     if features != "auto" and features not in FEATURES:
         raise ConfigError(f"--features must be auto, {' or '.join(FEATURES)}, got {features!r}")
 
@@ -81,7 +80,7 @@ def eval_after_training(run_path: str | Path, device: str, as_json: bool) -> dic
     summary.json under ``eval_samples``, print the table (on stderr with --json) and return it."""
     from .. import checkpoint as ckpt
 
-    model, cfg, folder = ModelSource(checkpoint=str(run_path), device=device).load()
+    model, cfg, folder = ckpt.load_model(run_path, device)
     res = score_run(model, cfg, folder)
     ckpt.write_summary(folder, {**ckpt.read_summary(folder), "eval_samples": res})
     print_table(res, stderr_console() if as_json else stdout_console())
@@ -91,14 +90,18 @@ def eval_after_training(run_path: str | Path, device: str, as_json: bool) -> dic
 @app.command("eval-samples")
 @model_options
 def eval_samples_cmd(
-    n: int = typer.Option(N_DEFAULT, "-n", "--num", help="Samples drawn and real images compared (clamped to the split's size)."),
+    n: Annotated[
+        int, typer.Option("-n", "--num", help="Samples drawn and real images compared (clamped to the split's size).")
+    ] = N_DEFAULT,
     split: Split = "test",
-    temperature: float = typer.Option(1.0, "--temperature", "-t", help="Scale of z ~ N(0, T² I) (1 = the prior)."),
-    features: str = typer.Option(
-        "auto",
-        "--features",
-        help="auto (28x28 grayscale: vaecli-fmnist-net-v1, else inception-v3-pool3) | vaecli-fmnist-net-v1 | inception-v3-pool3 (needs torch-fidelity: the 'fid' extra of vaecli).",
-    ),
+    temperature: Annotated[float, typer.Option("--temperature", "-t", help="Scale of z ~ N(0, T² I) (1 = the prior).")] = 1.0,
+    features: Annotated[
+        str,
+        typer.Option(
+            "--features",
+            help="auto (28x28 grayscale: vaecli-fmnist-net-v1, else inception-v3-pool3) | vaecli-fmnist-net-v1 | inception-v3-pool3 (needs torch-fidelity: the 'fid' extra of vaecli).",
+        ),
+    ] = "auto",
     as_json: Json = False,
     seed: Seed = 0,
     model_source: ModelSource = ModelSource(),

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from .app import app
 from .common import stderr_console
+from .options import ModelSource, model_options
 
 
 @app.command("explore")
+@model_options
 def explore_cmd(
-    run: str = typer.Option(None, "--run", help="Run name or folder (default: the latest trained run)."),
-    port: int = typer.Option(8765, "--port", help="TCP port (0 picks a free one)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default: only this machine can connect)."),
-    no_browser: bool = typer.Option(False, "--no-browser", help="Do not open a browser tab."),
+    port: Annotated[int, typer.Option("--port", help="TCP port (0 picks a free one).")] = 8765,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to bind (loopback by default: only this machine can connect).")
+    ] = "127.0.0.1",
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="Do not open a browser tab.")] = False,
+    model_source: ModelSource = ModelSource(),
 ) -> None:
     """Explore a run's latent space in the browser: one slider per dimension, live decoding."""
     from ..explore import Explorer, is_loopback, make_server
 
+    folder, weights = model_source.locate()
     err = stderr_console()
-    explorer = Explorer(run, log=lambda msg: err.print(msg, markup=False, highlight=False))
+    explorer = Explorer(folder, weights=weights, device=model_source.device, log=lambda msg: err.print(msg, markup=False, highlight=False))
     explorer.get(None)  # load the model and its per-dimension KL before the first page load
     server = make_server(explorer, host, port)
     url = server.url
@@ -31,7 +38,7 @@ def explore_cmd(
 
         try:
             webbrowser.open(url.replace("0.0.0.0", "127.0.0.1"), new=2)
-        except Exception:  # noqa: BLE001 - no browser is not an error: the URL is printed
+        except Exception:  # no browser is not an error: the URL is printed
             pass
     import signal
     import threading

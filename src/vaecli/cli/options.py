@@ -9,27 +9,35 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
 import typer
 
 from .common import DEVICE_HELP
 
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from ..model import VAE
+
 # Optional[...] stays: Typer reads these annotations at run time on Python 3.10.
-Run = Annotated[Optional[str], typer.Option("--run", help="Run name (default: the most recently trained run).")]  # noqa: UP045
-Checkpoint = Annotated[Optional[str], typer.Option("--checkpoint", help="A run folder or its model.safetensors (instead of --run).")]  # noqa: UP045
+OptStr = Optional[str]  # noqa: UP045
+OptInt = Optional[int]  # noqa: UP045
+OptBool = Optional[bool]  # noqa: UP045
+OptInts = Optional[list[int]]  # noqa: UP045
+OptStrs = Optional[list[str]]  # noqa: UP045
+Run = Annotated[OptStr, typer.Option("--run", help="Run name (default: the most recently trained run).")]
+Checkpoint = Annotated[OptStr, typer.Option("--checkpoint", help="A run folder or its model.safetensors (instead of --run).")]
 Device = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (prior samples, posterior samples).")]
 Padding = Annotated[int, typer.Option("--padding", help="Pixels between grid tiles (make_grid padding).")]
 Scale = Annotated[int, typer.Option("--scale", help="Upscale every image by this integer factor (nearest neighbour).")]
-GridOutput = Annotated[
-    str | None, typer.Option("--output", "-o", help="Grid PNG to write ('-' = PNG bytes on stdout; default <command>.png).")
-]  # noqa: UP045
-AlsoGrid = Annotated[Optional[str], typer.Option("--output", "-o", help="Also write a grid PNG ('-' = PNG bytes on stdout).")]  # noqa: UP045
+GridOutput = Annotated[OptStr, typer.Option("--output", "-o", help="Grid PNG to write ('-' = PNG bytes on stdout; default <command>.png).")]
+AlsoGrid = Annotated[OptStr, typer.Option("--output", "-o", help="Also write a grid PNG ('-' = PNG bytes on stdout).")]
 Split = Annotated[
     str, typer.Option("--split", help="Split of the run's dataset: test, val (the validation images carved out of training) or train.")
 ]
-InputSplit = Annotated[Optional[str], typer.Option("--split", help="Take images from the run's dataset instead: test, val or train.")]  # noqa: UP045
+Inputs = Annotated[OptStrs, typer.Argument(help="Image files, folders (recursive), or - (paths on stdin).")]
+InputSplit = Annotated[OptStr, typer.Option("--split", help="Take images from the run's dataset instead: test, val or train.")]
 InputN = Annotated[int, typer.Option("-n", "--num", help="With --split: the first N images.")]
 Fps = Annotated[float, typer.Option("--fps", help="GIF frames per second.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")]
@@ -43,34 +51,32 @@ class ModelSource:
     checkpoint: str | None = None
     device: str = "auto"
 
-    def load(self) -> tuple[Any, Any, Path]:
-        """(model in eval mode on its device, run config, run folder); bad references are one-line errors."""
+    def locate(self) -> tuple[Path, Path | None]:
+        """(run folder, the weights file ``--checkpoint`` names, else None for the run's own); bad references are one-line errors."""
         from .. import checkpoint as ckpt
-        from ..device import resolve_device
         from ..errors import CheckpointError, ConfigError, RunNotFoundError
-        from ..model import VAE
 
         if self.run is not None and self.checkpoint is not None:
             raise ConfigError("give --run or --checkpoint, not both")
+        if self.checkpoint is None:
+            return ckpt.resolve_run(self.run), None
+        p = Path(self.checkpoint).expanduser()
+        if not p.exists():
+            raise RunNotFoundError(f"--checkpoint {self.checkpoint}: no such file or folder")
+        if p.is_file() and not p.name.endswith(".safetensors"):
+            raise CheckpointError(
+                f"--checkpoint {self.checkpoint}: not a vaecli checkpoint (expected a run folder or its model.safetensors)"
+            )
+        return ckpt.resolve_run(p), p if p.is_file() else None
+
+    def load(self) -> tuple[VAE, RunConfig, Path]:
+        """(model in eval mode on its device, run config, run folder), by :func:`vaecli.checkpoint.load_model`."""
+        from .. import checkpoint as ckpt
+        from ..device import resolve_device
+
         dev = resolve_device(self.device)
-        if self.checkpoint is not None:
-            p = Path(self.checkpoint).expanduser()
-            if not p.exists():
-                raise RunNotFoundError(f"--checkpoint {self.checkpoint}: no such file or folder")
-            if p.is_file() and not p.name.endswith(".safetensors"):
-                raise CheckpointError(
-                    f"--checkpoint {self.checkpoint}: not a vaecli checkpoint (expected a run folder or its model.safetensors)"
-                )
-            folder = ckpt.resolve_run(p)
-            weights = p if p.is_file() else folder / ckpt.MODEL
-        else:
-            folder = ckpt.resolve_run(self.run)
-            weights = folder / ckpt.MODEL
-        cfg = ckpt.read_config(folder)
-        model = VAE(cfg.model)
-        ckpt.load_state_dict_into(model, weights)
-        model.to(dev).eval()
-        return model, cfg, folder
+        folder, weights = self.locate()
+        return ckpt.load_model(folder, dev, weights=weights)
 
 
 F = TypeVar("F", bound=Callable[..., Any])

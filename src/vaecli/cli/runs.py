@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -40,14 +40,22 @@ def runs_cmd(as_json: Json = False) -> None:
         if "error" in r:
             t.add_row(r["name"], "[red]" + r["error"] + "[/red]", "", "", "", "", "", "")
             continue
-        t.add_row(r["name"], r["created"].replace("T", " ")[:19], str(r["data"])[-28:], r["arch"], str(r["latent_dim"]),
-                  fmt(r["beta"], 2), str(r["epochs"]), fmt(r["test_neg_elbo"]))  # fmt: skip
+        t.add_row(
+            r["name"],
+            r["created"].replace("T", " ")[:19],
+            str(r["data"])[-28:],
+            r["arch"],
+            str(r["latent_dim"]),
+            fmt(r["beta"], 2),
+            str(r["epochs"]),
+            fmt(r["test_neg_elbo"]),
+        )
     console.print(t)
 
 
 @app.command("info")
 def info_cmd(
-    run: str = typer.Argument(..., help="Run name or path (folder or model.safetensors)."),
+    run: Annotated[str, typer.Argument(help="Run name or path (folder or model.safetensors).")],
     as_json: Json = False,
 ) -> None:
     """Show one run: what its numbers mean (rate, distortion, bits/dim, normalised beta, the held-out

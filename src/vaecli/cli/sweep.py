@@ -15,8 +15,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .app import app
-from .common import DEVICE_HELP, check_positive, fmt, print_json, stderr_console, stdout_console
-from .options import Json
+from .common import check_outputs, check_positive, fmt, print_json, stderr_console, stdout_console
+from .options import Device, Json
 
 OptStr = Optional[str]  # noqa: UP045 - Typer reads these annotations at run time on Python 3.10
 OptInt = Optional[int]  # noqa: UP045
@@ -423,7 +423,7 @@ def compare_cmd(
     out_dir: Annotated[str, typer.Option("--out-dir", help="Folder for compare.json, compare.csv, rd.png, samples.png, traverse.png.")] = "compare",
     score: Annotated[bool, typer.Option("--score/--no-score", help=SCORE_HELP)] = True,
     n: Annotated[int, typer.Option("-n", "--num", help=N_HELP)] = N_SCORED,
-    device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
+    device: Device = "auto",
     as_json: Json = False,
 ) -> None:  # fmt: skip
     """Finished runs side by side: the table and pictures of `vae sweep` for any runs (other
@@ -438,9 +438,8 @@ def compare_cmd(
     folders = [ckpt.resolve_run(r) for r in runs]
     if len({f.resolve() for f in folders}) < len(folders):
         raise ConfigError("a run is given twice")
+    check_outputs(None, out_dir=out_dir)
     out = Path(out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out-dir {out_dir} exists and is not a folder")
     rows, notes = [], []
     for f in folders:
         if not ckpt.read_summary(f) or not (f / ckpt.MODEL).is_file():

@@ -21,7 +21,7 @@ OptFloat = Optional[float]  # noqa: UP045
 OptStr = Optional[str]  # noqa: UP045
 
 
-def _opt(flag: str, help: str, *names: str) -> Any:  # noqa: A002 - typer's word
+def _opt(flag: str, help: str, *names: str) -> Any:
     return typer.Option(flag, *names, help=help)
 
 
@@ -59,6 +59,9 @@ def train_cmd(
     norm: Annotated[OptStr, _opt("--norm", "conv archs: normalisation after each conv stage, none | group | batch.")] = None,
     likelihood: Annotated[OptStr, _opt("--likelihood", "bernoulli (BCE nats) | gaussian (a density, Gaussian nats) | logistic (discretised logistic mixture over 256 levels: bits/dim). " + RULE.capitalize() + ".")] = None,
     mixtures: Annotated[OptInt, _opt("--mixtures", "--likelihood logistic: mixture components per pixel (" + RULE + ").")] = None,
+    blocks: Annotated[OptInt, _opt("--blocks", "conv archs: residual blocks after each conv stage, encoder and decoder (" + RULE + ").")] = None,
+    prior: Annotated[OptStr, _opt("--prior", "normal (N(0, I)) | vamp (the VampPrior: a mixture of the posteriors of learned pseudo-inputs, Tomczak & Welling 2018).")] = None,
+    pseudo_inputs: Annotated[OptInt, _opt("--pseudo-inputs", "--prior vamp: the number K of pseudo-inputs (default 500).")] = None,
     seed: Annotated[int, _opt("--seed", "Random seed (weights, shuffling, sampling, splits).")] = 0,
     device: Annotated[OptStr, _opt("--device", DEVICE_HELP + " A resumed run keeps its device unless given.")] = None,
     precision: Annotated[OptStr, _opt("--precision", "auto (bf16 where it measured better at equal wall time, else fp32; docs/performance.md) | fp32 | bf16.")] = None,

@@ -47,7 +47,7 @@ from .idx import IDX_FILES, load_mini, load_torchvision, read_idx
 
 __all__ = [
     "BINARIZE_SEED", "DATASETS", "FITS", "IDX_FILES", "IMAGE_EXTENSIONS", "IMAGE_FORMATS", "MAX_IMAGE_PIXELS", "REGISTRY",
-    "FolderLoad", "ImageData", "binarize_fixed", "convert_channels", "fingerprint", "list_images", "load_data",
+    "FolderLoad", "ImageData", "binarize_fixed", "check_split", "convert_channels", "fingerprint", "list_images", "load_data",
     "load_folder", "load_image", "load_split", "read_idx", "split_indices", "split_validation", "to_float",
 ]  # fmt: skip
 
@@ -111,12 +111,17 @@ def load_data(cfg: DataConfig, download: bool = True, load: FolderLoad | None = 
 SPLITS = ("train", "val", "test")
 
 
+def check_split(split: str) -> None:
+    """Refuse a split name other than train, val or test (the ``--split`` of every command)."""
+    if split not in SPLITS:
+        raise DataError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+
+
 def load_split(cfg: DataConfig, split: str, download: bool = False) -> ImageData:
     """One split of a run's data as the run saw it: ``train`` (the images it was fitted on), ``val``
     (the validation images carved out of the training split) or ``test``. Nothing is downloaded
     unless ``download``."""
-    if split not in SPLITS:
-        raise DataError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    check_split(split)
     train, test, _ = load_data(cfg, download=download)
     if split == "test":
         return test

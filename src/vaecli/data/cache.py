@@ -76,7 +76,7 @@ def write_scan(root: Path, folder: Path, key: str, scan: dict[str, Any]) -> None
 def read(path: Path, key: str, rule: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]] | None:
     """(pixels, header) of a valid entry for ``key`` and ``rule``, else None (missing, stale or damaged)."""
     try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed by the with below
+        fh = open(path, "rb")  # closed by the with below
     except OSError:
         return None
     with fh:
@@ -116,8 +116,15 @@ def read(path: Path, key: str, rule: dict[str, Any]) -> tuple[torch.Tensor, dict
 def write(path: Path, key: str, rule: dict[str, Any], images: torch.Tensor, paths: list[str], skipped: list[dict[str, str]]) -> None:
     """Store ``images`` (uint8, N, C, H, W) atomically (best effort: a full disk is no error)."""
     view = memoryview(images.contiguous().numpy()).cast("B")
-    head = {"version": VERSION, "key": key, "rule": rule, "shape": list(images.shape), "crc32": zlib.crc32(view),
-            "paths": paths, "skipped": skipped}  # fmt: skip
+    head = {
+        "version": VERSION,
+        "key": key,
+        "rule": rule,
+        "shape": list(images.shape),
+        "crc32": zlib.crc32(view),
+        "paths": paths,
+        "skipped": skipped,
+    }
     blob = json.dumps(head).encode("utf-8")
 
     def put(tmp: Path) -> None:

@@ -90,7 +90,7 @@ def decode(
         raise DecodeError(f"{name}: cannot read image (permission denied)") from None
     except MemoryError:
         raise DecodeError(f"{name}: cannot decode image (out of memory)") from None
-    except Exception as exc:  # noqa: BLE001 - a decoder fed untrusted bytes may raise anything: all mean "bad file"
+    except Exception as exc:  # a decoder fed untrusted bytes may raise anything: all mean "bad file"
         reason = str(exc).split("\n")[0] or type(exc).__name__
         raise DecodeError(f"{name}: cannot decode image ({reason})") from None
     if channels == 1 and img.mode != "L":
@@ -173,7 +173,7 @@ def header(path: str | os.PathLike[str]) -> tuple[int, int, bool] | str:
                 return w, h, im.mode in GRAY_MODES
     except DecodeError as exc:
         return str(exc)
-    except Exception as exc:  # noqa: BLE001 - the decode step gives the precise reason
+    except Exception as exc:  # the decode step gives the precise reason
         return f"{path}: cannot decode image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
 
 

@@ -16,7 +16,7 @@ import torch
 from ..errors import DataError
 from . import cache
 from . import decode as dec
-from .dataset import ImageData
+from .dataset import ImageData, convert_channels
 
 IMAGE_EXTENSIONS = dec.IMAGE_EXTENSIONS
 IMAGE_FORMATS = dec.IMAGE_FORMATS
@@ -116,8 +116,9 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _run_chunks(fn: Callable[..., list[Any]], chunks: list[list[str]], args: tuple[Any, ...], opts: FolderLoad,
-                total: int, done0: int = 0) -> Any:  # fmt: skip
+def _run_chunks(
+    fn: Callable[..., list[Any]], chunks: list[list[str]], args: tuple[Any, ...], opts: FolderLoad, total: int, done0: int = 0
+) -> Any:
     """``fn(chunk, *args)`` for each chunk, in order (a generator), on a pool when more than one worker."""
     workers = min(opts.workers or usable_cores(), len(chunks))
     with contextlib.ExitStack() as stack:
@@ -225,8 +226,9 @@ def _quiet(opts: FolderLoad) -> FolderLoad:
     return FolderLoad(workers=opts.workers, pool=opts.pool)
 
 
-def _decode_all(paths: list[str], rels: list[str], size: int, fit: str, channels: int,
-                opts: FolderLoad) -> tuple[torch.Tensor, list[str], list[dict[str, str]]]:  # fmt: skip
+def _decode_all(
+    paths: list[str], rels: list[str], size: int, fit: str, channels: int, opts: FolderLoad
+) -> tuple[torch.Tensor, list[str], list[dict[str, str]]]:
     """Decode into one preallocated tensor; a 3-channel tensor of all-gray images becomes 1-channel."""
     out = torch.empty((len(paths), channels, size, size), dtype=torch.uint8)
     hwc = out.permute(0, 2, 3, 1)  # a view: rows are filled in the decoder's (H, W, C) order
@@ -251,7 +253,7 @@ def _decode_all(paths: list[str], rels: list[str], size: int, fit: str, channels
             c = len(px) // plane
             t = t.view(size, size, c)
             if c != channels:
-                t = t.expand(size, size, 3) if channels == 3 else _luma(t)
+                t = convert_channels(t.permute(2, 0, 1), channels).permute(1, 2, 0)
             hwc[n].copy_(t)
             kept.append(rel)
             n += 1
@@ -259,11 +261,6 @@ def _decode_all(paths: list[str], rels: list[str], size: int, fit: str, channels
     if channels == 3 and _all_gray(out):
         out = out[:, :1].contiguous()
     return out, kept, skipped
-
-
-def _luma(t: torch.Tensor) -> torch.Tensor:
-    f = t.float()
-    return (f[..., 0] * 0.299 + f[..., 1] * 0.587 + f[..., 2] * 0.114).round().clamp(0, 255).to(torch.uint8).unsqueeze(-1)
 
 
 def _all_gray(images: torch.Tensor) -> bool:

@@ -4,7 +4,7 @@ latent/image work, :mod:`.server` the HTTP server over it."""
 from __future__ import annotations
 
 from .server import DRAIN_LIMIT, MAX_JSON_BYTES, ExploreServer, is_loopback, make_server, page_html
-from .service import CLASS_NAMES, FASHION_CLASSES, INACTIVE_KL, MAX_UPLOAD_BYTES, BadRequest, Explorer, ExploreRun, parse_z
+from .service import CLASS_NAMES, FASHION_CLASSES, MAX_UPLOAD_BYTES, BadRequest, Explorer, ExploreRun, parse_z
 
 __all__ = [
     "BadRequest",
@@ -14,7 +14,6 @@ __all__ = [
     "ExploreServer",
     "Explorer",
     "FASHION_CLASSES",
-    "INACTIVE_KL",
     "MAX_JSON_BYTES",
     "MAX_UPLOAD_BYTES",
     "is_loopback",

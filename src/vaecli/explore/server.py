@@ -39,7 +39,7 @@ class ExploreHandler(BaseHTTPRequestHandler):
 
     # -- plumbing
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler's signature
+    def log_message(self, format: str, *args: Any) -> None:
         self.server.explorer.log(format % args)
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
@@ -145,7 +145,7 @@ class ExploreHandler(BaseHTTPRequestHandler):
             self._error(400, str(exc))
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
-        except Exception as exc:  # noqa: BLE001 - the server must keep serving
+        except Exception as exc:  # the server must keep serving
             self.server.explorer.log(f"internal error on {self.command} {route}: {type(exc).__name__}: {exc}")
             try:
                 self._error(500, f"internal error: {type(exc).__name__}")
@@ -154,7 +154,7 @@ class ExploreHandler(BaseHTTPRequestHandler):
 
     # -- routes
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         ex = self.server.explorer
         q = self._query
 
@@ -170,9 +170,9 @@ class ExploreHandler(BaseHTTPRequestHandler):
             "/api/random": lambda: self._json(ex.random_test(q().get("run"), q().get("seed"))),
         })  # fmt: skip
 
-    do_HEAD = do_GET  # noqa: N815
+    do_HEAD = do_GET
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         ex = self.server.explorer
 
         def decode() -> None:

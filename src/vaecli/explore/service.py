@@ -5,11 +5,12 @@ Every call decodes and encodes through :mod:`vaecli.inference` and loads weights
 The HTTP server over it is :mod:`vaecli.explore.server`.
 
 Per-dimension KL, KL(q(z_j|x) || N(0, 1)) averaged over test images (Kingma & Welling 2014,
-appendix B), orders the sliders; a dimension is active when the variance of its posterior mean
-over test images exceeds 0.01 (Burda et al. 2016, sec. 5.2, as ``vae info``'s active units).
-Both are read from ``summary.json`` (``test_per_dim_kl``, ``test_mu_variance``, which training
-writes) or computed once with :func:`vaecli.metrics.evaluate` on a subset of the run's test
-split, then cached per run.
+appendix B), orders the sliders; a dimension is active by :func:`vaecli.metrics.active_mask`
+(the variance of its posterior mean over test images exceeds 0.01, Burda et al. 2016, sec. 5.2,
+as ``vae info``'s active units). Both are read from ``summary.json`` (``test_per_dim_kl``,
+``test_mu_variance``, which training writes) or computed once with
+:func:`vaecli.metrics.evaluate` on a subset of the run's test split, then cached per run; without
+the variances, activity is unknown.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ import torch
 from .. import checkpoint as ckpt
 from ..data import ImageData
 from ..errors import CheckpointError, ConfigError, DataError, RunNotFoundError, VaeError
+from ..images import strip_png
 from ..inference import dims_by_kl
-from ..metrics import ACTIVE_THRESHOLD, latent_stats
+from ..metrics import ACTIVE_THRESHOLD, active_mask, latent_stats
 
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # an uploaded image
 KL_IMAGES = 2000  # test images used when per-dimension KL must be computed
-INACTIVE_KL = 0.01  # nats: the fallback rule when no posterior-mean variances are known
 MAX_ABS_Z = 1e4  # decode refuses larger latent values (finite but meaningless)
 MAX_STEPS = 33  # traversal strip length limit
 
@@ -50,7 +51,7 @@ class BadRequest(VaeError):
 
 @dataclass
 class ExploreRun:
-    """A loaded run: model in eval mode on the CPU, its config, per-dimension KL and a lock."""
+    """A loaded run: model in eval mode on the explorer's device, its config, per-dimension KL and a lock."""
 
     name: str
     path: Path
@@ -75,11 +76,9 @@ class ExploreRun:
         order = dims_by_kl(kl)
         m, t = self.config.model, self.config.train
         if self.mu_variance is not None:
-            active = [v > ACTIVE_THRESHOLD for v in self.mu_variance]
-            rule = f"Var(mu) > {ACTIVE_THRESHOLD:g}"
-        else:
-            active = [v >= INACTIVE_KL for v in kl]
-            rule = f"KL >= {INACTIVE_KL:g}"
+            active, rule = active_mask(self.mu_variance), f"Var(mu) > {ACTIVE_THRESHOLD:g}"
+        else:  # no variances of the posterior means: every slider is shown as it is, none greyed
+            active, rule = [True] * self.latent_dim, "unknown (no Var(mu) of the test split)"
         return {
             "name": self.name,
             "latent_dim": self.latent_dim,
@@ -95,23 +94,12 @@ class ExploreRun:
             "mu_variance": self.mu_variance,
             "order": order,
             "active": active,
-            "active_units": sum(active),
+            "active_units": sum(active) if self.mu_variance is not None else None,
             "active_rule": rule,
         }
 
 
 # ----------------------------------------------------------------------------- images
-
-
-def to_png(images: torch.Tensor, gap: int = 0) -> bytes:
-    """Float images (N, C, H, W) in [0, 1] -> one PNG, tiled left to right with ``gap`` white pixels."""
-    from ..images import png_bytes, to_pil
-
-    n, c, h, w = images.shape
-    canvas = torch.ones(c, h, n * w + max(n - 1, 0) * gap)
-    for i in range(n):
-        canvas[:, :, i * (w + gap) : i * (w + gap) + w] = images[i].clamp(0, 1)
-    return png_bytes(to_pil(canvas))
 
 
 def data_url(png: bytes) -> str:
@@ -125,16 +113,29 @@ def data_url(png: bytes) -> str:
 class Explorer:
     """The state behind the server: the runs it can show, loaded lazily and cached.
 
-    ``default_run`` is a run name or folder (None: the latest run). Only runs under the runs
-    folder, plus the default one, can be opened by name from the page.
+    ``default_run`` is a run name or folder (None: the latest run), ``weights`` a safetensors file
+    to load for it instead of its ``model.safetensors``. Only runs under the runs folder, plus the
+    default one, can be opened by name from the page. Models run on ``device``.
     """
 
-    def __init__(self, default_run: str | os.PathLike[str] | None = None, kl_images: int = KL_IMAGES, log: LogFn | None = None) -> None:
+    def __init__(
+        self,
+        default_run: str | os.PathLike[str] | None = None,
+        kl_images: int = KL_IMAGES,
+        log: LogFn | None = None,
+        *,
+        weights: str | os.PathLike[str] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        from ..device import resolve_device
+
+        self.device = resolve_device(device) if isinstance(device, str) else device
         path = ckpt.resolve_run(default_run)
-        if not (path / ckpt.MODEL).exists():
+        if not (Path(weights) if weights is not None else path / ckpt.MODEL).exists():
             raise CheckpointError(f"run {path.name!r} has no weights yet ({ckpt.MODEL}): train it first")
         self.default = path.name
         self._extra = {path.name: path}
+        self._weights = {path.name: weights}
         self._runs: dict[str, ExploreRun] = {}
         self._lock = threading.Lock()
         self.kl_images = kl_images
@@ -186,11 +187,11 @@ class Explorer:
             return run
 
     def _load(self, name: str, path: Path) -> ExploreRun:
-        model, cfg, path = ckpt.load_model(path, device="cpu")
+        model, cfg, path = ckpt.load_model(path, self.device, weights=self._weights.get(name))
         summary = ckpt.read_summary(path)
         run = ExploreRun(name=name, path=path, model=model, config=cfg, per_dim_kl=[], kl_source="", summary=summary)
 
-        def test() -> ImageData | None:  # a run trained before summary.json had the statistics
+        def test() -> ImageData | None:  # summary.json lacks the statistics: compute them on the test split
             self.log(f"computing per-dimension KL of run {name} on up to {self.kl_images} test images")
             self._load_test(run)
             return None if run.test_images is None else ImageData(images=run.test_images)
@@ -229,7 +230,7 @@ class Explorer:
 
         with run.lock:
             img = decode(run.model, zt)
-        return to_png(img)
+        return strip_png(img)
 
     def traverse(self, name: str | None, z: Any, dim: Any, steps: Any = 9, value_range: Any = 3.0) -> bytes:
         """Decode ``steps`` copies of ``z`` with dimension ``dim`` swept over [-range, +range]: one PNG strip."""
@@ -242,7 +243,7 @@ class Explorer:
 
         with run.lock:
             imgs = decode(run.model, traverse_latents(zt[0], [d], r, n))
-        return to_png(imgs, gap=2)
+        return strip_png(imgs, gap=2)
 
     def encode(self, name: str | None, data: bytes) -> dict[str, Any]:
         """Posterior mean of an uploaded image (any format Pillow reads), plus the image as the model sees it."""
@@ -290,7 +291,7 @@ class Explorer:
         xf = to_float(x.unsqueeze(0))
         with run.lock:
             mu, logvar = encode(run.model, xf)
-        return {"z": [float(v) for v in mu[0]], "logvar": [float(v) for v in logvar[0]], "input": data_url(to_png(xf))}
+        return {"z": [float(v) for v in mu[0]], "logvar": [float(v) for v in logvar[0]], "input": data_url(strip_png(xf))}
 
 
 # ----------------------------------------------------------------------------- validation

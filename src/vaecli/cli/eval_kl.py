@@ -1,0 +1,134 @@
+"""`vae eval-kl`: the numbers of a split under a trained run, per latent dimension (KL, Var(mu),
+active units) and in total (-ELBO, reconstruction, KL; with --iw-samples the importance-weighted
+-log p(x) and bits/dim)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from .app import app
+from .common import check_positive, check_target, fmt, print_json
+from .options import Json, ModelSource, OptBool, OptInt, OptStr, Seed, Split, model_options
+
+if TYPE_CHECKING:
+    from ..metrics import EvalResult
+
+
+@app.command("eval-kl")
+@model_options
+def eval_kl_cmd(
+    split: Split = "test",
+    as_json: Json = False,
+    svg: Annotated[OptStr, typer.Option("--svg", help="Also save the table as an SVG image.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 500,
+    iw_samples: Annotated[
+        int, typer.Option("--iw-samples", help="Also estimate -log p(x) with K importance samples per image (Burda et al. 2016; 0 = off).")
+    ] = 0,
+    binarize: Annotated[
+        OptBool,
+        typer.Option(
+            "--binarize/--no-binarize",
+            help="Evaluate on a fixed binarisation of the split: a true likelihood (default: as the run was trained).",
+        ),
+    ] = None,
+    limit: Annotated[OptInt, typer.Option("--limit", help="Only the first N images of the split.")] = None,
+    model_source: ModelSource = ModelSource(),
+    seed: Seed = 0,
+) -> None:
+    """Per-dimension KL, total KL, reconstruction, -ELBO and active units (Burda et al. 2016) over a split;
+    with --iw-samples K also the importance-weighted -log p(x), its standard error and bits/dim."""
+    from ..data import ImageData, binarize_fixed, load_split
+    from ..errors import ConfigError
+    from ..metrics import evaluate, iw_nll
+
+    check_positive("--batch-size", batch_size)
+    check_positive("--iw-samples", iw_samples, 0)
+    check_positive("--limit", limit)
+    check_target(svg, "--svg")
+    if svg is not None and as_json:
+        raise ConfigError("--svg saves the table: use it without --json")
+    model, cfg, folder = model_source.load()
+    data = load_split(cfg.data, split)
+    if limit is not None:
+        data = ImageData(data.images[:limit], None if data.labels is None else data.labels[:limit])
+    if binarize is False and cfg.data.binarize:
+        raise ConfigError(f"run {folder.name!r} was trained on binarised pixels: drop --no-binarize")
+    use_binary = cfg.data.binarize if binarize is None else binarize
+    if use_binary:  # a fixed stochastic binarisation (the test split of a --binarize run already is one)
+        data = binarize_fixed(data)
+    dev = next(model.parameters()).device
+    res = evaluate(model, data, batch_size=batch_size, device=dev, seed=seed)
+    label = model.likelihood.label(use_binary)
+    out: dict[str, Any] = {
+        "run": folder.name,
+        "split": split,
+        "images": res.images,
+        "neg_elbo": res.neg_elbo,
+        "recon": res.recon,
+        "kl": res.kl,
+        "per_dim_kl": res.per_dim_kl,
+        "active_units": res.active_units,
+        "binarized": use_binary,
+        "likelihood": label,
+    }
+    lines = [f"nats/image: {label}"]
+    if iw_samples:
+        import torch
+
+        gen = torch.Generator(device=dev).manual_seed(seed)
+        iw = iw_nll(model, data, k=iw_samples, batch_size=min(batch_size, 100), device=dev, generator=gen)
+        out.update({"iw_samples": iw.k, "iw_nll": iw.iw_nll, "iw_nll_stderr": iw.iw_nll_stderr, "bits_per_dim": iw.bits_per_dim})
+        lines.append(
+            f"importance-weighted -log p(x) <= {fmt(iw.iw_nll)} ± {fmt(iw.iw_nll_stderr)} nats/image "
+            f"(k = {iw.k}, Burda et al. 2016; ± standard error over images), {fmt(iw.bits_per_dim, 4)} bits/dim"
+        )
+    if as_json:
+        print_json(out)
+        return
+    _kl_table(res, folder.name, split, svg, lines)
+
+
+_PARTIAL = ["", "▏", "▎", "▍", "▌", "▋", "▊", "▉"]
+
+
+def _kl_table(res: EvalResult, name: str, split: str, svg: str | None = None, extra: list[str] | None = None) -> None:
+    from rich.table import Table
+
+    from ..inference import dims_by_kl
+    from ..metrics import ACTIVE_THRESHOLD, active_mask
+
+    kl = res.per_dim_kl
+    top = max(kl, default=0.0) or 1.0
+    width = 24
+    t = Table(title=f"run {name}: KL per latent dimension, {split} split ({res.images:,} images)")
+    for col, just in (("dim", "right"), ("KL", "right"), ("", "left"), ("share", "right"), ("Var(mu)", "right"), ("active", "center")):
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    total = res.kl if res.kl > 0 else 1.0
+    active = active_mask(res.mu_variance)
+    for j in dims_by_kl(kl):
+        var = res.mu_variance[j] if j < len(res.mu_variance) else float("nan")
+        on = j < len(active) and active[j]
+        eighths = round(max(kl[j], 0.0) / top * width * 8)
+        bar = "█" * (eighths // 8) + _PARTIAL[eighths % 8]
+        share = f"{kl[j] / total:.1%}"
+        t.add_row(str(j), fmt(kl[j], 3), f"[{'cyan' if on else 'grey50'}]{bar}[/]", share, fmt(var, 3), "yes" if on else "-")
+    from rich.console import Console
+
+    console = Console(record=svg is not None)
+    console.print(t)
+    console.print(
+        f"-ELBO {fmt(res.neg_elbo)} = recon {fmt(res.recon)} + KL {fmt(res.kl)} nats/image; "
+        f"active units {res.active_units}/{len(kl)} (Burda et al. 2016: Cov_x(E_q[z_j]) > {ACTIVE_THRESHOLD:g})",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+    for line in extra or []:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    if svg is not None:
+        from ..fileio import atomic_write_text
+
+        atomic_write_text(Path(svg).expanduser(), console.export_svg(title=f"vae eval-kl --run {name}"))
