@@ -136,3 +136,18 @@ def test_plot_training_curves_without_test_or_rows(tmp_path):
     assert _coloured(img) > 50
     img = _decode(plot_training_curves(tmp_path / "b.png", []))
     assert _non_white(img) > 500
+
+
+def test_points_chart_labels_points_on_a_log_axis():
+    from vaecli.plot import PointsPanel, _log_axis, points_chart
+
+    rd = {"beta swept": [(30.0, 250.0, "beta=0.25"), (12.0, 262.0, "beta=1"), (3.0, 285.0, "beta=16")]}
+    mig = {"runs": [(0.25, 0.05, "0.25"), (1.0, 0.1, "1"), (16.0, 0.3, "16")]}
+    one = _decode(points_chart(None, [PointsPanel(rd, "rate-distortion", "rate", "distortion")]))
+    two = _decode(points_chart(None, [PointsPanel(rd, "rd"), PointsPanel(mig, "MIG", "beta", "MIG", xlog=True)]))
+    assert one.size == (900, 600) and two.size == (900, 1200)
+    assert _coloured(one) > 500 and _coloured(two) > _coloured(one)  # the lines and markers of both panels
+    dots = _decode(points_chart(None, [PointsPanel(rd, "runs", lines=False)]))
+    assert 0 < _coloured(dots) < _coloured(one)  # markers without the lines between them
+    ticks = [label for _, label in _log_axis((math.log10(0.25), math.log10(16)))]
+    assert ticks == ["0.5", "1", "2", "5", "10"]

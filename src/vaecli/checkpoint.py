@@ -35,6 +35,8 @@ SUMMARY = "summary.json"
 LOSS_PLOT = "loss.png"
 MODEL_FORMAT = "vaecli-model-1"
 STATE_FORMAT = "vaecli-train-state-1"
+SWEEPS = "sweeps"  # <runs dir>/sweeps/NAME/: the plans and results of `vae sweep`
+RESERVED = {SWEEPS: "the runs folder keeps the plans of `vae sweep` there"}  # folders of the runs dir that are no runs
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -112,6 +114,8 @@ def latest_run() -> Path:
 def create_run_dir(name: str, overwrite: bool = False) -> Path:
     """Make ``<runs dir>/<name>``; an existing run is refused unless ``overwrite``."""
     validate_run_name(name)
+    if name in RESERVED:
+        raise ConfigError(f"run name {name!r} is reserved: {RESERVED[name]}")
     path = runs_dir() / name
     if path.exists() and not overwrite and not (path / MODEL).exists() and not (path / STATE).exists():
         overwrite = True  # a run that never saved weights (failed at start) holds nothing to lose
@@ -288,6 +292,24 @@ def load_train_state(
     except (ValueError, KeyError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: optimizer state does not match the model ({exc})") from None
     return parts["rng"], state
+
+
+def read_train_state(run: Path) -> TrainState | None:
+    """The :class:`~vaecli.state.TrainState` of ``train_state.safetensors`` (its metadata only, no
+    tensors read), or None when the run has none or it cannot be read."""
+    from safetensors import safe_open
+
+    path = run / STATE
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            meta = fh.metadata() or {}
+        if meta.get("format") != STATE_FORMAT:
+            return None
+        return TrainState.from_json(json.loads(meta["state"]), str(path))
+    except Exception:  # damaged or foreign file: no usable state
+        return None
 
 
 def remove_temp_files(run: Path) -> list[str]:

@@ -248,5 +248,31 @@ def evaluate_disentanglement(
     }
 
 
-__all__ = ["discretize", "entropy", "mutual_info", "mutual_info_matrix", "mig", "MIGResult", "latent_means", "evaluate_disentanglement",
+def require_factors(cfg: Any) -> None:
+    """Refuse a run (``cfg`` its RunConfig) whose data has no known factors (ConfigError)."""
+    from .errors import ConfigError
+
+    if cfg.data.name != "shapes":
+        raise ConfigError(
+            f"eval-disentangle needs data with known factors: run {cfg.name!r} was trained on {cfg.data.name!r} (train one with --data shapes)"
+        )
+
+
+def evaluate_run(model: Any, cfg: Any, **kwargs: Any) -> dict[str, Any]:
+    """:func:`evaluate_disentanglement` of a loaded run trained on ``shapes`` (``cfg`` its RunConfig),
+    over all the images of the dataset (binarised as the run saw them when it was trained on binarised
+    pixels); ``kwargs``: bins, n_train, n_eval, batch_size, seed. Raises ConfigError for other data."""
+    from .data import binarize_fixed
+    from .data.shapes import FACTORS, load_shapes
+    from .paths import data_root
+
+    require_factors(cfg)
+    data = load_shapes(data_root(cfg.data.root), cfg.model.image_size)
+    if cfg.data.binarize:
+        data = binarize_fixed(data)
+    images = data.images.expand(-1, cfg.model.channels, -1, -1)
+    return evaluate_disentanglement(model, images, data.labels, FACTORS, **kwargs)
+
+
+__all__ = ["evaluate_run", "require_factors", "discretize", "entropy", "mutual_info", "mutual_info_matrix", "mig", "MIGResult", "latent_means", "evaluate_disentanglement",
            "factorvae_score", "FactorVAEResult", "factor_table"]  # fmt: skip

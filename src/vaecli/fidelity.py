@@ -205,3 +205,23 @@ def evaluate_samples(model: Any, real_images: torch.Tensor, n: int, extractor: A
     if reconstructions:
         out["reconstructions"] = compare(real_f, extractor(reconstruct(model, real)), seed).to_dict()
     return out
+
+
+def evaluate_run(model: Any, cfg: Any, n: int, split: str = "test", temperature: float = 1.0, seed: int = 0, features: str = "auto",
+                 reconstructions: bool = True, data: Any = None) -> dict[str, Any]:  # fmt: skip
+    """:func:`evaluate_samples` of a loaded run (``cfg`` its RunConfig) against a split of its own data, as
+    `vae eval-samples` scores it. The real side is ``split`` on its original pixels (a ``--binarize`` run is
+    compared with the grayscale images its decoder means estimate); ``n`` above the split's size is clamped
+    (the result's ``n`` says how many were used). ``features``: a name of :data:`vaecli.features.FEATURES`
+    or ``auto`` (:func:`vaecli.features.default_features`); ``data``: that split already loaded (ImageData,
+    original pixels). Nothing is downloaded but Inception's weights."""
+    from dataclasses import replace
+
+    from .data import load_split, to_float
+    from .features import default_features, get_extractor
+
+    data = data if data is not None else load_split(replace(cfg.data, binarize=False), split)
+    name = default_features(cfg.model.channels, cfg.model.image_size) if features == "auto" else features
+    extractor = get_extractor(name, next(model.parameters()).device)
+    res = evaluate_samples(model, to_float(data.images), min(n, len(data)), extractor, temperature, seed, reconstructions)
+    return {"split": split, **res}

@@ -1,4 +1,4 @@
-"""Dependency-free (Pillow only) PNG line charts for training curves and comparisons."""
+"""Dependency-free (Pillow only) PNG charts: line charts for training curves, labelled points for comparisons."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import io
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -78,6 +79,25 @@ def _axis(span: Span | None, target: int = 6, integer: bool = False) -> list[tup
     ticks = nice_ticks(*span, target=target, integer=integer)
     step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
     return [(t, _fmt(t, step)) for t in ticks]
+
+
+def _log_axis(span: Span | None, target: int = 6) -> list[tuple[float, str]]:
+    """(log10 value, label) ticks of a logarithmic axis over ``span`` (in log10 units): powers of ten,
+    with 2 and 5 between them while that stays near ``target`` ticks, or every power of two on a short span."""
+    if span is None:
+        return []
+    lo, hi = span
+    for mantissas in ((1, 2, 5), (1,)):
+        vals = [m * 10.0**e for e in range(math.floor(lo) - 1, math.ceil(hi) + 1) for m in mantissas]
+        ticks = [v for v in vals if lo - 1e-9 <= math.log10(v) <= hi + 1e-9]
+        if len(ticks) <= target + 2:
+            break
+    if len(ticks) < 2:  # less than a factor 2..5 wide: powers of two, else plain ticks
+        ticks = [2.0**e for e in range(math.floor(lo / math.log10(2)), math.ceil(hi / math.log10(2)) + 1)]
+        ticks = [v for v in ticks if lo - 1e-9 <= math.log10(v) <= hi + 1e-9]
+    if len(ticks) < 2:
+        return [(math.log10(v), f"{v:.3g}") for v in nice_ticks(10**lo, 10**hi, target) if v > 0]
+    return [(math.log10(v), f"{v:g}") for v in ticks]
 
 
 def _size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
@@ -156,17 +176,24 @@ def _panel(
     ylabel: str,
     secondary_label: str,
     marks: Sequence[tuple[float, str]] = (),
+    point_labels: dict[str, Sequence[str]] | None = None,
+    xlog: bool = False,
+    lines: bool = True,
 ) -> None:
     """Draw one chart (title, legend, frame, grid, ticks, lines) inside `box` of the supersampled image;
-    ``marks`` are (x, label) events drawn as labelled vertical lines."""
+    ``marks`` are (x, label) events drawn as labelled vertical lines; ``point_labels``: a text beside
+    each point of the named series; ``xlog``: a logarithmic x axis (every x must be > 0); ``lines``
+    False: markers only."""
     draw, S = ImageDraw.Draw(img), _SS
     f_title, f_label, f_tick = _font(17 * S), _font(14 * S), _font(12 * S)
     x0, y0, x1, y1 = box
     pad = 14 * S
+    if xlog:  # positions in log10 x; the ticks are labelled with x itself
+        series = {k: ([math.log10(x) if x > 0 else math.nan for x in xs], ys) for k, (xs, ys) in series.items()}
     groups = [[(lab, _segments(xs, ys)) for lab, (xs, ys) in s.items()] for s in (series, secondary or {})]
     pts = [[p for _, segs in g for s in segs for p in s] for g in groups]
     xs_all = [p[0] for p in pts[0] + pts[1]]
-    integer_x = all(x.is_integer() for x in xs_all)
+    integer_x = not xlog and all(x.is_integer() for x in xs_all)
     xspan, spans = _span(xs_all, integer_x), [_span([p[1] for p in g]) for g in pts]
 
     top = y0 + pad
@@ -186,7 +213,8 @@ def _panel(
     left = x0 + pad + (lab_h + 10 * S if ylabel else 0) + max(widest(yticks), 20 * S) + 8 * S
     right = x1 - pad - (8 * S + widest(sticks) + (lab_h + 10 * S if secondary_label else 0) if groups[1] else 6 * S)
     bottom = y1 - pad - tick_h - 8 * S - (lab_h + 10 * S if xlabel else 0)
-    xticks = _axis(xspan, max(2, min(10, int((right - left) / (80 * S)))), integer_x)
+    target = max(2, min(10, int((right - left) / (80 * S))))
+    xticks = _log_axis(xspan, target) if xlog else _axis(xspan, target, integer_x)
     xlo, xhi = xspan or (0.0, 1.0)
 
     def fx(v: float) -> float:
@@ -222,11 +250,17 @@ def _panel(
         return
     for (_, segs, sec), (colour, marker), mk in zip(labelled, styles, marked):
         mapped = [[(fx(x), fy(y, spans[sec])) for x, y in s] for s in segs]
-        for m in mapped:
+        for m in mapped if lines else ():
             _line(draw, m, colour, sec)
-        for m in mapped if mk else [m for m in mapped if len(m) == 1]:  # isolated points stay visible
+        for m in mapped if mk or not lines else [m for m in mapped if len(m) == 1]:  # isolated points stay visible
             for x, y in m:
                 _marker(draw, x, y, marker, colour)
+    for label, (xs, ys) in series.items() if point_labels else ():
+        for x, y, text in zip(xs, ys, point_labels.get(label, ())):
+            if text and math.isfinite(x) and math.isfinite(y):
+                px, py = fx(x), fy(y, spans[0])
+                fits = px + 7 * S + _size(draw, text, f_tick)[0] <= right  # else on the point's left
+                draw.text((px + 7 * S if fits else px - 7 * S, py - 5 * S), text, font=f_tick, anchor="lb" if fits else "rb", fill=_TEXT)
 
 
 def _finish(img: Image.Image, size: tuple[int, int], path: str | os.PathLike[str] | None) -> bytes:
@@ -252,6 +286,46 @@ def line_chart(
     """Render a PNG line chart; write it atomically to `path` when given; return the PNG bytes."""
     img = Image.new("RGB", (size[0] * _SS, size[1] * _SS), "white")
     _panel(img, (0, 0, img.width, img.height), series, secondary, title, xlabel, ylabel, secondary_label)
+    return _finish(img, size, path)
+
+
+@dataclass
+class PointsPanel:
+    """One panel of :func:`points_chart`: series of labelled points, each series joined by a line in
+    the order given. ``series``: legend label -> [(x, y, text beside the point)]."""
+
+    series: dict[str, list[tuple[float, float, str]]]
+    title: str = ""
+    xlabel: str = ""
+    ylabel: str = ""
+    xlog: bool = False
+    lines: bool = True  # False: markers only (runs that are no curve)
+
+
+def points_chart(path: str | os.PathLike[str] | None, panels: Sequence[PointsPanel], *, width: int = 900,
+                 panel_height: int = 600) -> bytes:  # fmt: skip
+    """A PNG of labelled points (e.g. a rate-distortion curve, Alemi et al. 2018, with each point named
+    by its beta), the panels stacked; written atomically to ``path`` when given. Returns the PNG bytes.
+    A log x axis needs every x > 0 (points at x <= 0 are left out)."""
+    size = (width, panel_height * max(1, len(panels)))
+    img = Image.new("RGB", (size[0] * _SS, size[1] * _SS), "white")
+    h = img.height // max(1, len(panels))
+    for i, p in enumerate(panels):
+        series: Series = {k: ([float(x) for x, _, _ in pts], [float(y) for _, y, _ in pts]) for k, pts in p.series.items()}
+        texts = {k: [t for _, _, t in pts] for k, pts in p.series.items()}
+        _panel(
+            img,
+            (0, i * h, img.width, (i + 1) * h),
+            series,
+            None,
+            p.title,
+            p.xlabel,
+            p.ylabel,
+            "",
+            point_labels=texts,
+            xlog=p.xlog,
+            lines=p.lines,
+        )
     return _finish(img, size, path)
 
 

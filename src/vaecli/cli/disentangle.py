@@ -23,28 +23,14 @@ def eval_disentangle_cmd(
 ) -> None:
     """Disentanglement of a run trained on `--data shapes`: MIG (Chen et al. 2018), FactorVAE score
     (Kim & Mnih 2018) and which latent dimension captures which factor, over all 46,080 images."""
-    from ..data import binarize_fixed
-    from ..data.shapes import FACTORS, load_shapes
-    from ..disentangle import evaluate_disentanglement
-    from ..errors import ConfigError
-    from ..paths import data_root
+    from ..disentangle import evaluate_run, require_factors
 
     check_positive("--bins", bins, 2)
     check_positive("--votes", votes, 2)
     check_positive("--vote-batch", batch, 2)
     model, cfg, folder = model_source.load()
-    if cfg.data.name != "shapes":
-        raise ConfigError(
-            f"eval-disentangle needs data with known factors: run {folder.name!r} was trained on {cfg.data.name!r} "
-            "(train one with --data shapes)"
-        )
-    data = load_shapes(data_root(cfg.data.root), cfg.model.image_size)
-    if cfg.data.binarize:
-        data = binarize_fixed(data)
-    images = data.images.expand(-1, cfg.model.channels, -1, -1)
-    res = evaluate_disentanglement(
-        model, images, data.labels, FACTORS, bins=bins, n_train=votes, n_eval=max(1, votes // 2), batch_size=batch, seed=seed
-    )
+    require_factors(cfg)
+    res = evaluate_run(model, cfg, bins=bins, n_train=votes, n_eval=max(1, votes // 2), batch_size=batch, seed=seed)
     if as_json:
         print_json({"run": folder.name, **res})
         return

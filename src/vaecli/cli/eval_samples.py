@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,21 +36,17 @@ def score_run(model: Any, cfg: Any, folder: Path, *, n: int = N_DEFAULT, split: 
 
     The real side is the run's ``split`` on its original pixels (a ``--binarize`` run is compared with
     the grayscale images its decoder means estimate); ``n`` above the split's size is clamped, with a note."""
-    from ..data import load_split, to_float
-    from ..features import default_features, get_extractor
-    from ..fidelity import evaluate_samples
+    from ..features import default_features
+    from ..fidelity import evaluate_run
 
     _check(n, temperature, split, features)
-    data = load_split(replace(cfg.data, binarize=False), split)
-    if n > len(data):
-        stderr_console().print(f"note: -n {n:,} is more than the {len(data):,} images of the {split} split: using n = {len(data):,}",
-                               highlight=False, markup=False, soft_wrap=True)  # fmt: skip
-        n = len(data)
     name = default_features(cfg.model.channels, cfg.model.image_size) if features == "auto" else features
-    extractor = get_extractor(name, next(model.parameters()).device)
-    with stderr_console().status(f"scoring {n:,} samples and reconstructions in {name} features"):
-        res = evaluate_samples(model, to_float(data.images), n, extractor, temperature, seed)
-    return {"run": folder.name, "split": split, **res}
+    with stderr_console().status(f"scoring up to {n:,} samples and reconstructions in {name} features"):
+        res = evaluate_run(model, cfg, n, split, temperature, seed, name)
+    if res["n"] < n:
+        stderr_console().print(f"note: -n {n:,} is more than the {res['n']:,} images of the {split} split: using n = {res['n']:,}",
+                               highlight=False, markup=False, soft_wrap=True)  # fmt: skip
+    return {"run": folder.name, **res}
 
 
 def print_table(res: dict[str, Any], console: Any = None) -> None:
