@@ -1,14 +1,23 @@
-"""Shared fixtures: every test gets its own runs dir and data dir (no user dirs touched)."""
+"""What the whole suite shares: every test gets its own runs dir and data dir (no user dirs touched);
+the tiny models, data and runs; the CLI runner and its checks; image files and PNG pixels.
+
+Test modules import the plain helpers (``from conftest import vae, one_error_line``) and take the
+fixtures by name.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    import torch
 
 # As the `vae` entry point does: sleeping OpenMP threads (before torch loads); keeps the suite
 # fast on a shared machine where spinning threads starve each other (docs/performance.md).
@@ -17,6 +26,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 SRC = Path(__file__).resolve().parents[1] / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
+
+TINY = {"latent_dim": 8, "widths": (8, 16), "hidden": 64}  # the tiny run's model (z = 8)
+MICRO = {"latent_dim": 4, "widths": (4, 8), "hidden": 16}  # a smaller conv model for the training tests
+TRAIN = {"epochs": 2, "batch_size": 32, "device": "cpu", "seed": 3}  # start_tiny's training settings
+S = 28  # the tiny run's image side
+PAD = 2  # the grids' default padding
 
 
 @pytest.fixture(autouse=True)
@@ -28,22 +43,62 @@ def _isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VAE_DEBUG", raising=False)
 
 
-def _train_tiny(home: Path, name: str, data: Any = None, **train: Any) -> Path:
-    """Train the tiny model (z = 8, widths 8, 16, hidden 64) on fashion-mnist-mini (or ``data``, a
-    DataConfig) as run ``name`` under ``home`` (``train``: TrainConfig fields such as epochs and
-    max_steps); returns its folder."""
+# ----------------------------------------------------------------------------- the CLI
+
+
+def vae(*args: object, input: str | None = None) -> Any:
+    """``vae ARGS`` through typer's CliRunner (arguments as strings, ``input`` on stdin); the Result."""
+    from typer.testing import CliRunner
+
+    from vaecli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], input=input)
+
+
+def ok(*args: object, input: str | None = None) -> Any:
+    """``vae ARGS`` that must succeed (exit 0, no traceback); the Result."""
+    r = vae(*args, input=input)
+    assert r.exit_code == 0, f"{args}: exit {r.exit_code}: {r.stderr}{r.exception!r}"
+    assert "Traceback" not in r.stderr, (args, r.stderr)
+    return r
+
+
+def one_error_line(result: Any) -> str:
+    """The one line a refused command writes: exit 2, one non-blank line on stderr, no traceback."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def src_env(**extra: str) -> dict[str, str]:
+    """The environment for a ``python -m vaecli`` subprocess: this checkout's src first on PYTHONPATH."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]), **extra}
+
+
+# ----------------------------------------------------------------------------- tiny models, data and runs
+
+
+def start_tiny(name: str, data: Any = None, *, model: Any = None, data_cfg: Any = None, **train: Any) -> Any:
+    """The Trainer of a new run ``name``: ``model`` (ModelConfig fields, default MICRO) on ``data``
+    (a (train, test) pair of ImageData, or None to load ``data_cfg``) named by ``data_cfg`` (default
+    fashion-mnist-mini); ``train`` overrides TRAIN (TrainConfig fields)."""
     from vaecli.config import DataConfig, ModelConfig, TrainConfig
     from vaecli.training import start_run
 
+    model_cfg = ModelConfig(**(MICRO if model is None else model))
+    train_cfg = TrainConfig(**{**TRAIN, **train})
+    return start_run(model_cfg, data_cfg or DataConfig(name="fashion-mnist-mini"), train_cfg, name=name, data=data)
+
+
+def _train_tiny(home: Path, name: str, data: Any = None, **train: Any) -> Path:
+    """Train the tiny model (TINY) on fashion-mnist-mini (or ``data``, a DataConfig) as run ``name``
+    under ``home`` (``train``: TrainConfig fields such as epochs and max_steps); returns its folder."""
     mp = pytest.MonkeyPatch()
     mp.setenv("VAE_HOME", str(home))
     try:
-        start_run(
-            ModelConfig(latent_dim=8, widths=(8, 16), hidden=64),
-            data or DataConfig(name="fashion-mnist-mini"),
-            TrainConfig(**{"batch_size": 64, "device": "cpu", "seed": 0, **train}),
-            name=name,
-        ).fit()
+        start_tiny(name, model=TINY, data_cfg=data, **{"batch_size": 64, "seed": 0, **train}).fit()
     finally:
         mp.undo()
     return Path(home) / name
@@ -59,3 +114,120 @@ def train_tiny() -> Callable[..., Path]:
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny run trained for a few steps on fashion-mnist-mini (shared by read-only tests)."""
     return _train_tiny(tmp_path_factory.mktemp("tiny-home"), "tiny", epochs=1, max_steps=20)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_run: Path) -> tuple[Any, Any, Any]:
+    """The tiny run loaded: (model, RunConfig, its test split)."""
+    from vaecli.checkpoint import load_model
+    from vaecli.data import load_data
+
+    model, cfg, _ = load_model(tiny_run)
+    _, test, _ = load_data(cfg.data, download=False)
+    return model, cfg, test
+
+
+@pytest.fixture
+def ck(tiny_run: Path) -> list[str]:
+    """The CLI arguments that name the tiny run."""
+    return ["--checkpoint", str(tiny_run)]
+
+
+@pytest.fixture(scope="module")
+def small_data() -> tuple[Any, Any]:
+    """96 training and 32 test images of fashion-mnist-mini: 3 steps an epoch at batch 32."""
+    from vaecli.config import DataConfig
+    from vaecli.data import ImageData, load_data
+
+    train, test, _ = load_data(DataConfig(name="fashion-mnist-mini"))
+    return ImageData(train.images[:96]), ImageData(test.images[:32])
+
+
+# ----------------------------------------------------------------------------- image files and pixels
+
+
+def solid(path: Path, size: tuple[int, int], colour: tuple[int, int, int] | int, mode: str = "RGB") -> Path:
+    """A one-colour image file of ``size`` (width, height)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, colour).save(path)
+    return path
+
+
+def noisy_folder(folder: Path, n: int, size: tuple[int, int] = (16, 16), seed: int = 0) -> Path:
+    """``n`` random colour PNGs (content differs per file), ten a sub-folder."""
+    import torch
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    for i in range(n):
+        px = torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8)
+        p = folder / f"{i // 10}" / f"{i:03d}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(px.numpy(), "RGB").save(p)
+    return folder
+
+
+@pytest.fixture
+def pngs(tmp_path: Path, tiny: tuple[Any, Any, Any]) -> Path:
+    """Four test images written as PNG files, one in a sub-folder with a space in its name."""
+    from PIL import Image
+
+    _, _, test = tiny
+    folder = tmp_path / "imgs"
+    (folder / "sub dir").mkdir(parents=True)
+    for i, rel in enumerate(["a.png", "b.png", "sub dir/c d.png", "sub dir/e.png"]):
+        Image.fromarray(test.images[i, 0].numpy(), mode="L").save(folder / rel)
+    return folder
+
+
+def pixels(data_or_path: bytes | Path) -> torch.Tensor:
+    """A gray PNG (bytes or file) as uint8 (H, W)."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from vaecli.images import PNG_SIGNATURE
+
+    data = data_or_path.read_bytes() if isinstance(data_or_path, Path) else data_or_path
+    assert data.startswith(PNG_SIGNATURE)
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    assert im.mode == "L"
+    return torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).reshape(im.height, im.width)
+
+
+def tile(px: torch.Tensor, row: int, col: int, side: int = S, pad: int = PAD) -> torch.Tensor:
+    """The image at (row, col) of a grid's pixels."""
+    y, x = pad + row * (side + pad), pad + col * (side + pad)
+    return px[y : y + side, x : x + side]
+
+
+# ----------------------------------------------------------------------------- stand-ins
+
+
+def fake_fidelity(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """A stand-in for torch_fidelity.feature_extractor_inceptionv3 that does what the real one does
+    first: fetch its weights with the module-level ``load_state_dict_from_url``."""
+    mod = types.ModuleType("torch_fidelity.feature_extractor_inceptionv3")
+    code = (
+        "import torch\n"
+        "from torch.hub import load_state_dict_from_url\n"
+        "URL_INCEPTION_V3 = 'https://example.invalid/weights-inception-2015-12-05-6726825d.pth'\n"
+        "class FeatureExtractorInceptionV3(torch.nn.Module):\n"
+        "    def __init__(self, name, features_list):\n"
+        "        super().__init__()\n"
+        "        self.state = load_state_dict_from_url(URL_INCEPTION_V3, progress=False)\n"
+        "    def forward(self, x):\n"
+        "        assert x.dtype == torch.uint8 and x.shape[1] == 3\n"
+        "        f = x.float().mean((2, 3))\n"
+        "        return (f.repeat(1, 683)[:, :2048],)\n"
+    )
+    exec(code, mod.__dict__)
+    pkg = types.ModuleType("torch_fidelity")
+    pkg.feature_extractor_inceptionv3 = mod  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch_fidelity", pkg)
+    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", mod)
+    return mod

@@ -1,8 +1,13 @@
+"""Runs on disk (vaecli.checkpoint): bit-exact weights and training state round trips, pickles and
+torch.save files refused without running them, tensors or config types that do not match, run names
+and the latest run."""
+
 import json
 import pickle
 
 import pytest
 import torch
+from conftest import MICRO
 
 from vaecli import checkpoint as ckpt
 from vaecli.config import ModelConfig, RunConfig
@@ -12,7 +17,7 @@ from vaecli.state import TrainState
 
 
 def _make_run(tmp_path, name="r", **model_kwargs):
-    cfg = RunConfig(name=name, model=ModelConfig(latent_dim=4, widths=(4, 8), hidden=16, **model_kwargs), created="2026")
+    cfg = RunConfig(name=name, model=ModelConfig(**{**MICRO, **model_kwargs}), created="2026")
     run = ckpt.create_run_dir(name)
     ckpt.write_config(run, cfg)
     model = VAE(cfg.model)
@@ -119,19 +124,3 @@ def test_unknown_run_and_latest(tmp_path):
         ckpt.create_run_dir("a")
     with pytest.raises(ConfigError):
         ckpt.validate_run_name("../evil")
-
-
-def test_atomic_write_keeps_old_file_on_failure(tmp_path):
-    from vaecli.fileio import atomic_write, atomic_write_text
-
-    p = tmp_path / "f.txt"
-    atomic_write_text(p, "old")
-
-    def bad(tmp):
-        tmp.write_text("partial")
-        raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError):
-        atomic_write(p, bad)
-    assert p.read_text() == "old"
-    assert [x.name for x in tmp_path.iterdir()] == ["f.txt"]

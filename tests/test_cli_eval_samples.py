@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from conftest import fake_fidelity, one_error_line, vae
 
 from vaecli import checkpoint as ckpt
 from vaecli import fidelity
-from vaecli.cli import app
 from vaecli.data import load_data, to_float
 from vaecli.features import fmnist_net
 from vaecli.inference import sample
@@ -21,26 +20,10 @@ KEYS = {"run", "features", "n", "split", "temperature", "fd", "kid", "kid_std", 
 SCORES = {"fd", "kid", "kid_std", "precision", "recall"}
 
 
-def vae(*args: object):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 def ok_json(*args: object) -> dict:
     r = vae(*args, "--json")
     assert r.exit_code == 0, f"exit {r.exit_code}: {r.stderr}{r.exception!r}"
     return json.loads(r.stdout)
-
-
-def one_error_line(r) -> str:  # type: ignore[no-untyped-def]
-    assert r.exit_code == 2, (r.exit_code, r.output)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in r.output, r.stderr
-    return lines[0]
-
-
-@pytest.fixture
-def ck(tiny_run: Path) -> list[str]:
-    return ["--checkpoint", str(tiny_run)]
 
 
 def test_json_scores_the_samples_against_the_split(ck: list[str], tiny_run: Path) -> None:
@@ -122,9 +105,7 @@ def test_train_eval_samples_stores_the_scores(tmp_path: Path) -> None:
 
 
 def test_inception_features_through_the_cli(ck: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from test_fidelity import _fake_fidelity  # a stand-in for torch-fidelity's Inception module
-
-    _fake_fidelity(monkeypatch)
+    fake_fidelity(monkeypatch)
 
     def offline(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise OSError("[Errno -2] Name or service not known")

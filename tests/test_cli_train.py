@@ -1,30 +1,29 @@
+"""`vae train` through CliRunner: the JSON summary, resume and overwrite, the model's shape from the
+flags, the defaults the recipe picks for the flags given, --binarize, each objective, bad flags."""
+
+from __future__ import annotations
+
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from conftest import one_error_line, vae
 
 from vaecli import checkpoint as ckpt
-from vaecli.cli import app
+from vaecli.recipe import BUDGET_EPOCHS, DEFAULT_EPOCHS, default_recipe
 
-runner = CliRunner()
-TINY = ["--data", "fashion-mnist-mini", "--latent-dim", "4", "--batch-size", "64", "--device", "cpu", "--precision", "fp32"]
-
-
-def invoke(*args):
-    return runner.invoke(app, list(args))
+TINY_ARGS = ["--data", "fashion-mnist-mini", "--latent-dim", "4", "--batch-size", "64", "--device", "cpu", "--precision", "fp32"]
 
 
-def one_error_line(result, code=2):
-    assert result.exit_code == code, (result.exit_code, result.output)
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
+def _train_cfg(run: str) -> dict:
+    """The train block of run ``run``'s config.json."""
+    return json.loads((Path(os.environ["VAE_HOME"]) / run / "config.json").read_text())["train"]
 
 
 def test_train_json_end_to_end(tmp_path):
-    r = invoke("train", *TINY, "--max-steps", "6", "--name", "e2e", "--json")
+    r = vae("train", *TINY_ARGS, "--max-steps", "6", "--name", "e2e", "--json")
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert set(out) >= {"run", "path", "epochs", "steps", "seconds", "images_per_second", "train", "test", "active_units"}
@@ -32,33 +31,33 @@ def test_train_json_end_to_end(tmp_path):
     assert set(out["test"]) == {"neg_elbo", "recon", "kl"} and out["test"]["kl"] >= 0
     assert (tmp_path / "runs" / "e2e" / "model.safetensors").is_file()
 
-    info = json.loads(invoke("info", "e2e", "--json").stdout)
+    info = json.loads(vae("info", "e2e", "--json").stdout)
     assert info["parameters"] > 0 and info["config"]["model"]["latent_dim"] == 4 and info["world_size"] == 1
-    runs = json.loads(invoke("runs", "--json").stdout)
+    runs = json.loads(vae("runs", "--json").stdout)
     assert [x["name"] for x in runs] == ["e2e"] and runs[0]["test_neg_elbo"] == pytest.approx(out["test"]["neg_elbo"])
-    assert "e2e" in invoke("runs").stdout
-    assert "parameters" in invoke("info", "e2e").stdout
+    assert "e2e" in vae("runs").stdout
+    assert "parameters" in vae("info", "e2e").stdout
 
     # resume continues the step count; a second start with the same name is refused
-    r2 = invoke("train", "--resume", "e2e", "--max-steps", "3", "--json")
+    r2 = vae("train", "--resume", "e2e", "--max-steps", "3", "--json")
     assert r2.exit_code == 0, r2.output
     assert json.loads(r2.stdout)["steps"] == 9
-    assert "already exists" in one_error_line(invoke("train", *TINY, "--max-steps", "1", "--name", "e2e"))
-    r3 = invoke("train", *TINY, "--max-steps", "1", "--name", "e2e", "--overwrite", "--json")
+    assert "already exists" in one_error_line(vae("train", *TINY_ARGS, "--max-steps", "1", "--name", "e2e"))
+    r3 = vae("train", *TINY_ARGS, "--max-steps", "1", "--name", "e2e", "--overwrite", "--json")
     assert r3.exit_code == 0 and json.loads(r3.stdout)["steps"] == 1
 
 
 def test_seed_arch_info_reports_parameter_count():
-    r = invoke(
+    r = vae(
         "train",
         "--data",
         "fashion-mnist-mini",
         "--arch",
         "seed",
         "--max-steps",
-        "1",
+        1,
         "--batch-size",
-        "8",
+        8,
         "--name",
         "s",
         "-q",
@@ -66,13 +65,13 @@ def test_seed_arch_info_reports_parameter_count():
         "cpu",
     )
     assert r.exit_code == 0, r.output
-    assert json.loads(invoke("info", "s", "--json").stdout)["parameters"] == 7_048_865
+    assert json.loads(vae("info", "s", "--json").stdout)["parameters"] == 7_048_865
 
 
 def test_widths_and_hidden_shape_the_model():
-    r = invoke("train", *TINY, "--widths", "4,8", "--hidden", "16", "--max-steps", "1", "--name", "small", "-q")
+    r = vae("train", *TINY_ARGS, "--widths", "4,8", "--hidden", "16", "--max-steps", "1", "--name", "small", "-q")
     assert r.exit_code == 0, r.output
-    info = json.loads(invoke("info", "small", "--json").stdout)
+    info = json.loads(vae("info", "small", "--json").stdout)
     assert info["config"]["model"]["widths"] == [4, 8] and info["config"]["model"]["hidden"] == 16
     # encoder convs 1->4->8, 392->16, heads 16->4 (x2); decoder 4->16->392, convT 8->4->1 (k4: weights + biases)
     enc = (1 * 4 * 16 + 4) + (4 * 8 * 16 + 8) + (392 * 16 + 16) + 2 * (16 * 4 + 4)
@@ -103,7 +102,7 @@ def test_widths_and_hidden_shape_the_model():
 )
 def test_bad_input_one_line_exit_2(args, needle):
     base = ["train", "--data", "fashion-mnist-mini", "--max-steps", "1"]
-    line = one_error_line(invoke(*base, *args))
+    line = one_error_line(vae(*base, *args))
     assert needle in line
 
 
@@ -114,60 +113,76 @@ def test_absent_dataset_offline(tmp_path, monkeypatch):
         raise OSError("no network")
 
     monkeypatch.setattr(datasets.FashionMNIST, "download", no_net)
-    line = one_error_line(invoke("train", "--data", "fashion-mnist", "--data-dir", str(tmp_path / "d"), "--max-steps", "1"))
+    line = one_error_line(vae("train", "--data", "fashion-mnist", "--data-dir", str(tmp_path / "d"), "--max-steps", "1"))
     assert "train-images-idx3-ubyte" in line and "t10k-labels-idx1-ubyte" in line
-
-
-def test_info_unknown_run_and_debug_traceback(monkeypatch):
-    assert "no run named" in one_error_line(invoke("info", "nope"))
-    monkeypatch.setenv("VAE_DEBUG", "1")
-    r = invoke("--debug", "info", "nope")
-    assert r.exit_code != 0 and r.exception is not None
-
-
-def test_help_and_version():
-    r = invoke("--help")
-    assert r.exit_code == 0 and "train" in r.stdout
-    r = invoke("--version")
-    assert r.exit_code == 0 and r.stdout.startswith("vaecli ")
 
 
 @pytest.mark.parametrize(
     "flags", [["--cyclical", "2"], ["--capacity", "5", "--capacity-epochs", "1"], ["--free-bits", "0.5"], ["--tc-beta", "6"]]
 )
 def test_each_objective_trains_from_the_cli(flags):
-    r = CliRunner().invoke(
-        app,
-        [
-            "train",
-            "--data",
-            "fashion-mnist-mini",
-            "--latent-dim",
-            "4",
-            "--batch-size",
-            "250",
-            "--device",
-            "cpu",
-            "--epochs",
-            "2",
-            "--max-steps",
-            "3",
-            "--name",
-            "o",
-            "--json",
-            *flags,
-        ],
-    )
+    r = vae("train", "--data", "fashion-mnist-mini", "--latent-dim", 4, "--batch-size", 250, "--device", "cpu", "--epochs", 2,
+            "--max-steps", 3, "--name", "o", "--json", *flags)  # fmt: skip
     assert r.exit_code == 0, r.output
     cfg = ckpt.read_config(ckpt.resolve_run("o")).train
     key = flags[0][2:].replace("-", "_")
     assert getattr(cfg, key) == float(flags[1])
-    import json
-
     out = json.loads(r.stdout)
     assert all(math.isfinite(v) for v in out["test"].values())
 
 
 def test_cli_conflict_is_one_line():
-    r = CliRunner().invoke(app, ["train", "--data", "fashion-mnist-mini", "--cyclical", "2", "--anneal", "2", "--max-steps", "1"])
-    assert r.exit_code == 2 and "choose one" in r.stderr and "Traceback" not in r.output
+    r = vae("train", "--data", "fashion-mnist-mini", "--cyclical", 2, "--anneal", 2, "--max-steps", 1)
+    assert "choose one" in one_error_line(r)
+
+
+def test_cli_anneal_without_epochs_runs_the_whole_ramp() -> None:
+    r = vae("train", "--data", "fashion-mnist-mini", "--beta", "4", "--anneal", "3", "--max-steps", "1", "--name", "a", "--latent-dim", "4")
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((Path(os.environ["VAE_HOME"]) / "a" / "config.json").read_text())
+    assert cfg["train"]["epochs"] == 3 + DEFAULT_EPOCHS
+    assert "13 epochs" in " ".join(r.output.split())
+    r = vae("train", "--data", "fashion-mnist-mini", "--beta", "4", "--anneal", "30", "--epochs", "2", "--max-steps", "1", "--name", "b")
+    assert r.exit_code == 0, r.output
+    assert "beta reaches only 0.267 of 4" in " ".join(r.output.split())
+
+
+def test_cli_recipe_defaults_follow_the_arch() -> None:
+    r = vae("train", "--data", "fashion-mnist-mini", "--arch", "seed", "--max-steps", "1", "--name", "s", "-q")
+    assert r.exit_code == 0, r.output
+    cfg = _train_cfg("s")
+    assert (cfg["batch_size"], cfg["lr"], cfg["lr_schedule"], cfg["epochs"]) == (128, 1e-3, "constant", 10)
+    assert cfg["precision"] == "auto"
+    r = vae("train", "--data", "fashion-mnist-mini", "--max-steps", "1", "--name", "c", "-q", "--lr", "5e-4")
+    assert r.exit_code == 0, r.output
+    cfg = _train_cfg("c")
+    conv = default_recipe(28, 1, "cpu")
+    assert (cfg["batch_size"], cfg["lr"], cfg["lr_schedule"]) == (conv["batch_size"], 5e-4, conv["lr_schedule"])
+
+
+def test_cli_time_budget_alone_runs_until_the_budget() -> None:
+    r = vae("train", "--data", "fashion-mnist-mini", "--time-budget", "0.5", "--latent-dim", "8", "--name", "b", "-q", "--json")
+    assert r.exit_code == 0, r.output
+    cfg = _train_cfg("b")
+    assert cfg["epochs"] == BUDGET_EPOCHS and cfg["time_budget"] == 0.5
+    r = vae("train", "--data", "fashion-mnist-mini", "--time-budget", "0.5", "--epochs", "2", "--latent-dim", "8", "--name", "e", "-q")
+    assert r.exit_code == 0, r.output
+    assert _train_cfg("e")["epochs"] == 2
+
+
+def test_cli_prints_a_dash_for_unmeasured_speed():
+    from vaecli.cli.train import _ips
+
+    assert _ips(None) == "-" and _ips(1234.4) == "1,234"
+
+
+def test_cli_binarize_records_the_choice_and_names_the_likelihood():
+    r = vae("train", "--data", "fashion-mnist-mini", "--latent-dim", 4, "--batch-size", 64, "--device", "cpu", "--max-steps", 2,
+            "--binarize", "--name", "b", "--json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert "normalised likelihood" in out["likelihood"] and "not" not in out["likelihood"]
+    assert ckpt.read_config(ckpt.resolve_run("b")).data.binarize is True
+    r2 = vae("train", "--data", "fashion-mnist-mini", "--latent-dim", 4, "--batch-size", 64, "--device", "cpu", "--max-steps", 1,
+             "--name", "c", "--json")  # fmt: skip
+    assert "not a normalised likelihood" in json.loads(r2.stdout)["likelihood"]

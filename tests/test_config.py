@@ -1,3 +1,6 @@
+"""The run configuration (vaecli.config): the JSON round trip, wrong types refused, the checks of
+each training setting and of settings that conflict."""
+
 import pytest
 
 from vaecli.config import DataConfig, ModelConfig, RunConfig, TrainConfig

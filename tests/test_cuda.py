@@ -7,17 +7,16 @@ import math
 
 import pytest
 import torch
+from conftest import TINY, start_tiny
 
 from vaecli import checkpoint as ckpt
 from vaecli import training
-from vaecli.config import DataConfig, ModelConfig, TrainConfig
+from vaecli.config import DataConfig, ModelConfig
 from vaecli.data import ImageData, load_data, to_float
 from vaecli.model import VAE
-from vaecli.training import resume_run, start_run
+from vaecli.training import resume_run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-
-TINY = dict(latent_dim=8, widths=(8, 16), hidden=64)
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +26,7 @@ def data():
 
 
 def _start(name, data, **kw):
-    cfg = TrainConfig(**{"epochs": 2, "batch_size": 64, "device": "cuda", "seed": 5, **kw})
-    return start_run(ModelConfig(**TINY), DataConfig(name="fashion-mnist-mini"), cfg, name=name, data=data)
+    return start_tiny(name, data, model=TINY, **{"batch_size": 64, "device": "cuda", "seed": 5, **kw})
 
 
 def _weights(name: str) -> dict[str, torch.Tensor]:

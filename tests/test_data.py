@@ -1,3 +1,7 @@
+"""Datasets (vaecli.data): IDX files and the registry, the shipped mini subset, train/test splits,
+image folders and decoding, errors that name what is missing; --binarize's fixed binarisation of the
+test split."""
+
 import struct
 
 import pytest
@@ -5,7 +9,7 @@ import torch
 from PIL import Image
 
 from vaecli.config import DataConfig
-from vaecli.data import IDX_FILES, list_images, load_data, load_image, read_idx, split_indices
+from vaecli.data import IDX_FILES, binarize_fixed, list_images, load_data, load_image, read_idx, split_indices
 from vaecli.errors import DataError
 
 
@@ -131,3 +135,28 @@ def test_folder_errors_and_symlink_loop(tmp_path):
     Image.new("L", (8, 8)).save(loop / "a.png")
     (loop / "self").symlink_to(loop, target_is_directory=True)
     assert len(list_images(loop)) == 1
+
+
+# ----------------------------------------------------------------------------- binarisation
+
+
+def test_fixed_binarisation_is_binary_deterministic_and_unbiased():
+    _, test, _ = load_data(DataConfig(name="fashion-mnist-mini"))
+    a, b = binarize_fixed(test), binarize_fixed(test)
+    assert a.images.dtype == torch.uint8 and a.images.shape == test.images.shape
+    assert set(a.images.unique().tolist()) <= {0, 255}
+    assert torch.equal(a.images, b.images)
+    assert not torch.equal(a.images, binarize_fixed(test, seed=1).images)
+    # E[binary pixel] = pixel: the means agree to within sampling error (392k pixels)
+    assert abs(a.images.float().mean() / 255 - test.images.float().mean() / 255) < 0.005
+    # pixels at 0 stay 0 and pixels at 255 stay 255; binary images are unchanged
+    assert (a.images[test.images == 0] == 0).all() and (a.images[test.images == 255] == 255).all()
+    assert torch.equal(binarize_fixed(a, seed=5).images, a.images)
+
+
+def test_load_data_binarises_only_the_test_split():
+    train, test, cfg = load_data(DataConfig(name="fashion-mnist-mini", binarize=True))
+    plain_train, plain_test, plain_cfg = load_data(DataConfig(name="fashion-mnist-mini"))
+    assert set(test.images.unique().tolist()) == {0, 255}
+    assert torch.equal(train.images, plain_train.images)
+    assert cfg.binarize and cfg.fingerprint != plain_cfg.fingerprint

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -15,12 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import src_env, vae
 
 from vaecli import distributed
-from vaecli.errors import ConfigError, DeviceError, DistributedError
-
-SRC = Path(__file__).resolve().parents[1] / "src"
-
+from vaecli.errors import ConfigError, DeviceError
 
 # ----------------------------------------------------------------------------- in-process
 
@@ -111,18 +108,11 @@ def test_device_per_rank(monkeypatch: pytest.MonkeyPatch) -> None:
             distributed.device_for("cuda")
 
 
-def test_cli_error_lines_per_rank(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from vaecli.cli.app import _err
+def test_any_flags_in_one_process():
+    from vaecli import distributed
 
-    mirrored = DistributedError("same as rank 0")
-    mirrored.mirrored = True  # type: ignore[attr-defined]
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
-    _err("vae: error: same as rank 0", mirrored)
-    _err("vae: error: only here", DistributedError("only here"))
-    monkeypatch.setenv("RANK", "0")
-    _err("vae: error: same as rank 0", mirrored)
-    assert capsys.readouterr().err.splitlines() == ["vae (rank 1): error: only here", "vae: error: same as rank 0"]
+    assert distributed.any_flags([True, False]) == [True, False]
+    assert distributed.any_flags([False], torch.tensor(True)) == [False, True]
 
 
 # ----------------------------------------------------------------------------- torchrun, 2 ranks, gloo
@@ -131,8 +121,7 @@ def test_cli_error_lines_per_rank(monkeypatch: pytest.MonkeyPatch, capsys: pytes
 def _torchrun(home: Path, logs: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``python -m torch.distributed.run --standalone --nproc-per-node 2 -m vaecli train ARGS`` with
     each rank's stdout/stderr redirected to ``logs`` (so rank 1's silence can be checked)."""
-    env = dict(os.environ, VAE_HOME=str(home), PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1", VAE_DIST_TIMEOUT="120")  # fmt: skip
+    env = src_env(VAE_HOME=str(home), OMP_NUM_THREADS="1", VAE_DIST_TIMEOUT="120")
     env.pop("VAE_DEBUG", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "--log-dir", str(logs), "--redirects", "3", "-m", "vaecli", "train", "--device", "cpu", *args]  # fmt: skip
@@ -196,17 +185,13 @@ def ddp_home(tmp_path_factory: pytest.TempPathFactory, train_tiny: Callable[...,
 
 
 def test_torchrun_new_run(ddp_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from typer.testing import CliRunner
-
-    from vaecli.cli import app
-
     monkeypatch.setenv("VAE_HOME", str(ddp_home))
     logs = ddp_home.parent / "logs" / "new"
     # rank 0 printed one JSON object; rank 1 printed nothing at all
     out = json.loads(_rank_output(logs, 0, "stdout").strip())
     assert out["run"] == "ddp" and out["steps"] == 5 and all(v is not None for v in out["test"].values())
     assert _rank_output(logs, 1, "stdout") == "" and _rank_output(logs, 1, "stderr") == ""
-    res = CliRunner().invoke(app, ["info", "ddp", "--json"])
+    res = vae("info", "ddp", "--json")
     assert res.exit_code == 0, res.output
     info = json.loads(res.stdout)
     assert info["world_size"] == 2 and info["effective_batch_size"] == 128 and info["steps"] == 5

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import one_error_line, src_env, vae
 from PIL import Image
 
 from vaecli import checkpoint as ckpt
@@ -28,7 +29,6 @@ from vaecli.errors import CheckpointError, ConfigError, RunNotFoundError
 from vaecli.explore import Explorer, is_loopback, make_server
 from vaecli.inference import decode, encode
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 LATENT = 8  # the tiny_run fixture's latent size
 
 
@@ -204,10 +204,9 @@ def test_traverse_bad_requests(url: str, extra: dict, needle: str) -> None:
 
 
 def test_encode_upload_matches_core(url: str, tiny_run: Path, tmp_path: Path) -> None:
-    from vaecli.data import load_mini as _load_mini
-    from vaecli.data import to_float
+    from vaecli.data import load_mini, to_float
 
-    x = _load_mini("test").images[3]  # uint8 (1, 28, 28)
+    x = load_mini("test").images[3]  # uint8 (1, 28, 28)
     buf = io.BytesIO()
     Image.fromarray(x[0].numpy(), "L").save(buf, format="PNG")
     status, ctype, body = call(url, "POST", "/api/encode?run=tiny", buf.getvalue(), "image/png")
@@ -370,20 +369,10 @@ def test_is_loopback() -> None:
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("example.com")
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 @pytest.mark.parametrize(("args", "needle"), [(["--run", "nope"], "no run named 'nope'"), (["--port", "-1"], "--port")])
 def test_cli_errors_are_one_line_exit_2(tiny_run: Path, args: list[str], needle: str) -> None:
-    from typer.testing import CliRunner
-
-    from vaecli.cli import app
-
-    res = CliRunner().invoke(app, ["explore", "--no-browser", "--run", str(tiny_run), *args])
-    assert res.exit_code == 2
+    res = vae("explore", "--no-browser", "--run", tiny_run, *args)
+    assert one_error_line(res).startswith("vae: error: ")
     assert res.stderr.startswith("vae: error: ") and needle in res.stderr and res.stderr.count("\n") == 1
 
 
@@ -397,7 +386,7 @@ def _sigint_default() -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_cli_serves_until_ctrl_c_or_sigterm(tiny_run: Path, sig: int) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "vaecli", "explore", "--run", str(tiny_run), "--port", "0", "--no-browser"],
-                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env(),
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=src_env(),
                             preexec_fn=_sigint_default)  # fmt: skip
     try:
         assert proc.stderr is not None

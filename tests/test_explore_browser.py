@@ -96,7 +96,7 @@ def test_sliders_move_the_image_and_uploads_encode(page: Any, tiny_run: Path, tm
     from selenium.webdriver.common.action_chains import ActionChains
 
     from vaecli import checkpoint as ckpt
-    from vaecli.data import _load_mini, to_float
+    from vaecli.data import load_mini, to_float
     from vaecli.inference import encode
 
     driver = page
@@ -131,7 +131,7 @@ def test_sliders_move_the_image_and_uploads_encode(page: Any, tiny_run: Path, tm
     wait_for(driver, "the z = 0 image again", lambda d: png_of(decoded_src(d)) == before)
 
     # upload a test image: z becomes its posterior mean, computed by the core
-    x = _load_mini("test").images[7]
+    x = load_mini("test").images[7]
     path = tmp_path / "upload.png"
     Image.fromarray(x[0].numpy(), "L").save(path)
     driver.find_element("id", "upload").send_keys(str(path))

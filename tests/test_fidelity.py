@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 import sys
-import types
 import urllib.error
 
 import pytest
 import torch
+from conftest import fake_fidelity
 
 from vaecli import features as feat
 from vaecli import fidelity as fid
@@ -252,31 +252,6 @@ def test_scores_order_real_blurred_shuffled_noise(mini, net) -> None:  # type: i
 # ----------------------------------------------------------------------------- the Inception path, offline
 
 
-def _fake_fidelity(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    """A stand-in for torch_fidelity.feature_extractor_inceptionv3 that does what the real one does
-    first: fetch its weights with the module-level ``load_state_dict_from_url``."""
-    mod = types.ModuleType("torch_fidelity.feature_extractor_inceptionv3")
-    code = (
-        "import torch\n"
-        "from torch.hub import load_state_dict_from_url\n"
-        "URL_INCEPTION_V3 = 'https://example.invalid/weights-inception-2015-12-05-6726825d.pth'\n"
-        "class FeatureExtractorInceptionV3(torch.nn.Module):\n"
-        "    def __init__(self, name, features_list):\n"
-        "        super().__init__()\n"
-        "        self.state = load_state_dict_from_url(URL_INCEPTION_V3, progress=False)\n"
-        "    def forward(self, x):\n"
-        "        assert x.dtype == torch.uint8 and x.shape[1] == 3\n"
-        "        f = x.float().mean((2, 3))\n"
-        "        return (f.repeat(1, 683)[:, :2048],)\n"
-    )
-    exec(code, mod.__dict__)
-    pkg = types.ModuleType("torch_fidelity")
-    pkg.feature_extractor_inceptionv3 = mod  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "torch_fidelity", pkg)
-    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", mod)
-    return mod
-
-
 def test_inception_without_the_extra_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "torch_fidelity", None)  # import fails
     monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", None)
@@ -285,7 +260,7 @@ def test_inception_without_the_extra_is_one_clear_error(monkeypatch: pytest.Monk
 
 
 def test_inception_offline_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_fidelity(monkeypatch)
+    fake_fidelity(monkeypatch)
 
     def offline(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
@@ -296,7 +271,7 @@ def test_inception_offline_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_inception_download_is_hash_checked_and_weights_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_fidelity(monkeypatch)
+    fake_fidelity(monkeypatch)
     calls = []
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda url, **kw: calls.append((url, kw)) or {})
     ext = feat.get_extractor(feat.INCEPTION)

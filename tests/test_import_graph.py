@@ -5,13 +5,15 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "vaecli"
+from conftest import SRC
+
+PACKAGE = SRC / "vaecli"
 
 
 def _modules() -> dict[str, Path]:
     mods = {}
-    for p in SRC.rglob("*.py"):
-        parts = p.relative_to(SRC.parent).with_suffix("").parts
+    for p in PACKAGE.rglob("*.py"):
+        parts = p.relative_to(SRC).with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         mods[name] = p
     return mods

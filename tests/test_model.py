@@ -1,5 +1,9 @@
+"""The VAE (vaecli.model): output shapes of every arch, the seed arch's size and init, deterministic
+evaluation, invalid configs, layer widths, norms, fp32 outputs under bf16 autocast."""
+
 import pytest
 import torch
+from conftest import MICRO
 
 from vaecli.config import ModelConfig
 from vaecli.errors import ConfigError
@@ -31,7 +35,7 @@ def test_seed_logvar_init():
 
 
 def test_eval_without_sampling_is_deterministic():
-    m = VAE(ModelConfig(latent_dim=4, widths=(4, 8), hidden=16)).eval()
+    m = VAE(ModelConfig(**MICRO)).eval()
     x = torch.rand(2, 1, 28, 28)
     assert torch.equal(m(x, sample=False).params, m(x, sample=False).params)
 

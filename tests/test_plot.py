@@ -1,4 +1,4 @@
-"""Tests for the Pillow-only line-chart renderer."""
+"""The Pillow-only chart renderer (vaecli.plot): line charts, ticks, the training curves of loss.png."""
 
 from __future__ import annotations
 

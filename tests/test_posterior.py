@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import MICRO
 
 from vaecli.config import ModelConfig
 from vaecli.model import VAE
@@ -50,7 +51,7 @@ def test_kl_is_nonnegative_zero_at_the_prior_and_matches_monte_carlo() -> None:
 
 def test_model_posterior_is_what_forward_uses() -> None:
     torch.manual_seed(0)
-    m = VAE(ModelConfig(latent_dim=4, widths=(4, 8), hidden=16)).eval()
+    m = VAE(ModelConfig(**MICRO)).eval()
     x = torch.rand(3, 1, 28, 28)
     q = m.posterior(x)
     out = m(x, sample=False)

@@ -1,3 +1,6 @@
+"""The schedules (vaecli.schedules): beta annealing, cyclical beta, the capacity ramp, the learning
+rate (constant, cosine, warm-up) and the cosine that follows the time budget."""
+
 import pytest
 
 from vaecli.schedules import beta_at, capacity_at, cyclical_beta_at, lr_at
@@ -40,3 +43,23 @@ def test_cyclical_schedule_values():
 def test_capacity_schedule_values():
     assert [capacity_at(t, 25.0, 10) for t in (0, 2.5, 5, 10, 20)] == pytest.approx([0, 6.25, 12.5, 25, 25])
     assert capacity_at(3, 25.0, 0) == 25.0
+
+
+def test_cosine_follows_time_or_steps_whichever_ends_first() -> None:
+    base = 2e-3
+    # no budget: step-based cosine, from base to 1% of base
+    assert lr_at(0, 100, base, "cosine") == pytest.approx(base)
+    assert lr_at(100, 100, base, "cosine") == pytest.approx(0.01 * base)
+    # half the budget gone after 10% of the steps: lr is the cosine's midpoint
+    assert lr_at(10, 100, base, "cosine", time_fraction=0.5) == pytest.approx(base * (0.01 + 0.99 * 0.5))
+    # budget spent: floor; past the end: still the floor
+    assert lr_at(1, 10**9, base, "cosine", time_fraction=1.0) == pytest.approx(0.01 * base)
+    assert lr_at(1, 10**9, base, "cosine", time_fraction=3.0) == pytest.approx(0.01 * base)
+    # steps run out before the budget: steps win
+    assert lr_at(100, 100, base, "cosine", time_fraction=0.1) == pytest.approx(0.01 * base)
+    # monotone in time
+    lrs = [lr_at(5, 10**6, base, "cosine", time_fraction=f / 20) for f in range(21)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    # constant ignores both; warm-up still ramps first
+    assert lr_at(50, 100, base, "constant", time_fraction=0.9) == base
+    assert lr_at(0, 100, base, "cosine", warmup_steps=4, time_fraction=0.9) == pytest.approx(base / 4)

@@ -1,4 +1,4 @@
-"""The procedural shapes dataset: factors, determinism, caching, registry."""
+"""The procedural shapes dataset (vaecli.data.shapes): factors, determinism, caching, registry."""
 
 import pytest
 import torch

@@ -1,41 +1,21 @@
-"""Issue 12: folders of own images (size, colour, EXIF, fit, skipped files, cache, parallel decode)
-and colour outputs of every analysis command on a colour run."""
+"""Folders of one's own images (vaecli.data.files, decode, cache): the size and colour detected,
+EXIF orientation, the fit rules, broken files skipped and listed (or refused with --strict), the
+decoded-folder cache and its invalidation, parallel decoding."""
 
 from __future__ import annotations
 
-import base64
-import io
-import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import noisy_folder, solid, vae
 from PIL import Image
-from typer.testing import CliRunner
 
-from vaecli.cli import app
 from vaecli.config import DataConfig
 from vaecli.data import FolderLoad, cache, decode, files, load_data, load_image
 from vaecli.errors import DataError
 from vaecli.paths import cache_dir
-
-
-def solid(path: Path, size: tuple[int, int], colour: tuple[int, int, int] | int, mode: str = "RGB") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, size, colour).save(path)
-    return path
-
-
-def noisy_folder(folder: Path, n: int, size: tuple[int, int] = (16, 16), seed: int = 0) -> Path:
-    """``n`` random colour PNGs (content differs per file)."""
-    g = torch.Generator().manual_seed(seed)
-    for i in range(n):
-        px = torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8)
-        p = folder / f"{i // 10}" / f"{i:03d}.png"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(px.numpy(), "RGB").save(p)
-    return folder
 
 
 def load(folder: Path, **kw) -> tuple:  # type: ignore[no-untyped-def,type-arg]
@@ -112,14 +92,6 @@ def test_fit_rules(tmp_path: Path) -> None:
     assert cfg.fit == "pad" and torch.cat([tr.images, te.images])[0].equal(pad)
 
 
-def test_analysis_inputs_use_the_runs_fit(tmp_path: Path) -> None:
-    from vaecli.images import InputImage, load_inputs
-
-    p = solid(tmp_path / "photo.jpg", (200, 150), (250, 20, 20))
-    x = load_inputs([InputImage(p, Path("photo.png"))], 3, 64, "pad")
-    assert x.shape == (1, 3, 64, 64) and abs(int(x[0, 0].float().mean()) - 250) < 8
-
-
 # ----------------------------------------------------------------------------- broken files
 
 
@@ -138,7 +110,7 @@ def test_broken_files_are_skipped_listed_and_strict_refuses(tmp_path: Path) -> N
     with pytest.raises(DataError, match="--strict"):
         load(d, strict=True)
     assert {p: p.stat().st_mtime_ns for p in d.rglob("*")} == before  # nothing written into the folder
-    r = CliRunner().invoke(app, ["train", "--data", str(d), "--strict", "--max-steps", "1"])
+    r = vae("train", "--data", d, "--strict", "--max-steps", 1)
     lines = r.stderr.strip().splitlines()
     assert r.exit_code == 2 and len(lines) == 2 and "px" in lines[0] and "--strict" in lines[1]  # the size notice, the error
 
@@ -249,64 +221,3 @@ def test_parallel_decode_equals_serial(tmp_path: Path, monkeypatch: pytest.Monke
     assert par.data.images.equal(serial.data.images) and par.data.paths == serial.data.paths
     assert par.skipped == serial.skipped == [{"path": "1/bad.png", "reason": par.skipped[0]["reason"]}]
     assert seen[-1] == (24, 24) and [a for a, _ in seen] == sorted(a for a, _ in seen)
-
-
-# ----------------------------------------------------------------------------- colour outputs
-
-
-@pytest.fixture(scope="module")
-def colour_run(tmp_path_factory: pytest.TempPathFactory, train_tiny) -> Path:  # type: ignore[no-untyped-def]
-    d = noisy_folder(tmp_path_factory.mktemp("colour") / "imgs", 30, size=(24, 20))
-    home = tmp_path_factory.mktemp("colour-home")
-    return train_tiny(home, "colour", data=DataConfig(name=str(d), fit="pad", image_size=None), epochs=1, max_steps=3)
-
-
-def _png(data: bytes, size: int) -> Image.Image:
-    im = Image.open(io.BytesIO(data))
-    im.load()
-    assert im.mode == "RGB", im.mode
-    return im
-
-
-def _tiles(im: Image.Image, S: int) -> int:
-    """Tiles in a one-row grid of S px images with 2 px padding (asserting that it is one)."""
-    assert im.size[1] == S + 4 and (im.size[0] - 2) % (S + 2) == 0, im.size
-    return (im.size[0] - 2) // (S + 2)
-
-
-def test_colour_outputs_of_every_analysis_command(colour_run: Path, tmp_path: Path) -> None:
-    cfg = json.loads((colour_run / "config.json").read_text())
-    assert cfg["model"]["channels"] == 3 and cfg["data"]["fit"] == "pad"
-    S = cfg["model"]["image_size"]
-    assert S == 20  # the shorter side of 24x20
-    ck = ["--checkpoint", str(colour_run)]
-    photo = solid(tmp_path / "photo.jpg", (200, 150), (30, 120, 220))
-    other = solid(tmp_path / "other.png", (50, 50), (220, 120, 30))
-
-    def run(args: list[str], input: str | None = None) -> str:
-        r = CliRunner().invoke(app, [str(a) for a in args] + ck, input=input)
-        assert r.exit_code == 0, f"{args}: exit {r.exit_code}: {r.stderr}{r.exception!r}"
-        return r.stdout
-
-    run(["sample", "-n", "4", "--nrow", "4", "-o", tmp_path / "s.png"])
-    assert _png((tmp_path / "s.png").read_bytes(), S).size == (4 * (S + 2) + 2, S + 2 + 2)
-    run(["reconstruct", photo, "--out-dir", tmp_path / "rec"])
-    (rec,) = (tmp_path / "rec").rglob("*.png")
-    assert _png(rec.read_bytes(), S).size == (S, S)  # the reconstruction at the run's size
-    run(["interpolate", photo, other, "--steps", "3", "-o", tmp_path / "i.png"])
-    assert _tiles(_png((tmp_path / "i.png").read_bytes(), S), S) >= 3
-    run(["traverse", "--dim", "0", "--steps", "3", "--image", photo, "--no-labels", "-o", tmp_path / "t.png"])
-    assert _tiles(_png((tmp_path / "t.png").read_bytes(), S), S) >= 3
-    lines = run(["encode", photo, other])
-    run(["decode", "--out-dir", tmp_path / "dec"], input=lines)
-    decoded = sorted((tmp_path / "dec").rglob("*.png"))
-    assert len(decoded) == 2 and all(_png(p.read_bytes(), S).size == (S, S) for p in decoded)
-
-    from vaecli.explore import Explorer
-
-    ex = Explorer(colour_run)
-    assert _png(ex.decode(None, [0.0] * 8), S).size == (S, S)
-    up = ex.encode(None, photo.read_bytes())
-    seen = _png(base64.b64decode(up["input"].split(",", 1)[1]), S)
-    assert seen.size == (S, S) and seen.getpixel((S // 2, S // 2))[2] > 180  # the photo's blue, padded by its own colour
-    assert _png(ex.traverse(None, [0.0] * 8, 0, 3), S).size[1] == S
