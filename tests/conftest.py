@@ -92,6 +92,19 @@ def start_tiny(name: str, data: Any = None, *, model: Any = None, data_cfg: Any 
     return start_run(model_cfg, data_cfg or DataConfig(name="fashion-mnist-mini"), train_cfg, name=name, data=data)
 
 
+def last_weights(run: Path) -> Any:
+    """A run's model holding its last weights (those of train_state.safetensors, the resume point;
+    model.safetensors holds the best by validation)."""
+    from safetensors.torch import load_file
+
+    from vaecli import checkpoint
+
+    model, _, _ = checkpoint.load_model(run)
+    tensors = load_file(str(Path(run) / checkpoint.STATE))
+    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    return model
+
+
 def _train_tiny(home: Path, name: str, data: Any = None, **train: Any) -> Path:
     """Train the tiny model (TINY) on fashion-mnist-mini (or ``data``, a DataConfig) as run ``name``
     under ``home`` (``train``: TrainConfig fields such as epochs and max_steps); returns its folder."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import src_env, vae
+from conftest import last_weights, src_env, vae
 
 from vaecli import distributed
 from vaecli.errors import ConfigError, DeviceError
@@ -149,22 +149,10 @@ def _digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _last_weights(run: Path) -> torch.nn.Module:
-    """The run's model with its last weights (those of the training state, the resume point)."""
-    from safetensors.torch import load_file
-
-    from vaecli import checkpoint
-
-    model, _, _ = checkpoint.load_model(run)
-    tensors = load_file(str(run / checkpoint.STATE))
-    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-    return model
-
-
 def _check_ranks_in_sync(run: Path) -> None:
     """Both ranks reported the same parameter digest, equal to the digest of the last saved weights."""
     summary = json.loads((run / "summary.json").read_text())
-    model = _last_weights(run)
+    model = last_weights(run)
     per_rank = summary["param_sha256_per_rank"]
     assert len(per_rank) == 2
     assert per_rank[0] == per_rank[1] == _digest(model)
@@ -228,12 +216,12 @@ def test_torchrun_run_resumes_on_one_process(ddp_home: Path, tmp_path: Path) -> 
     from vaecli.training import resume_run
 
     shutil.copytree(ddp_home / "ddp", tmp_path / "runs" / "ddp")  # VAE_HOME is tmp_path/runs (conftest)
-    before = _last_weights(tmp_path / "runs" / "ddp").state_dict()
+    before = last_weights(tmp_path / "runs" / "ddp").state_dict()
     result = resume_run("ddp", {"max_steps": 2, "device": "cpu"}).fit()
     one, two = _rank_steps(1800, 64, 1), _rank_steps(1800, 64, 2)
     assert result.steps == 5 * one // two + 2 and result.stopped == "max_steps"
     assert all(math.isfinite(v) for v in (*result.test.values(), *result.train.values()))
     cfg = checkpoint.read_config(tmp_path / "runs" / "ddp")
     assert cfg.train.world_size == 1
-    after = _last_weights(tmp_path / "runs" / "ddp").state_dict()
+    after = last_weights(tmp_path / "runs" / "ddp").state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained on

@@ -197,7 +197,9 @@ def test_the_third_non_finite_step_stops_the_run_with_the_last_good_checkpoint(m
     monkeypatch.setattr(training, "SNAPSHOT_STEPS", 5)
     monkeypatch.setenv(training.NAN_STEPS_ENV, "12,24,36")
     tr = _run("nan3", mini, epochs=3, save_every=1e-9)
-    with pytest.raises(TrainingError, match="non-finite loss at epoch 2, step 8: stopped, the last good checkpoint is kept"):  # 29 steps an epoch
+    with pytest.raises(
+        TrainingError, match="non-finite loss at epoch 2, step 8: stopped, the last good checkpoint is kept"
+    ):  # 29 steps an epoch
         tr.fit()
     run = ckpt.resolve_run("nan3")
     again = resume_run("nan3", {"epochs": 3}, data=mini)  # the last good checkpoint loads, finite, with its two recoveries

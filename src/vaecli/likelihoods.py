@@ -119,19 +119,25 @@ class DiscretizedLogistic(Likelihood):
 
     name = "logistic"
 
-    def __init__(self, channels: int, mixtures: int) -> None:
+    def __init__(self, channels: int, mixtures: int, shared_scale: bool = False) -> None:
         super().__init__()
-        self.channels, self.mixtures = channels, mixtures
+        self.channels, self.mixtures = channels, 1 if shared_scale else mixtures
+        # shared_scale: the decoder predicts only the locations; one learned log scale per channel is
+        # shared by all pixels (as the Gaussian's sigma is), no mixture, no coupling
+        self.log_scale = nn.Parameter(torch.full((channels,), math.log(0.2))) if shared_scale else None
 
     def out_channels(self, channels: int) -> int:
         c = channels
-        return self.mixtures * (1 + 2 * c + c * (c - 1) // 2)
+        return c if self.log_scale is not None else self.mixtures * (1 + 2 * c + c * (c - 1) // 2)
 
     def _split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(logits (B, K, H, W), mu (B, C, K, H, W), log_s (B, C, K, H, W), coeffs (B, 3, K, H, W) or None)."""
         b, _, h, w = out.shape
         k, c = self.mixtures, self.channels
         out = out.float().contiguous()
+        if self.log_scale is not None:
+            log_s = self.log_scale.float().clamp(MIN_LOG_SCALE, MAX_LOG_SCALE).reshape(1, c, 1, 1, 1).expand(b, c, 1, h, w)
+            return out.new_zeros(b, 1, h, w), out.reshape(b, c, 1, h, w), log_s, None
         logits = out[:, :k]
         mu = out[:, k : k + c * k].reshape(b, c, k, h, w)
         log_s = out[:, k + c * k : k + 2 * c * k].reshape(b, c, k, h, w).clamp(MIN_LOG_SCALE, MAX_LOG_SCALE)
@@ -190,7 +196,7 @@ class DiscretizedLogistic(Likelihood):
         return True
 
     def label(self, binarized: bool = False) -> str:
-        k = f"{self.mixtures} components" if self.mixtures > 1 else "1 component"
+        k = "one scale per channel" if self.log_scale is not None else f"{self.mixtures} components" if self.mixtures > 1 else "1 component"
         return f"discretised logistic mixture over 256 levels ({k}; a normalised likelihood of 8-bit pixels, nats)"
 
 
@@ -206,5 +212,5 @@ def build_likelihood(cfg: ModelConfig) -> Likelihood:
     if cfg.likelihood == "gaussian":
         return Gaussian()
     if cfg.likelihood == "logistic":
-        return DiscretizedLogistic(cfg.channels, cfg.mixtures)
+        return DiscretizedLogistic(cfg.channels, cfg.mixtures, shared_scale=cfg.logistic_scale == "shared")
     raise ValueError(f"unknown likelihood {cfg.likelihood!r}")

@@ -45,6 +45,7 @@ RATE_WARMUP_STEPS = 5  # steps excluded from images_per_second
 REPORT_SECONDS = 0.1  # CPU: progress (reading the loss values) at most 10 times a second
 CHECK_STEPS_DEVICE = 50  # CUDA / MPS: the control check (a host read: a device sync) every N steps
 CHECK_STEPS_DDP = 4  # DDP: steps between the control checks (one small all-reduce each)
+PLOT_SECONDS = 10.0  # loss.png is redrawn at most this often (drawing it costs about 0.1 s), and at the end
 SNAPSHOT_STEPS = 100  # steps between in-memory copies of the last finite state (benchmarks/bench_recovery.py)
 NAN_STEPS_ENV = "VAE_TEST_NAN_STEPS"  # test hook: comma-separated global steps whose loss is made NaN
 
@@ -299,6 +300,8 @@ class Trainer:
         self._nan_steps = {int(v) for v in os.environ.get(NAN_STEPS_ENV, "").split(",") if v.strip()}
         self._cb: Callable[[Progress], None] = _ignore  # fit()'s callback, for notices
         self._spe = 1  # steps per epoch of this rank (set by _session)
+        self._plotted: float = -PLOT_SECONDS  # when loss.png was last drawn
+        self._plot_due: list[dict[str, Any]] | None = None  # rows written since, not drawn yet
 
     @property
     def eval_model(self) -> VAE:
@@ -502,8 +505,10 @@ class Trainer:
             if stopped not in ("done", "early_stop") and s.steps > 0:
                 row, best = self._evaluation_row(s, partial=True) if self.state.step > 0 else (None, False)
                 if row is not None:  # every run has its numbers: the part of the epoch done so far
-                    self._write_metrics([*self.history, row])
+                    self._write_metrics([*self.history, row], final=True)
                 self.save(best=best)
+            elif self._plot_due is not None and distributed.is_main():  # the last epoch's loss.png was not drawn yet
+                _plot(self.path, self._plot_due, self.state.notices)
             kept = (_kept_model(self.path, self.cfg.model, self.device) if len(self.val_data) else None) or self.eval_model
             test = _evaluate(kept, self.test_data, self.device, self.cfg.train.seed)
             self.model.train()
@@ -511,10 +516,15 @@ class Trainer:
         self._progress("end", s, images_per_second=s.rate(), metrics=result.summary)
         return result
 
-    def _write_metrics(self, rows: list[dict[str, Any]]) -> None:
-        if distributed.is_main():  # DDP: rank 0 writes; metrics before the checkpoint (a resume drops rows past it)
-            ckpt.write_metrics(self.path, rows)
+    def _write_metrics(self, rows: list[dict[str, Any]], final: bool = False) -> None:
+        """metrics.jsonl, and loss.png at most every :data:`PLOT_SECONDS` (always when ``final``)."""
+        if not distributed.is_main():  # DDP: rank 0 writes; metrics before the checkpoint (a resume drops rows past it)
+            return
+        ckpt.write_metrics(self.path, rows)
+        self._plot_due = rows
+        if final or time.monotonic() - self._plotted >= PLOT_SECONDS:
             _plot(self.path, rows, self.state.notices)
+            self._plotted, self._plot_due = time.monotonic(), None
 
 
 def _kept_model(path: Path, cfg: ModelConfig, device: torch.device) -> VAE | None:

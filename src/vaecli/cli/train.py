@@ -59,6 +59,7 @@ def train_cmd(
     norm: Annotated[OptStr, _opt("--norm", "conv archs: normalisation after each conv stage, none | group | batch.")] = None,
     likelihood: Annotated[OptStr, _opt("--likelihood", "bernoulli (BCE nats) | gaussian (a density, Gaussian nats) | logistic (discretised logistic mixture over 256 levels: bits/dim). " + RULE.capitalize() + ".")] = None,
     mixtures: Annotated[OptInt, _opt("--mixtures", "--likelihood logistic: mixture components per pixel (" + RULE + ").")] = None,
+    logistic_scale: Annotated[OptStr, _opt("--logistic-scale", "--likelihood logistic: pixel (a scale per pixel and channel, predicted) | shared (one learned scale per channel) (" + RULE + ").")] = None,
     blocks: Annotated[OptInt, _opt("--blocks", "conv archs: residual blocks after each conv stage, encoder and decoder (" + RULE + ").")] = None,
     prior: Annotated[OptStr, _opt("--prior", "normal (N(0, I)) | vamp (the VampPrior: a mixture of the posteriors of learned pseudo-inputs, Tomczak & Welling 2018).")] = None,
     pseudo_inputs: Annotated[OptInt, _opt("--pseudo-inputs", "--prior vamp: the number K of pseudo-inputs (default 500).")] = None,
