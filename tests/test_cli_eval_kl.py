@@ -13,7 +13,8 @@ from conftest import ok, one_error_line, vae
 def test_eval_kl_json_sums_and_keys(ck: list[str], tiny) -> None:  # type: ignore[no-untyped-def]
     _, cfg, test = tiny
     out = json.loads(ok("eval-kl", "--json", *ck).stdout)
-    assert list(out) == ["run", "split", "images", "neg_elbo", "recon", "kl", "per_dim_kl", "active_units", "binarized", "likelihood"]
+    assert list(out) == ["run", "split", "images", "neg_elbo", "recon", "kl", "per_dim_kl", "per_dim_kl_to", "active_units", "bits_per_dim", "binarized", "likelihood"]
+    assert out["bits_per_dim"] is None and out["per_dim_kl_to"] == "the prior"  # BCE nats: no bits/dim
     assert out["run"] == "tiny" and out["split"] == "test" and out["images"] == len(test)
     assert len(out["per_dim_kl"]) == cfg.model.latent_dim
     assert all(v >= 0 for v in out["per_dim_kl"])
@@ -39,7 +40,7 @@ def test_eval_kl_iw_json_keys_and_bound(tiny_run):
     many = vae(*args, "--iw-samples", 30)
     assert many.exit_code == 0, many.output
     out = json.loads(many.stdout)
-    assert {"iw_nll", "iw_nll_stderr", "bits_per_dim", "iw_samples", "likelihood", "neg_elbo", "per_dim_kl"} <= set(out)
+    assert {"iw_nll", "iw_nll_stderr", "iw_bits_per_dim", "bits_per_dim", "iw_samples", "likelihood", "neg_elbo", "per_dim_kl"} <= set(out)
     assert out["images"] == 40 and out["iw_samples"] == 30 and out["iw_nll_stderr"] > 0
     assert out["iw_nll"] < one["iw_nll"] and out["iw_nll"] < out["neg_elbo"]
     assert "not a normalised likelihood" in out["likelihood"] and out["binarized"] is False

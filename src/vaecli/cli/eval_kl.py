@@ -70,20 +70,30 @@ def eval_kl_cmd(
         "recon": res.recon,
         "kl": res.kl,
         "per_dim_kl": res.per_dim_kl,
+        "per_dim_kl_to": "the prior's marginals" if res.per_dim_marginal else "the prior",
         "active_units": res.active_units,
+        "bits_per_dim": res.bits_per_dim,
         "binarized": use_binary,
         "likelihood": label,
     }
-    lines = [f"nats/image: {label}"]
+    lines = [f"nats/image: {label}" + (f"; -ELBO = {fmt(res.bits_per_dim, 4)} bits/dim" if res.bits_per_dim is not None else "")]
+    if res.per_dim_marginal:
+        lines.append(f"KL per dimension: to each marginal of the {model.prior.kind} prior, which does not factorise "
+                     "(the dimensions do not add up to the total KL, a one-sample estimate log q(z|x) - log p(z))")  # fmt: skip
     if iw_samples:
         import torch
 
         gen = torch.Generator(device=dev).manual_seed(seed)
         iw = iw_nll(model, data, k=iw_samples, batch_size=min(batch_size, 100), device=dev, generator=gen)
-        out.update({"iw_samples": iw.k, "iw_nll": iw.iw_nll, "iw_nll_stderr": iw.iw_nll_stderr, "bits_per_dim": iw.bits_per_dim})
+        out.update({"iw_samples": iw.k, "iw_nll": iw.iw_nll, "iw_nll_stderr": iw.iw_nll_stderr, "iw_bits_per_dim": iw.bits_per_dim})
+        bpd = (
+            f", {fmt(iw.bits_per_dim, 4)} bits/dim"
+            if iw.bits_per_dim is not None
+            else " (no bits/dim: not a likelihood of discrete pixels)"
+        )
         lines.append(
             f"importance-weighted -log p(x) <= {fmt(iw.iw_nll)} ± {fmt(iw.iw_nll_stderr)} nats/image "
-            f"(k = {iw.k}, Burda et al. 2016; ± standard error over images), {fmt(iw.bits_per_dim, 4)} bits/dim"
+            f"(k = {iw.k}, Burda et al. 2016; ± standard error over images){bpd}"
         )
     if as_json:
         print_json(out)
@@ -113,7 +123,7 @@ def _kl_table(res: EvalResult, name: str, split: str, svg: str | None = None, ex
         on = j < len(active) and active[j]
         eighths = round(max(kl[j], 0.0) / top * width * 8)
         bar = "█" * (eighths // 8) + _PARTIAL[eighths % 8]
-        share = f"{kl[j] / total:.1%}"
+        share = "" if res.per_dim_marginal else f"{kl[j] / total:.1%}"
         t.add_row(str(j), fmt(kl[j], 3), f"[{'cyan' if on else 'grey50'}]{bar}[/]", share, fmt(var, 3), "yes" if on else "-")
     from rich.console import Console
 
