@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 CPU_CLOCK = (
-    "import sys, time, types, torch; torch.set_num_threads({threads}); from vaecli import training; "
-    "training.time = types.SimpleNamespace(perf_counter=time.process_time); "
+    "import sys, time, torch; torch.set_num_threads({threads}); from vaecli import training; "
+    "training.clock = time.process_time; "
     "from vaecli.cli import main; sys.argv = ['vae', *sys.argv[1:]]; main()"
 )
 

@@ -284,22 +284,13 @@ def make_trainer(data: tuple[Any, Any], given: dict[str, Any], name: str, data_n
 def use_cpu_clock() -> None:
     """Make ``vae train``'s clock (``--time-budget``, images/s) count CPU seconds of this process
     on one thread, so that recipes compare fairly on a shared machine; call before training."""
-    import dataclasses
-    import types
-
     import torch
 
     from vaecli import training
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     torch.set_num_threads(1)
-    training.time = types.SimpleNamespace(perf_counter=time.process_time)  # type: ignore[assignment]
-
-    @dataclasses.dataclass
-    class CpuSession(training.Session):  # the session's start time is a dataclass default, bound to the clock at import
-        t0: float = dataclasses.field(default_factory=time.process_time)
-
-    training.Session = CpuSession  # type: ignore[misc]
+    training.clock = time.process_time
 
 
 # --------------------------------------------------------------------------- the runner of a benchmark's modes

@@ -41,6 +41,7 @@ from .recipe import accepted_image_size, build_configs, validation_size
 from .schedules import lr_at
 from .state import EpochSums, TrainState, epoch_permutation, steps_per_epoch
 
+clock = time.perf_counter  # the training clock (--time-budget, images/s); benchmarks may count CPU time instead
 RATE_WARMUP_STEPS = 5  # steps excluded from images_per_second
 REPORT_SECONDS = 0.1  # CPU: progress (reading the loss values) at most 10 times a second
 CHECK_STEPS_DEVICE = 50  # CUDA / MPS: the control check (a host read: a device sync) every N steps
@@ -192,7 +193,7 @@ class Session:
     rank_images: int  # images per epoch of this rank: the last step takes the rest
     total_steps: int
     check_every: int  # steps between control checks (a host read; DDP: one all-reduce)
-    t0: float = field(default_factory=lambda: time.perf_counter())  # looked up at call time (benchmarks swap the clock)
+    t0: float = field(default_factory=lambda: clock())
     excluded: float = 0.0  # seconds evaluating / checkpointing: neither --time-budget nor img/s counts them
     steps: int = 0
     images: int = 0  # images of all ranks
@@ -207,7 +208,7 @@ class Session:
 
     def trained(self) -> float:
         """Seconds of training in this invocation so far."""
-        return time.perf_counter() - self.t0 - self.excluded
+        return clock() - self.t0 - self.excluded
 
     def rate(self) -> float | None:
         """Images per second after the warm-up steps; None before them (nothing measured)."""
@@ -238,7 +239,7 @@ class Session:
     def report_due(self) -> bool:
         """Whether to report progress now: by time on the CPU (at most every :data:`REPORT_SECONDS`),
         at the control checks elsewhere (each report reads values: a device sync)."""
-        now = time.perf_counter()
+        now = clock()
         if (self.check_every == 1 and now - self.last_report < REPORT_SECONDS) or (self.check_every > 1 and self.steps % self.check_every):
             return False
         self.last_report = now
@@ -256,12 +257,12 @@ class Session:
     def paused(self, state: TrainState) -> Iterator[None]:
         """Stop the training clock around a checkpoint or an evaluation: the time until now is
         added to ``state.train_seconds``; what the block takes counts as excluded."""
-        now = time.perf_counter()
+        now = clock()
         state.train_seconds += now - self.seg_start
         try:
             yield
         finally:
-            self.last_save = self.seg_start = time.perf_counter()
+            self.last_save = self.seg_start = clock()
             self.excluded += self.seg_start - now
 
 
@@ -420,7 +421,7 @@ class Trainer:
         if s.steps % s.check_every:
             return None
         flags = [stop is not None and stop.is_set(), tc.time_budget is not None and s.trained() >= tc.time_budget,
-                 time.perf_counter() - s.last_save >= tc.save_every]  # fmt: skip
+                 clock() - s.last_save >= tc.save_every]  # fmt: skip
         interrupted, budget, save, bad = distributed.any_flags(flags, self.health.first_nonfinite >= 0)
         if bad:
             self._roll_back()
@@ -500,7 +501,7 @@ class Trainer:
         """The end of fit(): checkpoint a stop (with a partial row when it fell inside an epoch), score
         the test split with the kept weights, write summary.json and build the result."""
         _sync(self.device)
-        seconds = time.perf_counter() - s.t0
+        seconds = clock() - s.t0
         with s.paused(self.state):
             if stopped not in ("done", "early_stop") and s.steps > 0:
                 row, best = self._evaluation_row(s, partial=True) if self.state.step > 0 else (None, False)
