@@ -49,41 +49,45 @@ def explain(cfg: RunConfig, summary: dict[str, Any]) -> list[Number]:
     """The run's figures with their meaning: -ELBO, rate, distortion, bits/dim, the likelihood in
     words, normalised beta (Higgins et al. 2017), active units, the train/held-out gap, best/last."""
     m, t = cfg.model, cfg.train
-    name, discrete = summary.get("likelihood_name", m.likelihood), bool(summary.get("discrete"))
+    name, discrete = _text(summary.get("likelihood_name")) or m.likelihood, summary.get("discrete") is True
     unit = likelihood_units(name, discrete)
     test = summary.get("test") or {}
     dims = m.channels * m.image_size * m.image_size
     rows = [
-        Number("likelihood", "likelihood", None, "", summary.get("likelihood") or m.likelihood,
+        Number("likelihood", "likelihood", None, "", _text(summary.get("likelihood")) or m.likelihood,
                "a true likelihood of the pixels: comparable across models and likelihoods" if discrete else
                "not a likelihood of the 8-bit pixels: compare only with runs of the same likelihood"),
         Number("neg_elbo", "-ELBO (test)", _num(test, "neg_elbo"), unit,
                "distortion + rate: an upper bound on -log p(x); lower is better", _floor_reference(summary, name, discrete)),
-        Number("distortion", "distortion (reconstruction, test)", _num(test, "recon"), unit,
-               "-log p(x|z): how much of the image the decoder cannot recover from z"),
-        Number("rate", "rate (KL, test)", _num(test, "kl"), "nats/image",
-               "KL(q(z|x) || p(z)): the information z carries about each image", "0 = the decoder ignores z (posterior collapse)"),
+        Number("distortion", "distortion (test)", _num(test, "recon"), unit,
+               "the reconstruction term -log p(x|z): what the decoder cannot recover from z"),
+        Number("rate", "rate (test)", _num(test, "kl"), "nats/image",
+               "the KL term KL(q(z|x) || p(z)): the information z carries about each image", "0 = the decoder ignores z (posterior collapse)"),
     ]  # fmt: skip
     if _num(test, "bits_per_dim") is not None:
         rows.append(Number("bits_per_dim", "bits per dimension (test)", _num(test, "bits_per_dim"), "bits/dim",
                            "-ELBO / (pixels x channels x ln 2)", f"{UNIFORM_BITS:g} = a uniform model of 8-bit pixels"))  # fmt: skip
     rows.append(Number("normalised_beta", "normalised beta", t.beta * m.latent_dim / dims, "",
                        f"beta x latent dims / input dims = {t.beta:g} x {m.latent_dim} / {dims} (Higgins et al. 2017)",
-                       "compare beta across image sizes and latent sizes by this"))  # fmt: skip
+                       "compares beta across image and latent sizes"))  # fmt: skip
     active = summary.get("active_units")
     rows.append(Number("active_units", "active units", active if isinstance(active, int) else None, f"of {m.latent_dim}",
-                       "latent dimensions whose posterior mean varies over images (Var > 0.01, Burda et al. 2016)",
-                       "the rest are unused: a smaller --latent-dim would do"))  # fmt: skip
+                       "dimensions whose posterior mean varies over images (Var > 0.01, Burda et al. 2016)",
+                       "the others carry nothing: a smaller --latent-dim would do"))  # fmt: skip
     gap = _gap(summary)
     if gap is not None:
-        rows.append(Number("gap", "held-out gap", gap, unit, "validation -ELBO minus training -ELBO at the last evaluation",
-                           "near 0: no overfitting; large and growing: the model memorises the training images"))  # fmt: skip
+        rows.append(Number("gap", "held-out gap", gap, unit, "validation -ELBO minus the training -ELBO (its running mean over the last epoch)",
+                           "near 0 or below: no overfitting; large and growing: the model memorises its training images"))  # fmt: skip
     best, last = summary.get("best") or {}, summary.get("last") or {}
     if best:
         kept = "model.safetensors holds these weights (the best by validation -ELBO)"
         rows.append(Number("best_epoch", "best epoch", _num(best, "epoch"), "epochs", kept,
                            f"last evaluated: epoch {last.get('epoch')}; training stopped: {summary.get('stopped', '?')}"))  # fmt: skip
     return rows
+
+
+def _text(v: Any) -> str:
+    return v if isinstance(v, str) else ""
 
 
 def _floor_reference(summary: dict[str, Any], name: str, discrete: bool) -> str:

@@ -92,15 +92,19 @@ def info_cmd(
 
 
 def explained_table(cfg: Any, summary: dict[str, Any], title: str) -> Any:
-    """The rows of :func:`vaecli.explain.explain` as a rich table: figure, value, unit, meaning, reference."""
+    """The rows of :func:`vaecli.explain.explain` as a rich table: figure, value with its unit, and
+    what it means with the reference that places it (dim)."""
     from rich.table import Table
 
     from ..explain import explain
 
-    t = Table(title=title)
-    for col in ("figure", "value", "unit", "what it means", "to place it"):
-        t.add_column(col, justify="right" if col == "value" else "left", overflow="fold")
+    t = Table(title=title, show_lines=False, pad_edge=False)
+    t.add_column("figure", style="bold", no_wrap=True)
+    t.add_column("value", justify="right", no_wrap=True)
+    t.add_column("what it means", overflow="fold", ratio=1)
     for row in explain(cfg, summary):
         value = "" if row.value is None else fmt(row.value, 4 if row.key in ("bits_per_dim", "normalised_beta") else 2)
-        t.add_row(row.name, value, row.unit, row.meaning, row.reference)
+        shown = f"{value} {row.unit}".strip() if row.key != "likelihood" else ""
+        meaning = row.meaning + (f"\n[dim]{row.reference}[/dim]" if row.reference else "")
+        t.add_row(row.name, shown, meaning)
     return t
