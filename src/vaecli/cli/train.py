@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -209,7 +210,7 @@ def _fit_with_progress(trainer: Any, stop: threading.Event, quiet: bool, console
         TextColumn("[bold]epoch {task.fields[epoch]}"),
         BarColumn(bar_width=24),
         MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]} recon {task.fields[recon]} KL {task.fields[kl]} beta {task.fields[beta]}"),
+        TextColumn("loss {task.fields[loss]} recon {task.fields[recon]} KL {task.fields[kl]}{task.fields[bpd]} beta {task.fields[beta]}"),
         TextColumn("{task.fields[ips]} img/s"),
         TimeRemainingColumn(),
         console=console,
@@ -217,11 +218,14 @@ def _fit_with_progress(trainer: Any, stop: threading.Event, quiet: bool, console
         transient=False,
     )
     task = None
+    m = trainer.cfg.model
+    bits = 1 / (m.channels * m.image_size * m.image_size * math.log(2)) if trainer.model.likelihood.is_discrete(trainer.cfg.data.binarize) else 0
 
     def on_progress(p: Any) -> None:
         nonlocal task
+        bpd = f" ({fmt((p.recon + p.kl) * bits, 3)} bits/dim)" if bits else ""
         fields = {"epoch": f"{p.epoch + 1}/{p.epochs}", "loss": fmt(p.loss, 1), "recon": fmt(p.recon, 1), "kl": fmt(p.kl, 2),
-                  "beta": fmt(p.beta, 2), "ips": _ips(p.images_per_second)}  # fmt: skip
+                  "bpd": bpd, "beta": fmt(p.beta, 2), "ips": _ips(p.images_per_second)}  # fmt: skip
         if p.kind == "start":
             task = progress.add_task("train", total=p.steps_per_epoch, completed=p.step, **fields)
         elif p.kind == "step" and task is not None:
