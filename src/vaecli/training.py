@@ -301,8 +301,7 @@ class Trainer:
         self._nan_steps = {int(v) for v in os.environ.get(NAN_STEPS_ENV, "").split(",") if v.strip()}
         self._cb: Callable[[Progress], None] = _ignore  # fit()'s callback, for notices
         self._spe = 1  # steps per epoch of this rank (set by _session)
-        self._plotted: float = -PLOT_SECONDS  # when loss.png was last drawn
-        self._plot_due: list[dict[str, Any]] | None = None  # rows written since, not drawn yet
+        self.metrics = MetricsWriter(path)
 
     @property
     def eval_model(self) -> VAE:
@@ -437,9 +436,7 @@ class Trainer:
     def _state_tensors(self) -> list[torch.Tensor]:
         """What a rollback restores: weights and buffers, the optimizer's moments, the moving average,
         the running sums and the gradient-norm watch."""
-        opt = [v for st in self.optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
-        ema = self.ema.tensors() if self.ema is not None else []
-        return [*self.model.parameters(), *self.model.buffers(), *opt, *ema, self.sums.acc, *self.health.grads.tensors()]
+        return _state_tensors(self.model, self.optimizer, self.ema, [self.sums.acc, *self.health.grads.tensors()])
 
     def _roll_back(self) -> None:
         """A non-finite step: back to the last finite state with the learning rate halved, or stop."""
@@ -471,7 +468,7 @@ class Trainer:
             row, best = self._evaluation_row(s)
             st.epoch, st.step, st.epoch_sums = st.epoch + 1, 0, [0.0] * 4
             self.history.append(row)
-            self._write_metrics(self.history)
+            self.metrics.write(self.history, st.notices)
             self.save(best=best)
         self._progress("epoch", s, metrics=row)
         for kind, line in self.health.epoch_alarms(self.history, tc, self.cfg.model.latent_dim, st.best_epoch, len(self.val_data) > 0):
@@ -506,10 +503,9 @@ class Trainer:
             if stopped not in ("done", "early_stop") and s.steps > 0:
                 row, best = self._evaluation_row(s, partial=True) if self.state.step > 0 else (None, False)
                 if row is not None:  # every run has its numbers: the part of the epoch done so far
-                    self._write_metrics([*self.history, row], final=True)
+                    self.metrics.write([*self.history, row], self.state.notices)
                 self.save(best=best)
-            elif self._plot_due is not None and distributed.is_main():  # the last epoch's loss.png was not drawn yet
-                _plot(self.path, self._plot_due, self.state.notices)
+            self.metrics.flush(self.state.notices)
             kept = (_kept_model(self.path, self.cfg.model, self.device) if len(self.val_data) else None) or self.eval_model
             test = _evaluate(kept, self.test_data, self.device, self.cfg.train.seed)
             self.model.train()
@@ -517,15 +513,34 @@ class Trainer:
         self._progress("end", s, images_per_second=s.rate(), metrics=result.summary)
         return result
 
-    def _write_metrics(self, rows: list[dict[str, Any]], final: bool = False) -> None:
-        """metrics.jsonl, and loss.png at most every :data:`PLOT_SECONDS` (always when ``final``)."""
-        if not distributed.is_main():  # DDP: rank 0 writes; metrics before the checkpoint (a resume drops rows past it)
-            return
-        ckpt.write_metrics(self.path, rows)
-        self._plot_due = rows
-        if final or time.monotonic() - self._plotted >= PLOT_SECONDS:
-            _plot(self.path, rows, self.state.notices)
-            self._plotted, self._plot_due = time.monotonic(), None
+
+class MetricsWriter:
+    """metrics.jsonl at every evaluation, loss.png at most every :data:`PLOT_SECONDS` (drawing it
+    costs about 0.1 s: a run of tiny epochs would spend its time there) and at the end. DDP: rank 0."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.drawn = -PLOT_SECONDS  # when loss.png was last drawn
+        self.due: list[dict[str, Any]] | None = None  # rows written since, not drawn yet
+
+    def write(self, rows: list[dict[str, Any]], notices: list[dict[str, Any]], final: bool = False) -> None:
+        """Write ``rows`` (metrics before the checkpoint: a resume drops rows past it); draw them when due."""
+        if distributed.is_main():
+            ckpt.write_metrics(self.path, rows)
+            self.due = rows
+            if final or time.monotonic() - self.drawn >= PLOT_SECONDS:
+                self.flush(notices)
+
+    def flush(self, notices: list[dict[str, Any]]) -> None:
+        """Draw the rows not drawn yet (with the alarms and recoveries marked)."""
+        if self.due is not None and distributed.is_main():
+            _plot(self.path, self.due, notices)
+            self.drawn, self.due = time.monotonic(), None
+
+
+def _state_tensors(model: VAE, optimizer: torch.optim.Optimizer, ema: EMA | None, more: list[torch.Tensor]) -> list[torch.Tensor]:
+    opt = [v for st in optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+    return [*model.parameters(), *model.buffers(), *opt, *(ema.tensors() if ema is not None else []), *more]
 
 
 def _kept_model(path: Path, cfg: ModelConfig, device: torch.device) -> VAE | None:

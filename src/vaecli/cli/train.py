@@ -219,7 +219,11 @@ def _fit_with_progress(trainer: Any, stop: threading.Event, quiet: bool, console
     )
     task = None
     m = trainer.cfg.model
-    bits = 1 / (m.channels * m.image_size * m.image_size * math.log(2)) if trainer.model.likelihood.is_discrete(trainer.cfg.data.binarize) else 0
+    bits = (
+        1 / (m.channels * m.image_size * m.image_size * math.log(2))
+        if trainer.model.likelihood.is_discrete(trainer.cfg.data.binarize)
+        else 0
+    )
 
     def on_progress(p: Any) -> None:
         nonlocal task
