@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo   - venv, install, train on the embedded Fashion-MNIST sample (~1 min), sample grid
 #   make test   - venv, install .[test], run the test suite
-#   make lint   - ruff check and ruff format --check (CI runs it before the tests)
+#   make lint   - ruff check, ruff format --check and mypy on src/ (CI runs it before the tests)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -32,6 +32,7 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/ruff format --check src tests benchmarks scripts
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo-samples.png

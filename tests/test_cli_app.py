@@ -41,7 +41,7 @@ def test_cli_error_lines_per_rank(monkeypatch: pytest.MonkeyPatch, capsys: pytes
     from vaecli.cli.app import _err
 
     mirrored = DistributedError("same as rank 0")
-    mirrored.mirrored = True  # type: ignore[attr-defined]
+    mirrored.mirrored = True
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     _err("vae: error: same as rank 0", mirrored)

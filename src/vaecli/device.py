@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -122,7 +122,7 @@ def memory_format_for(model: torch.nn.Module, device: torch.device) -> torch.mem
     return torch.contiguous_format
 
 
-def adam_kwargs(device: torch.device) -> dict[str, bool]:
+def adam_kwargs(device: torch.device) -> dict[str, Any]:
     """Fused Adam on CPU and CUDA (one kernel over all parameters), foreach elsewhere."""
     return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
 

@@ -271,6 +271,7 @@ def evaluate_run(model: Any, cfg: Any, **kwargs: Any) -> dict[str, Any]:
     if cfg.data.binarize:
         data = binarize_fixed(data)
     images = data.images.expand(-1, cfg.model.channels, -1, -1)
+    assert data.labels is not None  # shapes always has its factors
     return evaluate_disentanglement(model, images, data.labels, FACTORS, **kwargs)
 
 

@@ -297,7 +297,7 @@ def on_main(fn: Callable[[], T]) -> T:
     kind, value = box[0]
     if kind == "error":
         raise _mirror(value)
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def local_main_first(fn: Callable[[], T]) -> T:
@@ -319,7 +319,7 @@ def local_main_first(fn: Callable[[], T]) -> T:
         raise failure
     if failed:
         raise _mirror(("DistributedError", "another rank failed to load the data (see its message above)"))
-    return out if first else fn()  # type: ignore[no-any-return]
+    return out if first else fn()
 
 
 def param_digests(model: torch.nn.Module) -> list[str]:
@@ -358,7 +358,7 @@ def _mirror(value: tuple[str, str]) -> VaeError:
     if not (isinstance(cls, type) and issubclass(cls, VaeError)):
         cls = DistributedError
     err = cls(msg)
-    err.mirrored = True  # type: ignore[attr-defined]
+    err.mirrored = True
     return err
 
 

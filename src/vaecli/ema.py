@@ -19,8 +19,8 @@ class EMA:
         self.shadow = copy.deepcopy(model).eval()
         for p in self.shadow.parameters():
             p.requires_grad_(False)
-        self._src = [p for p in model.parameters()]
-        self._dst = [p for p in self.shadow.parameters()]
+        self._src: list[torch.Tensor] = list(model.parameters())
+        self._dst: list[torch.Tensor] = list(self.shadow.parameters())
         self._src_buf = list(model.buffers())
         self._dst_buf = list(self.shadow.buffers())
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 class VaeError(Exception):
     """Base class of every error vaecli raises on purpose (bad input, missing files...)."""
 
+    mirrored = False  # DDP: raised on a rank only because rank 0 raised it (the CLI prints it once)
+
 
 class ConfigError(VaeError):
     """A configuration value or command-line option is invalid."""

@@ -70,7 +70,7 @@ class FmnistNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The features: :meth:`hidden` divided by ``feature_scale``."""
-        return self.hidden(x) / self.feature_scale
+        return self.hidden(x) / self.get_buffer("feature_scale")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits (N, 10)."""

@@ -131,7 +131,7 @@ def overfit_alarm(rows: Sequence[dict[str, Any]], best_epoch: float | None, keep
     if len(evals) < OVERFIT_EVALS + 1:
         return None
     last = evals[-(OVERFIT_EVALS + 1) :]
-    val = [held_out(r)["neg_elbo"] for r in last]  # type: ignore[index]
+    val = [float((held_out(r) or {})["neg_elbo"]) for r in last]
     train = [r["train"]["neg_elbo"] for r in last]
     if not all(b > a for a, b in zip(val, val[1:])) or not all(b < a for a, b in zip(train, train[1:])):
         return None

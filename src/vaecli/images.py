@@ -15,8 +15,12 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # pragma: no cover - Pillow is imported where an image is made
+    from PIL.Image import Image as PILImage
 
 from .data import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, list_images, load_image
 from .errors import ConfigError, DataError
@@ -59,7 +63,7 @@ def check_grid(nrow: int | None, padding: int) -> None:
         raise ConfigError(f"--padding must be >= 0, got {padding}")
 
 
-def grid(images: torch.Tensor, nrow: int, padding: int = 2, scale: int = 1, pad_value: float = 0.0):  # type: ignore[no-untyped-def]
+def grid(images: torch.Tensor, nrow: int, padding: int = 2, scale: int = 1, pad_value: float = 0.0) -> PILImage:
     """A PIL image of the grid ``make_grid(images, nrow, padding)`` (gray 'L' for 1-channel images)."""
     from torchvision.utils import make_grid
 
@@ -79,7 +83,7 @@ def grid(images: torch.Tensor, nrow: int, padding: int = 2, scale: int = 1, pad_
     return to_pil(g if images.shape[1] == 3 else g[:1])
 
 
-def to_pil(image: torch.Tensor):  # type: ignore[no-untyped-def]
+def to_pil(image: torch.Tensor) -> PILImage:
     """One float image (C, H, W) in [0, 1] -> PIL 'L' (C = 1) or 'RGB' (C = 3)."""
     from PIL import Image
 
@@ -89,7 +93,7 @@ def to_pil(image: torch.Tensor):  # type: ignore[no-untyped-def]
     return Image.frombytes("RGB", (u8.shape[2], u8.shape[1]), u8.permute(1, 2, 0).contiguous().numpy().tobytes())
 
 
-def png_bytes(img) -> bytes:  # type: ignore[no-untyped-def]
+def png_bytes(img: PILImage) -> bytes:
     """Encode a PIL image as PNG bytes."""
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
@@ -136,7 +140,7 @@ def traversal_png(
     return png_bytes(img)
 
 
-def traversal_frames(images: torch.Tensor, steps: int, padding: int = 2, scale: int = 1) -> list:  # type: ignore[type-arg]
+def traversal_frames(images: torch.Tensor, steps: int, padding: int = 2, scale: int = 1) -> list[PILImage]:
     """GIF frames of a traversal laid out as rows of ``steps`` images (one row per dimension): frame t
     shows every dimension at its t-th value, up to 8 per row, upscaled at least 2x."""
     k = images.shape[0] // steps
@@ -145,7 +149,7 @@ def traversal_frames(images: torch.Tensor, steps: int, padding: int = 2, scale: 
     return [grid(per_step[t], ncol, padding, max(scale, 2)) for t in range(steps)]
 
 
-def gif_frames(images: torch.Tensor, scale: int = 1) -> list:  # type: ignore[type-arg]
+def gif_frames(images: torch.Tensor, scale: int = 1) -> list[PILImage]:
     """One GIF frame per image (N, C, H, W), upscaled at least 4x (a 28-pixel frame is too small to watch)."""
     return [to_pil(img) for img in upscale(images, max(scale, 4))]
 
@@ -160,7 +164,7 @@ def strip_png(images: torch.Tensor, gap: int = 0) -> bytes:
     return png_bytes(to_pil(canvas))
 
 
-def gif_bytes(frames: Sequence, fps: float = 8.0, bounce: bool = True) -> bytes:  # type: ignore[type-arg]
+def gif_bytes(frames: Sequence[PILImage], fps: float = 8.0, bounce: bool = True) -> bytes:
     """An endlessly looping GIF of PIL frames; ``bounce`` plays them forward then backward."""
     if not frames:
         raise ConfigError("no frames for the GIF")
@@ -177,7 +181,7 @@ def gif_bytes(frames: Sequence, fps: float = 8.0, bounce: bool = True) -> bytes:
 # ----------------------------------------------------------------------------- labels
 
 
-def label_grid(img, row_labels: Sequence[str], tile: int, padding: int, col_labels: Sequence[str] | None = None):  # type: ignore[no-untyped-def]
+def label_grid(img: PILImage, row_labels: Sequence[str], tile: int, padding: int, col_labels: Sequence[str] | None = None) -> PILImage:
     """Add a label column left of a grid (one label per row) and optionally a header of column labels.
 
     ``tile`` is the side of one image in the grid, ``padding`` the grid's padding. Text is

@@ -83,8 +83,10 @@ class _ResBlock(nn.Module):
             *_norm(norm, channels), _act(), nn.Conv2d(channels, channels, 3, 1, 1),
             *_norm(norm, channels), _act(), nn.Conv2d(channels, channels, 3, 1, 1),
         )  # fmt: skip
-        nn.init.zeros_(self.body[-1].weight)
-        nn.init.zeros_(self.body[-1].bias)
+        last = self.body[-1]
+        assert isinstance(last, nn.Conv2d) and last.bias is not None
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -223,7 +225,8 @@ class VAE(nn.Module):
         """The decoder's output, the parameters of p(x|z): (B, out_channels, H, W)."""
         if not _autocast_on(z):
             return self.decoder(z)
-        *body, last = self.decoder  # the output layer stays fp32 under bf16 autocast
+        layers = list(self.decoder.children())  # the output layer stays fp32 under bf16 autocast
+        body, last = layers[:-1], layers[-1]
         h = z
         for layer in body:
             h = layer(h)

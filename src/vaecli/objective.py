@@ -73,7 +73,7 @@ class Objective:
             assert kl_dims is not None, "free bits need a factorised prior"
             loss = recon + beta * kl_dims.mean(0).clamp_min(t.free_bits).sum()
         elif t.capacity:
-            loss = recon + beta * (kl - self.capacity_at(epoch_progress)).abs()
+            loss = recon + beta * (kl - capacity_at(epoch_progress, t.capacity, t.capacity_epochs or t.epochs)).abs()
         elif t.tc_beta > 0:
             loss = recon + beta * kl + (t.tc_beta - beta) * total_correlation(z, q)
         else:
@@ -100,7 +100,7 @@ def total_correlation(z: torch.Tensor, q: Posterior, chunk_elements: int = TC_CH
     from torch.utils.checkpoint import checkpoint
 
     parts = [checkpoint(_tc_rows, z[i : i + rows], q.mu, q.logvar, use_reentrant=False) for i in range(0, b, rows)]
-    return torch.cat(parts).mean()  # type: ignore[arg-type]
+    return torch.cat(parts).mean()
 
 
 def _tc_rows(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

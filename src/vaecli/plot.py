@@ -5,14 +5,15 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
 from .fileio import atomic_write_bytes
 
-Series = dict[str, tuple[Sequence[float], Sequence[float]]]
+Series = Mapping[str, tuple[Sequence[float], Sequence[float]]]
 Segments = list[list[tuple[float, float]]]
 Span = tuple[float, float]
 
@@ -100,7 +101,7 @@ def _log_axis(span: Span | None, target: int = 6) -> list[tuple[float, str]]:
     return [(math.log10(v), f"{v:g}") for v in ticks]
 
 
-def _size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
+def _size(draw: ImageDraw.ImageDraw, text: str, font: Any) -> tuple[float, float]:
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     return right - left, bottom - top
 
@@ -108,7 +109,7 @@ def _size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
 def _vtext(img: Image.Image, center: tuple[float, float], text: str, font) -> None:
     """Paste `text` rotated 90 degrees counter-clockwise, centred on `center`."""
     w, h = _size(ImageDraw.Draw(img), text, font)
-    tile = Image.new("RGBA", (w + 4, h + 8), (255, 255, 255, 0))
+    tile = Image.new("RGBA", (round(w) + 4, round(h) + 8), (255, 255, 255, 0))
     ImageDraw.Draw(tile).text((tile.width / 2, tile.height / 2), text, font=font, anchor="mm", fill=_TEXT)
     tile = tile.rotate(90, expand=True)
     img.paste(tile, (round(center[0] - tile.width / 2), round(center[1] - tile.height / 2)), tile)
@@ -176,7 +177,7 @@ def _panel(
     ylabel: str,
     secondary_label: str,
     marks: Sequence[tuple[float, str]] = (),
-    point_labels: dict[str, Sequence[str]] | None = None,
+    point_labels: Mapping[str, Sequence[str]] | None = None,
     xlog: bool = False,
     lines: bool = True,
 ) -> None:
@@ -196,7 +197,7 @@ def _panel(
     integer_x = not xlog and all(x.is_integer() for x in xs_all)
     xspan, spans = _span(xs_all, integer_x), [_span([p[1] for p in g]) for g in pts]
 
-    top = y0 + pad
+    top: float = y0 + pad
     if title:
         draw.text(((x0 + x1) / 2, top), title, font=f_title, anchor="mt", fill=_TEXT)
         top += _size(draw, "Ag", f_title)[1] + 10 * S
@@ -256,7 +257,7 @@ def _panel(
             for x, y in m:
                 _marker(draw, x, y, marker, colour)
     for label, (xs, ys) in series.items() if point_labels else ():
-        for x, y, text in zip(xs, ys, point_labels.get(label, ())):
+        for x, y, text in zip(xs, ys, (point_labels or {}).get(label, ())):
             if text and math.isfinite(x) and math.isfinite(y):
                 px, py = fx(x), fy(y, spans[0])
                 fits = px + 7 * S + _size(draw, text, f_tick)[0] <= right  # else on the point's left
@@ -274,12 +275,12 @@ def _finish(img: Image.Image, size: tuple[int, int], path: str | os.PathLike[str
 
 def line_chart(
     path: str | os.PathLike[str] | None,
-    series: dict[str, tuple[list[float], list[float]]],
+    series: Series,
     *,
     title: str = "",
     xlabel: str = "epoch",
     ylabel: str = "",
-    secondary: dict[str, tuple[list[float], list[float]]] | None = None,
+    secondary: Series | None = None,
     secondary_label: str = "",
     size: tuple[int, int] = (900, 560),
 ) -> bytes:
@@ -341,8 +342,9 @@ def plot_training_curves(path: str | os.PathLike[str] | None, metrics: list[dict
     -ELBO (nats/image); bottom panel train/validation KL (nats) with beta on a right-hand axis.
     ``marks`` (epoch, label): alarms and recoveries, drawn on both panels. Returns PNG bytes."""
     rows = sorted((r for r in metrics if "epoch" in r), key=lambda r: r["epoch"])
-    top: Series = {"train -ELBO": _metric(rows, "train", "neg_elbo"), "train recon": _metric(rows, "train", "recon")}
-    bottom: Series = {"train KL": _metric(rows, "train", "kl")}
+    top: dict[str, tuple[Sequence[float], Sequence[float]]] = {"train -ELBO": _metric(rows, "train", "neg_elbo"),
+                                                                "train recon": _metric(rows, "train", "recon")}  # fmt: skip
+    bottom: dict[str, tuple[Sequence[float], Sequence[float]]] = {"train KL": _metric(rows, "train", "kl")}
     if any(isinstance(r.get("val"), dict) for r in rows):
         top["validation -ELBO"] = _metric(rows, "val", "neg_elbo")
         bottom["validation KL"] = _metric(rows, "val", "kl")

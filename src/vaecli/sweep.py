@@ -352,7 +352,7 @@ def run_status(name: str) -> RunStatus:
     summary = ckpt.read_summary(folder)
     state = ckpt.read_train_state(folder)
     stopped = summary.get("stopped")
-    steps = summary.get("steps") if isinstance(summary.get("steps"), int) else -1
+    steps: int = summary["steps"] if isinstance(summary.get("steps"), int) else -1
     if stopped in FINISHED and (state is None or state.global_step <= steps):
         return RunStatus("done", steps, float(summary.get("train_seconds") or 0.0), stopped)
     if state is not None:
@@ -466,7 +466,7 @@ class _Job:
     slot: int
     log: Path
     steps_before: int
-    proc: subprocess.Popen | None = None  # type: ignore[type-arg]
+    proc: subprocess.Popen[bytes] | None = None
     t0: float = 0.0
 
 

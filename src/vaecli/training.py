@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -306,7 +306,7 @@ class Trainer:
     @property
     def eval_model(self) -> VAE:
         """The weights that are evaluated, saved and sampled: the moving average when ``--ema`` is on."""
-        return self.ema.shadow if self.ema is not None else self.model  # type: ignore[return-value]
+        return cast(VAE, self.ema.shadow) if self.ema is not None else self.model
 
     def save(self, best: bool = False) -> None:
         """Write the resume point (last weights, optimizer, RNG, :class:`TrainState`) and, when

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import typer
@@ -36,13 +37,20 @@ class VaeGroup(TyperGroup):
     """Runs commands with click's standalone mode off so that every error is reported here."""
 
     def main(
-        self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None, standalone_mode: bool = True, **extra: Any
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
     ) -> Any:
         from ..errors import VaeError
 
         DEBUG["on"] = _debug_from_env()  # per invocation: `--debug` sets it again in the callback
         try:
-            rv = super().main(args=args, prog_name=prog_name or "vae", complete_var=complete_var, standalone_mode=False, **extra)
+            rv = super().main(args=args, prog_name=prog_name or "vae", complete_var=complete_var, standalone_mode=False,
+                              windows_expand_args=windows_expand_args, **extra)  # fmt: skip
         except VaeError as exc:
             if DEBUG["on"]:
                 raise

@@ -13,20 +13,22 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+    from rich.console import Console
 
     from ..config import RunConfig
+    from ..data import FolderLoad
 
 DEVICE_HELP = "auto | cpu | cuda | mps (auto: cuda, then mps, then cpu)."
 
 
-def stderr_console():  # type: ignore[no-untyped-def]
+def stderr_console() -> Console:
     """A rich console on stderr (progress, tables next to --json)."""
     from rich.console import Console
 
     return Console(stderr=True)
 
 
-def stdout_console():  # type: ignore[no-untyped-def]
+def stdout_console() -> Console:
     """A rich console on stdout."""
     from rich.console import Console
 
@@ -82,7 +84,7 @@ class load_reporter:  # lower case: used as a context manager, like a function
         self.task: Any = None
         self.start = 0.0
 
-    def __enter__(self):  # type: ignore[no-untyped-def]
+    def __enter__(self) -> FolderLoad:
         import time
 
         from ..data import FolderLoad

@@ -114,8 +114,8 @@ def _kl_table(res: EvalResult, name: str, split: str, svg: str | None = None, ex
     top = max(kl, default=0.0) or 1.0
     width = 24
     t = Table(title=f"run {name}: KL per latent dimension, {split} split ({res.images:,} images)")
-    for col, just in (("dim", "right"), ("KL", "right"), ("", "left"), ("share", "right"), ("Var(mu)", "right"), ("active", "center")):
-        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    for col in ("dim", "KL", "", "share", "Var(mu)", "active"):
+        t.add_column(col, justify="left" if col == "" else "center" if col == "active" else "right")
     total = res.kl if res.kl > 0 else 1.0
     active = active_mask(res.mu_variance)
     for j in dims_by_kl(kl):

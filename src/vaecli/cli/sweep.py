@@ -48,7 +48,7 @@ def train_flags() -> list[Any]:
 
     hints = inspect.signature(train_cmd, eval_str=True).parameters
     flags = []
-    for p in typer.main.get_command(app).commands["train"].params:
+    for p in _train_command().params:
         base = _base_type(hints[p.name].annotation) if p.name in hints else str
         kind = "bool" if getattr(p, "is_flag", False) else {int: "int", float: "float"}.get(base, "str")
         takes_list = kind == "str" and "comma-separated" in (p.help or "").lower()
@@ -56,14 +56,20 @@ def train_flags() -> list[Any]:
     return flags
 
 
+def _train_command() -> Any:
+    """`vae train` as the click command typer builds (its parser and parameters)."""
+    group: Any = typer.main.get_command(app)
+    return group.commands["train"]
+
+
 def check_train_args(run: Any) -> None:
     """Parse one run's `vae train` arguments with `vae train`'s own parser and check the values
     (config.check_given), so that a bad value is one line before any run starts."""
     from ..config import MODEL_FIELDS, TRAIN_FIELDS, check_given
     from ..errors import ConfigError
-    from .train import _parse_widths
+    from .train import parse_widths
 
-    cmd = typer.main.get_command(app).commands["train"]
+    cmd = _train_command()
     try:
         ctx = cmd.make_context("vae train", list(run.args), resilient_parsing=False)
     except Exception as exc:
@@ -72,7 +78,7 @@ def check_train_args(run: Any) -> None:
         raise
     given = {k: v for k, v in ctx.params.items() if k in MODEL_FIELDS | TRAIN_FIELDS}
     if given.get("widths") is not None:
-        given["widths"] = _parse_widths(given["widths"])
+        given["widths"] = parse_widths(given["widths"])
     try:
         check_given(given)
     except ConfigError as exc:
@@ -181,7 +187,8 @@ def _study(
     """Scores (merged into the rows) and the pictures' material of every row, with a status line."""
     from ..compare import study_run
 
-    studies, notes = [], {}
+    studies: list[Any] = []
+    notes: dict[str, list[str]] = {}
     with contextlib.nullcontext() if quiet else err.status("") as status:
         for i, row in enumerate(rows, 1):
             if status is not None:

@@ -100,7 +100,7 @@ def train_cmd(
         trainer = resume_run(resume, overrides)
     else:
         given = {k: v for k, v in options.items() if k in MODEL_FIELDS | TRAIN_FIELDS}
-        given["widths"] = _parse_widths(widths) if widths is not None else None
+        given["widths"] = parse_widths(widths) if widths is not None else None
         data_cfg = DataConfig(name=data, root=data_dir, image_size=image_size, channels=channels, split_seed=seed, binarize=binarize,
                               fit=fit, max_image_size=max_image_size, strict=strict, val_size=val_size)  # fmt: skip
         with load_reporter(quiet or not main, use_cache=not no_cache) as load:
@@ -156,7 +156,7 @@ def _fit_until_stopped(trainer: Any, quiet: bool, err: Any) -> Any:
             signal.signal(signal.SIGINT, old)
 
 
-def _parse_widths(text: str) -> tuple[int, ...]:
+def parse_widths(text: str) -> tuple[int, ...]:
     """``"16,32"`` -> ``(16, 32)``; anything else is a usage error."""
     from ..errors import ConfigError
 
@@ -228,7 +228,7 @@ def _fit_with_progress(trainer: Any, stop: threading.Event, quiet: bool, console
     def on_progress(p: Any) -> None:
         nonlocal task
         bpd = f" ({fmt((p.recon + p.kl) * bits, 3)} bits/dim)" if bits else ""
-        fields = {"epoch": f"{p.epoch + 1}/{p.epochs}", "loss": fmt(p.loss, 1), "recon": fmt(p.recon, 1), "kl": fmt(p.kl, 2),
+        fields: dict[str, Any] = {"epoch": f"{p.epoch + 1}/{p.epochs}", "loss": fmt(p.loss, 1), "recon": fmt(p.recon, 1), "kl": fmt(p.kl, 2),
                   "bpd": bpd, "beta": fmt(p.beta, 2), "ips": _ips(p.images_per_second)}  # fmt: skip
         if p.kind == "start":
             task = progress.add_task("train", total=p.steps_per_epoch, completed=p.step, **fields)

@@ -98,7 +98,7 @@ def read(path: Path, key: str, rule: dict[str, Any]) -> tuple[torch.Tensor, dict
             if os.fstat(fh.fileno()).st_size != len(MAGIC) + 8 + n + expected:
                 return None
             out = torch.empty(shape, dtype=torch.uint8)
-            view = memoryview(out.numpy()).cast("B")
+            view = memoryview(out.numpy().data).cast("B")
             crc, pos, step = 0, 0, CHUNK_ROWS * shape[1] * shape[2] * shape[3]
             while pos < expected:
                 got = fh.readinto(view[pos : pos + step])
@@ -115,7 +115,7 @@ def read(path: Path, key: str, rule: dict[str, Any]) -> tuple[torch.Tensor, dict
 
 def write(path: Path, key: str, rule: dict[str, Any], images: torch.Tensor, paths: list[str], skipped: list[dict[str, str]]) -> None:
     """Store ``images`` (uint8, N, C, H, W) atomically (best effort: a full disk is no error)."""
-    view = memoryview(images.contiguous().numpy()).cast("B")
+    view = memoryview(images.contiguous().numpy().data).cast("B")
     head = {
         "version": VERSION,
         "key": key,

@@ -86,7 +86,7 @@ def fingerprint(*splits: ImageData) -> str:
     h = hashlib.sha256()
     for s in splits:
         h.update(str(tuple(s.images.shape)).encode())
-        h.update(memoryview(s.images.contiguous().numpy()).cast("B"))  # no copy of the pixels
+        h.update(memoryview(s.images.contiguous().numpy().data).cast("B"))  # no copy of the pixels
     return h.hexdigest()[:16]
 
 

@@ -76,7 +76,7 @@ def decode(
                 if w * h > MAX_IMAGE_PIXELS:  # Pillow itself only warns below twice its limit
                     raise DecodeError(f"{name}: image is too large ({w}x{h}, over {MAX_IMAGE_PIXELS:,} pixels)")
                 im.load()
-                upright = im
+                upright: Image.Image = im
                 if im.getexif().get(ORIENTATION, 1) != 1:  # camera JPEGs: turn upright before anything else
                     upright = ImageOps.exif_transpose(im)
                 img = _normalise_mode(upright)

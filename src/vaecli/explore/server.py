@@ -208,7 +208,8 @@ class ExploreServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        shown = f"[{host}]" if ":" in str(host) else str(host)
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        shown = f"[{name}]" if ":" in name else name
         return f"http://{shown}:{port}/"
 
 
@@ -216,7 +217,7 @@ def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8765) -
     """Bind (``port`` 0 picks a free one); a busy port or bad host -> :class:`ConfigError`."""
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port must be between 0 and 65535, got {port}")
-    cls = ExploreServer
+    cls: type[ExploreServer] = ExploreServer
     if ":" in host:
         import socket
 

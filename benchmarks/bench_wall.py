@@ -1,0 +1,69 @@
+"""Quality at equal wall time, side by side: ``vae train --time-budget T`` for named sets of flags,
+one after the other in one invocation (rounds alternate the configurations when ``--rounds`` > 1),
+each scored on the test split by its own summary (the weights model.safetensors keeps). Run by hand,
+on a quiet machine (wall time measures the neighbours too)::
+
+    python benchmarks/bench_wall.py --data fashion-mnist --data-dir /path/to/data --budgets 120,600 \\
+        --config default= --config no_val="--val-size 0" --out benchmarks/results/bench_val_split.json
+    python benchmarks/bench_wall.py --data fashion-mnist --data-dir /path/to/data --budgets 120 \\
+        --config fp32="--precision fp32" --config bf16="--precision bf16" --out benchmarks/results/bench_bf16_mlp.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import harness
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="fashion-mnist", help="vae train --data")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--budgets", default="120", help="comma-separated --time-budget seconds")
+    p.add_argument("--config", action="append", default=[], help="NAME=FLAGS (vae train flags; '' = the defaults)")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--out", required=True)
+    p.add_argument("--note", default=None)
+    args = p.parse_args()
+    configs = [c.split("=", 1) for c in args.config or ["default="]]
+    home = Path(tempfile.mkdtemp(prefix="vae-wall-"))
+    rows: list[dict[str, Any]] = []
+    for budget in args.budgets.split(","):
+        for r in range(args.rounds):
+            for name, flags in configs:
+                run = f"{name}-{budget}-{r}"
+                argv = [
+                    "train",
+                    "--data",
+                    args.data,
+                    "--time-budget",
+                    budget,
+                    "--name",
+                    run,
+                    "--overwrite",
+                    "--json",
+                    "-q",
+                    *shlex.split(flags),
+                ]
+                m = harness.run_vae(args, home, argv)
+                res = m.get("result") or {}
+                summary = harness.read_json(home / run / "summary.json") if (home / run / "summary.json").exists() else {}
+                row = {"config": name, "flags": flags, "budget_s": float(budget), "round": r, "rc": m["rc"], "wall_s": m["wall_s"],
+                       "peak_rss_mib": m["peak_rss_mib"], "test": res.get("test"), "best": res.get("best"), "last": res.get("last"),
+                       "stopped": res.get("stopped"), "epochs": res.get("epochs"), "images_per_second": res.get("images_per_second"),
+                       "precision": summary.get("precision"), "likelihood": res.get("likelihood"), "error": m.get("stderr_tail") or None}  # fmt: skip
+                harness.log(f"{name} @ {budget}s: test {(res.get('test') or {}).get('neg_elbo')} ({res.get('images_per_second')} img/s)")
+                rows.append(row)
+    harness.write_json(args.out, {"benchmark": "bench_wall", "command": " ".join(map(shlex.quote, sys.argv)), "data": args.data,
+                                  "rows": rows, "machine": harness.machine_info(args.note)})  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
