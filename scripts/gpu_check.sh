@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU check (issue 13): run from the repository root on a machine with an NVIDIA GPU and
+# One-shot GPU check: run from the repository root on a machine with an NVIDIA GPU and
 # no network. Finishes in under 8 minutes; every step has its own timeout and a step that would
 # overrun the total is skipped (and says so in the JSON).
 #

@@ -31,11 +31,46 @@ from . import checkpoint as ckpt
 from .explain import likelihood_units
 from .fileio import atomic_write_json, atomic_write_text
 
-NUMBERS = ("rate", "distortion", "neg_elbo", "bits_per_dim", "active_units", "fd", "kid", "precision", "recall", "mig",
-           "factorvae_score", "images_per_second", "train_seconds")  # fmt: skip
-CSV_COLUMNS = ("run", "label", "units", "rate", "distortion", "neg_elbo", "bits_per_dim", "active_units", "latent_dim", "fd", "kid",
-               "kid_std", "precision", "recall", "mig", "factorvae_score", "images_per_second", "train_seconds", "steps", "stopped",
-               "beta", "data", "likelihood")  # fmt: skip
+NUMBERS = (
+    "rate",
+    "distortion",
+    "neg_elbo",
+    "bits_per_dim",
+    "active_units",
+    "fd",
+    "kid",
+    "precision",
+    "recall",
+    "mig",
+    "factorvae_score",
+    "images_per_second",
+    "train_seconds",
+)
+CSV_COLUMNS = (
+    "run",
+    "label",
+    "units",
+    "rate",
+    "distortion",
+    "neg_elbo",
+    "bits_per_dim",
+    "active_units",
+    "latent_dim",
+    "fd",
+    "kid",
+    "kid_std",
+    "precision",
+    "recall",
+    "mig",
+    "factorvae_score",
+    "images_per_second",
+    "train_seconds",
+    "steps",
+    "stopped",
+    "beta",
+    "data",
+    "likelihood",
+)
 SAMPLES_PER_ROW = 8
 TRAVERSE_DIMS = 3
 TRAVERSE_STEPS = 7
@@ -56,18 +91,42 @@ def run_row(folder: Path, values: dict[str, Any] | None = None, label: str | Non
     discrete = bool(s.get("discrete", cfg.data.binarize and name == "bernoulli"))
     tc = cfg.train
     return {
-        "run": folder.name, "path": str(folder), "values": dict(values or {}), "label": label or folder.name,
-        "finished": s.get("stopped") in ("done", "max_steps", "time_budget", "early_stop"), "stopped": s.get("stopped"),
-        "data": cfg.data.name, "fingerprint": cfg.data.fingerprint, "test_size": cfg.data.test_size, "binarize": cfg.data.binarize,
-        "image": [cfg.model.channels, cfg.model.image_size], "likelihood": name, "discrete": discrete,
-        "units": likelihood_units(name, discrete), "likelihood_label": s.get("likelihood", ""),
-        "rate": _num(test.get("kl")), "distortion": _num(test.get("recon")), "neg_elbo": _num(test.get("neg_elbo")),
-        "bits_per_dim": _num(test.get("bits_per_dim")), "active_units": s.get("active_units"), "latent_dim": cfg.model.latent_dim,
-        "beta": tc.beta, "arch": cfg.model.arch, "images_per_second": _num(s.get("images_per_second")),
-        "train_seconds": _num(s.get("train_seconds")), "steps": s.get("steps"), "epochs_done": s.get("epochs_done"),
+        "run": folder.name,
+        "path": str(folder),
+        "values": dict(values or {}),
+        "label": label or folder.name,
+        "finished": s.get("stopped") in ("done", "max_steps", "time_budget", "early_stop"),
+        "stopped": s.get("stopped"),
+        "data": cfg.data.name,
+        "fingerprint": cfg.data.fingerprint,
+        "test_size": cfg.data.test_size,
+        "binarize": cfg.data.binarize,
+        "image": [cfg.model.channels, cfg.model.image_size],
+        "likelihood": name,
+        "discrete": discrete,
+        "units": likelihood_units(name, discrete),
+        "likelihood_label": s.get("likelihood", ""),
+        "rate": _num(test.get("kl")),
+        "distortion": _num(test.get("recon")),
+        "neg_elbo": _num(test.get("neg_elbo")),
+        "bits_per_dim": _num(test.get("bits_per_dim")),
+        "active_units": s.get("active_units"),
+        "latent_dim": cfg.model.latent_dim,
+        "beta": tc.beta,
+        "arch": cfg.model.arch,
+        "images_per_second": _num(s.get("images_per_second")),
+        "train_seconds": _num(s.get("train_seconds")),
+        "steps": s.get("steps"),
+        "epochs_done": s.get("epochs_done"),
         "budget": {"time_budget": tc.time_budget, "epochs": tc.epochs, "max_steps": tc.max_steps},
-        "fd": None, "kid": None, "kid_std": None, "precision": None, "recall": None, "mig": None, "factorvae_score": None,
-    }  # fmt: skip
+        "fd": None,
+        "kid": None,
+        "kid_std": None,
+        "precision": None,
+        "recall": None,
+        "mig": None,
+        "factorvae_score": None,
+    }
 
 
 def comparability_notes(rows: Sequence[dict[str, Any]], budgets: bool = True) -> list[str]:
@@ -90,12 +149,16 @@ def comparability_notes(rows: Sequence[dict[str, Any]], budgets: bool = True) ->
     else:
         split = by(lambda r: (r["fingerprint"], r["test_size"], tuple(r["image"])))
         if len(split) > 1:
-            notes.append("not comparable: another test split (the data's fingerprint, test size or image shape differ: "
-                         f"{listing(split, lambda k: f'{k[0]}, {k[1]} test images, {k[2][0]}x{k[2][1]}px')})")  # fmt: skip
+            notes.append(
+                "not comparable: another test split (the data's fingerprint, test size or image shape differ: "
+                f"{listing(split, lambda k: f'{k[0]}, {k[1]} test images, {k[2][0]}x{k[2][1]}px')})"
+            )
     units = by(lambda r: r["units"] + (" (binarised pixels)" if r["binarize"] else ""))
     if len(units) > 1:
-        notes.append(f"not comparable: other likelihood units ({listing(units, str)}): -ELBO and distortion are in different units and do not "
-                     "compare across them; the rate (KL, nats) does")  # fmt: skip
+        notes.append(
+            f"not comparable: other likelihood units ({listing(units, str)}): -ELBO and distortion are in different units and do not "
+            "compare across them; the rate (KL, nats) does"
+        )
     if budgets:
         budget = by(_budget)
         if len(budget) > 1:
@@ -133,8 +196,17 @@ def _score_key(row: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
     return {"steps": row["steps"], "train_seconds": row["train_seconds"], "n": n, "seed": seed}
 
 
-def study_run(row: dict[str, Any], *, score: bool, n: int = 2000, seed: int = 0, device: str = "auto", cache: Path | None = None,
-              pictures: bool = True, votes: int = VOTES) -> tuple[dict[str, Any], list[str], Study | None]:  # fmt: skip
+def study_run(
+    row: dict[str, Any],
+    *,
+    score: bool,
+    n: int = 2000,
+    seed: int = 0,
+    device: str = "auto",
+    cache: Path | None = None,
+    pictures: bool = True,
+    votes: int = VOTES,
+) -> tuple[dict[str, Any], list[str], Study | None]:
     """Load one finished run and compute its scores (when ``score``; from ``cache``, a folder of JSON
     files, when it holds them for the same weights and settings) and the pictures' material. Returns
     (scores merged into the row's keys, notes about the run, :class:`Study` or None without ``pictures``)."""
@@ -192,8 +264,10 @@ def _scores(model: Any, cfg: Any, row: dict[str, Any], n: int, seed: int, votes:
         out.update({k: res[k] for k in ("fd", "kid", "kid_std", "precision", "recall")}, samples_scored=res["n"], features=res["features"])
     else:
         c, s = row["image"]
-        notes.append(f"no sample scores ({c} channel{'s' if c > 1 else ''}, {s} px: the shipped feature net is for 28x28 "
-                     "grayscale; `vae eval-samples --features inception-v3-pool3` scores it where the Inception weights can be downloaded)")  # fmt: skip
+        notes.append(
+            f"no sample scores ({c} channel{'s' if c > 1 else ''}, {s} px: the shipped feature net is for 28x28 "
+            "grayscale; `vae eval-samples --features inception-v3-pool3` scores it where the Inception weights can be downloaded)"
+        )
     if cfg.data.name == "shapes":
         from .disentangle import evaluate_run as disentangle
 
@@ -219,8 +293,17 @@ def aggregate(rows: Sequence[dict[str, Any]], factors: Sequence[str]) -> list[di
             mean[k] = statistics.fmean(vals) if vals else None
             std[k] = (statistics.stdev(vals) if len(vals) > 1 else 0.0) if vals else None
         values = dict(zip(factors, key))
-        out.append({"values": values, "label": " ".join(f"{k}={_text(v)}" for k, v in values.items()) or "all seeds",
-                    "n": len(members), "runs": [m["run"] for m in members], "units": members[0]["units"], "mean": mean, "std": std})  # fmt: skip
+        out.append(
+            {
+                "values": values,
+                "label": " ".join(f"{k}={_text(v)}" for k, v in values.items()) or "all seeds",
+                "n": len(members),
+                "runs": [m["run"] for m in members],
+                "units": members[0]["units"],
+                "mean": mean,
+                "std": std,
+            }
+        )
     return out
 
 
@@ -258,9 +341,16 @@ def rd_png(path: Path, result: dict[str, Any], factors: Sequence[str]) -> bytes:
     runs, lines = result["runs"], bool(factors)
     if factors:  # a sweep: a point per group of seeds (a single run without seeds), a series per value of the other factors
         groups = result.get("groups") or aggregate(runs, factors)
-        points = [{**g["mean"], "label": f"{factors[0]}={_text(g['values'][factors[0]])}",
-                   "series": " ".join(f"{k}={_text(g['values'][k])}" for k in factors[1:]) or f"{factors[0]} swept",
-                   "units": g["units"], "beta": _group_beta(g, runs)} for g in groups]  # fmt: skip
+        points = [
+            {
+                **g["mean"],
+                "label": f"{factors[0]}={_text(g['values'][factors[0]])}",
+                "series": " ".join(f"{k}={_text(g['values'][k])}" for k in factors[1:]) or f"{factors[0]} swept",
+                "units": g["units"],
+                "beta": _group_beta(g, runs),
+            }
+            for g in groups
+        ]
         if any(g["n"] > 1 for g in groups):
             for p, g in zip(points, groups):
                 p["series"] += f" (mean of {g['n']} seeds)"
@@ -282,8 +372,11 @@ def rd_png(path: Path, result: dict[str, Any], factors: Sequence[str]) -> bytes:
         return out
 
     title = f"{result['name']}: rate-distortion (test split)" if result.get("name") else "rate-distortion (test split)"
-    panels = [PointsPanel(series("distortion", "rate"), title, "rate = KL(q(z|x) || p(z)), nats/image", f"distortion = -log p(x|z), {unit}",
-                          lines=lines)]  # fmt: skip
+    panels = [
+        PointsPanel(
+            series("distortion", "rate"), title, "rate = KL(q(z|x) || p(z)), nats/image", f"distortion = -log p(x|z), {unit}", lines=lines
+        )
+    ]
     if any(_num(p.get("mig")) is not None for p in points):
         mig = series("mig", "beta")
         xlog = all(x > 0 for pts in mig.values() for x, _, _ in pts)
@@ -350,5 +443,16 @@ def traverse_png(path: Path, studies: Sequence[Study]) -> bytes:
     return data
 
 
-__all__ = ["run_row", "comparability_notes", "study_run", "Study", "aggregate", "write_tables", "rd_png", "samples_png", "traverse_png",
-           "sample_features_fit", "NUMBERS"]  # fmt: skip
+__all__ = [
+    "run_row",
+    "comparability_notes",
+    "study_run",
+    "Study",
+    "aggregate",
+    "write_tables",
+    "rd_png",
+    "samples_png",
+    "traverse_png",
+    "sample_features_fit",
+    "NUMBERS",
+]

@@ -123,6 +123,7 @@ class ModelConfig(_Config):
     mixtures: int = 1  # components of the discretised logistic mixture (likelihood logistic)
     logistic_scale: str = "pixel"  # likelihood logistic: a scale per pixel (predicted) or one per channel, "shared" (learned)
     blocks: int = 0  # residual blocks after each conv stage, encoder and decoder (conv archs)
+    upsample: str = "transposed"  # the conv decoder's stages: transposed (k4 s2) convs, or resize (nearest x2 + 3x3 conv)
     prior: str = "normal"  # p(z): normal (N(0, I)) or vamp (the VampPrior of pseudo_inputs learned pseudo-inputs)
     pseudo_inputs: int = 500  # K of the VampPrior
 
@@ -134,6 +135,7 @@ class ModelConfig(_Config):
         _check(1 <= self.mixtures <= 32, f"--mixtures must be 1..32, got {self.mixtures}")
         _check(self.logistic_scale in ("pixel", "shared"), f"--logistic-scale must be pixel or shared, got {self.logistic_scale!r}")
         _check(0 <= self.blocks <= 8, f"--blocks must be 0..8, got {self.blocks}")
+        _check(self.upsample in ("transposed", "resize"), f"--upsample must be transposed or resize, got {self.upsample!r}")
         _check(self.prior in PRIORS, f"--prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
         _check(1 <= self.pseudo_inputs <= 10_000, f"--pseudo-inputs must be 1..10000, got {self.pseudo_inputs}")
         _check(self.latent_dim >= 1, f"--latent-dim must be >= 1, got {self.latent_dim}")

@@ -190,16 +190,18 @@ def factor_table(names: list[str] | tuple[str, ...], m: MIGResult, f: FactorVAER
     rows = []
     for i, name in enumerate(names):
         best, second = m.best_dim[i], m.second_dim[i]
-        rows.append({
-            "factor": name,
-            "entropy": m.entropies[i],
-            "best_dim": best,
-            "best_mi": m.normalized_mi[best][i],
-            "second_dim": second,
-            "second_mi": m.normalized_mi[second][i] if second >= 0 else 0.0,
-            "gap": m.per_factor[i],
-            "factorvae_dims": [j for j, c in enumerate(f.dim_to_factor) if c == i],
-        })  # fmt: skip
+        rows.append(
+            {
+                "factor": name,
+                "entropy": m.entropies[i],
+                "best_dim": best,
+                "best_mi": m.normalized_mi[best][i],
+                "second_dim": second,
+                "second_mi": m.normalized_mi[second][i] if second >= 0 else 0.0,
+                "gap": m.per_factor[i],
+                "factorvae_dims": [j for j, c in enumerate(f.dim_to_factor) if c == i],
+            }
+        )
     return rows
 
 
@@ -233,8 +235,9 @@ def evaluate_disentanglement(
     """
     codes = latent_means(model, images)
     m = mig(codes, factors, bins)
-    f = factorvae_score(codes, factors, batch_size=batch_size, n_train=n_train, n_eval=n_eval,
-                        generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    f = factorvae_score(
+        codes, factors, batch_size=batch_size, n_train=n_train, n_eval=n_eval, generator=torch.Generator().manual_seed(seed)
+    )
     return {
         "images": int(codes.shape[0]),
         "latent_dim": int(codes.shape[1]),
@@ -275,5 +278,18 @@ def evaluate_run(model: Any, cfg: Any, **kwargs: Any) -> dict[str, Any]:
     return evaluate_disentanglement(model, images, data.labels, FACTORS, **kwargs)
 
 
-__all__ = ["evaluate_run", "require_factors", "discretize", "entropy", "mutual_info", "mutual_info_matrix", "mig", "MIGResult", "latent_means", "evaluate_disentanglement",
-           "factorvae_score", "FactorVAEResult", "factor_table"]  # fmt: skip
+__all__ = [
+    "evaluate_run",
+    "require_factors",
+    "discretize",
+    "entropy",
+    "mutual_info",
+    "mutual_info_matrix",
+    "mig",
+    "MIGResult",
+    "latent_means",
+    "evaluate_disentanglement",
+    "factorvae_score",
+    "FactorVAEResult",
+    "factor_table",
+]

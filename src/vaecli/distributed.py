@@ -388,8 +388,29 @@ def is_comm_error(exc: BaseException) -> bool:
 
 
 __all__ = [
-    "env_ranks", "launched", "is_distributed", "world_size", "rank", "local_rank", "is_main", "timeout_seconds",
-    "device_for", "init", "cleanup", "wrap", "shard_size", "shard", "any_true", "all_finite", "all_reduce_sum",
-    "barrier", "all_gather_object", "on_main", "local_main_first", "param_digests", "param_digest", "explain",
+    "env_ranks",
+    "launched",
+    "is_distributed",
+    "world_size",
+    "rank",
+    "local_rank",
+    "is_main",
+    "timeout_seconds",
+    "device_for",
+    "init",
+    "cleanup",
+    "wrap",
+    "shard_size",
+    "shard",
+    "any_true",
+    "all_finite",
+    "all_reduce_sum",
+    "barrier",
+    "all_gather_object",
+    "on_main",
+    "local_main_first",
+    "param_digests",
+    "param_digest",
+    "explain",
     "is_comm_error",
-]  # fmt: skip
+]

@@ -54,35 +54,97 @@ def explain(cfg: RunConfig, summary: dict[str, Any]) -> list[Number]:
     test = summary.get("test") or {}
     dims = m.channels * m.image_size * m.image_size
     rows = [
-        Number("likelihood", "likelihood", None, "", _text(summary.get("likelihood")) or m.likelihood,
-               "a true likelihood of the pixels: comparable across models and likelihoods" if discrete else
-               "not a likelihood of the 8-bit pixels: compare only with runs of the same likelihood"),
-        Number("neg_elbo", "-ELBO (test)", _num(test, "neg_elbo"), unit,
-               "distortion + rate: an upper bound on -log p(x); lower is better", _floor_reference(summary, name, discrete)),
-        Number("distortion", "distortion (test)", _num(test, "recon"), unit,
-               "the reconstruction term -log p(x|z): what the decoder cannot recover from z"),
-        Number("rate", "rate (test)", _num(test, "kl"), "nats/image",
-               "the KL term KL(q(z|x) || p(z)): the information z carries about each image", "0 = the decoder ignores z (posterior collapse)"),
-    ]  # fmt: skip
+        Number(
+            "likelihood",
+            "likelihood",
+            None,
+            "",
+            _text(summary.get("likelihood")) or m.likelihood,
+            "a true likelihood of the pixels: comparable across models and likelihoods"
+            if discrete
+            else "not a likelihood of the 8-bit pixels: compare only with runs of the same likelihood",
+        ),
+        Number(
+            "neg_elbo",
+            "-ELBO (test)",
+            _num(test, "neg_elbo"),
+            unit,
+            "distortion + rate: an upper bound on -log p(x); lower is better",
+            _floor_reference(summary, name, discrete),
+        ),
+        Number(
+            "distortion",
+            "distortion (test)",
+            _num(test, "recon"),
+            unit,
+            "the reconstruction term -log p(x|z): what the decoder cannot recover from z",
+        ),
+        Number(
+            "rate",
+            "rate (test)",
+            _num(test, "kl"),
+            "nats/image",
+            "the KL term KL(q(z|x) || p(z)): the information z carries about each image",
+            "0 = the decoder ignores z (posterior collapse)",
+        ),
+    ]
     if _num(test, "bits_per_dim") is not None:
-        rows.append(Number("bits_per_dim", "bits per dimension (test)", _num(test, "bits_per_dim"), "bits/dim",
-                           "-ELBO / (pixels x channels x ln 2)", f"{UNIFORM_BITS:g} = a uniform model of 8-bit pixels"))  # fmt: skip
-    rows.append(Number("normalised_beta", "normalised beta", t.beta * m.latent_dim / dims, "",
-                       f"beta x latent dims / input dims = {t.beta:g} x {m.latent_dim} / {dims} (Higgins et al. 2017)",
-                       "compares beta across image and latent sizes"))  # fmt: skip
+        rows.append(
+            Number(
+                "bits_per_dim",
+                "bits per dimension (test)",
+                _num(test, "bits_per_dim"),
+                "bits/dim",
+                "-ELBO / (pixels x channels x ln 2)",
+                f"{UNIFORM_BITS:g} = a uniform model of 8-bit pixels",
+            )
+        )
+    rows.append(
+        Number(
+            "normalised_beta",
+            "normalised beta",
+            t.beta * m.latent_dim / dims,
+            "",
+            f"beta x latent dims / input dims = {t.beta:g} x {m.latent_dim} / {dims} (Higgins et al. 2017)",
+            "compares beta across image and latent sizes",
+        )
+    )
     active = summary.get("active_units")
-    rows.append(Number("active_units", "active units", active if isinstance(active, int) else None, f"of {m.latent_dim}",
-                       "dimensions whose posterior mean varies over images (Var > 0.01, Burda et al. 2016)",
-                       "the others carry nothing: a smaller --latent-dim would do"))  # fmt: skip
+    rows.append(
+        Number(
+            "active_units",
+            "active units",
+            active if isinstance(active, int) else None,
+            f"of {m.latent_dim}",
+            "dimensions whose posterior mean varies over images (Var > 0.01, Burda et al. 2016)",
+            "the others carry nothing: a smaller --latent-dim would do",
+        )
+    )
     gap = _gap(summary)
     if gap is not None:
-        rows.append(Number("gap", "held-out gap", gap, unit, "validation -ELBO minus the training -ELBO (its running mean over the last epoch)",
-                           "near 0 or below: no overfitting; large and growing: the model memorises its training images"))  # fmt: skip
+        rows.append(
+            Number(
+                "gap",
+                "held-out gap",
+                gap,
+                unit,
+                "validation -ELBO minus the training -ELBO (its running mean over the last epoch)",
+                "near 0 or below: no overfitting; large and growing: the model memorises its training images",
+            )
+        )
     best, last = summary.get("best") or {}, summary.get("last") or {}
     if best:
         kept = "model.safetensors holds these weights (the best by validation -ELBO)"
-        rows.append(Number("best_epoch", "best epoch", _num(best, "epoch"), "epochs", kept,
-                           f"last evaluated: epoch {last.get('epoch')}; training stopped: {summary.get('stopped', '?')}"))  # fmt: skip
+        rows.append(
+            Number(
+                "best_epoch",
+                "best epoch",
+                _num(best, "epoch"),
+                "epochs",
+                kept,
+                f"last evaluated: epoch {last.get('epoch')}; training stopped: {summary.get('stopped', '?')}",
+            )
+        )
     return rows
 
 

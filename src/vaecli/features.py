@@ -54,10 +54,16 @@ class FmnistNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        )  # fmt: skip
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
         self.fc = nn.Linear(64 * 3 * 3, 128)
         self.drop = nn.Dropout(0.3)
         self.out = nn.Linear(128, 10)
@@ -80,8 +86,16 @@ class FmnistNet(nn.Module):
 class _Batched:
     """Runs a feature function over batches without gradients; features come back float32 on the CPU."""
 
-    def __init__(self, name: str, dim: int, fn: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
-                 channels: int | None, size: int | None, batch_size: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        dim: int,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        device: torch.device,
+        channels: int | None,
+        size: int | None,
+        batch_size: int,
+    ) -> None:
         self.name, self.dim, self._fn, self._device = name, dim, fn, device
         self._channels, self._size, self._batch = channels, size, batch_size
 
@@ -92,8 +106,9 @@ class _Batched:
         c, h, w = images.shape[1:]
         if (self._channels is not None and c != self._channels) or (self._size is not None and (h, w) != (self._size, self._size)):
             raise ConfigError(f"{self.name} takes {self._channels}x{self._size}x{self._size} images, got {c}x{h}x{w}")
-        outs = [self._fn(images[i : i + self._batch].to(self._device).float()).float().cpu()
-                for i in range(0, images.shape[0], self._batch)]  # fmt: skip
+        outs = [
+            self._fn(images[i : i + self._batch].to(self._device).float()).float().cpu() for i in range(0, images.shape[0], self._batch)
+        ]
         return torch.cat(outs) if outs else torch.empty(0, self.dim)
 
 
@@ -146,8 +161,10 @@ def inception(device: str | torch.device = "cpu", batch_size: int = 100) -> Feat
         with mock.patch.object(tfi, "load_state_dict_from_url", _hub_download), contextlib.redirect_stderr(io.StringIO()):
             net = tfi.FeatureExtractorInceptionV3(INCEPTION, ["2048"])
     except Exception as exc:  # URLError, HTTPError, hash mismatch, socket errors...
-        raise DataError(f"cannot load the Inception v3 weights (they download on first use; offline?): "
-                        f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}".rstrip(": ")) from None  # fmt: skip
+        raise DataError(
+            f"cannot load the Inception v3 weights (they download on first use; offline?): "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}".rstrip(": ")
+        ) from None
     dev = torch.device(device)
     net.to(dev)
 

@@ -119,7 +119,10 @@ def _build_conv(cfg: ModelConfig, out_ch: int) -> tuple[nn.Module, nn.Module, in
     for i, w in enumerate(rev):
         out = rev[i + 1] if i + 1 < len(rev) else out_ch
         dec += [_ResBlock(w, cfg.norm) for _ in range(cfg.blocks)]
-        dec.append(nn.ConvTranspose2d(w, out, 4, 2, 1))
+        if cfg.upsample == "resize":  # nearest x2, then a 3x3 conv: no checkerboard (Odena et al. 2016)
+            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(w, out, 3, 1, 1)]
+        else:
+            dec.append(nn.ConvTranspose2d(w, out, 4, 2, 1))
         if i + 1 < len(rev):
             dec += [*_norm(cfg.norm, out), _act()]
     return nn.Sequential(*enc), nn.Sequential(*dec), cfg.hidden

@@ -303,8 +303,7 @@ class PointsPanel:
     lines: bool = True  # False: markers only (runs that are no curve)
 
 
-def points_chart(path: str | os.PathLike[str] | None, panels: Sequence[PointsPanel], *, width: int = 900,
-                 panel_height: int = 600) -> bytes:  # fmt: skip
+def points_chart(path: str | os.PathLike[str] | None, panels: Sequence[PointsPanel], *, width: int = 900, panel_height: int = 600) -> bytes:
     """A PNG of labelled points (e.g. a rate-distortion curve, Alemi et al. 2018, with each point named
     by its beta), the panels stacked; written atomically to ``path`` when given. Returns the PNG bytes.
     A log x axis needs every x > 0 (points at x <= 0 are left out)."""
@@ -342,8 +341,10 @@ def plot_training_curves(path: str | os.PathLike[str] | None, metrics: list[dict
     -ELBO (nats/image); bottom panel train/validation KL (nats) with beta on a right-hand axis.
     ``marks`` (epoch, label): alarms and recoveries, drawn on both panels. Returns PNG bytes."""
     rows = sorted((r for r in metrics if "epoch" in r), key=lambda r: r["epoch"])
-    top: dict[str, tuple[Sequence[float], Sequence[float]]] = {"train -ELBO": _metric(rows, "train", "neg_elbo"),
-                                                                "train recon": _metric(rows, "train", "recon")}  # fmt: skip
+    top: dict[str, tuple[Sequence[float], Sequence[float]]] = {
+        "train -ELBO": _metric(rows, "train", "neg_elbo"),
+        "train recon": _metric(rows, "train", "recon"),
+    }
     bottom: dict[str, tuple[Sequence[float], Sequence[float]]] = {"train KL": _metric(rows, "train", "kl")}
     if any(isinstance(r.get("val"), dict) for r in rows):
         top["validation -ELBO"] = _metric(rows, "val", "neg_elbo")

@@ -192,9 +192,15 @@ class Plan:
         return {"swept": {k: list(v) for k, v in self.swept.items()}, "fixed": sorted([k, v] for k, v in self.fixed)}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": PLAN_FORMAT, "name": self.name, "swept": self.swept, "options": self.options,
-                "fixed": [[k, v] for k, v in self.fixed], "created": ckpt.utc_now(),
-                "runs": [{"name": r.name, "values": r.values, "args": r.args, "command": r.command()} for r in self.runs]}  # fmt: skip
+        return {
+            "format": PLAN_FORMAT,
+            "name": self.name,
+            "swept": self.swept,
+            "options": self.options,
+            "fixed": [[k, v] for k, v in self.fixed],
+            "created": ckpt.utc_now(),
+            "runs": [{"name": r.name, "values": r.values, "args": r.args, "command": r.command()} for r in self.runs],
+        }
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> Plan:
@@ -310,8 +316,10 @@ def record_plan(plan: Plan, overwrite: bool = False) -> str:
         if old.identity() == plan.identity():
             return "same"
         if not overwrite:
-            raise ConfigError(f"sweep {plan.name!r} exists with another plan ({_differences(old, plan)}): "
-                              "give --overwrite to replace it and retrain its runs, or another --name")  # fmt: skip
+            raise ConfigError(
+                f"sweep {plan.name!r} exists with another plan ({_differences(old, plan)}): "
+                "give --overwrite to replace it and retrain its runs, or another --name"
+            )
         for run in plan.runs:
             remove_run(run.name)
         (plan.folder / PROGRESS).unlink(missing_ok=True)
@@ -372,8 +380,10 @@ def check_run_matches(run: PlannedRun) -> None:
             if hasattr(section, key):
                 have = getattr(section, key)
                 if isinstance(have, (int, float)) and not math.isclose(float(have), float(want), rel_tol=1e-9, abs_tol=1e-12):
-                    raise ConfigError(f"run {run.name!r} exists but was trained with {key} = {value_text(have)}, not {value_text(want)}: "
-                                      "give --overwrite to retrain the sweep, or another --name")  # fmt: skip
+                    raise ConfigError(
+                        f"run {run.name!r} exists but was trained with {key} = {value_text(have)}, not {value_text(want)}: "
+                        "give --overwrite to retrain the sweep, or another --name"
+                    )
                 break
 
 
@@ -490,8 +500,14 @@ class Executor:
     more; :meth:`terminate` (SIGTERM) ends them at once, leaving their checkpoints as they are.
     Every invocation is logged in the sweep folder (``logs/RUN.log``, ``progress.json``)."""
 
-    def __init__(self, plan: Plan, jobs: int, env: Sequence[dict[str, str]], on_event: Callable[[Event], None] | None = None,
-                 python: Sequence[str] = (sys.executable, "-m", "vaecli")) -> None:  # fmt: skip
+    def __init__(
+        self,
+        plan: Plan,
+        jobs: int,
+        env: Sequence[dict[str, str]],
+        on_event: Callable[[Event], None] | None = None,
+        python: Sequence[str] = (sys.executable, "-m", "vaecli"),
+    ) -> None:
         self.plan, self.jobs, self.env = plan, max(1, jobs), list(env) or [{}]
         self.on_event = on_event or (lambda e: None)
         self.python = list(python)
@@ -518,9 +534,18 @@ class Executor:
         for r in records if code is None else ():
             if r.get("outcome") == "running":  # its sweep was killed: the run's checkpoint is where it was left
                 r["outcome"] = "killed with the sweep"
-        records.append({"action": job.action, "args": job.argv, "steps_before": job.steps_before,
-                        "steps_after": run_status(job.run.name).steps if code is not None else None, "exit_code": code,
-                        "outcome": outcome, "seconds": round(seconds, 3), "at": ckpt.utc_now()})  # fmt: skip
+        records.append(
+            {
+                "action": job.action,
+                "args": job.argv,
+                "steps_before": job.steps_before,
+                "steps_after": run_status(job.run.name).steps if code is not None else None,
+                "exit_code": code,
+                "outcome": outcome,
+                "seconds": round(seconds, 3),
+                "at": ckpt.utc_now(),
+            }
+        )
         atomic_write_json(self.progress_path, data)
 
     # ------------------------------------------------------------ control
@@ -591,8 +616,15 @@ class Executor:
         with open(job.log, "ab") as log:
             log.write(f"# {ckpt.utc_now()} {shlex.join(['vae', 'train', *argv])}\n".encode())
             log.flush()
-            job.proc = subprocess.Popen([*self.python, "train", *argv, "--json", "-q"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=log, env=env, start_new_session=True, preexec_fn=_die_with_parent)  # fmt: skip
+            job.proc = subprocess.Popen(
+                [*self.python, "train", *argv, "--json", "-q"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         job.t0 = time.monotonic()
         self._record(job, None, "running", 0.0)
         self.running.append(job)
@@ -689,6 +721,28 @@ def invocations(plan: Plan) -> dict[str, list[dict[str, Any]]]:
     return data if isinstance(data, dict) else {}
 
 
-__all__ = ["Flag", "Plan", "PlannedRun", "RunStatus", "Event", "Executor", "SweepLock", "parse_values", "parse_args", "build_plan",
-           "read_plan", "record_plan", "run_status", "check_run_matches", "resume_args", "default_jobs", "gpu_count", "slot_env", "sweep_folder",
-           "value_text", "invocations", "FINISHED", "BUDGETS"]  # fmt: skip
+__all__ = [
+    "Flag",
+    "Plan",
+    "PlannedRun",
+    "RunStatus",
+    "Event",
+    "Executor",
+    "SweepLock",
+    "parse_values",
+    "parse_args",
+    "build_plan",
+    "read_plan",
+    "record_plan",
+    "run_status",
+    "check_run_matches",
+    "resume_args",
+    "default_jobs",
+    "gpu_count",
+    "slot_env",
+    "sweep_folder",
+    "value_text",
+    "invocations",
+    "FINISHED",
+    "BUDGETS",
+]

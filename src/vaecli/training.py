@@ -236,6 +236,11 @@ class Session:
             state.global_step, self.total_steps, train.lr, train.lr_schedule, train.warmup_steps, time_fraction=frac
         )
 
+    def flags(self, stop: threading.Event | None, train: TrainConfig) -> list[bool]:
+        """This process's (interrupted, time budget spent, checkpoint due)."""
+        budget = train.time_budget is not None and self.trained() >= train.time_budget
+        return [stop is not None and stop.is_set(), budget, clock() - self.last_save >= train.save_every]
+
     def report_due(self) -> bool:
         """Whether to report progress now: by time on the CPU (at most every :data:`REPORT_SECONDS`),
         at the control checks elsewhere (each report reads values: a device sync)."""
@@ -419,9 +424,7 @@ class Trainer:
             return "max_steps"
         if s.steps % s.check_every:
             return None
-        flags = [stop is not None and stop.is_set(), tc.time_budget is not None and s.trained() >= tc.time_budget,
-                 clock() - s.last_save >= tc.save_every]  # fmt: skip
-        interrupted, budget, save, bad = distributed.any_flags(flags, self.health.first_nonfinite >= 0)
+        interrupted, budget, save, bad = distributed.any_flags(s.flags(stop, tc), self.health.first_nonfinite >= 0)
         if bad:
             self._roll_back()
         else:
@@ -482,9 +485,8 @@ class Trainer:
             self._roll_back()
         st = self.state
         done = st.progress(s.steps_per_epoch) if partial else st.epoch + 1.0
-        row: dict[str, Any] = {"epoch": st.epoch + 1, "step": st.global_step, "beta": self.objective.beta_at(done - 1e-9),
-                               "lr": self._lr, "train": self.sums.means(st, distributed.all_reduce_sum),
-                               "grad_norm": self.health.grads.epoch_stats(), "train_seconds": round(st.train_seconds, 3)}  # fmt: skip
+        train = self.sums.means(st, distributed.all_reduce_sum)
+        row = _metrics_row(st, self.objective.beta_at(done - 1e-9), self._lr, train, self.health.grads.epoch_stats())
         val = self.validation.evaluate(self.eval_model, st.global_step)
         best = self.validation.judge(val, st, done)
         self.model.train()
@@ -536,6 +538,20 @@ class MetricsWriter:
         if self.due is not None and distributed.is_main():
             _plot(self.path, self.due, notices)
             self.drawn, self.due = time.monotonic(), None
+
+
+def _metrics_row(st: TrainState, beta: float, lr: float, train: dict[str, float], grad_norm: dict[str, float]) -> dict[str, Any]:
+    """The head of a metrics.jsonl row: the epoch (1-based), the step, beta and lr, the training
+    running means, the gradient norms, the training seconds so far."""
+    return {
+        "epoch": st.epoch + 1,
+        "step": st.global_step,
+        "beta": beta,
+        "lr": lr,
+        "train": train,
+        "grad_norm": grad_norm,
+        "train_seconds": round(st.train_seconds, 3),
+    }
 
 
 def _state_tensors(model: VAE, optimizer: torch.optim.Optimizer, ema: EMA | None, more: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -594,10 +610,19 @@ def _conclude(trainer: Trainer, s: Session, stopped: str, kept: VAE, test: EvalR
     trainer.sums.fold(st, distributed.all_reduce_sum)
     train = trainer.sums.means(st) if st.epoch_sums[3] > 0 else dict(trainer.history[-1]["train"]) if trainer.history else {}
     result = TrainResult(
-        run=trainer.path.name, path=str(trainer.path), epochs=st.epoch, steps=st.global_step, seconds=round(seconds, 3),
-        images_per_second=None if ips is None else round(ips, 2), train=train, test=test.brief(), active_units=test.active_units,
-        stopped=stopped, precision=trainer.precision, device=str(trainer.device),
-    )  # fmt: skip
+        run=trainer.path.name,
+        path=str(trainer.path),
+        epochs=st.epoch,
+        steps=st.global_step,
+        seconds=round(seconds, 3),
+        images_per_second=None if ips is None else round(ips, 2),
+        train=train,
+        test=test.brief(),
+        active_units=test.active_units,
+        stopped=stopped,
+        precision=trainer.precision,
+        device=str(trainer.device),
+    )
     result.summary = ckpt.build_summary(result.to_dict(), st, _run_facts(trainer, s, kept, test))
     if distributed.is_main():
         ckpt.write_summary(trainer.path, result.summary)
@@ -612,16 +637,25 @@ def _run_facts(trainer: Trainer, s: Session, kept: VAE, test: EvalResult) -> dic
     the likelihood, the held-out sizes, how it ran (threads, layout, DDP)."""
     st, binarize = trainer.state, trainer.cfg.data.binarize
     facts: dict[str, Any] = {
-        "test_per_dim_kl": test.per_dim_kl, "test_mu_variance": test.mu_variance,
-        "epochs_done": round(st.progress(s.steps_per_epoch), 4), "val_size": len(trainer.val_data),
-        "likelihood": kept.likelihood.label(binarize), "likelihood_name": kept.likelihood.name,
+        "test_per_dim_kl": test.per_dim_kl,
+        "test_mu_variance": test.mu_variance,
+        "epochs_done": round(st.progress(s.steps_per_epoch), 4),
+        "val_size": len(trainer.val_data),
+        "likelihood": kept.likelihood.label(binarize),
+        "likelihood_name": kept.likelihood.name,
         "discrete": kept.likelihood.is_discrete(binarize),
-        "last_val": trainer.history[-1].get("val") if trainer.history else None, "last_epoch": st.epoch,
-        "runtime": {"threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
-                    "memory_format": "channels_last" if trainer.memory_format == torch.channels_last else "contiguous", **trainer.runtime},
-        "world_size": distributed.world_size(), "effective_batch_size": s.batch_size * distributed.world_size(),
+        "last_val": trainer.history[-1].get("val") if trainer.history else None,
+        "last_epoch": st.epoch,
+        "runtime": {
+            "threads": torch.get_num_threads(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+            "memory_format": "channels_last" if trainer.memory_format == torch.channels_last else "contiguous",
+            **trainer.runtime,
+        },
+        "world_size": distributed.world_size(),
+        "effective_batch_size": s.batch_size * distributed.world_size(),
         "notes": list(trainer.notices),
-    }  # fmt: skip
+    }
     if kept.likelihood.name == "bernoulli" and not binarize:
         facts["test_bce_floor"] = round(bce_floor(trainer.test_data), 4)
     if distributed.is_distributed():
@@ -654,8 +688,12 @@ def _restore_rng(rng: dict[str, torch.Tensor], noise: torch.Generator, state: Tr
     torch.manual_seed(reseed + 1)
     if distributed.rank() > 0:
         return []
-    return [(f"resumed on {device_type} from a checkpoint written on {saved_type}: the noise is re-seeded "
-            f"from (seed, step {state.global_step}), so the continuation is not bit-exact")]  # fmt: skip
+    return [
+        (
+            f"resumed on {device_type} from a checkpoint written on {saved_type}: the noise is re-seeded "
+            f"from (seed, step {state.global_step}), so the continuation is not bit-exact"
+        )
+    ]
 
 
 def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:

@@ -49,8 +49,14 @@ class VaeGroup(TyperGroup):
 
         DEBUG["on"] = _debug_from_env()  # per invocation: `--debug` sets it again in the callback
         try:
-            rv = super().main(args=args, prog_name=prog_name or "vae", complete_var=complete_var, standalone_mode=False,
-                              windows_expand_args=windows_expand_args, **extra)  # fmt: skip
+            rv = super().main(
+                args=args,
+                prog_name=prog_name or "vae",
+                complete_var=complete_var,
+                standalone_mode=False,
+                windows_expand_args=windows_expand_args,
+                **extra,
+            )
         except VaeError as exc:
             if DEBUG["on"]:
                 raise

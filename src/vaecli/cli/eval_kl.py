@@ -78,8 +78,10 @@ def eval_kl_cmd(
     }
     lines = [f"nats/image: {label}" + (f"; -ELBO = {fmt(res.bits_per_dim, 4)} bits/dim" if res.bits_per_dim is not None else "")]
     if res.per_dim_marginal:
-        lines.append(f"KL per dimension: to each marginal of the {model.prior.kind} prior, which does not factorise "
-                     "(the dimensions do not add up to the total KL, a one-sample estimate log q(z|x) - log p(z))")  # fmt: skip
+        lines.append(
+            f"KL per dimension: to each marginal of the {model.prior.kind} prior, which does not factorise "
+            "(the dimensions do not add up to the total KL, a one-sample estimate log q(z|x) - log p(z))"
+        )
     if iw_samples:
         import torch
 

@@ -75,15 +75,22 @@ def info_cmd(
     t.add_column("value")
     m, d, tr = cfg["model"], cfg["data"], cfg["train"]
     for k, v in [
-        ("path", info["path"]), ("created", info["created"]),
+        ("path", info["path"]),
+        ("created", info["created"]),
         ("model", f"{m['arch']}, z={m['latent_dim']}, {m['channels']}x{m['image_size']}x{m['image_size']}, {m['likelihood']}"),
         ("parameters", f"{info['parameters']:,}"),
-        ("data", f"{d['name']} ({d.get('train_size')} train of which {d.get('val_size')} validation / {d.get('test_size')} test, "
-                 f"fingerprint {d.get('fingerprint')})"),
-        ("training", f"beta={tr['beta']} anneal={tr['anneal']} lr={tr['lr']} batch={tr['batch_size']} x {tr.get('world_size', 1)} seed={tr['seed']}"),
+        (
+            "data",
+            f"{d['name']} ({d.get('train_size')} train of which {d.get('val_size')} validation / {d.get('test_size')} test, "
+            f"fingerprint {d.get('fingerprint')})",
+        ),
+        (
+            "training",
+            f"beta={tr['beta']} anneal={tr['anneal']} lr={tr['lr']} batch={tr['batch_size']} x {tr.get('world_size', 1)} seed={tr['seed']}",
+        ),
         ("epochs", f"{info['epochs']} of {tr['epochs']} ({fmt(info.get('steps'))} steps)"),
         ("resumable", "yes" if info["resumable"] else "no"),
-    ]:  # fmt: skip
+    ]:
         t.add_row(k, str(v))
     console = stdout_console()
     console.print(t)

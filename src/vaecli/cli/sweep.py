@@ -21,8 +21,10 @@ from .options import Device, Json
 OptStr = Optional[str]  # noqa: UP045 - Typer reads these annotations at run time on Python 3.10
 OptInt = Optional[int]  # noqa: UP045
 
-SCORE_HELP = ("Score each finished run: sample quality (FD, KID, precision, recall) where a shipped feature space fits the images "
-              "(28x28 grayscale), MIG and FactorVAE score on --data shapes.")  # fmt: skip
+SCORE_HELP = (
+    "Score each finished run: sample quality (FD, KID, precision, recall) where a shipped feature space fits the images "
+    "(28x28 grayscale), MIG and FactorVAE score on --data shapes."
+)
 N_SCORED = 2000  # default -n: enough for stable FD/KID ranks of a sweep, a few seconds per run on a CPU
 N_HELP = "Prior samples scored per run against as many test images (FD and KID depend on n: compare at the same n)."
 
@@ -163,8 +165,15 @@ def _execute(
     def on_sigint(signum: int, frame: Any) -> None:
         again = bool(executor.stopping)
         executor.interrupt()
-        err.print("[yellow]" + ("second Ctrl-C: the runs abort without saving" if again else
-                                "stopping: every running run saves after its step (Ctrl-C again to abort them)") + "[/yellow]")  # fmt: skip
+        err.print(
+            "[yellow]"
+            + (
+                "second Ctrl-C: the runs abort without saving"
+                if again
+                else "stopping: every running run saves after its step (Ctrl-C again to abort them)"
+            )
+            + "[/yellow]"
+        )
 
     main = threading.current_thread() is threading.main_thread()
     old = (signal.signal(signal.SIGINT, on_sigint), signal.signal(signal.SIGTERM, lambda s, f: executor.terminate())) if main else None
@@ -235,8 +244,13 @@ def print_results(result: dict[str, Any], factors: list[str], console: Any) -> N
     if seeds:
         for g in result["groups"]:
             first = next(r for r in runs if r["run"] == g["runs"][0])
-            lines.append(([_text(g["values"][k]) for k in factors] + [str(g["n"])], {**g["mean"], "latent_dim": first["latent_dim"],
-                          "units": g["units"]}, g["std"]))  # fmt: skip
+            lines.append(
+                (
+                    [_text(g["values"][k]) for k in factors] + [str(g["n"])],
+                    {**g["mean"], "latent_dim": first["latent_dim"], "units": g["units"]},
+                    g["std"],
+                )
+            )
         heads = [*factors, "seeds"]
     else:
         for r in runs:
@@ -266,11 +280,20 @@ def print_results(result: dict[str, Any], factors: list[str], console: Any) -> N
         cells += [_cell(row, k, d, std) for k, _, d in cols]
         t.add_row(*cells)
     console.print(t)
-    console.print("rate = test KL(q(z|x) || p(z)) in nats/image; distortion = test -log p(x|z); -ELBO = distortion + rate"
-                  + (f"; both in {unit}" if unit else "; in the units of each run") + ("; FD/KID/P/R: prior samples against test images in the "
-                  f"{next((r.get('features') for r in runs if r.get('features')), '')} feature space" if has("fd") else "")
-                  + "; active: latent dims with Var(mu) > 0.01; img/s, train s: training speed and seconds",
-                  highlight=False, markup=False, soft_wrap=True)  # fmt: skip
+    console.print(
+        "rate = test KL(q(z|x) || p(z)) in nats/image; distortion = test -log p(x|z); -ELBO = distortion + rate"
+        + (f"; both in {unit}" if unit else "; in the units of each run")
+        + (
+            "; FD/KID/P/R: prior samples against test images in the "
+            f"{next((r.get('features') for r in runs if r.get('features')), '')} feature space"
+            if has("fd")
+            else ""
+        )
+        + "; active: latent dims with Var(mu) > 0.01; img/s, train s: training speed and seconds",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
     for note in result.get("notes", []):
         console.print(f"[yellow]note: {note}[/yellow]", highlight=False, soft_wrap=True)
     for kind, path in result.get("files", {}).items():
@@ -291,20 +314,46 @@ def _finish(result: dict[str, Any], factors: list[str], as_json: bool) -> None:
 @app.command("sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def sweep_cmd(
     ctx: typer.Context,
-    name: Annotated[OptStr, typer.Option("--name", help="Sweep name; its runs are NAME-beta0.5 ... (default: sweep-<flags>-<hash of the plan>, "
-                                         "the same for the same command).")] = None,
-    jobs: Annotated[OptInt, typer.Option("--jobs", "-j", help="Runs at a time (default: one per GPU; on a CPU one per core with --epochs or "
-                                         "--max-steps, 1 with --time-budget; the cores are split between the runs).")] = None,
-    plan_only: Annotated[bool, typer.Option("--plan", help="Record the plan and print each run's `vae train` command, one per line "
-                                            "(for a job array or any scheduler); train nothing.")] = False,
-    collect: Annotated[OptStr, typer.Option("--collect", help="Build the results of sweep NAME from its run folders (runs trained elsewhere "
-                                            "from --plan's commands); train nothing.", metavar="NAME")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace another plan recorded under this name: its runs are trained afresh.")] = False,
+    name: Annotated[
+        OptStr,
+        typer.Option(
+            "--name",
+            help="Sweep name; its runs are NAME-beta0.5 ... (default: sweep-<flags>-<hash of the plan>, the same for the same command).",
+        ),
+    ] = None,
+    jobs: Annotated[
+        OptInt,
+        typer.Option(
+            "--jobs",
+            "-j",
+            help="Runs at a time (default: one per GPU; on a CPU one per core with --epochs or "
+            "--max-steps, 1 with --time-budget; the cores are split between the runs).",
+        ),
+    ] = None,
+    plan_only: Annotated[
+        bool,
+        typer.Option(
+            "--plan",
+            help="Record the plan and print each run's `vae train` command, one per line "
+            "(for a job array or any scheduler); train nothing.",
+        ),
+    ] = False,
+    collect: Annotated[
+        OptStr,
+        typer.Option(
+            "--collect",
+            help="Build the results of sweep NAME from its run folders (runs trained elsewhere from --plan's commands); train nothing.",
+            metavar="NAME",
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace another plan recorded under this name: its runs are trained afresh.")
+    ] = False,
     score: Annotated[bool, typer.Option("--score/--no-score", help=SCORE_HELP)] = True,
     n: Annotated[int, typer.Option("-n", "--num", help=N_HELP)] = N_SCORED,
     as_json: Json = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
-) -> None:  # fmt: skip
+) -> None:
     """Train one run per value of the swept flags and compare them: `vae sweep --beta 0.25,1,4 --time-budget 60`.
 
     Any numeric `vae train` flag given comma-separated values is swept; two make a grid; `--seed 0,1,2` are repeats (mean ± std).
@@ -333,8 +382,13 @@ def sweep_cmd(
     if plan_only:
         outcome = record_plan(plan, overwrite)
         if not quiet:
-            err.print(f"sweep {plan.name}: {len(plan.runs)} runs, plan {'recorded' if outcome != 'same' else 'unchanged'} in "
-                      f"{plan.folder}; collect them with `vae sweep --collect {plan.name}`", highlight=False, markup=False, soft_wrap=True)  # fmt: skip
+            err.print(
+                f"sweep {plan.name}: {len(plan.runs)} runs, plan {'recorded' if outcome != 'same' else 'unchanged'} in "
+                f"{plan.folder}; collect them with `vae sweep --collect {plan.name}`",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
         for run in plan.runs:
             sys.stdout.write(run.command() + "\n")
         sys.stdout.flush()
@@ -354,10 +408,15 @@ def sweep_cmd(
             n_jobs = jobs or default_jobs(plan, len(todo))
             if not quiet:
                 counts = {s: sum(1 for st in statuses.values() if st.state == s) for s in ("done", "interrupted", "absent")}
-                err.print(f"sweep {plan.name}: {len(plan.runs)} runs ({counts['done']} finished, {counts['interrupted']} to resume, "
-                          f"{counts['absent']} to start), {n_jobs} at a time, budget "
-                          + ", ".join(f"{plan.options[k]} {v:g}" for k, v in plan.budget().items())
-                          + ("" if outcome != "replaced" else "; the previous plan was replaced"), highlight=False, markup=False, soft_wrap=True)  # fmt: skip
+                err.print(
+                    f"sweep {plan.name}: {len(plan.runs)} runs ({counts['done']} finished, {counts['interrupted']} to resume, "
+                    f"{counts['absent']} to start), {n_jobs} at a time, budget "
+                    + ", ".join(f"{plan.options[k]} {v:g}" for k, v in plan.budget().items())
+                    + ("" if outcome != "replaced" else "; the previous plan was replaced"),
+                    highlight=False,
+                    markup=False,
+                    soft_wrap=True,
+                )
             if todo:
                 from ..sweep import slot_env
 
@@ -368,8 +427,12 @@ def sweep_cmd(
                     err.print("terminated: the runs stopped without saving; run the same command again to continue from their checkpoints")
                     raise typer.Exit(143)
                 if stopping:
-                    err.print(f"interrupted: every run is saved; run the same command again to continue (sweep {plan.name})",
-                              highlight=False, markup=False, soft_wrap=True)  # fmt: skip
+                    err.print(
+                        f"interrupted: every run is saved; run the same command again to continue (sweep {plan.name})",
+                        highlight=False,
+                        markup=False,
+                        soft_wrap=True,
+                    )
                     raise typer.Exit(130)
                 failed = {r: o for r, o in outcomes.items() if o == "failed"}
                 seconds["runs"] = time.perf_counter() - t_runs
@@ -381,8 +444,11 @@ def sweep_cmd(
         result = _results(plan, score=score, n=n, err=err, quiet=quiet, seconds={**seconds, "start": t0})
     _finish(result, plan.factors if result.get("groups") else [], as_json)
     if failed:
-        err.print(f"[red]{len(failed)} run{'s' if len(failed) > 1 else ''} failed: {', '.join(failed)} (logs in {plan.folder / 'logs'})[/red]",
-                  highlight=False, soft_wrap=True)  # fmt: skip
+        err.print(
+            f"[red]{len(failed)} run{'s' if len(failed) > 1 else ''} failed: {', '.join(failed)} (logs in {plan.folder / 'logs'})[/red]",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(1)
 
 
@@ -410,8 +476,15 @@ def _results(plan: Any, *, score: bool, n: int, err: Any, quiet: bool, seconds: 
     studies, notes = _study(rows, score=score, n=n, device=device, cache=cache, err=err, quiet=quiet)
     notes = [*(f"not finished: {m}" for m in missing), *comparability_notes(rows, budgets=False), *notes]
     factors = plan.factors
-    result: dict[str, Any] = {"kind": "sweep", "name": plan.name, "path": str(plan.folder), "swept": plan.swept,
-                              "fixed": [[k, v] for k, v in plan.fixed], "runs": rows, "notes": notes}  # fmt: skip
+    result: dict[str, Any] = {
+        "kind": "sweep",
+        "name": plan.name,
+        "path": str(plan.folder),
+        "swept": plan.swept,
+        "fixed": [[k, v] for k, v in plan.fixed],
+        "runs": rows,
+        "notes": notes,
+    }
     if SEED in plan.swept:
         result["groups"] = aggregate(rows, factors)
     result["files"] = _pictures(plan.folder, result, studies, factors)
@@ -427,12 +500,14 @@ def _results(plan: Any, *, score: bool, n: int, err: Any, quiet: bool, seconds: 
 @app.command("compare")
 def compare_cmd(
     runs: Annotated[list[str], typer.Argument(help="Runs to compare: names or folders (two or more).")],
-    out_dir: Annotated[str, typer.Option("--out-dir", help="Folder for compare.json, compare.csv, rd.png, samples.png, traverse.png.")] = "compare",
+    out_dir: Annotated[
+        str, typer.Option("--out-dir", help="Folder for compare.json, compare.csv, rd.png, samples.png, traverse.png.")
+    ] = "compare",
     score: Annotated[bool, typer.Option("--score/--no-score", help=SCORE_HELP)] = True,
     n: Annotated[int, typer.Option("-n", "--num", help=N_HELP)] = N_SCORED,
     device: Device = "auto",
     as_json: Json = False,
-) -> None:  # fmt: skip
+) -> None:
     """Finished runs side by side: the table and pictures of `vae sweep` for any runs (other
     architectures, likelihoods, budgets), with a note where their numbers do not compare."""
     from .. import checkpoint as ckpt
@@ -460,8 +535,13 @@ def compare_cmd(
     err = stderr_console()
     out.mkdir(parents=True, exist_ok=True)
     studies, score_notes = _study(rows, score=score, n=n, device=device, cache=None, err=err, quiet=False)
-    result: dict[str, Any] = {"kind": "compare", "name": "", "path": str(out), "runs": rows,
-                              "notes": [*comparability_notes(rows), *notes, *score_notes]}  # fmt: skip
+    result: dict[str, Any] = {
+        "kind": "compare",
+        "name": "",
+        "path": str(out),
+        "runs": rows,
+        "notes": [*comparability_notes(rows), *notes, *score_notes],
+    }
     result["files"] = _pictures(out, result, studies, [])
     result["files"].update(write_tables(out, "compare", result))
     _finish(result, [], as_json)

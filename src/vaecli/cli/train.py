@@ -61,6 +61,7 @@ def train_cmd(
     likelihood: Annotated[OptStr, _opt("--likelihood", "bernoulli (BCE nats) | gaussian (a density, Gaussian nats) | logistic (discretised logistic mixture over 256 levels: bits/dim). " + RULE.capitalize() + ".")] = None,
     mixtures: Annotated[OptInt, _opt("--mixtures", "--likelihood logistic: mixture components per pixel (" + RULE + ").")] = None,
     logistic_scale: Annotated[OptStr, _opt("--logistic-scale", "--likelihood logistic: pixel (a scale per pixel and channel, predicted) | shared (one learned scale per channel) (" + RULE + ").")] = None,
+    upsample: Annotated[OptStr, _opt("--upsample", "conv archs, the decoder's stages: transposed (k4 s2 transposed convs) | resize (nearest x2 then a 3x3 conv: no checkerboard) (" + RULE + ").")] = None,
     blocks: Annotated[OptInt, _opt("--blocks", "conv archs: residual blocks after each conv stage, encoder and decoder (" + RULE + ").")] = None,
     prior: Annotated[OptStr, _opt("--prior", "normal (N(0, I)) | vamp (the VampPrior: a mixture of the posteriors of learned pseudo-inputs, Tomczak & Welling 2018).")] = None,
     pseudo_inputs: Annotated[OptInt, _opt("--pseudo-inputs", "--prior vamp: the number K of pseudo-inputs (default 500).")] = None,

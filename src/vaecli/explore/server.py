@@ -161,14 +161,16 @@ class ExploreHandler(BaseHTTPRequestHandler):
         def index() -> None:
             self._send(200, page_html(), "text/html; charset=utf-8")
 
-        self._dispatch({
-            "/": index,
-            "/index.html": index,
-            "/api/runs": lambda: self._json(ex.list_runs()),
-            "/api/run": lambda: self._json(ex.get(q().get("run")).info()),
-            "/api/prior": lambda: self._json(ex.prior(q().get("run"), q().get("seed"))),
-            "/api/random": lambda: self._json(ex.random_test(q().get("run"), q().get("seed"))),
-        })  # fmt: skip
+        self._dispatch(
+            {
+                "/": index,
+                "/index.html": index,
+                "/api/runs": lambda: self._json(ex.list_runs()),
+                "/api/run": lambda: self._json(ex.get(q().get("run")).info()),
+                "/api/prior": lambda: self._json(ex.prior(q().get("run"), q().get("seed"))),
+                "/api/random": lambda: self._json(ex.random_test(q().get("run"), q().get("seed"))),
+            }
+        )
 
     do_HEAD = do_GET
 
