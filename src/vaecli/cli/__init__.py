@@ -9,6 +9,7 @@ from . import (  # noqa: F401  (register commands)
     disentangle,  # noqa: F401, I001
     eval_samples,  # noqa: F401, I001
     explore,  # noqa: F401, I001
+    prior,  # noqa: F401, I001
     runs,
     train,
 )

@@ -15,7 +15,21 @@ import typer
 
 from .app import app
 from .common import fmt, print_json, stderr_console
-from .options import AlsoGrid, Fps, GridOutput, InputN, InputSplit, Json, ModelSource, Padding, Scale, Seed, Split, model_options
+from .options import (
+    AlsoGrid,
+    Fps,
+    GridOutput,
+    InputN,
+    InputSplit,
+    Json,
+    ModelSource,
+    Padding,
+    PriorChoice,
+    Scale,
+    Seed,
+    Split,
+    model_options,
+)
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -147,24 +161,33 @@ def sample_cmd(
     n: int = typer.Option(64, "-n", "--num", help="Number of samples."),
     output: GridOutput = None,
     out_dir: str = typer.Option(None, "--out-dir", help="Also write one PNG per sample (000000.png ...)."),
-    temperature: float = typer.Option(1.0, "--temperature", "-t", help="Scale of z ~ N(0, I) (1 = the prior)."),
+    temperature: float = typer.Option(
+        1.0,
+        "--temperature",
+        "-t",
+        help="Spread of the prior (1 = the prior itself): N(0, T² I); gmm: covariances x T²; flow: base noise x T.",
+    ),
     nrow: int = typer.Option(None, "--nrow", help="Images per grid row (default ceil(sqrt(n)))."),
     padding: Padding = 2,
     scale: Scale = 1,
+    prior: PriorChoice = "auto",
     model_source: ModelSource = ModelSource(),
     seed: Seed = 0,
 ) -> None:
-    """Decode z ~ N(0, temperature^2 I): the seed's generation from noise."""
+    """Decode z drawn from the prior: the run's fitted prior when it has one (`vae fit-prior`), else
+    N(0, temperature^2 I), the seed's generation from noise."""
     from ..images import default_nrow, grid_png, image_png
-    from ..inference import decode, sample_prior
+    from ..inference import decode, sample_latents
     from .common import check_positive
+    from .prior import check_prior_choice, pick_prior
 
     check_positive("-n", n)
+    check_prior_choice(prior)
     if output is None and out_dir is None:
         output = "sample.png"
     _check_outputs(output, out_dir=out_dir, nrow=nrow, padding=padding)
-    model, cfg, _ = model_source.load()
-    z = sample_prior(n, cfg.model.latent_dim, temperature, _generator(seed))
+    model, cfg, folder = model_source.load()
+    z = sample_latents(pick_prior(folder, prior, model).prior, n, temperature, _generator(seed))
     images = decode(model, z)
     files: list[tuple[str, bytes]] = []
     if output is not None:
