@@ -149,7 +149,8 @@ def test_flow_training_beats_one_gaussian_on_a_mixture() -> None:
 
 def test_component_grid_caps_by_the_data() -> None:
     assert component_grid(55_000, 32) == [1, 2, 5, 10, 20, 50, 100]
-    assert component_grid(400, 8) == [1, 2, 5, 10, 20]
+    assert component_grid(400, 8) == [1, 2, 5, 10, 20, 50]
+    assert component_grid(399, 8) == [1, 2, 5, 10, 20]
     assert component_grid(3, 8) == [1]
 
 
@@ -231,3 +232,9 @@ def test_a_run_without_a_validation_split_carves_one(tmp_path: Path, train_tiny)
     info = fit_prior(model, cfg.data, "gmm", components=2).info
     assert info["validation"]["images"] == 200 and "carved out of the encoded training split" in info["validation"]["source"]
     assert info["fitted_on"]["images"] == 1800
+
+
+def test_temp_files_of_a_killed_prior_write_are_cleaned(run_copy: Path) -> None:
+    for name in (f".{PRIOR_JSON}.x1.tmp", f".{PRIOR_TENSORS}.x2.tmp"):
+        (run_copy / name).write_text("partial")
+    assert sorted(ckpt.remove_temp_files(run_copy)) == [f".{PRIOR_JSON}.x1.tmp", f".{PRIOR_TENSORS}.x2.tmp"]

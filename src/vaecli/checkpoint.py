@@ -30,6 +30,8 @@ STATE = "train_state.safetensors"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 LOSS_PLOT = "loss.png"
+PRIOR = "prior.safetensors"  # a prior fitted after training (vaecli.fitted)
+PRIOR_INFO = "prior.json"
 MODEL_FORMAT = "vaecli-model-1"
 STATE_FORMAT = "vaecli-train-state-1"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -284,7 +286,7 @@ def load_train_state(
 def remove_temp_files(run: Path) -> list[str]:
     """Delete temp files that a killed writer left in ``run`` (``.<file>.<random>.tmp`` of
     :func:`vaecli.fileio.atomic_write`); call only while no other process writes to the run."""
-    names = (CONFIG, MODEL, STATE, METRICS, SUMMARY, LOSS_PLOT)
+    names = (CONFIG, MODEL, STATE, METRICS, SUMMARY, LOSS_PLOT, PRIOR, PRIOR_INFO)
     removed = []
     for p in run.iterdir():
         if p.name.endswith(".tmp") and any(p.name.startswith(f".{n}.") for n in names) and p.is_file():

@@ -38,12 +38,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import checkpoint as ckpt
 from .errors import CheckpointError, ConfigError
 from .posterior import LOG_2PI, Posterior, standard_normal_log_prob
 from .priors import Prior, StandardNormal
 
-PRIOR_TENSORS = "prior.safetensors"
-PRIOR_JSON = "prior.json"
+PRIOR_TENSORS, PRIOR_JSON = ckpt.PRIOR, ckpt.PRIOR_INFO
 PRIOR_FORMAT = "vaecli-prior-1"
 KINDS = ("gmm", "flow")
 FIT_ON = ("draws", "means")
@@ -452,8 +452,9 @@ def fit_flow(train: Posterior | torch.Tensor, val: torch.Tensor, seed: int = 0, 
 
 def component_grid(n: int, dim: int) -> list[int]:
     """The candidate component counts for ``n`` vectors of ``dim`` dimensions: :data:`COMPONENT_GRID`,
-    up to one component per 2 D vectors (a full covariance has D (D + 3) / 2 numbers)."""
-    cap = max(1, n // (2 * dim))
+    up to one component per D vectors (fewer points than dimensions cannot span a covariance; the
+    validation split judges the rest)."""
+    cap = max(1, n // dim)
     return [k for k in COMPONENT_GRID if k <= cap] or [1]
 
 
@@ -516,7 +517,7 @@ def fit_prior(model: Any, data_cfg: Any, kind: str = "gmm", components: int | No
 
     check_fit_options(kind, components, fit_on)
     fit_on = fit_on or DEFAULT_FIT_ON
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     model.eval()
     report("encoding the train, val and test splits", False)
     enc = encode_splits(model, data_cfg)
@@ -590,6 +591,8 @@ def fit_prior(model: Any, data_cfg: Any, kind: str = "gmm", components: int | No
         },
         seed=seed,
         seconds=round(time.perf_counter() - start, 3),
+        cpu_seconds=round(time.process_time() - cpu_start, 3),  # all threads; an upper bound of the wall time on idle cores
+        threads=torch.get_num_threads(),
     )
     return FitResult(prior, info)
 
@@ -614,7 +617,6 @@ def save_prior(run: Path, result: FitResult, weights: Path | None = None) -> Pat
     """Store ``result`` in the run folder: ``prior.safetensors`` first, then ``prior.json`` (which names
     the tensors' SHA-256, so that a half-replaced pair is detected); both written atomically.
     ``weights``: the model.safetensors it was fitted to (its SHA-256 goes into the JSON)."""
-    from . import checkpoint as ckpt
     from .fileio import atomic_write_json
 
     run = Path(run)
@@ -645,8 +647,6 @@ def read_prior_info(run: Path) -> dict[str, Any]:
 def load_fitted(run: Path, latent_dim: int) -> tuple[Prior, dict[str, Any]]:
     """The stored prior of a run and its ``prior.json``; refuses a prior of another latent size than
     ``latent_dim`` and tensors that are not the ones ``prior.json`` names."""
-    from . import checkpoint as ckpt
-
     run = Path(run)
     info = read_prior_info(run)
     if info.get("latent_dim") != latent_dim:
@@ -716,7 +716,7 @@ def load_prior(run: Path, choice: str | None, model: Any) -> PriorChoice:
     notes = []
     if choice == "auto":
         notes.append(f"sampling from the run's fitted prior ({label}); --prior normal for N(0, I)")
-    model_file = Path(run) / "model.safetensors"
+    model_file = Path(run) / ckpt.MODEL
     if info.get("model_sha256") and model_file.exists() and _sha256(model_file) != info["model_sha256"]:
         notes.append("the fitted prior was fitted to other weights of this run: refit it with `vae fit-prior`")
     return PriorChoice(prior, label, info, "; ".join(notes) or None)

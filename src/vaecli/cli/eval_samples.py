@@ -73,7 +73,7 @@ def print_table(res: dict[str, Any], console: Any = None) -> None:
     t = Table(
         title=f"run {res['run']}: {res['n']:,} images vs the {res['split']} split, {res['features']} features ({res['feature_dim']}-d)"
     )
-    t.add_column("", justify="left")
+    t.add_column("", justify="left", no_wrap=True)
     for col in ("FD (lower is better)", "KID ± std", "precision", "recall"):
         t.add_column(col, justify="right")
     t.add_column("mem. ratio", justify="right")
