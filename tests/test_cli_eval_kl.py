@@ -13,7 +13,20 @@ from conftest import ok, one_error_line, vae
 def test_eval_kl_json_sums_and_keys(ck: list[str], tiny) -> None:  # type: ignore[no-untyped-def]
     _, cfg, test = tiny
     out = json.loads(ok("eval-kl", "--json", *ck).stdout)
-    assert list(out) == ["run", "split", "images", "neg_elbo", "recon", "kl", "per_dim_kl", "per_dim_kl_to", "active_units", "bits_per_dim", "binarized", "likelihood"]
+    assert list(out) == [
+        "run",
+        "split",
+        "images",
+        "neg_elbo",
+        "recon",
+        "kl",
+        "per_dim_kl",
+        "per_dim_kl_to",
+        "active_units",
+        "bits_per_dim",
+        "binarized",
+        "likelihood",
+    ]
     assert out["bits_per_dim"] is None and out["per_dim_kl_to"] == "the prior"  # BCE nats: no bits/dim
     assert out["run"] == "tiny" and out["split"] == "test" and out["images"] == len(test)
     assert len(out["per_dim_kl"]) == cfg.model.latent_dim

@@ -153,12 +153,12 @@ def test_stop_inside_the_first_epoch_records_a_partial_row(small_data):
 
 def _retag_noise(run, device_type: str, state_bytes: int) -> None:
     """Make the saved noise state look as if written on ``device_type`` (its size and tag)."""
-    tensors, meta = ckpt._safe_load(run / ckpt.STATE)
+    tensors, meta = ckpt.read_safetensors(run / ckpt.STATE)
     tensors["rng.noise"] = torch.zeros(state_bytes, dtype=torch.uint8)
     state = json.loads(meta["state"])
     state["noise_device"] = device_type
     meta["state"] = json.dumps(state)
-    ckpt._safe_save(run / ckpt.STATE, tensors, meta)
+    ckpt.write_safetensors(run / ckpt.STATE, tensors, meta)
 
 
 def test_resume_from_a_cuda_checkpoint_on_the_cpu(small_data):

@@ -33,6 +33,8 @@ STATE = "train_state.safetensors"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 LOSS_PLOT = "loss.png"
+PRIOR = "prior.safetensors"  # a prior fitted after training (vaecli.fitted)
+PRIOR_INFO = "prior.json"
 MODEL_FORMAT = "vaecli-model-1"
 STATE_FORMAT = "vaecli-train-state-1"
 SWEEPS = "sweeps"  # <runs dir>/sweeps/NAME/: the plans and results of `vae sweep`
@@ -153,7 +155,7 @@ def read_config(run: Path) -> RunConfig:
 # ----------------------------------------------------------------------------- tensors
 
 
-def _safe_load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a safetensors file (tensors and metadata); anything else -> CheckpointError."""
     from safetensors import safe_open
 
@@ -172,7 +174,7 @@ def _safe_load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, meta
 
 
-def _safe_save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
@@ -182,7 +184,7 @@ def _safe_save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str
 def save_model(run: Path, model: torch.nn.Module, config: dict[str, Any]) -> None:
     """Write ``model.safetensors`` (state dict of the bare model, config in the metadata)."""
     sd = _unwrap(model).state_dict()
-    _safe_save(run / MODEL, dict(sd), {"format": MODEL_FORMAT, "model_config": json.dumps(config)})
+    write_safetensors(run / MODEL, dict(sd), {"format": MODEL_FORMAT, "model_config": json.dumps(config)})
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -196,13 +198,13 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def load_state_dict_into(model: torch.nn.Module, path: Path) -> None:
     """Load ``model.safetensors`` into ``model``, checking names and shapes."""
-    tensors, meta = _safe_load(path)
+    tensors, meta = read_safetensors(path)
     if meta.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"{path}: not a vaecli model (format {meta.get('format')!r})")
-    _load_checked(model, tensors, path)
+    load_checked(model, tensors, path)
 
 
-def _load_checked(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+def load_checked(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
     """``model.load_state_dict(tensors)`` after checking that names, shapes and dtypes match."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
@@ -253,7 +255,7 @@ def save_train_state(
         for key, val in pstate.items():
             out[f"opt.{idx}.{key}"] = val if isinstance(val, torch.Tensor) else torch.tensor(val)
     meta = {"format": STATE_FORMAT, "param_groups": json.dumps(sd["param_groups"]), "state": json.dumps(state.to_json())}
-    _safe_save(run / STATE, out, meta)
+    write_safetensors(run / STATE, out, meta)
 
 
 def load_train_state(
@@ -262,7 +264,7 @@ def load_train_state(
     """Restore the model's last weights, the moving average (into ``ema``, when given) and the
     optimizer from ``train_state.safetensors``; return (RNG states, :class:`~vaecli.state.TrainState`)."""
     path = run / STATE
-    tensors, meta = _safe_load(path)
+    tensors, meta = read_safetensors(path)
     if meta.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path}: not a vaecli training state")
     try:
@@ -276,11 +278,11 @@ def load_train_state(
         if head not in parts or not rest:
             raise CheckpointError(f"{path}: unexpected tensor {k!r}")
         parts[head][rest] = v
-    _load_checked(model, parts["model"], path)
+    load_checked(model, parts["model"], path)
     if ema is not None:
         if not parts["ema"]:
             raise CheckpointError(f"{path}: no moving average of the weights in the training state (--ema)")
-        _load_checked(ema, parts["ema"], path)
+        load_checked(ema, parts["ema"], path)
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in parts["opt"].items():
         idx, _, key = k.partition(".")
@@ -315,7 +317,7 @@ def read_train_state(run: Path) -> TrainState | None:
 def remove_temp_files(run: Path) -> list[str]:
     """Delete temp files that a killed writer left in ``run`` (``.<file>.<random>.tmp`` of
     :func:`vaecli.fileio.atomic_write`); call only while no other process writes to the run."""
-    names = (CONFIG, MODEL, STATE, METRICS, SUMMARY, LOSS_PLOT)
+    names = (CONFIG, MODEL, STATE, METRICS, SUMMARY, LOSS_PLOT, PRIOR, PRIOR_INFO)
     removed = []
     for p in run.iterdir():
         if p.name.endswith(".tmp") and any(p.name.startswith(f".{n}.") for n in names) and p.is_file():

@@ -296,7 +296,7 @@ def aggregate(rows: Sequence[dict[str, Any]], factors: Sequence[str]) -> list[di
         out.append(
             {
                 "values": values,
-                "label": " ".join(f"{k}={_text(v)}" for k, v in values.items()) or "all seeds",
+                "label": " ".join(f"{k}={cell_text(v)}" for k, v in values.items()) or "all seeds",
                 "n": len(members),
                 "runs": [m["run"] for m in members],
                 "units": members[0]["units"],
@@ -307,7 +307,8 @@ def aggregate(rows: Sequence[dict[str, Any]], factors: Sequence[str]) -> list[di
     return out
 
 
-def _text(v: Any) -> str:
+def cell_text(v: Any) -> str:
+    """A table cell for a swept value (numbers as the sweep names them), anything else as text."""
     from .sweep import value_text
 
     return value_text(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
@@ -344,8 +345,8 @@ def rd_png(path: Path, result: dict[str, Any], factors: Sequence[str]) -> bytes:
         points = [
             {
                 **g["mean"],
-                "label": f"{factors[0]}={_text(g['values'][factors[0]])}",
-                "series": " ".join(f"{k}={_text(g['values'][k])}" for k in factors[1:]) or f"{factors[0]} swept",
+                "label": f"{factors[0]}={cell_text(g['values'][factors[0]])}",
+                "series": " ".join(f"{k}={cell_text(g['values'][k])}" for k in factors[1:]) or f"{factors[0]} swept",
                 "units": g["units"],
                 "beta": _group_beta(g, runs),
             }
@@ -355,7 +356,7 @@ def rd_png(path: Path, result: dict[str, Any], factors: Sequence[str]) -> bytes:
             for p, g in zip(points, groups):
                 p["series"] += f" (mean of {g['n']} seeds)"
     elif result.get("kind") == "sweep":  # only seeds swept
-        points = [{**r, "label": f"seed={_text(r['values'].get('seed'))}", "series": "seeds"} for r in runs]
+        points = [{**r, "label": f"seed={cell_text(r['values'].get('seed'))}", "series": "seeds"} for r in runs]
     else:  # a comparison: each run its own point, named
         points = [{**r, "series": r["units"]} for r in runs]
     units = {p["units"] for p in points}

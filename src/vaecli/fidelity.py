@@ -14,6 +14,11 @@ returns plain floats. :func:`evaluate_samples` runs the whole comparison for a t
   Assessing Generative Models", eqs. 1-3): each set's manifold is the union of balls around its
   points with the radius to the k-th nearest neighbour (k = 3); precision is the share of generated
   points inside the real manifold, recall the share of real points inside the generated one.
+* Memorisation: the distance from each sample to its nearest training image, against the same for
+  held-out real images (the nearest-neighbour test of Meehan et al. 2020 and of the "copy" checks
+  in the GAN literature, reduced to one ratio): ``median_i d(sample_i, train) / median_j
+  d(held-out_j, train)``. About 1 when samples are no nearer the training set than new real images
+  are; far below 1 when they copy training images (a copy is at distance 0).
 """
 
 from __future__ import annotations
@@ -155,6 +160,44 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = PR_K) -> t
     return float(fake_in.double().mean()), float(torch.cat(real_in).double().mean())
 
 
+def nearest_distances(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance from each row of ``x`` (N, D) to its nearest row of ``ref`` (M, D), (N,) float64."""
+    x, ref = _f64(x, "nearest distances"), _f64(ref, "nearest distances")
+    if ref.shape[0] == 0 or ref.shape[1] != x.shape[1]:
+        raise ConfigError(f"nearest distances need a non-empty reference of {x.shape[1]}-d features, got shape {tuple(ref.shape)}")
+    return (
+        torch.cat([torch.cdist(x[i : i + _CHUNK], ref).min(1).values for i in range(0, x.shape[0], _CHUNK)]) if len(x) else x.new_empty(0)
+    )
+
+
+@dataclass
+class Memorisation:
+    """Nearest-training-image distances of samples against those of held-out real images."""
+
+    ratio: float  # median d(sample, train) / median d(held-out, train): ~1 fine, << 1 copies
+    sample_median: float
+    held_out_median: float
+    closer_than_p1: float  # share of samples nearer the training set than 99% of held-out images are (~0.01 fine)
+    train_images: int
+    held_out_images: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def memorisation(train: torch.Tensor, held_out: torch.Tensor, fake: torch.Tensor) -> Memorisation:
+    """The memorisation check: features of the training images (M, D), of held-out real images
+    (N_h, D) and of samples (N, D); distances are to the nearest training image (see the module docstring)."""
+    if held_out.shape[0] < 1 or fake.shape[0] < 1:
+        raise ConfigError("the memorisation check needs held-out images and samples")
+    d_fake, d_held = nearest_distances(fake, train), nearest_distances(held_out, train)
+    med_fake, med_held = float(d_fake.median()), float(d_held.median())
+    p1 = torch.quantile(d_held, 0.01)
+    return Memorisation(ratio=med_fake / med_held if med_held > 0 else math.nan, sample_median=med_fake, held_out_median=med_held,
+                        closer_than_p1=float((d_fake < p1).double().mean()), train_images=int(train.shape[0]),
+                        held_out_images=int(held_out.shape[0]))  # fmt: skip
+
+
 @dataclass
 class Scores:
     """Every score of one comparison (real features vs generated features)."""
@@ -182,11 +225,15 @@ def compare(real: torch.Tensor, fake: torch.Tensor, seed: int = 0, k: int = PR_K
 
 
 def evaluate_samples(model: Any, real_images: torch.Tensor, n: int, extractor: Any, temperature: float = 1.0, seed: int = 0,
-                     reconstructions: bool = True) -> dict[str, Any]:  # fmt: skip
-    """Compare ``n`` prior samples of ``model`` (decoder means, z ~ N(0, T^2 I)) with ``n`` of the
-    ``real_images`` (float, in [0, 1]; a seeded random subset when there are more), in the feature
-    space of ``extractor``; with ``reconstructions``, also the model's reconstructions (posterior
-    means decoded) of those same real images, as a reference. ``n`` must not exceed the real images."""
+                     reconstructions: bool = True, prior: Any = None, train_images: torch.Tensor | None = None,
+                     held_out: torch.Tensor | None = None) -> dict[str, Any]:  # fmt: skip
+    """Compare ``n`` prior samples of ``model`` (decoder means of z drawn from ``prior`` at
+    ``temperature``; default the model's own prior, N(0, I)) with ``n`` of the ``real_images`` (float,
+    in [0, 1]; a seeded random subset when there are more), in the feature space of ``extractor``;
+    with ``reconstructions``, also the model's reconstructions (posterior means decoded) of those same
+    real images, as a reference. With ``train_images``: the :func:`memorisation` check, against the
+    compared real images, or against ``held_out`` when given (when the real images are training images).
+    ``n`` must not exceed the real images."""
     from .inference import reconstruct, sample
 
     if not math.isfinite(temperature) or temperature <= 0:
@@ -198,30 +245,42 @@ def evaluate_samples(model: Any, real_images: torch.Tensor, n: int, extractor: A
     idx = torch.randperm(total, generator=g)[:n].sort().values if n < total else torch.arange(total)
     real = real_images[idx]
     real_f = extractor(real)
-    fake = sample(model, n, temperature, g)
+    fake = sample(model, n, temperature, g, prior)
+    fake_f = extractor(fake)
     out: dict[str, Any] = {"features": extractor.name, "feature_dim": int(real_f.shape[1]), "n": n, "temperature": temperature,
                            "seed": seed, "k": PR_K, "kid_subsets": KID_SUBSETS, "kid_subset_size": min(KID_SUBSET_SIZE, n)}  # fmt: skip
-    out.update(compare(real_f, extractor(fake), seed).to_dict())
+    out.update(compare(real_f, fake_f, seed).to_dict())
     if reconstructions:
         out["reconstructions"] = compare(real_f, extractor(reconstruct(model, real)), seed).to_dict()
+    if train_images is not None:
+        held_f = real_f if held_out is None else extractor(held_out)
+        out["memorisation"] = memorisation(extractor(train_images), held_f, fake_f).to_dict()
     return out
 
 
 def evaluate_run(model: Any, cfg: Any, n: int, split: str = "test", temperature: float = 1.0, seed: int = 0, features: str = "auto",
-                 reconstructions: bool = True, data: Any = None) -> dict[str, Any]:  # fmt: skip
+                 reconstructions: bool = True, data: Any = None, prior: Any = None, memorise: bool = False) -> dict[str, Any]:  # fmt: skip
     """:func:`evaluate_samples` of a loaded run (``cfg`` its RunConfig) against a split of its own data, as
     `vae eval-samples` scores it. The real side is ``split`` on its original pixels (a ``--binarize`` run is
     compared with the grayscale images its decoder means estimate); ``n`` above the split's size is clamped
     (the result's ``n`` says how many were used). ``features``: a name of :data:`vaecli.features.FEATURES`
     or ``auto`` (:func:`vaecli.features.default_features`); ``data``: that split already loaded (ImageData,
-    original pixels). Nothing is downloaded but Inception's weights."""
+    original pixels); ``prior``: where the samples come from (default the model's own); ``memorise``: the
+    memorisation check against the run's training split (the compared images are its held-out side, the
+    test split when ``split`` is train). Nothing is downloaded but Inception's weights."""
     from dataclasses import replace
 
-    from .data import load_split, to_float
+    from .data import load_splits, to_float
     from .features import default_features, get_extractor
 
-    data = data if data is not None else load_split(replace(cfg.data, binarize=False), split)
+    splits = load_splits(replace(cfg.data, binarize=False)) if data is None or memorise else {}
+    data = data if data is not None else splits[split]
     name = default_features(cfg.model.channels, cfg.model.image_size) if features == "auto" else features
     extractor = get_extractor(name, next(model.parameters()).device)
-    res = evaluate_samples(model, to_float(data.images), min(n, len(data)), extractor, temperature, seed, reconstructions)
+    train_images = to_float(splits["train"].images) if memorise else None
+    held_out = to_float(splits["test"].images) if memorise and split == "train" else None
+    res = evaluate_samples(model, to_float(data.images), min(n, len(data)), extractor, temperature, seed, reconstructions,
+                           prior=prior, train_images=train_images, held_out=held_out)  # fmt: skip
+    if memorise:
+        res["memorisation"]["held_out_split"] = "test" if split == "train" else split
     return {"split": split, **res}

@@ -13,6 +13,7 @@ import torch
 from .errors import ConfigError
 from .model import VAE
 from .posterior import Posterior
+from .priors import Prior, StandardNormal
 
 MAX_SAMPLES = 100_000  # -n of `vae sample`: beyond this the decoded images alone outgrow memory
 MAX_STEPS = 1_000  # --steps of interpolations and traversals
@@ -67,19 +68,24 @@ def check_temperature(temperature: float) -> None:
         raise ConfigError(f"--temperature must be a finite number >= 0, got {temperature}")
 
 
+def sample_latents(prior: Prior, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` draws from ``prior`` at ``temperature`` (1 = the prior itself; each prior says what T scales), (n, D)."""
+    check_num_samples(n)
+    check_temperature(temperature)
+    return prior.sample(n, temperature, generator)
+
+
 def sample_prior(n: int, latent_dim: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """z ~ N(0, temperature^2 I), shape (n, latent_dim), on the CPU."""
-    check_num_samples(n)
-    check_temperature(temperature)
-    return torch.randn(n, latent_dim, generator=generator) * temperature
+    return sample_latents(StandardNormal(latent_dim), n, temperature, generator)
 
 
-def sample(model: VAE, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Decode ``n`` draws from the model's prior (the seed's "generation from noise"; N(0, I) unless
-    the run trained a VampPrior)."""
-    check_num_samples(n)
-    check_temperature(temperature)
-    return decode(model, model.prior.sample(n, temperature, generator))
+def sample(
+    model: VAE, n: int, temperature: float = 1.0, generator: torch.Generator | None = None, prior: Prior | None = None
+) -> torch.Tensor:
+    """Decode ``n`` draws from ``prior`` (default: the model's own: N(0, I), the seed's "generation
+    from noise", or the VampPrior it trained)."""
+    return decode(model, sample_latents(prior if prior is not None else model.prior, n, temperature, generator))
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import typer
 
 from .app import app
 from .common import check_positive, fmt, print_json, stderr_console, stdout_console
-from .options import Json, ModelSource, Seed, Split, model_options
+from .options import Json, ModelSource, PriorChoice, Seed, Split, model_options
 
 N_DEFAULT = 10_000
 N_MIN = 10  # a covariance and 3 nearest neighbours need a few points
@@ -31,22 +31,28 @@ def _check(n: int, temperature: float, split: str, features: str) -> None:
 
 
 def score_run(model: Any, cfg: Any, folder: Path, *, n: int = N_DEFAULT, split: str = "test", temperature: float = 1.0,
-              seed: int = 0, features: str = "auto") -> dict[str, Any]:  # fmt: skip
+              seed: int = 0, features: str = "auto", prior: str = "auto") -> dict[str, Any]:  # fmt: skip
     """The scores of one loaded run as the JSON object of `vae eval-samples --json`.
 
     The real side is the run's ``split`` on its original pixels (a ``--binarize`` run is compared with
-    the grayscale images its decoder means estimate); ``n`` above the split's size is clamped, with a note."""
+    the grayscale images its decoder means estimate); ``n`` above the split's size is clamped, with a note.
+    Samples come from ``prior`` (see :func:`vaecli.fitted.load_prior`). The memorisation check measures
+    distances to the training split (the images the model was fitted on), against the compared images
+    (against the test split when ``split`` is train)."""
     from ..features import default_features
     from ..fidelity import evaluate_run
+    from .prior import check_prior_choice, pick_prior
 
     _check(n, temperature, split, features)
+    check_prior_choice(prior)
+    picked = pick_prior(folder, prior, model)
     name = default_features(cfg.model.channels, cfg.model.image_size) if features == "auto" else features
     with stderr_console().status(f"scoring up to {n:,} samples and reconstructions in {name} features"):
-        res = evaluate_run(model, cfg, n, split, temperature, seed, name)
+        res = evaluate_run(model, cfg, n, split, temperature, seed, name, prior=picked.prior, memorise=True)
     if res["n"] < n:
         stderr_console().print(f"note: -n {n:,} is more than the {res['n']:,} images of the {split} split: using n = {res['n']:,}",
                                highlight=False, markup=False, soft_wrap=True)  # fmt: skip
-    return {"run": folder.name, **res}
+    return {"run": folder.name, "prior": picked.to_dict(), **res}
 
 
 def print_table(res: dict[str, Any], console: Any = None) -> None:
@@ -57,17 +63,29 @@ def print_table(res: dict[str, Any], console: Any = None) -> None:
     t = Table(
         title=f"run {res['run']}: {res['n']:,} images vs the {res['split']} split, {res['features']} features ({res['feature_dim']}-d)"
     )
-    t.add_column("", justify="left")
+    t.add_column("", justify="left", no_wrap=True)
     for col in ("FD (lower is better)", "KID ± std", "precision", "recall"):
         t.add_column(col, justify="right")
-    rows = [(f"samples (T = {res['temperature']:g})", res)]
+    t.add_column("mem. ratio", justify="right")
+    mem = res.get("memorisation") if isinstance(res.get("memorisation"), dict) else None
+    rows = [(f"samples (T = {res['temperature']:g})", res, fmt(mem["ratio"], 3) if mem else "-")]
     if isinstance(res.get("reconstructions"), dict):
-        rows.append(("reconstructions", res["reconstructions"]))
-    for label, r in rows:
-        t.add_row(label, fmt(r["fd"], 3), f"{fmt(r['kid'], 5)} ± {fmt(r['kid_std'], 5)}", fmt(r["precision"], 3), fmt(r["recall"], 3))
+        rows.append(("reconstructions", res["reconstructions"], ""))
+    for label, r, m in rows:
+        t.add_row(label, fmt(r["fd"], 3), f"{fmt(r['kid'], 5)} ± {fmt(r['kid_std'], 5)}", fmt(r["precision"], 3), fmt(r["recall"], 3), m)
     console.print(t)
+    prior = (res.get("prior") or {}).get("label", "N(0, I)")
+    spread = "N(0, T² I)" if prior == "N(0, I)" else f"the prior {prior} (T: docs/priors.md)"
+    if mem:
+        console.print(
+            f"Memorisation ratio (mem. ratio): median distance from a sample to its nearest training image ({mem['sample_median']:.3f}) over the same for "
+            f"the {mem['held_out_images']:,} {mem['held_out_split']} images ({mem['held_out_median']:.3f}), among {mem['train_images']:,} "
+            f"training images: about 1 = no nearer the training set than new images; far below 1 = copies. "
+            f"{mem['closer_than_p1']:.1%} of the samples are nearer than 99% of the {mem['held_out_split']} images.",
+            highlight=False, markup=False, soft_wrap=True,
+        )  # fmt: skip
     console.print(
-        f"Samples: decoder means of z ~ N(0, T² I); reconstructions: the posterior means of the same real images decoded (a reference). "
+        f"Samples: decoder means of z from {spread}; reconstructions: the posterior means of the same real images decoded (a reference). "
         f"Fréchet distance (Heusel et al. 2017), KID = unbiased MMD² with a cubic kernel, mean ± std over {res['kid_subsets']} subsets of "
         f"{res['kid_subset_size']:,} (Bińkowski et al. 2018), precision/recall with k = {res['k']} (Kynkäänniemi et al. 2019). "
         f"Feature space {res['features']}: not comparable with Inception FIDs.",
@@ -94,7 +112,15 @@ def eval_samples_cmd(
         int, typer.Option("-n", "--num", help="Samples drawn and real images compared (clamped to the split's size).")
     ] = N_DEFAULT,
     split: Split = "test",
-    temperature: Annotated[float, typer.Option("--temperature", "-t", help="Scale of z ~ N(0, T² I) (1 = the prior).")] = 1.0,
+    temperature: Annotated[
+        float,
+        typer.Option(
+            "--temperature",
+            "-t",
+            help="Spread of the prior (1 = the prior itself): N(0, T² I); gmm: covariances x T²; flow: base noise x T.",
+        ),
+    ] = 1.0,
+    prior: PriorChoice = "auto",
     features: Annotated[
         str,
         typer.Option(
@@ -107,10 +133,14 @@ def eval_samples_cmd(
     model_source: ModelSource = ModelSource(),
 ) -> None:
     """Sample quality as numbers: prior samples (decoder means) vs real images of a split, in a feature space:
-    Fréchet distance, KID ± std, precision and recall (k = 3); the run's reconstructions as a reference."""
+    Fréchet distance, KID ± std, precision and recall (k = 3), the memorisation check (nearest training
+    images); the run's reconstructions as a reference."""
+    from .prior import check_prior_choice
+
     _check(n, temperature, split, features)
+    check_prior_choice(prior)
     model, cfg, folder = model_source.load()
-    res = score_run(model, cfg, folder, n=n, split=split, temperature=temperature, seed=seed, features=features)
+    res = score_run(model, cfg, folder, n=n, split=split, temperature=temperature, seed=seed, features=features, prior=prior)
     if as_json:
         print_json(res)
     else:

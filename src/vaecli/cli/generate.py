@@ -14,7 +14,7 @@ import typer
 
 from .app import app
 from .common import check_outputs, files_in, image_files, seeded_generator, split_images, stderr_console, write_outputs
-from .options import Fps, GridOutput, ModelSource, OptInt, OptInts, OptStr, Padding, Scale, Seed, Split, model_options
+from .options import Fps, GridOutput, ModelSource, OptInt, OptInts, OptStr, Padding, PriorChoice, Scale, Seed, Split, model_options
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -27,23 +27,35 @@ def sample_cmd(
     n: Annotated[int, typer.Option("-n", "--num", help="Number of samples.")] = 64,
     output: GridOutput = None,
     out_dir: Annotated[OptStr, typer.Option("--out-dir", help="Also write one PNG per sample (000000.png ...).")] = None,
-    temperature: Annotated[float, typer.Option("--temperature", "-t", help="Scale of z ~ N(0, I) (1 = the prior).")] = 1.0,
+    temperature: Annotated[
+        float,
+        typer.Option(
+            "--temperature",
+            "-t",
+            help="Spread of the prior (1 = the prior itself): N(0, T² I); gmm: covariances x T²; flow: base noise x T.",
+        ),
+    ] = 1.0,
     nrow: Annotated[OptInt, typer.Option("--nrow", help="Images per grid row (default ceil(sqrt(n))).")] = None,
     padding: Padding = 2,
     scale: Scale = 1,
+    prior: PriorChoice = "auto",
     model_source: ModelSource = ModelSource(),
     seed: Seed = 0,
 ) -> None:
-    """Decode z ~ N(0, temperature^2 I): the seed's generation from noise."""
+    """Decode z drawn from the prior: the run's fitted prior when it has one (`vae fit-prior`), else the
+    one it trained with (N(0, temperature^2 I): the seed's generation from noise, or its VampPrior)."""
     from ..images import default_nrow, grid_png, image_png
-    from ..inference import check_num_samples, decode, sample_prior
+    from ..inference import check_num_samples, check_temperature, decode, sample_latents
+    from .prior import check_prior_choice, pick_prior
 
     check_num_samples(n)
+    check_temperature(temperature)
+    check_prior_choice(prior)
     if output is None and out_dir is None:
         output = "sample.png"
     check_outputs(output, out_dir=out_dir, nrow=nrow, padding=padding)
-    model, cfg, _ = model_source.load()
-    z = sample_prior(n, cfg.model.latent_dim, temperature, seeded_generator(seed))
+    model, _, folder = model_source.load()
+    z = sample_latents(pick_prior(folder, prior, model).prior, n, temperature, seeded_generator(seed))
     images = decode(model, z)
     files: list[tuple[str, bytes]] = []
     if output is not None:

@@ -41,6 +41,9 @@ InputSplit = Annotated[OptStr, typer.Option("--split", help="Take images from th
 InputN = Annotated[int, typer.Option("-n", "--num", help="With --split: the first N images.")]
 Fps = Annotated[float, typer.Option("--fps", help="GIF frames per second.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")]
+PriorChoice = Annotated[
+    str, typer.Option("--prior", help="auto (the run's fitted prior when it has one, see `vae fit-prior`; else N(0, I)) | fitted | normal.")
+]
 
 
 @dataclass(frozen=True)

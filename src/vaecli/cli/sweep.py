@@ -234,7 +234,7 @@ def print_results(result: dict[str, Any], factors: list[str], console: Any) -> N
     from rich import box
     from rich.table import Table
 
-    from ..compare import _text
+    from ..compare import cell_text
 
     runs = result["runs"]
     units = {r["units"] for r in runs}
@@ -246,7 +246,7 @@ def print_results(result: dict[str, Any], factors: list[str], console: Any) -> N
             first = next(r for r in runs if r["run"] == g["runs"][0])
             lines.append(
                 (
-                    [_text(g["values"][k]) for k in factors] + [str(g["n"])],
+                    [cell_text(g["values"][k]) for k in factors] + [str(g["n"])],
                     {**g["mean"], "latent_dim": first["latent_dim"], "units": g["units"]},
                     g["std"],
                 )
@@ -255,7 +255,7 @@ def print_results(result: dict[str, Any], factors: list[str], console: Any) -> N
     else:
         for r in runs:
             lines.append(
-                ([_text(r["values"].get(k)) for k in result.get("swept", {})] if result["kind"] == "sweep" else [r["run"]], r, None)
+                ([cell_text(r["values"].get(k)) for k in result.get("swept", {})] if result["kind"] == "sweep" else [r["run"]], r, None)
             )
         heads = list(result.get("swept", {})) if result["kind"] == "sweep" else ["run"]
     has = lambda k: any(r.get(k) is not None for r in runs)  # noqa: E731

@@ -79,6 +79,7 @@ def train_cmd(
     as_json: Json = False,
     quiet: Annotated[bool, _opt("--quiet", "No progress bar.", "-q")] = False,
     eval_samples: Annotated[bool, _opt("--eval-samples", "At the end, score samples as `vae eval-samples` does (stored in summary.json).")] = False,
+    fit_prior: Annotated[OptStr, _opt("--fit-prior", "At the end, fit a prior to the encoded training images as `vae fit-prior --kind KIND` does: gmm | flow (stored in the run; before --eval-samples).")] = None,
 ) -> None:  # fmt: skip
     """Train a (beta-)VAE and store the run (weights, config, metrics, loss.png).
 
@@ -90,6 +91,10 @@ def train_cmd(
     from ..training import plan_run, resume_run, start_run
 
     options = dict(locals())
+    if fit_prior is not None:
+        from ..fitted import check_fit_options
+
+        check_fit_options(fit_prior, flag="--fit-prior")
     distributed.init(device or "auto")  # under torchrun: join the process group (no-op otherwise)
     main = distributed.is_main()  # only rank 0 prints
     if resume:
@@ -113,13 +118,17 @@ def train_cmd(
     result = _fit_until_stopped(trainer, quiet or not main, err)
     distributed.cleanup()
     summary = result.summary
+    if fit_prior and main and result.stopped != "interrupted":
+        from .prior import fit_after_training
+
+        summary["fit_prior"] = fit_after_training(result.path, str(trainer.device), fit_prior, as_json)
     if eval_samples and main and result.stopped != "interrupted":
         from .eval_samples import eval_after_training
 
         summary["eval_samples"] = eval_after_training(result.path, str(trainer.device), as_json)
     if as_json and main:
         print_json({**result.to_dict(), **{k: summary[k] for k in ("best", "last", "likelihood", "discrete", "notices", "recoveries")},
-                    **({"eval_samples": summary["eval_samples"]} if "eval_samples" in summary else {})})  # fmt: skip
+                    **{k: summary[k] for k in ("fit_prior", "eval_samples") if k in summary}})  # fmt: skip
         _summary_table(trainer.cfg, result, err)
     elif main:  # DDP: the other ranks print nothing
         _summary_table(trainer.cfg, result, stdout_console())

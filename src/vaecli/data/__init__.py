@@ -48,7 +48,7 @@ from .idx import IDX_FILES, load_mini, load_torchvision, read_idx
 __all__ = [
     "BINARIZE_SEED", "DATASETS", "FITS", "IDX_FILES", "IMAGE_EXTENSIONS", "IMAGE_FORMATS", "MAX_IMAGE_PIXELS", "REGISTRY",
     "FolderLoad", "ImageData", "binarize_fixed", "check_split", "convert_channels", "fingerprint", "list_images", "load_data",
-    "load_folder", "load_image", "load_split", "read_idx", "split_indices", "split_validation", "to_float",
+    "load_folder", "load_image", "load_split", "load_splits", "read_idx", "split_indices", "split_validation", "to_float",
 ]  # fmt: skip
 
 Splits = tuple[ImageData, ImageData]
@@ -122,11 +122,15 @@ def load_split(cfg: DataConfig, split: str, download: bool = False) -> ImageData
     (the validation images carved out of the training split) or ``test``. Nothing is downloaded
     unless ``download``."""
     check_split(split)
+    return load_splits(cfg, download)[split]
+
+
+def load_splits(cfg: DataConfig, download: bool = False) -> dict[str, ImageData]:
+    """The three splits of :func:`load_split` (``train``, ``val``, ``test``) from one load of the data;
+    ``val`` is empty when the run has no validation split."""
     train, test, _ = load_data(cfg, download=download)
-    if split == "test":
-        return test
     fit, val = split_validation(train, cfg.val_size or 0, cfg.split_seed)
-    return fit if split == "train" else val
+    return {"train": fit, "val": val, "test": test}
 
 
 def _folder(cfg: DataConfig, load: FolderLoad) -> tuple[ImageData, ImageData, dict]:

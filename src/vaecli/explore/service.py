@@ -65,6 +65,7 @@ class ExploreRun:
     test_images: torch.Tensor | None = None  # uint8 (N, C, H, W), loaded on first use
     test_labels: torch.Tensor | None = None
     test_error: str | None = None
+    prior: Any = None  # the vaecli.fitted.PriorChoice of "sample", loaded on first use
 
     @property
     def latent_dim(self) -> int:
@@ -273,16 +274,27 @@ class Explorer:
         return out
 
     def prior(self, name: str | None, seed: Any = None) -> dict[str, Any]:
-        """A draw z ~ N(0, I) for the run's latent size."""
+        """A draw z from the run's prior (its fitted prior when it has one, see :func:`vaecli.fitted.load_prior`;
+        else N(0, I)), with the prior's label."""
         run = self.get(name)
-        from ..inference import sample_prior
+        from ..fitted import load_prior
+        from ..inference import sample_latents
 
         gen = torch.Generator()
         if seed in (None, ""):
             gen.seed()
         else:
             gen.manual_seed(_number(seed, "seed", 0, 2**63 - 1, int))
-        return {"z": [float(v) for v in sample_prior(1, run.latent_dim, 1.0, gen)[0]]}
+        with run.lock:
+            if run.prior is None:
+                try:
+                    run.prior = load_prior(run.path, "auto", run.model)
+                except CheckpointError as exc:
+                    raise BadRequest(str(exc)) from None
+                if run.prior.note:
+                    self.log(f"run {run.name}: {run.prior.note}")
+            z = sample_latents(run.prior.prior, 1, 1.0, gen)
+        return {"z": [float(v) for v in z[0]], "prior": run.prior.label}
 
     def _encode_uint8(self, run: ExploreRun, x: torch.Tensor) -> dict[str, Any]:
         from ..data import to_float
