@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from .errors import ConfigError
 
-ARCHS = ("conv", "mlp", "conv-mlp", "seed")
+ARCHS = ("conv", "mlp", "conv-mlp", "seed", "spatial")
 NORMS = ("none", "group", "batch")
 LIKELIHOODS = ("bernoulli", "gaussian", "logistic")
 PRIORS = ("normal", "vamp")
@@ -142,6 +142,10 @@ class ModelConfig(_Config):
         _check(self.latent_dim <= 4096, f"--latent-dim must be <= 4096, got {self.latent_dim}")
         _check(1 <= self.hidden <= 65536, f"hidden must be 1..65536, got {self.hidden}")
         _check(len(self.widths) >= 1 and all(w >= 1 for w in self.widths), f"widths must be positive, got {list(self.widths)}")
+        if self.arch == "spatial":
+            cells = (self.image_size // 2 ** len(self.widths)) ** 2
+            _check(self.latent_dim % cells == 0, f"--latent-dim must be a multiple of {cells} for arch spatial at {self.image_size} px "
+                   f"({len(self.widths)} stages: latent maps of {cells} positions), got {self.latent_dim}")  # fmt: skip
         m = size_multiple(self.arch, self.widths)
         _check(
             8 <= self.image_size <= 512 and self.image_size % m == 0,

@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -115,6 +117,27 @@ def _build_conv(cfg: ModelConfig, out_ch: int) -> tuple[nn.Module, nn.Module, in
     flat = prev * side * side
     dec: list[nn.Module] = [nn.Linear(cfg.latent_dim, cfg.hidden), _act(), nn.Linear(cfg.hidden, flat), _act()]
     dec.append(_Reshape(prev, side, side))
+    dec += _conv_upsampling(cfg, widths, out_ch)
+    return nn.Sequential(*enc), nn.Sequential(*dec), cfg.hidden
+
+
+def _build_spatial(cfg: ModelConfig, out_ch: int) -> tuple[nn.Module, nn.Module, tuple[int, int]]:
+    """Conv stages with a spatial latent (no fully connected layer, as the autoencoders of latent
+    diffusion): the encoder's last feature map gives mu and logvar per position through 1x1 convs,
+    z is c maps of side x side (latent_dim = c side^2), the decoder mirrors the stages."""
+    widths = list(cfg.widths)
+    enc, prev, side = _conv_encoder(cfg)
+    enc = enc[:-3]  # no Flatten, Linear, activation: the heads see the feature map
+    c = cfg.latent_dim // (side * side)
+    dec: list[nn.Module] = [_Reshape(c, side, side), nn.Conv2d(c, prev, 3, 1, 1), _act()]
+    dec += _conv_upsampling(cfg, widths, out_ch)
+    return nn.Sequential(*enc), nn.Sequential(*dec), (prev, c)
+
+
+def _conv_upsampling(cfg: ModelConfig, widths: list[int], out_ch: int) -> list[nn.Module]:
+    """The conv decoder's stages, widest first: ``blocks`` residual blocks, then a x2 upsampling
+    (a k4 s2 transposed conv, or nearest x2 and a 3x3 conv) to the next width (the last: ``out_ch``)."""
+    dec: list[nn.Module] = []
     rev = widths[::-1]
     for i, w in enumerate(rev):
         out = rev[i + 1] if i + 1 < len(rev) else out_ch
@@ -125,7 +148,7 @@ def _build_conv(cfg: ModelConfig, out_ch: int) -> tuple[nn.Module, nn.Module, in
             dec.append(nn.ConvTranspose2d(w, out, 4, 2, 1))
         if i + 1 < len(rev):
             dec += [*_norm(cfg.norm, out), _act()]
-    return nn.Sequential(*enc), nn.Sequential(*dec), cfg.hidden
+    return dec
 
 
 def _mlp_decoder(latent_dim: int, widths: list[int], shape: tuple[int, int, int]) -> nn.Module:
@@ -180,7 +203,7 @@ def _build_seed(cfg: ModelConfig, out_ch: int) -> tuple[nn.Module, nn.Module, in
     return enc, dec, 512
 
 
-_BUILDERS = {"conv": _build_conv, "mlp": _build_mlp, "conv-mlp": _build_conv_mlp, "seed": _build_seed}
+_BUILDERS: dict[str, Any] = {"conv": _build_conv, "mlp": _build_mlp, "conv-mlp": _build_conv_mlp, "seed": _build_seed, "spatial": _build_spatial}
 
 
 class VAE(nn.Module):
@@ -203,10 +226,14 @@ class VAE(nn.Module):
         if isinstance(self.prior, VampPrior):
             self.prior.encode = self.encode
         self.encoder, self.decoder, feat = _BUILDERS[config.arch](config, self.likelihood.out_channels(config.channels))
-        self.fc_mu = nn.Linear(feat, config.latent_dim)
-        self.fc_logvar = nn.Linear(feat, config.latent_dim)
+        if isinstance(feat, tuple):  # a feature map (channels) -> c latent maps: 1x1 conv heads
+            self.fc_mu: nn.Module = nn.Conv2d(feat[0], feat[1], 1)
+            self.fc_logvar: nn.Module = nn.Conv2d(feat[0], feat[1], 1)
+        else:
+            self.fc_mu, self.fc_logvar = nn.Linear(feat, config.latent_dim), nn.Linear(feat, config.latent_dim)
         # Start with small posterior variances (the seed: weight 0, bias -6) so early
         # training is not drowned in sampling noise.
+        assert isinstance(self.fc_logvar, (nn.Linear, nn.Conv2d)) and self.fc_logvar.bias is not None
         nn.init.zeros_(self.fc_logvar.weight)
         nn.init.constant_(self.fc_logvar.bias, -6.0 if config.arch == "seed" else -4.0)
 
@@ -216,8 +243,8 @@ class VAE(nn.Module):
         if _autocast_on(h):  # the posterior heads stay fp32 under bf16 autocast (see _autocast_on)
             with torch.autocast(h.device.type, enabled=False):
                 h = h.float()
-                return self.fc_mu(h), self.fc_logvar(h)
-        return self.fc_mu(h), self.fc_logvar(h)
+                return self.fc_mu(h).flatten(1), self.fc_logvar(h).flatten(1)
+        return self.fc_mu(h).flatten(1), self.fc_logvar(h).flatten(1)
 
     def posterior(self, x: torch.Tensor) -> Posterior:
         """q(z|x) in fp32."""

@@ -23,6 +23,7 @@ SEED_RECIPE: dict[str, Any] = {"batch_size": 128, "lr": 1e-3, "lr_schedule": "co
 MLP_RECIPE: dict[str, Any] = {"widths": (512, 512), "batch_size": 128, "lr": 2e-3, "warmup_steps": 0}
 MLP_MAX_SIDE = 28  # gray images up to this side get the mlp arch by default: it won on Fashion-MNIST
 CONV_BASE_LR = 5e-3
+SPATIAL_MAPS = 4  # --arch spatial: latent maps at the last stage's resolution (256 dims at 64 px)
 CONV_WARMUP_STEPS = 100  # linear learning-rate warm-up of the conv recipes
 REFERENCE_FAN_IN = 32 * 7 * 7  # the 28 px conv net's widest layer (1,568 inputs): trains at 5e-3 without a warm-up
 
@@ -71,6 +72,8 @@ def max_fan_in(arch: str, image_size: int, channels: int, widths: tuple[int, ...
     if arch == "mlp":
         return max(channels * image_size * image_size, *widths, latent_dim)
     side = image_size // 2 ** len(widths)
+    if arch == "spatial":  # no fully connected layer: the widest conv
+        return max(channels * 16, *(w * 16 for w in widths), 9 * max(1, latent_dim // (side * side)))
     return max(channels * 16, *(w * 16 for w in widths), widths[-1] * side * side, hidden, latent_dim)
 
 
@@ -112,6 +115,9 @@ def default_recipe(
     else:
         model["widths"] = conv_widths(image_size)
         base_lr, batch, warmup = CONV_BASE_LR, 128 if image_size < 64 else 64, CONV_WARMUP_STEPS
+        if arch == "spatial":  # latent maps of the last stage's side: SPATIAL_MAPS of them
+            side = image_size // 2 ** len(given.get("widths") or model["widths"])
+            model["latent_dim"] = SPATIAL_MAPS * side * side
     m = {**model, **{k: v for k, v in given.items() if k in model}}
     lr = default_lr(base_lr, max_fan_in(arch, image_size, channels, tuple(m["widths"]), m["hidden"], m["latent_dim"]))
     if device_type == "cuda":
