@@ -213,11 +213,13 @@ def study_run(
     import torch
 
     from .data import load_split, to_float
+    from .fitted import load_prior
     from .inference import decode, dims_by_kl, encode, sample, traverse_latents
     from .metrics import latent_stats
 
     folder = Path(row["path"])
     model, cfg, _ = ckpt.load_model(folder, device)
+    prior = load_prior(folder, "auto", model).prior  # the run's fitted prior when it has one (vae train --fit-prior)
     test = load_split(replace(cfg.data, binarize=False), "test")  # original pixels: the real side of the scores, the traversals' base
     notes: list[str] = []
     scores: dict[str, Any] = {}
@@ -226,14 +228,14 @@ def study_run(
         if cached is not None:
             scores = cached
         else:
-            scores = _scores(model, cfg, row, n, seed, votes, notes, test)
+            scores = _scores(model, cfg, row, n, seed, votes, notes, test, prior)
             if cache is not None:
                 atomic_write_json(cache / f"{row['run']}.json", {"key": _score_key(row, n, seed), "scores": scores, "notes": notes})
         notes.extend(scores.pop("_notes", []))
     if not pictures:
         return scores, notes, None
     g = torch.Generator().manual_seed(seed)
-    samples = sample(model, SAMPLES_PER_ROW, 1.0, g)
+    samples = sample(model, SAMPLES_PER_ROW, 1.0, g, prior)
     kl, _, _ = latent_stats(model, ckpt.read_summary(folder), lambda: test, seed=seed)
     dims = dims_by_kl(kl or [0.0] * cfg.model.latent_dim)[:TRAVERSE_DIMS]
     mu, _ = encode(model, to_float(test.images[:1]))
@@ -254,13 +256,15 @@ def _read_cache(cache: Path | None, row: dict[str, Any], n: int, seed: int) -> d
     return {**data["scores"], "_notes": list(data.get("notes") or [])}
 
 
-def _scores(model: Any, cfg: Any, row: dict[str, Any], n: int, seed: int, votes: int, notes: list[str], test: Any) -> dict[str, Any]:
+def _scores(
+    model: Any, cfg: Any, row: dict[str, Any], n: int, seed: int, votes: int, notes: list[str], test: Any, prior: Any
+) -> dict[str, Any]:
     """Sample quality where a shipped feature space fits, MIG and FactorVAE on shapes."""
     out: dict[str, Any] = {}
     if sample_features_fit(row):
         from .fidelity import evaluate_run
 
-        res = evaluate_run(model, cfg, n, seed=seed, reconstructions=False, data=test)
+        res = evaluate_run(model, cfg, n, seed=seed, reconstructions=False, data=test, prior=prior)
         out.update({k: res[k] for k in ("fd", "kid", "kid_std", "precision", "recall")}, samples_scored=res["n"], features=res["features"])
     else:
         c, s = row["image"]
@@ -413,7 +417,8 @@ def _scale(side: int) -> int:
 
 
 def samples_png(path: Path, studies: Sequence[Study]) -> bytes:
-    """``samples.png``: one row of prior samples (decoder means of z ~ N(0, I), one seed) per run, its label at the row's start."""
+    """``samples.png``: one row of prior samples (decoder means of z from the run's prior: fitted when it has one,
+    else the one it trained with; one seed) per run, its label at the row's start."""
     import torch
 
     from .fileio import atomic_write_bytes

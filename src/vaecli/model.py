@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
 from typing import Any
 
 import torch
@@ -203,7 +202,13 @@ def _build_seed(cfg: ModelConfig, out_ch: int) -> tuple[nn.Module, nn.Module, in
     return enc, dec, 512
 
 
-_BUILDERS: dict[str, Any] = {"conv": _build_conv, "mlp": _build_mlp, "conv-mlp": _build_conv_mlp, "seed": _build_seed, "spatial": _build_spatial}
+_BUILDERS: dict[str, Any] = {
+    "conv": _build_conv,
+    "mlp": _build_mlp,
+    "conv-mlp": _build_conv_mlp,
+    "seed": _build_seed,
+    "spatial": _build_spatial,
+}
 
 
 class VAE(nn.Module):
