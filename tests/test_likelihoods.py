@@ -10,7 +10,7 @@ import torch
 
 from vaecli.config import ModelConfig
 from vaecli.data import ImageData
-from vaecli.likelihoods import Bernoulli, DiscretizedLogistic, Gaussian, bits_per_dim
+from vaecli.likelihoods import Bernoulli, DiscretizedGaussian, DiscretizedLogistic, Gaussian, bits_per_dim
 from vaecli.metrics import evaluate
 from vaecli.model import VAE
 
@@ -136,3 +136,29 @@ def test_logistic_model_reports_bits_per_dim_and_shows_images_in_range() -> None
     assert evaluate(bernoulli, ImageData(images=torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8))).bits_per_dim is None
     binary = ImageData(images=torch.randint(0, 2, (3, 1, 8, 8), dtype=torch.uint8) * 255)
     assert evaluate(bernoulli, binary).bits_per_dim is not None  # Bernoulli on binary pixels: a true likelihood
+
+
+@pytest.mark.parametrize("log_scale", [-7.0, -3.0, 0.0, 3.0])
+def test_discrete_gaussian_levels_sum_to_one_and_its_mean_is_their_mean(log_scale: float) -> None:
+    like = DiscretizedGaussian(1)
+    with torch.no_grad():
+        like.log_scale.fill_(log_scale)
+    for loc in (-8.0, -0.3, 0.5, 2.0, 9.0):  # locations 2 sigmoid(loc) - 1, near both ends too
+        out = torch.full((256, 1, 1, 1), loc)
+        with torch.no_grad():
+            p = like.log_prob_levels(out, LEVELS.reshape(256, 1, 1, 1)).exp().double().flatten()
+            mean = like.mean(out[:1]).item()
+        assert p.sum().item() == pytest.approx(1.0, abs=1e-4) and (p >= 0).all()
+        assert mean == pytest.approx(float((p * LEVELS.double()).sum()), abs=2 / 255)
+
+
+def test_discrete_gaussian_is_finite_at_the_ends_with_finite_gradients() -> None:
+    like = DiscretizedGaussian(3)
+    for scale in (0.1, 5.0, 40.0):
+        out = (torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(6)) * scale).requires_grad_()
+        for level in (0.0, 1.0):
+            nll = like.nll(out, torch.full((2, 3, 4, 4), level))
+            assert torch.isfinite(nll).all() and (nll >= 0).all()
+            grads = torch.autograd.grad(nll.sum(), (out, like.log_scale))
+            assert all(torch.isfinite(g).all() for g in grads)
+    assert like.is_discrete() and "256 levels" in like.label()

@@ -21,7 +21,7 @@ from .errors import ConfigError
 
 ARCHS = ("conv", "mlp", "conv-mlp", "seed", "spatial")
 NORMS = ("none", "group", "batch")
-LIKELIHOODS = ("bernoulli", "gaussian", "logistic")
+LIKELIHOODS = ("bernoulli", "gaussian", "logistic", "discrete-gaussian")
 PRIORS = ("normal", "vamp")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -331,6 +331,10 @@ def check_given(given: dict[str, Any]) -> None:
     _check(not unknown, f"unknown options {sorted(unknown)}")
     TrainConfig(**{k: v for k, v in given.items() if k in TRAIN_FIELDS}).validate()
     model = {k: v for k, v in given.items() if k in MODEL_FIELDS}
-    m = ModelConfig(**model, image_size=8 * size_multiple(model.get("arch", "conv"), model.get("widths") or (1,)))
+    arch = model.get("arch", "conv")
+    size = 8 * size_multiple(arch, model.get("widths") or (1,))
+    if arch == "spatial" and "latent_dim" not in model:  # the latent size follows the image size: checked once the data is known
+        model["latent_dim"] = (size // size_multiple(arch, model.get("widths") or ModelConfig.widths)) ** 2
+    m = ModelConfig(**model, image_size=size)
     m.validate()
     check_pair(m, TrainConfig(**{k: v for k, v in given.items() if k in TRAIN_FIELDS}))
