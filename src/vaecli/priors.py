@@ -111,6 +111,12 @@ class VampPrior(Prior):
         """The pseudo-inputs as images in [0, 1], (K, C, H, W)."""
         return torch.sigmoid(self.u)
 
+    @torch.no_grad()
+    def start_from(self, images: torch.Tensor) -> None:
+        """Start the pseudo-inputs at training images (floats in [0, 1], (K, C, H, W)), pulled towards
+        mid-grey so their logits stay finite: a mixture that covers the data from the first step."""
+        self.u.copy_(torch.logit(images.to(self.u.dtype) * 0.9 + 0.05))
+
     def components(self) -> Posterior:
         """q(z | u_k) of every pseudo-input, (K, D) each. While training the model's forward pass
         computes them (VAEOutput.prior), so DDP sees the pseudo-inputs' gradients."""
@@ -147,6 +153,14 @@ class VampPrior(Prior):
             c = self.components()
             second = (c.mu.pow(2) + c.logvar.exp()).mean(0)
             return (second - c.mu.mean(0).pow(2)).clamp_min(1e-12).sqrt().cpu()
+
+
+def _same_format(t: torch.Tensor) -> torch.memory_format:
+    return (
+        torch.channels_last
+        if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+        else torch.contiguous_format
+    )
 
 
 def build_prior(latent_dim: int, kind: str, pseudo_inputs: int, shape: tuple[int, int, int]) -> Prior:

@@ -37,6 +37,7 @@ from .health import Health, lr_alarm
 from .metrics import EvalResult, bce_floor, evaluate
 from .model import VAE
 from .objective import LossTerms, Objective
+from .priors import VampPrior
 from .recipe import accepted_image_size, build_configs, validation_size
 from .schedules import lr_at
 from .state import EpochSums, TrainState, epoch_permutation, steps_per_epoch
@@ -294,6 +295,10 @@ class Trainer:
         self.train_data, self.val_data = split_validation(train, cfg.data.val_size or 0, cfg.data.split_seed)
         self.test_data = test
         self.train_images = self.train_data.images.to(self.device)
+        if isinstance(self.model.prior, VampPrior):  # pseudo-inputs start at training images (restore() replaces them)
+            pick = torch.randperm(len(self.train_data), generator=torch.Generator().manual_seed(tc.seed))
+            pick = pick.repeat(-(-cfg.model.pseudo_inputs // len(pick)))[: cfg.model.pseudo_inputs]
+            self.model.prior.start_from(to_float(self.train_images[pick.to(self.device)]))
         self.noise = torch.Generator(device=self.device).manual_seed(tc.seed + 1 + distributed.rank())
         self.state = TrainState(world_size=distributed.world_size(), noise_device=self.device.type)
         self.health = Health(self.device, tc.max_nonfinite)
