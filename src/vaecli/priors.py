@@ -155,14 +155,6 @@ class VampPrior(Prior):
             return (second - c.mu.mean(0).pow(2)).clamp_min(1e-12).sqrt().cpu()
 
 
-def _same_format(t: torch.Tensor) -> torch.memory_format:
-    return (
-        torch.channels_last
-        if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
-        else torch.contiguous_format
-    )
-
-
 def build_prior(latent_dim: int, kind: str, pseudo_inputs: int, shape: tuple[int, int, int]) -> Prior:
     """The prior a model trains against: ``normal`` (N(0, I)) or ``vamp`` (``pseudo_inputs`` of ``shape``)."""
     if kind == "vamp":
