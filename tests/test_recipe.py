@@ -46,8 +46,11 @@ def test_recipe_follows_the_data_and_keeps_the_28px_default() -> None:
     assert gray["arch"] == "mlp" and gray["widths"] == (512, 512) and gray["lr"] == 2e-3 and gray["batch_size"] == 128
     conv = default_recipe(28, 1, arch="conv")  # the measured 28 px conv recipe is kept for --arch conv
     assert conv["widths"] == (16, 32) and conv["lr"] == 5e-3 and conv["batch_size"] == 128
-    colour = default_recipe(64, 3)
-    assert colour["arch"] == "conv" and colour["widths"] == (16, 32, 64) and colour["lr"] < conv["lr"]
+    colour = default_recipe(64, 3)  # colour: conv stages with a spatial latent of 8 maps, a discrete likelihood
+    assert colour["arch"] == "spatial" and colour["widths"] == (16, 32, 64) and colour["latent_dim"] == 8 * 8 * 8
+    assert colour["likelihood"] == "discrete-gaussian" and colour["lr"] == conv["lr"]
+    assert default_recipe(64, 3, arch="conv")["lr"] < conv["lr"]  # the flat latent's wide layer: a smaller rate
+    assert default_recipe(64, 1)["arch"] == "conv" and default_recipe(64, 1)["likelihood"] == "bernoulli"
     assert max(default_recipe(512, 3)["widths"]) <= 256
     seed = default_recipe(28, 1, arch="seed")
     assert (seed["lr"], seed["lr_schedule"], seed["batch_size"]) == (1e-3, "constant", 128)
@@ -144,9 +147,9 @@ def colour64(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_wide_conv_at_64px_colour_trains_200_steps_at_the_default_lr(
     colour64: Path,
 ) -> None:
-    _, train = build_configs({"widths": (32, 64, 128)}, 64, 3)
+    _, train = build_configs({"arch": "conv", "widths": (32, 64, 128)}, 64, 3)
     assert train.lr < 5e-3 and train.warmup_steps > 0  # the rule sized the lr for this model
-    losses = _train(colour64, 64, 3, 200, widths=(32, 64, 128), batch_size=8)
+    losses = _train(colour64, 64, 3, 200, arch="conv", widths=(32, 64, 128), batch_size=8)
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0]
 
@@ -155,7 +158,7 @@ def test_a_fixed_lr_without_warmup_diverges_on_that_model(colour64: Path) -> Non
     """The control: without the rule (5e-3, no warm-up) the same model stops on a non-finite loss
     (early, before any finite state is kept to roll back to: a recipe problem, not a bad step)."""
     with pytest.raises(VaeError, match="non-finite"):
-        _train(colour64, 64, 3, 40, widths=(32, 64, 128), batch_size=8, lr=5e-3, warmup_steps=0)
+        _train(colour64, 64, 3, 40, arch="conv", widths=(32, 64, 128), batch_size=8, lr=5e-3, warmup_steps=0)
 
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -145,7 +145,7 @@ class ModelConfig(_Config):
         if self.arch == "spatial":
             cells = (self.image_size // 2 ** len(self.widths)) ** 2
             _check(self.latent_dim % cells == 0, f"--latent-dim must be a multiple of {cells} for arch spatial at {self.image_size} px "
-                   f"({len(self.widths)} stages: latent maps of {cells} positions), got {self.latent_dim}")  # fmt: skip
+                   f"({len(self.widths)} stages: latent maps of {cells} positions; --arch conv takes any size), got {self.latent_dim}")  # fmt: skip
         m = size_multiple(self.arch, self.widths)
         _check(
             8 <= self.image_size <= 512 and self.image_size % m == 0,
