@@ -22,6 +22,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -138,6 +139,7 @@ def main() -> int:
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     p.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
     p.add_argument("--out", default="bench_own_images.json")
+    p.add_argument("--keep", action="store_true", help="keep the work folder (the split, the runs, the reconstructions) and print its path")
     args = p.parse_args()
     import torch
 
@@ -157,6 +159,10 @@ def main() -> int:
     out = {"protocol": f"every {args.every}th file of {Path(args.folder).name} held out ({len(held_files)} files)", "machine": machine,
            "command": " ".join(shlex.quote(a) for a in sys.argv), "results": results}  # fmt: skip
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    if args.keep:
+        print(f"kept {work} (runs under {work / 'runs'})", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -137,15 +137,21 @@ def write_config(run: Path, cfg: RunConfig) -> None:
     atomic_write_json(run / CONFIG, cfg.to_dict())
 
 
+def read_json_file(path: Path, missing: CheckpointError) -> Any:
+    """A run's JSON file, parsed: ``missing`` raised when it is not there, a CheckpointError naming
+    the file when it is not valid JSON."""
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise missing from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc.__class__.__name__})") from None
+
+
 def read_config(run: Path) -> RunConfig:
     """Read and validate ``config.json``."""
     path = run / CONFIG
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise RunNotFoundError(f"{run} has no {CONFIG}") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc.__class__.__name__})") from None
+    data = read_json_file(path, RunNotFoundError(f"{run} has no {CONFIG}"))
     try:
         return RunConfig.from_dict(data)
     except ConfigError as exc:

@@ -31,46 +31,12 @@ from . import checkpoint as ckpt
 from .explain import likelihood_units
 from .fileio import atomic_write_json, atomic_write_text
 
-NUMBERS = (
-    "rate",
-    "distortion",
-    "neg_elbo",
-    "bits_per_dim",
-    "active_units",
-    "fd",
-    "kid",
-    "precision",
-    "recall",
-    "mig",
-    "factorvae_score",
-    "images_per_second",
-    "train_seconds",
-)
-CSV_COLUMNS = (
-    "run",
-    "label",
-    "units",
-    "rate",
-    "distortion",
-    "neg_elbo",
-    "bits_per_dim",
-    "active_units",
-    "latent_dim",
-    "fd",
-    "kid",
-    "kid_std",
-    "precision",
-    "recall",
-    "mig",
-    "factorvae_score",
-    "images_per_second",
-    "train_seconds",
-    "steps",
-    "stopped",
-    "beta",
-    "data",
-    "likelihood",
-)
+# the numbers of a row, in table order (means and stds over seeds are taken of these)
+NUMBERS = ("rate", "distortion", "neg_elbo", "bits_per_dim", "active_units", "fd", "kid", "precision", "recall", "mig",
+           "factorvae_score", "images_per_second", "train_seconds")  # fmt: skip
+# sweep.csv / compare.csv: the numbers with a few more facts beside them
+CSV_COLUMNS = ("run", "label", "units", *NUMBERS[:5], "latent_dim", *NUMBERS[5:7], "kid_std", *NUMBERS[7:],
+               "steps", "stopped", "beta", "data", "likelihood")  # fmt: skip
 SAMPLES_PER_ROW = 8
 TRAVERSE_DIMS = 3
 TRAVERSE_STEPS = 7

@@ -27,7 +27,6 @@ fitted to), written atomically, never pickled.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from collections.abc import Callable
@@ -643,12 +642,8 @@ def save_prior(run: Path, result: FitResult, weights: Path | None = None) -> Pat
 def read_prior_info(run: Path) -> dict[str, Any]:
     """``prior.json`` of a run (CheckpointError when missing or damaged)."""
     path = Path(run) / PRIOR_JSON
-    try:
-        info = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"run {Path(run).name!r} has no fitted prior: fit one with `vae fit-prior --run {Path(run).name}`") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc.__class__.__name__})") from None
+    missing = CheckpointError(f"run {Path(run).name!r} has no fitted prior: fit one with `vae fit-prior --run {Path(run).name}`")
+    info = ckpt.read_json_file(path, missing)
     if not isinstance(info, dict) or info.get("format") != PRIOR_FORMAT or info.get("kind") not in KINDS:
         raise CheckpointError(f"{path}: not a vaecli prior (format {PRIOR_FORMAT})")
     return info

@@ -10,7 +10,7 @@ import typer
 
 from .app import app
 from .common import check_positive, fmt, print_json, stderr_console, stdout_console
-from .options import Json, ModelSource, PriorChoice, Seed, Split, model_options
+from .options import Json, ModelSource, PriorChoice, Seed, Split, Temperature, model_options
 
 N_DEFAULT = 10_000
 N_MIN = 10  # a covariance and 3 nearest neighbours need a few points
@@ -112,14 +112,7 @@ def eval_samples_cmd(
         int, typer.Option("-n", "--num", help="Samples drawn and real images compared (clamped to the split's size).")
     ] = N_DEFAULT,
     split: Split = "test",
-    temperature: Annotated[
-        float,
-        typer.Option(
-            "--temperature",
-            "-t",
-            help="Spread of the prior (1 = the prior itself): N(0, T² I); gmm: covariances x T²; flow: base noise x T.",
-        ),
-    ] = 1.0,
+    temperature: Temperature = 1.0,
     prior: PriorChoice = "auto",
     features: Annotated[
         str,

@@ -14,7 +14,21 @@ import typer
 
 from .app import app
 from .common import check_outputs, files_in, image_files, seeded_generator, split_images, stderr_console, write_outputs
-from .options import Fps, GridOutput, ModelSource, OptInt, OptInts, OptStr, Padding, PriorChoice, Scale, Seed, Split, model_options
+from .options import (
+    Fps,
+    GridOutput,
+    ModelSource,
+    OptInt,
+    OptInts,
+    OptStr,
+    Padding,
+    PriorChoice,
+    Scale,
+    Seed,
+    Split,
+    Temperature,
+    model_options,
+)
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -27,14 +41,7 @@ def sample_cmd(
     n: Annotated[int, typer.Option("-n", "--num", help="Number of samples.")] = 64,
     output: GridOutput = None,
     out_dir: Annotated[OptStr, typer.Option("--out-dir", help="Also write one PNG per sample (000000.png ...).")] = None,
-    temperature: Annotated[
-        float,
-        typer.Option(
-            "--temperature",
-            "-t",
-            help="Spread of the prior (1 = the prior itself): N(0, T² I); gmm: covariances x T²; flow: base noise x T.",
-        ),
-    ] = 1.0,
+    temperature: Temperature = 1.0,
     nrow: Annotated[OptInt, typer.Option("--nrow", help="Images per grid row (default ceil(sqrt(n))).")] = None,
     padding: Padding = 2,
     scale: Scale = 1,

@@ -44,6 +44,12 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of the ta
 PriorChoice = Annotated[
     str, typer.Option("--prior", help="auto (the run's fitted prior when it has one, see `vae fit-prior`; else N(0, I)) | fitted | normal.")
 ]
+Temperature = Annotated[
+    float,
+    typer.Option(
+        "--temperature", "-t", help="Spread of the prior (1 = the prior itself): N(0, T² I); gmm: covariances x T²; flow: base noise x T."
+    ),
+]
 
 
 @dataclass(frozen=True)
