@@ -137,7 +137,7 @@ def write_config(run: Path, cfg: RunConfig) -> None:
     atomic_write_json(run / CONFIG, cfg.to_dict())
 
 
-def read_json_file(path: Path, missing: CheckpointError) -> Any:
+def read_json_file(path: Path, missing: Exception) -> Any:
     """A run's JSON file, parsed: ``missing`` raised when it is not there, a CheckpointError naming
     the file when it is not valid JSON."""
     try:
