@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PAD, S, ok, pixels, tile
+from conftest import PAD, S, ok, one_error_line, pixels, tile, vae
 from PIL import Image
 
 from vaecli import inference
@@ -117,6 +117,12 @@ def test_traverse_orders_rows_by_kl_and_labels_them(tmp_path: Path, ck: list[str
     assert im.height > len(kl) * (S + PAD) + PAD  # a header of column values
     assert im.width > 3 * S + 4 * PAD  # a column of row labels
     assert Image.open(tmp_path / "t.gif").n_frames == 4  # 3 steps, there and back
+    r = ok("traverse", "--steps", 3, "--top", 2, "-o", tmp_path / "top.png", *ck)  # the 2 rows of highest KL only
+    legend = next(ln for ln in r.stderr.splitlines() if ln.startswith("rows (top to bottom):")).split(":", 1)[1]
+    assert [int(part.split()[0][1:]) for part in legend.split(",")] == order[:2]
+    assert Image.open(tmp_path / "top.png").height < im.height
+    for bad in (("--top", 0), ("--top", 1, "--dim", 0)):
+        assert "--top" in one_error_line(vae("traverse", *bad, "-o", tmp_path / "x.png", *ck))
 
 
 def test_traverse_from_an_image_and_an_index(tmp_path: Path, pngs: Path, ck: list[str]) -> None:

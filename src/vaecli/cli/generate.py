@@ -139,6 +139,7 @@ def _per_dim_kl(model: VAE, cfg: RunConfig, folder: Path, seed: int) -> list[flo
 @model_options
 def traverse_cmd(
     dim: Annotated[OptInts, typer.Option("--dim", help="Latent dimension to sweep (repeatable; default: all, ordered by KL).")] = None,
+    top: Annotated[OptInt, typer.Option("--top", help="Without --dim: the N dimensions of highest KL only (default: all).")] = None,
     value_range: Annotated[float, typer.Option("--range", help="Sweep each dimension from -RANGE to +RANGE prior sigmas.")] = 3.0,
     steps: Annotated[int, typer.Option("--steps", help="Values per sweep (columns).")] = 11,
     image: Annotated[OptStr, typer.Option("--image", help="Base point: the posterior mean of this image (default z = 0).")] = None,
@@ -162,6 +163,8 @@ def traverse_cmd(
 
     if image is not None and index is not None:
         raise ConfigError("give --image or --index, not both")
+    if top is not None and (top < 1 or dim):
+        raise ConfigError("--top takes a whole number >= 1, and goes without --dim" if not dim else "give --dim or --top, not both")
     if output is None and gif is None:
         output = "traverse.png"
     values = traversal_values(value_range, steps)  # checks --range and --steps before any work
@@ -178,7 +181,7 @@ def traverse_cmd(
         kl = None  # explicit --dim: rows need no ordering, labels go without KL
     if not dims:
         assert kl is not None
-        dims = dims_by_kl(kl)
+        dims = dims_by_kl(kl)[:top]
     if image is not None:
         base = encode(model, image_files([image], cfg))[0][0]
     elif index is not None:
