@@ -143,6 +143,8 @@ def test_alarm_rules_on_crafted_rows() -> None:
     assert overfit_alarm(rising, 1.0, True) is not None and "epoch 1" in overfit_alarm(rising, 1.0, True)
     assert overfit_alarm(rising[:3], 1.0, True) is None  # only two rises
     assert overfit_alarm([row(1, 100, 110), row(2, 101, 100), row(3, 102, 105), row(4, 103, 80)], 1.0, True) is None  # train rose too
+    noisy = [row(1, 100, 120), row(2, 101, 115), row(3, 102, 110), row(4, 103, 105)]  # held-out still below train
+    assert overfit_alarm(noisy, 1.0, True) is None
     flat = [row(1, 100, 100, kl=0.1, active=0), row(2, 100, 100, kl=0.1, active=0)]
     assert collapse_alarm(flat, 0, 8) is not None
     assert collapse_alarm(flat, 5, 8) is None  # inside the beta ramp: not yet

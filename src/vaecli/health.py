@@ -126,14 +126,17 @@ def collapse_alarm(rows: Sequence[dict[str, Any]], ramp_epochs: float, latent_di
 
 
 def overfit_alarm(rows: Sequence[dict[str, Any]], best_epoch: float | None, keeps_best: bool) -> str | None:
-    """The held-out -ELBO rose for three evaluations in a row while the training -ELBO fell."""
+    """The held-out -ELBO rose for three evaluations in a row while the training -ELBO fell, and ends
+    above it: a gap that opens. (A held-out -ELBO still below the training one is noise of a small
+    validation split at a high learning rate, not overfitting: measured on the emoji folder, where it
+    rose three times at epoch 42 of 187 and then kept improving to the end.)"""
     evals = [r for r in rows if held_out(r) is not None]
     if len(evals) < OVERFIT_EVALS + 1:
         return None
     last = evals[-(OVERFIT_EVALS + 1) :]
     val = [float((held_out(r) or {})["neg_elbo"]) for r in last]
     train = [r["train"]["neg_elbo"] for r in last]
-    if not all(b > a for a, b in zip(val, val[1:])) or not all(b < a for a, b in zip(train, train[1:])):
+    if not all(b > a for a, b in zip(val, val[1:])) or not all(b < a for a, b in zip(train, train[1:])) or val[-1] <= train[-1]:
         return None
     kept = (
         f"model.safetensors keeps the best weights, of epoch {best_epoch:g}" if keeps_best and best_epoch else "the last weights are kept"
