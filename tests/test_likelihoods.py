@@ -173,9 +173,12 @@ def _discrete_gaussian_by_cdfs(m: torch.Tensor, s: torch.Tensor, xs: torch.Tenso
     return torch.log(upper - lower)
 
 
-def test_discrete_gaussian_fast_path_equals_the_cdf_difference_and_its_gradient() -> None:
+@pytest.mark.parametrize("threads", [1, 2])  # one thread: in chunks of CHUNK images; more: in one piece
+def test_discrete_gaussian_fast_path_equals_the_cdf_difference_and_its_gradient(threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
     from vaecli.likelihoods import _DiscreteGaussianLogProb
 
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    assert _DiscreteGaussianLogProb.chunk(torch.zeros(20)) == (_DiscreteGaussianLogProb.CHUNK if threads == 1 else 20)
     g = torch.Generator().manual_seed(3)
     levels = torch.randint(0, 256, (20, 3, 3, 3), generator=g).double()
     levels[0, :, 0, 0], levels[1, :, 0, 0] = 0, 255  # both ends, several chunks (20 images > CHUNK)
