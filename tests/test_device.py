@@ -22,11 +22,19 @@ def test_memory_format_and_adam_choice() -> None:
     assert adam_kwargs(torch.device("mps")) == {"foreach": True}
 
 
-def test_precision_auto_is_fp32_and_emulated_bf16_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_precision_auto_follows_the_measurements_and_emulated_bf16_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vaecli.recipe import build_configs
+
     cpu = torch.device("cpu")
+    colour, _ = build_configs({}, 64, 3)  # the spatial colour default: bf16 won at equal wall time on native bf16
+    gray, _ = build_configs({}, 28, 1)  # the mlp: fp32 won
+    assert colour.arch == "spatial" and gray.arch == "mlp"
     for native in (False, True):
         monkeypatch.setattr(dev, "cpu_has_bf16", lambda native=native: native)
-        assert resolve_precision("auto", cpu) == "fp32"  # bf16 is opt-in: 2.8 nats worse at equal steps
+        assert resolve_precision("auto", cpu) == "fp32"
+        assert resolve_precision("auto", cpu, gray) == "fp32"
+        assert resolve_precision("auto", cpu, colour) == ("bf16" if native else "fp32")
+        assert resolve_precision("fp32", cpu, colour) == "fp32"
         assert resolve_precision("bf16", cpu) == "bf16"
         warning = dev.bf16_warning("bf16", cpu)
         if native:
