@@ -12,7 +12,7 @@ run=$1 held=$2 prefix=$3
 here=$(cd "$(dirname "$0")/.." && pwd)
 vae() { PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python}" -m vaecli "$@"; }
 mkdir -p "$(dirname "$prefix")"
-mapfile -t files < <(find "$held" -type f -name '*.png' | sort | head -n 16)
+mapfile -t files < <(find -L "$held" -type f -name '*.png' | sort | head -n 16)
 vae reconstruct --run "$run" "${files[@]}" --nrow 8 -o "$prefix-reconstructions.png"
 vae sample --run "$run" --prior normal -n 32 --nrow 8 --seed 0 -o "$prefix-samples.png"
 vae traverse --run "$run" --image "${files[0]}" --top 6 --steps 9 -o "$prefix-traverse.png"
