@@ -19,6 +19,7 @@ Each is an ``nn.Module`` (the Gaussian holds its learned scale) built from the m
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -279,15 +280,20 @@ class _DiscreteGaussianLogProb(torch.autograd.Function):
         return _DiscreteGaussianLogProb.CHUNK if t.device.type == "cpu" and torch.get_num_threads() == 1 else max(1, t.shape[0])
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, m: torch.Tensor, s: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
-        h = (1.0 / (LEVELS - 1)) / s
-        log_width = torch.log(2 * h) - 0.5 * LOG_2PI
-        logp, mass = torch.empty_like(m), torch.empty_like(m)
+    def centred(m: torch.Tensor, s: torch.Tensor, xs: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+        """Per chunk of images: its slice, the bins' centres c = (xs - m) / s and |c|."""
         n = _DiscreteGaussianLogProb.chunk(m)
         for i in range(0, m.shape[0], n):
             sl = slice(i, i + n)
             c = (xs[sl] - m[sl]).div_(s)
-            ac = c.abs()
+            yield sl, c, c.abs()
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, m: torch.Tensor, s: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+        h = (1.0 / (LEVELS - 1)) / s
+        log_width = torch.log(2 * h) - 0.5 * LOG_2PI
+        logp, mass = torch.empty_like(m), torch.empty_like(m)
+        for sl, c, ac in _DiscreteGaussianLogProb.centred(m, s, xs):
             # erfc's arguments clamped at 9 (erfc(9) = 4e-37, near float32's smallest normal): beyond,
             # torch's erfc takes a slow path, and what is cut off is far below any mass that counts
             p = torch.erfc((ac - h).mul_(_INV_SQRT2).clamp_(-ERFC_ARG_MAX, ERFC_ARG_MAX))
@@ -303,11 +309,7 @@ class _DiscreteGaussianLogProb(torch.autograd.Function):
         m, s, xs, mass = ctx.saved_tensors  # type: ignore[attr-defined]
         h = (1.0 / (LEVELS - 1)) / s
         grad_m, grad_s = torch.empty_like(m), torch.zeros_like(m)
-        n = _DiscreteGaussianLogProb.chunk(m)
-        for i in range(0, m.shape[0], n):
-            sl = slice(i, i + n)
-            c = (xs[sl] - m[sl]).div_(s)
-            ac = c.abs()
+        for sl, c, ac in _DiscreteGaussianLogProb.centred(m, s, xs):
             lo, hi = (ac - h).clamp_(-PHI_ARG_MAX, PHI_ARG_MAX), (ac + h).clamp_(max=PHI_ARG_MAX)
             phi_lo = torch.exp(lo * lo * -0.5)  # the normal density times sqrt(2 pi), folded into inv below
             phi_hi = torch.exp(hi * hi * -0.5).masked_fill_(xs[sl].abs() > 0.999, 0.0)
