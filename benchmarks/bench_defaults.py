@@ -14,7 +14,7 @@ so that two timing jobs never overlap on a shared machine. One run of the script
 
 Usage::
 
-    VAE_HOME=/tmp/vh python benchmarks/bench_defaults.py --data-dir /path/to/data \\
+    VAE_HOME=$(mktemp -d) python benchmarks/bench_defaults.py --data-dir /path/to/data \\
         --folder /path/to/noto-emoji-64 --out benchmarks/results/bench_defaults.json
 
 ``--parts fmnist,long,colour`` selects parts; ``--only TAG,...`` selects rows; rows already in

@@ -1,6 +1,6 @@
 """Loading benchmark of image folders, written as JSON. Run by hand, never in CI::
 
-    VAE_DATA_DIR=/path/to/data python benchmarks/bench_load.py --work /tmp/data-bench \\
+    VAE_DATA_DIR=/path/to/data python benchmarks/bench_load.py --work $(mktemp -d) \\
         --out benchmarks/results/bench_load.json
 
 Builds (once) two folders under ``--work``: the 70,000 Fashion-MNIST images as 28 px gray PNGs

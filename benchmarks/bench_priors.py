@@ -13,9 +13,9 @@ in-process with the library), ``timing`` runs the default ``vae fit-prior`` thre
 fit and CPU seconds, load average) and ``pixels`` (not in the default parts) the memorisation check
 with pixels as features, for runs that no offline feature net covers (64 px colour).
 
-Usage (the run: ``vae train --data-dir /work/shared/data --time-budget 120 --name fm120``)::
+Usage (the run: ``vae train --data-dir /path/to/data --time-budget 120 --name fm120``)::
 
-    VAE_HOME=/tmp/priors-home python benchmarks/bench_priors.py --run fm120 \\
+    VAE_HOME=RUNS_DIR python benchmarks/bench_priors.py --run fm120 \\
         --out benchmarks/results/priors_fmnist.json [--parts rows,reference,timing]
 
 The machine's load average is stored beside every timing: on a shared machine the wall times

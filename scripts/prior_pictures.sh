@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sample grids from N(0, I) and from each fitted prior of one run, made by the tool (docs/priors.md).
 #
-#   VAE_HOME=/tmp/priors-home scripts/prior_pictures.sh RUN PREFIX [SCALE] [FITS_JSON]
+#   VAE_HOME=RUNS_DIR scripts/prior_pictures.sh RUN PREFIX [SCALE] [FITS_JSON]
 #
 # writes PREFIX-normal.png, PREFIX-flow.png, PREFIX-gmm.png and PREFIX-gmm-t1.2.png (64 samples each,
 # seed 0) and, with FITS_JSON, the two `vae fit-prior --json` results in one file. The run keeps
