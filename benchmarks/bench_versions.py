@@ -54,17 +54,8 @@ def _train(src: Path, home: Path, data: list[str], flags: list[str], steps: int,
     return harness.images_per_second({"result": harness.last_json(r["stdout"])})
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ref", required=True, help="the earlier commit (any git revision)")
-    p.add_argument("--data-dir", default=None, help="folder holding FashionMNIST/raw")
-    p.add_argument("--folder", default=None, help="a colour image folder (optional)")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--startup-repeat", type=int, default=5)
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--out", required=True)
-    args = p.parse_args()
-
+def versions(args: argparse.Namespace, home: Path) -> dict[str, Any]:
+    """Alternating rounds of start-up and training speed, the earlier commit's tree against this one's."""
     root = harness.ROOT
     sha = subprocess.run(["git", "rev-parse", args.ref], cwd=root, check=True, capture_output=True, text=True).stdout.strip()
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, check=True, capture_output=True, text=True).stdout.strip()
@@ -77,7 +68,6 @@ def main() -> int:
         trees = {"before": before / "src", "after": harness.SRC}
         res: dict[str, Any] = {"startup_s": {k: [] for k in trees}, **{s: {k: [] for k in trees} for s, _, _ in sets}}
         try:
-            home = Path(tmp) / "home"
             for rnd in range(args.rounds):
                 order = list(trees) if rnd % 2 == 0 else list(trees)[::-1]
                 for k in order:
@@ -93,13 +83,19 @@ def main() -> int:
     for key, vals in res.items():
         b, a = harness.median(vals["before"], 3), harness.median(vals["after"], 3)
         summary[key] = {"before": b, "after": a, "after_over_before": round(a / b, 3) if b else None}
-    harness.write_json(
-        args.out,
-        {"command": " ".join(sys.argv), "before": sha, "after": head, "steps": args.steps, "rounds": args.rounds,
-         "summary": summary, "raw": res, "machine": harness.machine_info()},
-    )  # fmt: skip
-    return 0
+    return {"before": sha, "after": head, "steps": args.steps, "rounds": args.rounds, "summary": summary, "raw": res}
+
+
+MODES: dict[str, harness.Mode] = {"versions": versions}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ref", required=True, help="the earlier commit (any git revision)")
+    p.add_argument("--folder", default=None, help="a colour image folder (optional)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--startup-repeat", type=int, default=5)
+    p.add_argument("--steps", type=int, default=300)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(harness.main(__doc__, MODES, "versions", add_arguments))

@@ -123,6 +123,22 @@ def test_overhead_mode_runs_the_plain_recipe_and_the_trainer(tmp_path: Path) -> 
     assert res["model"]["arch"] == "mlp"
 
 
+def test_versions_mode_measures_both_trees_and_removes_its_worktree(tmp_path: Path) -> None:
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=harness.ROOT, capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout: bench_versions needs one")
+    out = tmp_path / "versions.json"
+    bench = importlib.import_module("bench_versions")
+    argv = ["--data", "fashion-mnist-mini", "--ref", "HEAD", "--rounds", "1", "--startup-repeat", "1", "--steps", "6", "--out", str(out)]
+    before = subprocess.run(["git", "worktree", "list"], cwd=harness.ROOT, capture_output=True, text=True).stdout
+    assert harness.main(bench.__doc__, bench.MODES, "versions", bench.add_arguments, argv) == 0
+    res = json.loads(out.read_text())["versions"]
+    assert len(res["before"]) == 40 and res["before"] == res["after"]  # HEAD against itself
+    for key in ("startup_s", "fmnist_default"):
+        assert res["summary"][key]["before"] > 0 and res["summary"][key]["after"] > 0
+        assert len(res["raw"][key]["before"]) == len(res["raw"][key]["after"])
+    assert subprocess.run(["git", "worktree", "list"], cwd=harness.ROOT, capture_output=True, text=True).stdout == before
+
+
 def test_bce_of_run_scores_a_bernoulli_run_like_its_summary(tiny_run: Path) -> None:
     from vaecli.checkpoint import read_summary
 
