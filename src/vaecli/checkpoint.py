@@ -42,6 +42,9 @@ RESERVED = {SWEEPS: "the runs folder keeps the plans of `vae sweep` there"}  # f
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+FINISHED = frozenset({"done", "max_steps", "time_budget", "early_stop"})  # summary.json "stopped" of a run that is over
+
+
 def validate_run_name(name: str) -> str:
     """A run name is a plain folder name: letters, digits, ``.``, ``_``, ``-``."""
     if not _NAME_RE.match(name) or name in (".", ".."):

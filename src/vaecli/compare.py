@@ -61,7 +61,7 @@ def run_row(folder: Path, values: dict[str, Any] | None = None, label: str | Non
         "path": str(folder),
         "values": dict(values or {}),
         "label": label or folder.name,
-        "finished": s.get("stopped") in ("done", "max_steps", "time_budget", "early_stop"),
+        "finished": s.get("stopped") in ckpt.FINISHED,
         "stopped": s.get("stopped"),
         "data": cfg.data.name,
         "fingerprint": cfg.data.fingerprint,

@@ -13,7 +13,7 @@ import torch
 from .errors import ConfigError
 from .model import VAE
 from .posterior import Posterior
-from .priors import Prior, StandardNormal
+from .priors import Prior
 
 MAX_SAMPLES = 100_000  # -n of `vae sample`: beyond this the decoded images alone outgrow memory
 MAX_STEPS = 1_000  # --steps of interpolations and traversals
@@ -73,11 +73,6 @@ def sample_latents(prior: Prior, n: int, temperature: float = 1.0, generator: to
     check_num_samples(n)
     check_temperature(temperature)
     return prior.sample(n, temperature, generator)
-
-
-def sample_prior(n: int, latent_dim: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """z ~ N(0, temperature^2 I), shape (n, latent_dim), on the CPU."""
-    return sample_latents(StandardNormal(latent_dim), n, temperature, generator)
 
 
 def sample(

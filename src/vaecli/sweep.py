@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoint as ckpt
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .fileio import atomic_write_json
 from .paths import runs_dir
 
@@ -43,7 +43,7 @@ LOGS = "logs"
 PLAN_FORMAT = 1
 BUDGETS = ("time_budget", "epochs", "max_steps")  # the budget flags: one value for every run
 SEED = "seed"  # swept seeds are repeats (mean ± std), not a factor
-FINISHED = frozenset({"done", "max_steps", "time_budget", "early_stop"})  # summary.json "stopped" of a run that is over
+FINISHED = ckpt.FINISHED
 MAX_RUNS = 1000
 POLL_SECONDS = 0.25
 REFUSED = {
@@ -294,15 +294,8 @@ def _differences(old: Plan, new: Plan) -> str:
 def read_plan(name: str) -> Plan:
     """The plan recorded for sweep ``name`` (ConfigError when there is none)."""
     path = sweep_folder(name) / PLAN
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(
-            f"no sweep named {name!r} in {runs_dir() / SWEEPS} (start it, or record its plan with vae sweep ... --plan)"
-        ) from None
-    except (OSError, UnicodeDecodeError, ValueError):
-        raise ConfigError(f"{path}: not valid JSON") from None
-    return Plan.from_dict(data, str(path))
+    missing = ConfigError(f"no sweep named {name!r} in {runs_dir() / SWEEPS} (start it, or record its plan with vae sweep ... --plan)")
+    return Plan.from_dict(ckpt.read_json_file(path, missing), str(path))
 
 
 def record_plan(plan: Plan, overwrite: bool = False) -> str:
@@ -348,7 +341,6 @@ class RunStatus:
     steps: int = 0  # optimisation steps done (global step)
     train_seconds: float = 0.0  # training seconds done, all invocations
     stopped: str | None = None  # summary.json's stop reason
-    leftover: bool = False  # 'absent' but a folder with nothing to resume is in the way (failed at start)
 
 
 def run_status(name: str) -> RunStatus:
@@ -356,7 +348,7 @@ def run_status(name: str) -> RunStatus:
     -> 'done'; a training state to continue -> 'interrupted'; nothing usable -> 'absent'."""
     folder = runs_dir() / name
     if not (folder / ckpt.CONFIG).is_file():
-        return RunStatus("absent", leftover=folder.exists())
+        return RunStatus("absent")  # a folder that failed at start holds nothing: vae train replaces it
     summary = ckpt.read_summary(folder)
     state = ckpt.read_train_state(folder)
     stopped = summary.get("stopped")
@@ -365,7 +357,9 @@ def run_status(name: str) -> RunStatus:
         return RunStatus("done", steps, float(summary.get("train_seconds") or 0.0), stopped)
     if state is not None:
         return RunStatus("interrupted", state.global_step, state.train_seconds, stopped)
-    return RunStatus("absent", leftover=True)
+    if (folder / ckpt.STATE).exists():  # never replaced behind the user's back: its weights may be all there is
+        raise CheckpointError(f"run {name!r}: {ckpt.STATE} cannot be read; resume or remove the run by hand")
+    return RunStatus("absent")  # nothing saved yet (weights come with the first state): vae train replaces it
 
 
 def check_run_matches(run: PlannedRun) -> None:
@@ -518,11 +512,7 @@ class Executor:
 
     # ------------------------------------------------------------ records
     def _progress(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.progress_path.read_text("utf-8"))
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}
+        return invocations(self.plan)
 
     def _record(self, job: _Job, code: int | None, outcome: str, seconds: float) -> None:
         """Write the invocation's record: at its start with outcome 'running' (a record left so says the
@@ -607,7 +597,7 @@ class Executor:
         if status.state == "interrupted":
             action, argv = "resume", resume_args(self.plan, run, status)
         else:
-            action, argv = "start", list(run.args) + (["--overwrite"] if status.leftover else [])  # a folder that failed at start
+            action, argv = "start", list(run.args)  # a folder that failed at start is replaced by vae train itself
         job = _Job(run, action, argv, slot, logs / f"{run.name}.log", status.steps)
         env = {**os.environ, "COLUMNS": "160", **self.env[slot % len(self.env)]}  # the log's lines unwrapped
         env["PYTHONPATH"] = os.pathsep.join(

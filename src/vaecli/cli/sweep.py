@@ -364,7 +364,7 @@ def sweep_cmd(
 
     Run the same command again to continue: finished runs are skipped, interrupted ones resumed (Ctrl-C leaves them resumable)."""
     from ..errors import ConfigError
-    from ..sweep import build_plan, check_run_matches, default_jobs, parse_args, read_plan, record_plan, run_status
+    from ..sweep import SweepLock, build_plan, check_run_matches, default_jobs, parse_args, read_plan, record_plan, run_status
 
     t0 = time.perf_counter()
     check_positive("-n", n, 10)
@@ -380,7 +380,8 @@ def sweep_cmd(
         for run in plan.runs:
             check_train_args(run)
     if plan_only:
-        outcome = record_plan(plan, overwrite)
+        with SweepLock(plan):  # --overwrite removes run folders: never under a running sweep
+            outcome = record_plan(plan, overwrite)
         if not quiet:
             err.print(
                 f"sweep {plan.name}: {len(plan.runs)} runs, plan {'recorded' if outcome != 'same' else 'unchanged'} in "
@@ -393,8 +394,6 @@ def sweep_cmd(
             sys.stdout.write(run.command() + "\n")
         sys.stdout.flush()
         return
-
-    from ..sweep import SweepLock
 
     with SweepLock(plan):
         failed: dict[str, str] = {}
