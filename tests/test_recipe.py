@@ -196,3 +196,12 @@ def test_given_widths_size_the_default_lr_and_a_given_lr_wins() -> None:
     assert wide.lr < small.lr
     _, given = build_configs({"widths": (64, 128, 256), "lr": 5e-3, "warmup_steps": 0}, 64, 3)
     assert (given.lr, given.warmup_steps) == (5e-3, 0)
+
+
+def test_spatial_latent_sizes_are_checked_against_the_real_image_size() -> None:
+    model, _ = build_configs({"arch": "spatial", "latent_dim": 49}, 28, 1)  # 7 x 7 maps at 28 px: one map
+    assert model.latent_dim == 49
+    with pytest.raises(ConfigError, match="multiple of 49"):
+        build_configs({"arch": "spatial", "latent_dim": 50}, 28, 1)
+    with pytest.raises(ConfigError, match="--image-size"):  # more stages than the image has pixels: a message, not 0 // 0
+        build_configs({"arch": "spatial", "widths": (16, 32, 64, 128, 256)}, 28, 1)

@@ -142,15 +142,15 @@ class ModelConfig(_Config):
         _check(self.latent_dim <= 4096, f"--latent-dim must be <= 4096, got {self.latent_dim}")
         _check(1 <= self.hidden <= 65536, f"hidden must be 1..65536, got {self.hidden}")
         _check(len(self.widths) >= 1 and all(w >= 1 for w in self.widths), f"widths must be positive, got {list(self.widths)}")
-        if self.arch == "spatial":
-            cells = (self.image_size // 2 ** len(self.widths)) ** 2
-            _check(self.latent_dim % cells == 0, f"--latent-dim must be a multiple of {cells} for arch spatial at {self.image_size} px "
-                   f"({len(self.widths)} stages: latent maps of {cells} positions; --arch conv takes any size), got {self.latent_dim}")  # fmt: skip
         m = size_multiple(self.arch, self.widths)
         _check(
             8 <= self.image_size <= 512 and self.image_size % m == 0,
             f"--image-size must be a multiple of {m} between 8 and 512 for arch {self.arch}, got {self.image_size}",
         )
+        if self.arch == "spatial":  # after the size check: the latent maps have at least one position
+            cells = (self.image_size // m) ** 2
+            _check(self.latent_dim % cells == 0, f"--latent-dim must be a multiple of {cells} for arch spatial at {self.image_size} px "
+                   f"({len(self.widths)} stages: latent maps of {cells} positions; --arch conv takes any size), got {self.latent_dim}")  # fmt: skip
 
 
 @dataclass
@@ -333,7 +333,9 @@ def check_given(given: dict[str, Any]) -> None:
     model = {k: v for k, v in given.items() if k in MODEL_FIELDS}
     arch = model.get("arch", "conv")
     size = 8 * size_multiple(arch, model.get("widths") or (1,))
-    if arch == "spatial" and "latent_dim" not in model:  # the latent size follows the image size: checked once the data is known
+    if arch == "spatial":  # its latent size is a multiple of the maps' positions, known with the data: checked then
+        if "latent_dim" in model:
+            ModelConfig(latent_dim=model["latent_dim"]).validate()  # only its range here
         model["latent_dim"] = (size // size_multiple(arch, model.get("widths") or ModelConfig.widths)) ** 2
     m = ModelConfig(**model, image_size=size)
     m.validate()

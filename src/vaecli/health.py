@@ -6,7 +6,7 @@ overfitting, a learning rate that is too high). Each alarm is one line, given on
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -170,12 +170,12 @@ class Health:
         """Remember ``step`` if its loss is the first non-finite one (on the device)."""
         self.first_nonfinite = torch.where(torch.isfinite(loss) | (self.first_nonfinite >= 0), self.first_nonfinite, step)
 
-    def keep(self, tensors: Sequence[torch.Tensor], step: int, every: int) -> None:
+    def keep(self, tensors: Callable[[], Sequence[torch.Tensor]], step: int, every: int) -> None:
         """Copy the (finite) state every ``every`` steps, the first after ``every`` steps: a run that
         goes non-finite before has a recipe problem (a learning rate too high), not a bad step, and
-        stops as it always did."""
+        stops as it always did. ``tensors`` lists the state only when a copy is due (not every step)."""
         if step >= every and (self.snapshot.step is None or step - self.snapshot.step >= every):
-            self.snapshot.take(tensors, step)
+            self.snapshot.take(tensors(), step)
 
     def roll_back(self, tensors: Sequence[torch.Tensor], state: Any, lr: float, steps_per_epoch: int, checkpointed: bool) -> str:
         """A non-finite step: put the last finite state back, halve ``state.lr_scale`` and record the

@@ -72,8 +72,8 @@ class Objective:
         if t.free_bits > 0:
             assert kl_dims is not None, "free bits need a factorised prior"
             loss = recon + beta * kl_dims.mean(0).clamp_min(t.free_bits).sum()
-        elif t.capacity:
-            loss = recon + beta * (kl - capacity_at(epoch_progress, t.capacity, t.capacity_epochs or t.epochs)).abs()
+        elif (cap := self.capacity_at(epoch_progress)) is not None:
+            loss = recon + beta * (kl - cap).abs()
         elif t.tc_beta > 0:
             loss = recon + beta * kl + (t.tc_beta - beta) * total_correlation(z, q)
         else:

@@ -75,7 +75,7 @@ def max_fan_in(arch: str, image_size: int, channels: int, widths: tuple[int, ...
         return 128 * (image_size // 4) ** 2
     if arch == "mlp":
         return max(channels * image_size * image_size, *widths, latent_dim)
-    side = image_size // 2 ** len(widths)
+    side = max(1, image_size // 2 ** len(widths))  # 0 for an image smaller than the stages: the config check says so
     if arch == "spatial":  # no fully connected layer: the widest conv
         return max(channels * 16, *(w * 16 for w in widths), 9 * max(1, latent_dim // (side * side)))
     return max(channels * 16, *(w * 16 for w in widths), widths[-1] * side * side, hidden, latent_dim)
@@ -124,7 +124,7 @@ def default_recipe(
         model["widths"] = conv_widths(image_size)
         base_lr, batch, warmup = CONV_BASE_LR, 128 if image_size < 64 else 64, CONV_WARMUP_STEPS
         if arch == "spatial":  # latent maps of the last stage's side: SPATIAL_MAPS of them
-            side = image_size // 2 ** len(given.get("widths") or model["widths"])
+            side = max(1, image_size // 2 ** len(given.get("widths") or model["widths"]))
             model["latent_dim"] = SPATIAL_MAPS * side * side
     m = {**model, **{k: v for k, v in given.items() if k in model}}
     lr = default_lr(base_lr, max_fan_in(arch, image_size, channels, tuple(m["widths"]), m["hidden"], m["latent_dim"]))

@@ -349,16 +349,20 @@ class Trainer:
         self._progress("start", s)
         self.model.train()
         stopped = None
-        while st.epoch < tc.epochs and stopped is None:
-            perm = self._epoch_order()
-            while st.step < s.steps_per_epoch and stopped is None:
-                stopped = self._control(s, stop)
-                if stopped is None:
-                    terms, lr = self._step(s, perm)
-                    if st.step == s.steps_per_epoch or s.report_due():
-                        self._report(s, terms, lr)
-            if st.step == s.steps_per_epoch:
-                stopped = self._end_epoch(s) or stopped
+        try:
+            while st.epoch < tc.epochs and stopped is None:
+                perm = self._epoch_order()
+                while st.step < s.steps_per_epoch and stopped is None:
+                    stopped = self._control(s, stop)
+                    if stopped is None:
+                        terms, lr = self._step(s, perm)
+                        if st.step == s.steps_per_epoch or s.report_due():
+                            self._report(s, terms, lr)
+                if st.step == s.steps_per_epoch:
+                    stopped = self._end_epoch(s) or stopped
+        except BaseException:
+            self.metrics.flush(st.notices)  # loss.png is drawn at most every 10 s: a failing run still shows its last epochs
+            raise
         return self._finish(s, stopped or "done")
 
     def train_steps(self, steps: int) -> float | None:
@@ -433,7 +437,7 @@ class Trainer:
         if bad:
             self._roll_back()
         else:
-            self.health.keep(self._state_tensors(), self.state.global_step, SNAPSHOT_STEPS)
+            self.health.keep(self._state_tensors, self.state.global_step, SNAPSHOT_STEPS)
         if interrupted or budget:
             return "interrupted" if interrupted else "time_budget"
         if save:
@@ -530,12 +534,12 @@ class MetricsWriter:
         self.drawn = -PLOT_SECONDS  # when loss.png was last drawn
         self.due: list[dict[str, Any]] | None = None  # rows written since, not drawn yet
 
-    def write(self, rows: list[dict[str, Any]], notices: list[dict[str, Any]], final: bool = False) -> None:
+    def write(self, rows: list[dict[str, Any]], notices: list[dict[str, Any]]) -> None:
         """Write ``rows`` (metrics before the checkpoint: a resume drops rows past it); draw them when due."""
         if distributed.is_main():
             ckpt.write_metrics(self.path, rows)
             self.due = rows
-            if final or time.monotonic() - self.drawn >= PLOT_SECONDS:
+            if time.monotonic() - self.drawn >= PLOT_SECONDS:
                 self.flush(notices)
 
     def flush(self, notices: list[dict[str, Any]]) -> None:
