@@ -24,7 +24,7 @@ demo: install
 	$(VAE) sample --run demo -n 64 -o demo-samples.png
 	@echo
 	@echo "sample grid: $(CURDIR)/demo-samples.png"
-	@echo "the run lives in: $$($(PY) -c 'from vaecli.checkpoint import resolve_run; print(resolve_run("demo"))')"
+	@echo "the run lives in: $$($(PY) -c 'from vaecli.runs.store import resolve_run; print(resolve_run("demo"))')"
 
 test: install
 	$(PY) -m pytest -q

@@ -100,10 +100,10 @@ def train(tag: str, data: list[str], flags: list[str], budget: float, lock: str 
 
 def bce_floor(folder: str, flags: list[str]) -> dict[str, float]:
     """The BCE floor of the test split of ``vae train --seed 0`` on ``folder`` at the size and
-    channels of ``flags`` (:func:`vaecli.metrics.bce_floor`: the pixels' own entropy, per image)."""
+    channels of ``flags`` (:func:`vaecli.eval.metrics.bce_floor`: the pixels' own entropy, per image)."""
     from vaecli.config import DataConfig
     from vaecli.data import load_data
-    from vaecli.metrics import bce_floor as floor
+    from vaecli.eval.metrics import bce_floor as floor
 
     size, ch = int(flags[flags.index("--image-size") + 1]), int(flags[flags.index("--channels") + 1])
     _, test, _ = load_data(DataConfig(name=folder, image_size=size, channels=ch, split_seed=0))
@@ -116,8 +116,8 @@ def bce_of_run(run: str, seed: int = 0) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
-    from vaecli.checkpoint import load_model
     from vaecli.data import load_data, to_float
+    from vaecli.runs.store import load_model
 
     model, cfg, _ = load_model(run)
     _, test, _ = load_data(cfg.data)

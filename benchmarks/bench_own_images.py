@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 CPU_CLOCK = (
-    "import sys, time, torch; torch.set_num_threads({threads}); from vaecli import training; "
+    "import sys, time, torch; torch.set_num_threads({threads}); from vaecli.train import trainer as training; "
     "training.clock = time.process_time; "
     "from vaecli.cli import main; sys.argv = ['vae', *sys.argv[1:]]; main()"
 )
@@ -70,8 +70,8 @@ def psnr_of(run: Path, held_files: list[Path], out_dir: Path) -> dict[str, float
     """Mean PSNR (dB, per image then averaged) and MSE of the reconstructions against the originals."""
     import torch
 
-    from vaecli.checkpoint import read_config
     from vaecli.data import load_image
+    from vaecli.runs.store import read_config
 
     cfg = read_config(run)
     m = cfg.model

@@ -75,12 +75,12 @@ def reference(run: str, n: int, seed: int = 0) -> dict[str, Any]:
     import torch
 
     sys.path.insert(0, str(ROOT / "src"))
-    from vaecli import checkpoint as ckpt
     from vaecli.data import load_splits, to_float
-    from vaecli.features import default_features, get_extractor
-    from vaecli.fidelity import compare, memorisation
-    from vaecli.fitted import encode_splits
-    from vaecli.inference import decode, reconstruct
+    from vaecli.eval.features import default_features, get_extractor
+    from vaecli.eval.fidelity import compare, memorisation
+    from vaecli.eval.inference import decode, reconstruct
+    from vaecli.runs import store as ckpt
+    from vaecli.train.fit_prior import encode_splits
 
     model, cfg, _ = ckpt.load_model(run)
     splits = load_splits(replace(cfg.data, binarize=False))
@@ -105,12 +105,12 @@ def pixel_memorisation(run: str, n: int = 1000, seed: int = 0) -> dict[str, Any]
     import torch
 
     sys.path.insert(0, str(ROOT / "src"))
-    from vaecli import checkpoint as ckpt
     from vaecli.data import load_splits, to_float
-    from vaecli.fidelity import memorisation
-    from vaecli.fitted import fit_prior
-    from vaecli.inference import sample
-    from vaecli.priors import StandardNormal
+    from vaecli.eval.fidelity import memorisation
+    from vaecli.eval.inference import sample
+    from vaecli.model.priors import StandardNormal
+    from vaecli.runs import store as ckpt
+    from vaecli.train.fit_prior import fit_prior
 
     model, cfg, _ = ckpt.load_model(run)
     splits = load_splits(replace(cfg.data, binarize=False))

@@ -29,9 +29,9 @@ def mode_roofline(args: argparse.Namespace, home: Path) -> dict[str, Any]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from vaecli.config import TrainConfig
-    from vaecli.model import VAE
-    from vaecli.objective import Objective
-    from vaecli.recipe import build_configs
+    from vaecli.model.vae import VAE
+    from vaecli.train.objective import Objective
+    from vaecli.train.recipe import build_configs
 
     def gflops(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)

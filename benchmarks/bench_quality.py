@@ -9,7 +9,7 @@ Modes (``--modes``; default ``quality``):
 
 * ``quality``: ``vae train --time-budget T`` (the default model) and its test -ELBO; with
   ``--quality-reference`` also the plain recipe (benchmarks/reference.py) trained for the same wall
-  time and scored the same way (``vaecli.metrics.evaluate``: eval mode, one posterior sample per image).
+  time and scored the same way (``vaecli.eval.metrics.evaluate``: eval mode, one posterior sample per image).
 * ``bf16``: ``vae train --max-steps S`` in fp32 and in bf16 (same seed) and the difference in test
   -ELBO (the bf16 safety check; slow where the CPU has no native bf16).
 """

@@ -1,10 +1,10 @@
 """The cost of keeping the last finite state in memory (the rollback after a non-finite loss), as JSON.
 
-Every ``vaecli.training.SNAPSHOT_STEPS`` steps, ``Trainer.fit`` copies the weights, the Adam
-moments, the moving average and the running sums (``vaecli.health.Snapshot``), so that a
+Every ``vaecli.train.trainer.SNAPSHOT_STEPS`` steps, ``Trainer.fit`` copies the weights, the Adam
+moments, the moving average and the running sums (``vaecli.train.health.Snapshot``), so that a
 non-finite step can be rolled back. This measures what that costs, in one process, on the
 default Fashion-MNIST model and the default 64 px colour model (the rule's defaults for the data,
-``vaecli.recipe.build_configs``), both fp32 on the CPU::
+``vaecli.train.recipe.build_configs``), both fp32 on the CPU::
 
     python benchmarks/bench_recovery.py --data-dir /path/to/data --out benchmarks/results/bench_recovery.json
 
@@ -44,7 +44,7 @@ def timed_copies() -> Iterator[list[dict[str, Any]]]:
     """Every ``Snapshot.take`` while inside: its global step, seconds, whether it copied, bytes copied."""
     import torch
 
-    from vaecli import health
+    from vaecli.train import health
 
     events: list[dict[str, Any]] = []
     take = health.Snapshot.take
@@ -93,7 +93,7 @@ def colour_data(args: argparse.Namespace) -> tuple[str, tuple[Any, Any]]:
 
 def measure(name: str, data: tuple[Any, Any], data_name: str, steps: int, args: argparse.Namespace) -> dict[str, Any]:
     """The A/B rounds of one model (see the module docstring)."""
-    from vaecli import training
+    from vaecli.train import trainer as training
 
     variants = {"without": WITHOUT, **{f"every_{k}": k for k in args.intervals}}
     given = {"max_steps": harness.WARMUP + steps}
@@ -145,7 +145,7 @@ def measure(name: str, data: tuple[Any, Any], data_name: str, steps: int, args: 
 
 
 def mode_recovery(args: argparse.Namespace, home: Path) -> dict[str, Any]:
-    from vaecli import training
+    from vaecli.train import trainer as training
 
     out: dict[str, Any] = {"snapshot_steps_in_vaecli": training.SNAPSHOT_STEPS, "intervals": args.intervals}
     if "fmnist" in args.models:

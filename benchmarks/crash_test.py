@@ -14,8 +14,8 @@ checks that
 
 - ``vae info NAME --json`` exits 0 and prints a JSON object (once ``config.json`` exists),
 - ``config.json`` parses and validates, ``model.safetensors`` loads with
-  :func:`vaecli.checkpoint.load_model` and ``train_state.safetensors`` with
-  :func:`vaecli.checkpoint.load_train_state` (whenever the file exists),
+  :func:`vaecli.runs.store.load_model` and ``train_state.safetensors`` with
+  :func:`vaecli.runs.store.load_train_state` (whenever the file exists),
 - the run can be continued: the next attempt uses ``--resume`` once a training state exists
   (a fresh start with the same ``--name`` before that, which must not be refused).
 
@@ -119,8 +119,8 @@ def check_run(run: Path, env: dict[str, str]) -> dict[str, Any]:
     """Everything a user relies on after a crash; ``problems`` lists what is broken."""
     import torch
 
-    from vaecli import checkpoint as ckpt
-    from vaecli.model import VAE
+    from vaecli.model.vae import VAE
+    from vaecli.runs import store as ckpt
 
     rep: dict[str, Any] = {"problems": [], "files": sorted(p.name for p in run.iterdir()) if run.is_dir() else []}
     has_cfg, has_model, has_state = ((run / f).exists() for f in (ckpt.CONFIG, ckpt.MODEL, ckpt.STATE))
@@ -281,7 +281,7 @@ def main() -> int:
         a, b = _weights(run), _weights(home / ref_name)
         diff = [k for k in a if k not in b or not torch.equal(a[k], b[k])]
         max_abs = max((float((a[k].double() - b[k].double()).abs().max()) for k in diff if k in b), default=0.0)
-        from vaecli.checkpoint import read_metrics
+        from vaecli.runs.store import read_metrics
 
         ma, mb = read_metrics(run), read_metrics(home / ref_name)
         keys = ("epoch", "step", "train", "val", "active_units")

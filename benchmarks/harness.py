@@ -4,7 +4,7 @@ measured ``vae ...`` subprocesses, in-process trainers, and JSON results written
 A benchmark imports this module first (``import harness``: the scripts run from ``benchmarks/``)::
 
     import harness                      # ./src is now importable as vaecli
-    from vaecli import training
+    from vaecli.train import trainer as training
 
 and, when it has modes, hands them to :func:`main`, which parses the common flags, records the
 machine, runs the modes and writes one JSON file with a ``machine`` block. ``python
@@ -262,17 +262,17 @@ def load_fmnist(data_dir: str) -> tuple[Any, Any]:
 
 def make_trainer(data: tuple[Any, Any], given: dict[str, Any], name: str, data_name: str = "fashion-mnist",
                  val_size: int = 500, test_size: int = 500) -> Any:  # fmt: skip
-    """A fresh :class:`vaecli.training.Trainer` on ``data`` = (train, test) with the rule's defaults
-    for that data (:func:`vaecli.recipe.build_configs`) under ``given`` (e.g. ``{"arch": "seed",
+    """A fresh :class:`vaecli.train.trainer.Trainer` on ``data`` = (train, test) with the rule's defaults
+    for that data (:func:`vaecli.train.recipe.build_configs`) under ``given`` (e.g. ``{"arch": "seed",
     "max_steps": 45}``), on the CPU, with epochs enough never to end (each ``fit`` call then runs
     ``max_steps`` steps); small validation and test splits keep ``fit``'s evaluations short (they
     are never counted in its images/s)."""
     import torch
 
-    from vaecli import training
     from vaecli.config import DataConfig
     from vaecli.data import subset
-    from vaecli.recipe import build_configs
+    from vaecli.train import trainer as training
+    from vaecli.train.recipe import build_configs
 
     train, test = data
     model_cfg, train_cfg = build_configs({"device": "cpu", "save_every": 1e9, "epochs": 10**6, **given}, train.image_size, train.channels)
@@ -286,7 +286,7 @@ def use_cpu_clock() -> None:
     on one thread, so that recipes compare fairly on a shared machine; call before training."""
     import torch
 
-    from vaecli import training
+    from vaecli.train import trainer as training
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     torch.set_num_threads(1)

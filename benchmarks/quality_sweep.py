@@ -32,8 +32,8 @@ def main() -> int:
     p.add_argument("--out", default="quality_sweep.jsonl")
     args = p.parse_args()
     harness.use_cpu_clock()
-    from vaecli import training
     from vaecli.config import DataConfig, ModelConfig, TrainConfig
+    from vaecli.train import trainer as training
 
     spec = json.loads(args.spec)
     mc = ModelConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.get("model", {}).items()})

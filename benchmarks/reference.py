@@ -1,7 +1,7 @@
 """The plain recipe: the PyTorch VAE training loop a user writes, the baseline vaecli is measured against.
 
 A torchvision ``FashionMNIST`` with a ``ToTensor`` DataLoader (batch 128, shuffled), the model
-built by ``vaecli.model.VAE`` (``--arch seed`` unless told otherwise), default Adam at 1e-3, fp32,
+built by ``vaecli.model.vae.VAE`` (``--arch seed`` unless told otherwise), default Adam at 1e-3, fp32,
 the loss BCE summed over pixels plus the Gaussian KL, per image, gradient-norm clip 1.0 (as the
 seed document trains). Written once here; the benchmarks use it in-process (:class:`PlainRecipe`,
 with the levers vaecli pulls switched on one by one) or in a fresh process::
@@ -50,7 +50,7 @@ class PlainRecipe:
         from torchvision import transforms
 
         from vaecli.config import ModelConfig
-        from vaecli.model import VAE
+        from vaecli.model.vae import VAE
 
         torch.manual_seed(seed)
         self.data = torchvision.datasets.FashionMNIST(root, train=True, download=False, transform=transforms.ToTensor())
@@ -105,11 +105,11 @@ class PlainRecipe:
                 "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}  # fmt: skip
 
     def test_neg_elbo(self, root: str) -> float:
-        """-ELBO on the test split, BCE nats per image, scored by :func:`vaecli.metrics.evaluate`
+        """-ELBO on the test split, BCE nats per image, scored by :func:`vaecli.eval.metrics.evaluate`
         exactly as ``vae train`` scores its own runs (eval mode, one posterior sample per image)."""
         from vaecli.config import DataConfig
         from vaecli.data import load_split
-        from vaecli.metrics import evaluate
+        from vaecli.eval.metrics import evaluate
 
         test = load_split(DataConfig(name="fashion-mnist", root=root), "test")
         return evaluate(self.model, test, device="cpu", seed=0).neg_elbo

@@ -1,4 +1,4 @@
-"""KL per epoch of several runs in one chart (the seed's Figure 3), drawn by vaecli.plot.line_chart.
+"""KL per epoch of several runs in one chart (the seed's Figure 3), drawn by vaecli.render.plot.line_chart.
 
 python scripts/kl_chart.py RUN [RUN ...] -o kl.png [--split train|test] [--label RUN=TEXT ...]
 """
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from vaecli import checkpoint as ckpt
-from vaecli.plot import line_chart
+from vaecli.render.plot import line_chart
+from vaecli.runs import store as ckpt
 
 
 def main() -> None:

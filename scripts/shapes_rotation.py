@@ -12,10 +12,10 @@ import math
 
 import torch
 
-from vaecli.checkpoint import load_model
 from vaecli.data.shapes import FACTORS, load_shapes
-from vaecli.disentangle import latent_means, mig
+from vaecli.eval.disentangle import latent_means, mig
 from vaecli.paths import data_root
+from vaecli.runs.store import load_model
 
 
 def main() -> None:

@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from vaecli.config import DataConfig  # noqa: E402
 from vaecli.data import load_data, to_float  # noqa: E402
-from vaecli.features import FMNIST_NET, FMNIST_NET_FILE, FMNIST_NET_FORMAT, FmnistNet, fmnist_net  # noqa: E402
-from vaecli.fidelity import compare  # noqa: E402
+from vaecli.eval.features import FMNIST_NET, FMNIST_NET_FILE, FMNIST_NET_FORMAT, FmnistNet, fmnist_net  # noqa: E402
+from vaecli.eval.fidelity import compare  # noqa: E402
 
 
 def accuracy(net: FmnistNet, images: torch.Tensor, labels: torch.Tensor) -> float:

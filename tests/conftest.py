@@ -85,7 +85,7 @@ def start_tiny(name: str, data: Any = None, *, model: Any = None, data_cfg: Any 
     (a (train, test) pair of ImageData, or None to load ``data_cfg``) named by ``data_cfg`` (default
     fashion-mnist-mini); ``train`` overrides TRAIN (TrainConfig fields)."""
     from vaecli.config import DataConfig, ModelConfig, TrainConfig
-    from vaecli.training import start_run
+    from vaecli.train.trainer import start_run
 
     model_cfg = ModelConfig(**(MICRO if model is None else model))
     train_cfg = TrainConfig(**{**TRAIN, **train})
@@ -97,7 +97,7 @@ def last_weights(run: Path) -> Any:
     model.safetensors holds the best by validation)."""
     from safetensors.torch import load_file
 
-    from vaecli import checkpoint
+    from vaecli.runs import store as checkpoint
 
     model, _, _ = checkpoint.load_model(run)
     tensors = load_file(str(Path(run) / checkpoint.STATE))
@@ -132,8 +132,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tiny(tiny_run: Path) -> tuple[Any, Any, Any]:
     """The tiny run loaded: (model, RunConfig, its test split)."""
-    from vaecli.checkpoint import load_model
     from vaecli.data import load_data
+    from vaecli.runs.store import load_model
 
     model, cfg, _ = load_model(tiny_run)
     _, test, _ = load_data(cfg.data, download=False)
@@ -202,7 +202,7 @@ def pixels(data_or_path: bytes | Path) -> torch.Tensor:
     import torch
     from PIL import Image
 
-    from vaecli.images import PNG_SIGNATURE
+    from vaecli.render.images import PNG_SIGNATURE
 
     data = data_or_path.read_bytes() if isinstance(data_or_path, Path) else data_or_path
     assert data.startswith(PNG_SIGNATURE)

@@ -22,8 +22,8 @@ import torch
 from conftest import SRC, ok, one_error_line, src_env, vae
 from PIL import Image
 
-from vaecli import checkpoint as ckpt
 from vaecli.data import MAX_IMAGE_PIXELS, load_image
+from vaecli.runs import store as ckpt
 
 LATENT = 8  # the tiny run's latent size
 KNOWN = b"known bytes that must survive a failing command\n"

@@ -86,7 +86,8 @@ def test_mini_as_torchvision_is_the_shipped_mini_set(tmp_path: Path) -> None:
 
 
 def test_recovery_mode_counts_the_copies_and_restores_vaecli(tmp_path: Path) -> None:
-    from vaecli import health, recipe, training
+    from vaecli.train import health, recipe
+    from vaecli.train import trainer as training
 
     take = health.Snapshot.take
     out = tmp_path / "recovery.json"
@@ -140,7 +141,7 @@ def test_versions_mode_measures_both_trees_and_removes_its_worktree(tmp_path: Pa
 
 
 def test_bce_of_run_scores_a_bernoulli_run_like_its_summary(tiny_run: Path) -> None:
-    from vaecli.checkpoint import read_summary
+    from vaecli.runs.store import read_summary
 
     bench_defaults = importlib.import_module("bench_defaults")
     scored = bench_defaults.bce_of_run(str(tiny_run))

@@ -1,4 +1,4 @@
-"""Runs on disk (vaecli.checkpoint): bit-exact weights and training state round trips, pickles and
+"""Runs on disk (vaecli.runs.store): bit-exact weights and training state round trips, pickles and
 torch.save files refused without running them, tensors or config types that do not match, run names
 and the latest run."""
 
@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import MICRO
 
-from vaecli import checkpoint as ckpt
 from vaecli.config import ModelConfig, RunConfig
 from vaecli.errors import CheckpointError, ConfigError, RunNotFoundError
-from vaecli.model import VAE
-from vaecli.state import TrainState
+from vaecli.model.vae import VAE
+from vaecli.runs import store as ckpt
+from vaecli.runs.state import TrainState
 
 
 def _make_run(tmp_path, name="r", **model_kwargs):

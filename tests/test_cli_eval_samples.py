@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import fake_fidelity, one_error_line, vae
 
-from vaecli import checkpoint as ckpt
-from vaecli import fidelity
 from vaecli.data import load_data, to_float
-from vaecli.features import fmnist_net
-from vaecli.inference import sample
+from vaecli.eval import fidelity
+from vaecli.eval.features import fmnist_net
+from vaecli.eval.inference import sample
+from vaecli.runs import store as ckpt
 
 KEYS = {"run", "features", "n", "split", "temperature", "fd", "kid", "kid_std", "precision", "recall", "reconstructions"}
 SCORES = {"fd", "kid", "kid_std", "precision", "recall"}

@@ -11,9 +11,9 @@ import torch
 from conftest import PAD, S, ok, one_error_line, pixels, tile, vae
 from PIL import Image
 
-from vaecli import inference
 from vaecli.data import load_image
-from vaecli.images import PNG_SIGNATURE, to_uint8
+from vaecli.eval import inference
+from vaecli.render.images import PNG_SIGNATURE, to_uint8
 
 # ----------------------------------------------------------------------------- sample
 

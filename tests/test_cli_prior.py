@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vaecli.cli import app
-from vaecli.fitted import PRIOR_JSON, PRIOR_TENSORS
+from vaecli.runs.priors import PRIOR_JSON, PRIOR_TENSORS
 
 
 def vae(*args: object):  # type: ignore[no-untyped-def]

@@ -11,9 +11,9 @@ import torch
 from conftest import PAD, S, ok, pixels, tile
 from PIL import Image
 
-from vaecli import inference
 from vaecli.data import to_float
-from vaecli.images import to_uint8
+from vaecli.eval import inference
+from vaecli.render.images import to_uint8
 
 # ----------------------------------------------------------------------------- reconstruct
 

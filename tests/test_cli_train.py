@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import one_error_line, vae
 
-from vaecli import checkpoint as ckpt
-from vaecli.recipe import BUDGET_EPOCHS, DEFAULT_EPOCHS, default_recipe
+from vaecli.runs import store as ckpt
+from vaecli.train.recipe import BUDGET_EPOCHS, DEFAULT_EPOCHS, default_recipe
 
 TINY_ARGS = ["--data", "fashion-mnist-mini", "--latent-dim", "4", "--batch-size", "64", "--device", "cpu", "--precision", "fp32"]
 

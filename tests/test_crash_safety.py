@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import ok, start_tiny, vae
 
-from vaecli import checkpoint as ckpt
-from vaecli import training
-from vaecli.training import resume_run
+from vaecli.runs import store as ckpt
+from vaecli.train import trainer as training
+from vaecli.train.trainer import resume_run
 
 
 class _Killed(BaseException):

@@ -9,12 +9,12 @@ import pytest
 import torch
 from conftest import TINY, start_tiny
 
-from vaecli import checkpoint as ckpt
-from vaecli import training
 from vaecli.config import DataConfig, ModelConfig
 from vaecli.data import ImageData, load_data, to_float
-from vaecli.model import VAE
-from vaecli.training import resume_run
+from vaecli.model.vae import VAE
+from vaecli.runs import store as ckpt
+from vaecli.train import trainer as training
+from vaecli.train.trainer import resume_run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

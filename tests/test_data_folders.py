@@ -51,7 +51,7 @@ def test_size_over_the_cap_is_capped_and_said(tmp_path: Path) -> None:
 def test_detected_size_rounded_to_the_arch(tmp_path: Path) -> None:
     for i in range(2):
         solid(tmp_path / f"{i}.png", (30, 30), (i * 100,) * 3)  # gray content in RGB files
-    from vaecli.recipe import accepted_image_size
+    from vaecli.train.recipe import accepted_image_size
 
     _, _, cfg, opts = load(tmp_path, opts=FolderLoad(round_size=lambda s: accepted_image_size(s)))
     assert cfg.image_size == 28 and cfg.channels == 1  # 30 -> a multiple of 4 (two stages at this size)

@@ -9,9 +9,10 @@ from conftest import TINY
 
 from vaecli import device as dev
 from vaecli.config import ModelConfig, TrainConfig
-from vaecli.device import adam_kwargs, memory_format_for, resolve_precision
+from vaecli.device import adam_kwargs, memory_format_for
 from vaecli.errors import DeviceError
-from vaecli.model import VAE
+from vaecli.model.vae import VAE
+from vaecli.train.recipe import resolve_precision
 
 
 def test_memory_format_and_adam_choice() -> None:
@@ -23,7 +24,7 @@ def test_memory_format_and_adam_choice() -> None:
 
 
 def test_precision_auto_follows_the_measurements_and_emulated_bf16_warns(monkeypatch: pytest.MonkeyPatch) -> None:
-    from vaecli.recipe import build_configs
+    from vaecli.train.recipe import build_configs
 
     cpu = torch.device("cpu")
     colour, _ = build_configs({}, 64, 3)  # the spatial colour default: bf16 won at equal wall time on native bf16

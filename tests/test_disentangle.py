@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vaecli.disentangle import discretize, entropy, factor_table, factorvae_score, mig, mutual_info
+from vaecli.eval.disentangle import discretize, entropy, factor_table, factorvae_score, mig, mutual_info
 
 SIZES = (3, 6, 10, 8)
 

@@ -29,7 +29,7 @@ def test_shard_is_distributed_sampler(n: int, world: int) -> None:
     after set_epoch(epoch) with seed = seed * 1_000_003 (the generator seed epoch_permutation uses)."""
     from torch.utils.data import DistributedSampler
 
-    from vaecli.training import epoch_permutation
+    from vaecli.train.trainer import epoch_permutation
 
     seed = 5
     for epoch in (0, 3):
@@ -187,7 +187,8 @@ def test_torchrun_new_run(ddp_home: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_torchrun_run_samples_on_one_process(ddp_home: Path) -> None:
-    from vaecli import checkpoint, inference
+    from vaecli.eval import inference
+    from vaecli.runs import store as checkpoint
 
     model, cfg, _ = checkpoint.load_model(ddp_home / "ddp")
     assert cfg.train.world_size == 2
@@ -196,8 +197,8 @@ def test_torchrun_run_samples_on_one_process(ddp_home: Path) -> None:
 
 
 def test_single_run_resumes_under_torchrun(ddp_home: Path) -> None:
-    from vaecli import checkpoint
-    from vaecli.state import rank_steps_per_epoch as _rank_steps
+    from vaecli.runs import store as checkpoint
+    from vaecli.runs.state import rank_steps_per_epoch as _rank_steps
 
     run = ddp_home / "single"
     cfg = checkpoint.read_config(run)
@@ -211,9 +212,9 @@ def test_single_run_resumes_under_torchrun(ddp_home: Path) -> None:
 
 
 def test_torchrun_run_resumes_on_one_process(ddp_home: Path, tmp_path: Path) -> None:
-    from vaecli import checkpoint
-    from vaecli.state import rank_steps_per_epoch as _rank_steps
-    from vaecli.training import resume_run
+    from vaecli.runs import store as checkpoint
+    from vaecli.runs.state import rank_steps_per_epoch as _rank_steps
+    from vaecli.train.trainer import resume_run
 
     shutil.copytree(ddp_home / "ddp", tmp_path / "runs" / "ddp")  # VAE_HOME is tmp_path/runs (conftest)
     before = last_weights(tmp_path / "runs" / "ddp").state_dict()

@@ -23,11 +23,11 @@ import torch
 from conftest import one_error_line, src_env, vae
 from PIL import Image
 
-from vaecli import checkpoint as ckpt
 from vaecli import explore
 from vaecli.errors import CheckpointError, ConfigError, RunNotFoundError
+from vaecli.eval.inference import decode, encode
 from vaecli.explore import Explorer, is_loopback, make_server
-from vaecli.inference import decode, encode
+from vaecli.runs import store as ckpt
 
 LATENT = 8  # the tiny_run fixture's latent size
 

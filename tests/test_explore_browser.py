@@ -95,9 +95,9 @@ def decoded_src(driver: Any) -> str:
 def test_sliders_move_the_image_and_uploads_encode(page: Any, tiny_run: Path, tmp_path: Path) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
 
-    from vaecli import checkpoint as ckpt
     from vaecli.data import load_mini, to_float
-    from vaecli.inference import encode
+    from vaecli.eval.inference import encode
+    from vaecli.runs import store as ckpt
 
     driver = page
     wait_for(driver, "the first decoded image", lambda d: decoded_src(d).startswith("data:image/png"))

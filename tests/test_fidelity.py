@@ -1,4 +1,4 @@
-"""The math of `vae eval-samples` (vaecli.fidelity) and its feature spaces (vaecli.features)."""
+"""The math of `vae eval-samples` (vaecli.eval.fidelity) and its feature spaces (vaecli.eval.features)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import fake_fidelity
 
-from vaecli import features as feat
-from vaecli import fidelity as fid
 from vaecli.config import DataConfig
 from vaecli.data import load_data, to_float
 from vaecli.errors import ConfigError, DataError
+from vaecli.eval import features as feat
+from vaecli.eval import fidelity as fid
 
 
 def _rand_spd(d: int, g: torch.Generator) -> torch.Tensor:

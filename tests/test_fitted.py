@@ -1,4 +1,4 @@
-"""Fitted priors (vaecli.fitted): EM on known mixtures, the RealNVP flow, storing and reloading, the choice of prior."""
+"""Fitted priors (vaecli.model.mixture, vaecli.model.flow, vaecli.train.fit_prior, vaecli.runs.priors): EM on known mixtures, the RealNVP flow, storing and reloading, the choice of prior."""
 
 from __future__ import annotations
 
@@ -10,24 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from vaecli import checkpoint as ckpt
 from vaecli.errors import CheckpointError, ConfigError
-from vaecli.fitted import (
-    PRIOR_JSON,
-    PRIOR_TENSORS,
-    GaussianMixture,
-    RealNVP,
-    component_grid,
-    fit_flow,
-    fit_gmm,
-    fit_prior,
-    load_fitted,
-    load_prior,
-    mean_log_prob,
-    save_prior,
-)
-from vaecli.posterior import Posterior
-from vaecli.priors import StandardNormal
+from vaecli.model.flow import RealNVP, fit_flow
+from vaecli.model.mixture import GaussianMixture, fit_gmm
+from vaecli.model.posterior import Posterior
+from vaecli.model.priors import StandardNormal, mean_log_prob
+from vaecli.runs import store as ckpt
+from vaecli.runs.priors import PRIOR_JSON, PRIOR_TENSORS, load_fitted, load_prior, save_prior
+from vaecli.train.fit_prior import component_grid, fit_prior
 
 TRUE_WEIGHTS = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
 TRUE_MEANS = torch.tensor([[0.0, 0.0, 0.0], [6.0, 0.0, 2.0], [0.0, -6.0, 4.0]], dtype=torch.float64)

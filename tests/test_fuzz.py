@@ -21,7 +21,7 @@ from PIL import Image
 
 from vaecli.data import load_image
 from vaecli.errors import DataError, VaeError
-from vaecli.latents import format_lines, parse_lines
+from vaecli.eval.latents import format_lines, parse_lines
 
 EXAMPLES = int(os.environ.get("VAE_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(

@@ -1,4 +1,4 @@
-"""Training health (vaecli.health, vaecli.explain): numbers that explain themselves, alarms while
+"""Training health (vaecli.train.health, vaecli.eval.explain): numbers that explain themselves, alarms while
 training (posterior collapse, overfitting, a learning rate too high) and the rollback from a
 non-finite step (a NaN injected through the VAE_TEST_NAN_STEPS hook), in one process and under a
 2-process gloo run."""
@@ -16,15 +16,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vaecli import checkpoint as ckpt
-from vaecli import training
 from vaecli.cli import app
 from vaecli.config import DataConfig, ModelConfig, TrainConfig
 from vaecli.data import ImageData, load_data, split_validation
 from vaecli.errors import TrainingError
-from vaecli.health import GradWatch, Snapshot, collapse_alarm, overfit_alarm
-from vaecli.metrics import evaluate
-from vaecli.training import resume_run, start_run
+from vaecli.eval.metrics import evaluate
+from vaecli.runs import store as ckpt
+from vaecli.train import trainer as training
+from vaecli.train.health import GradWatch, Snapshot, collapse_alarm, overfit_alarm
+from vaecli.train.trainer import resume_run, start_run
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 MLP = {"arch": "mlp", "widths": (64,), "latent_dim": 8}

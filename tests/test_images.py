@@ -1,4 +1,4 @@
-"""Image outputs and inputs of the analysis commands (vaecli.images): grid geometry, GIF frames,
+"""Image outputs and inputs of the analysis commands (vaecli.render.images): grid geometry, GIF frames,
 output names, collecting input files and loading them at a run's size and fit."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from conftest import solid
 from PIL import Image
 
 from vaecli.errors import DataError
-from vaecli.images import PNG_SIGNATURE, collect_inputs, gif_bytes, grid, grid_png, output_name, to_uint8
+from vaecli.render.images import PNG_SIGNATURE, collect_inputs, gif_bytes, grid, grid_png, output_name, to_uint8
 
 
 def test_grid_png_has_make_grid_geometry() -> None:
@@ -65,7 +65,7 @@ def test_collect_inputs_expands_folders_and_stdin(tmp_path: Path) -> None:
 
 
 def test_analysis_inputs_use_the_runs_fit(tmp_path: Path) -> None:
-    from vaecli.images import InputImage, load_inputs
+    from vaecli.render.images import InputImage, load_inputs
 
     p = solid(tmp_path / "photo.jpg", (200, 150), (250, 20, 20))
     x = load_inputs([InputImage(p, Path("photo.png"))], 3, 64, "pad")

@@ -1,4 +1,4 @@
-"""The operations behind the analysis commands (vaecli.inference): interpolation and traversal
+"""The operations behind the analysis commands (vaecli.eval.inference): interpolation and traversal
 latents, encode / decode / reconstruct, prior samples."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vaecli import inference
 from vaecli.data import to_float
 from vaecli.errors import ConfigError
+from vaecli.eval import inference
 
 # ----------------------------------------------------------------------------- interpolation / traversal
 

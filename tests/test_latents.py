@@ -1,4 +1,4 @@
-"""Latent vectors as JSON lines (vaecli.latents): what `vae encode` writes and `vae decode` reads."""
+"""Latent vectors as JSON lines (vaecli.eval.latents): what `vae encode` writes and `vae decode` reads."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vaecli.errors import DataError
-from vaecli.latents import format_lines, parse_lines
+from vaecli.eval.latents import format_lines, parse_lines
 
 
 def test_latent_lines_round_trip_exactly() -> None:

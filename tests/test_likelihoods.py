@@ -1,4 +1,4 @@
-"""The decoder likelihoods (vaecli.likelihoods): Bernoulli, Gaussian and the discretised logistic
+"""The decoder likelihoods (vaecli.model.likelihoods): Bernoulli, Gaussian and the discretised logistic
 mixture over 256 levels, checked against formulas written out here."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import torch
 
 from vaecli.config import ModelConfig
 from vaecli.data import ImageData
-from vaecli.likelihoods import Bernoulli, DiscretizedGaussian, DiscretizedLogistic, Gaussian, bits_per_dim
-from vaecli.metrics import evaluate
-from vaecli.model import VAE
+from vaecli.eval.metrics import evaluate
+from vaecli.model.likelihoods import Bernoulli, DiscretizedGaussian, DiscretizedLogistic, Gaussian, bits_per_dim
+from vaecli.model.vae import VAE
 
 LEVELS = torch.arange(256, dtype=torch.float32) / 255  # every 8-bit level as a float in [0, 1]
 
@@ -175,7 +175,7 @@ def _discrete_gaussian_by_cdfs(m: torch.Tensor, s: torch.Tensor, xs: torch.Tenso
 
 @pytest.mark.parametrize("threads", [1, 2])  # one thread: in chunks of CHUNK images; more: in one piece
 def test_discrete_gaussian_fast_path_equals_the_cdf_difference_and_its_gradient(threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vaecli.likelihoods import _DiscreteGaussianLogProb
+    from vaecli.model.likelihoods import _DiscreteGaussianLogProb
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     assert _DiscreteGaussianLogProb.chunk(torch.zeros(20)) == (_DiscreteGaussianLogProb.CHUNK if threads == 1 else 20)

@@ -1,15 +1,15 @@
-"""The memorisation check of `vae eval-samples` (vaecli.fidelity.memorisation) on real Fashion-MNIST features."""
+"""The memorisation check of `vae eval-samples` (vaecli.eval.fidelity.memorisation) on real Fashion-MNIST features."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from vaecli import fidelity as fid
 from vaecli.config import DataConfig
 from vaecli.data import load_data, to_float
 from vaecli.errors import ConfigError
-from vaecli.features import fmnist_net
+from vaecli.eval import fidelity as fid
+from vaecli.eval.features import fmnist_net
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The scores of a model (vaecli.metrics): the importance-weighted NLL (Burda et al. 2016), checked
+"""The scores of a model (vaecli.eval.metrics): the importance-weighted NLL (Burda et al. 2016), checked
 by the bound's properties and an exact marginal likelihood, not hard-coded values; the per-image
 ELBO against evaluate; which likelihood a number is in."""
 
@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from vaecli import inference, metrics
 from vaecli.data import ImageData, to_float
-from vaecli.likelihoods import Bernoulli, Gaussian
-from vaecli.metrics import evaluate, is_binarized, iw_nll, log_importance_weights
-from vaecli.posterior import Posterior
-from vaecli.priors import StandardNormal
+from vaecli.eval import inference, metrics
+from vaecli.eval.metrics import evaluate, is_binarized, iw_nll, log_importance_weights
+from vaecli.model.likelihoods import Bernoulli, Gaussian
+from vaecli.model.posterior import Posterior
+from vaecli.model.priors import StandardNormal
 
 
 @pytest.fixture(scope="module")

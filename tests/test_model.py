@@ -1,4 +1,4 @@
-"""The VAE (vaecli.model): output shapes of every arch, the seed arch's size and init, deterministic
+"""The VAE (vaecli.model.vae): output shapes of every arch, the seed arch's size and init, deterministic
 evaluation, invalid configs, layer widths, norms, fp32 outputs under bf16 autocast."""
 
 import pytest
@@ -7,7 +7,7 @@ from conftest import MICRO
 
 from vaecli.config import ModelConfig
 from vaecli.errors import ConfigError
-from vaecli.model import VAE, count_parameters
+from vaecli.model.vae import VAE, count_parameters
 
 
 @pytest.mark.parametrize("arch", ["conv", "mlp", "conv-mlp", "seed"])
@@ -83,6 +83,6 @@ def test_mlp_output_layer_stays_fp32_under_bf16_autocast():
 
 def test_every_arch_in_the_config_has_a_builder():
     from vaecli.config import ARCHS
-    from vaecli.model import _BUILDERS
+    from vaecli.model.vae import _BUILDERS
 
     assert set(ARCHS) == set(_BUILDERS)

@@ -1,4 +1,4 @@
-"""The training objective (vaecli.objective.Objective): each objective's loss against its formula
+"""The training objective (vaecli.train.objective.Objective): each objective's loss against its formula
 written out here (the oracles), the beta schedule and capacity ramp it owns, the total correlation."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from vaecli.config import ModelConfig, TrainConfig
-from vaecli.model import VAE, VAEOutput
-from vaecli.objective import Objective, total_correlation
-from vaecli.posterior import Posterior
+from vaecli.model.posterior import Posterior
+from vaecli.model.vae import VAE, VAEOutput
+from vaecli.train.objective import Objective, total_correlation
 
 # ----------------------------------------------------------------------------- oracles (the papers' formulas)
 

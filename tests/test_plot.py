@@ -1,4 +1,4 @@
-"""The Pillow-only chart renderer (vaecli.plot): line charts, ticks, the training curves of loss.png."""
+"""The Pillow-only chart renderer (vaecli.render.plot): line charts, ticks, the training curves of loss.png."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 from PIL import Image
 
-from vaecli.plot import line_chart, nice_ticks, plot_training_curves
+from vaecli.render.plot import line_chart, nice_ticks, plot_training_curves
 
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
 
@@ -139,7 +139,7 @@ def test_plot_training_curves_without_test_or_rows(tmp_path):
 
 
 def test_points_chart_labels_points_on_a_log_axis():
-    from vaecli.plot import PointsPanel, _log_axis, points_chart
+    from vaecli.render.plot import PointsPanel, _log_axis, points_chart
 
     rd = {"beta swept": [(30.0, 250.0, "beta=0.25"), (12.0, 262.0, "beta=1"), (3.0, 285.0, "beta=16")]}
     mig = {"runs": [(0.25, 0.05, "0.25"), (1.0, 0.1, "1"), (16.0, 0.3, "16")]}

@@ -9,8 +9,8 @@ import torch
 from conftest import MICRO
 
 from vaecli.config import ModelConfig
-from vaecli.model import VAE
-from vaecli.posterior import Posterior, standard_normal_log_prob
+from vaecli.model.posterior import Posterior, standard_normal_log_prob
+from vaecli.model.vae import VAE
 
 
 def _q(b: int = 5, d: int = 3, seed: int = 0) -> Posterior:

@@ -1,4 +1,4 @@
-"""The one rule for defaults (vaecli.recipe: default_recipe / build_configs): keyed on the data and
+"""The one rule for defaults (vaecli.train.recipe: default_recipe / build_configs): keyed on the data and
 device, user values always win, epochs long enough for a ramp, sizes rounded to what the arch
 accepts; and no default configuration diverges."""
 
@@ -13,7 +13,7 @@ import torch
 from vaecli import device as dev
 from vaecli.config import DataConfig, TrainConfig
 from vaecli.errors import ConfigError, VaeError
-from vaecli.recipe import (
+from vaecli.train.recipe import (
     BUDGET_EPOCHS,
     DEFAULT_EPOCHS,
     accepted_image_size,
@@ -121,7 +121,7 @@ def _folder(root: Path, size: int, channels: int, n: int = 40) -> Path:
 def _train(folder: Path, size: int, channels: int, steps: int, **given: object) -> list[float]:
     """Train at the defaults (plus ``given``) for ``steps`` steps; returns the reported losses
     (a non-finite one stops training with a TrainingError)."""
-    from vaecli.training import plan_run, start_run
+    from vaecli.train.trainer import plan_run, start_run
 
     opts = {
         "device": "cpu",
@@ -179,7 +179,7 @@ def test_every_default_trains_finite(tmp_path: Path, size: int, channels: int) -
 
 
 def test_the_lr_rule_scales_with_the_widest_layer() -> None:
-    from vaecli.recipe import REFERENCE_FAN_IN, default_lr, max_fan_in
+    from vaecli.train.recipe import REFERENCE_FAN_IN, default_lr, max_fan_in
 
     assert max_fan_in("conv", 28, 1, (16, 32), 512, 32) == REFERENCE_FAN_IN
     assert default_lr(5e-3, REFERENCE_FAN_IN) == 5e-3  # the measured 28 px conv recipe is unchanged

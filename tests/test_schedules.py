@@ -1,9 +1,9 @@
-"""The schedules (vaecli.schedules): beta annealing, cyclical beta, the capacity ramp, the learning
+"""The schedules (vaecli.train.schedules): beta annealing, cyclical beta, the capacity ramp, the learning
 rate (constant, cosine, warm-up) and the cosine that follows the time budget."""
 
 import pytest
 
-from vaecli.schedules import beta_at, capacity_at, cyclical_beta_at, lr_at
+from vaecli.train.schedules import beta_at, capacity_at, cyclical_beta_at, lr_at
 
 
 def test_constant_beta_without_annealing():

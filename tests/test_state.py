@@ -1,9 +1,9 @@
-"""The epoch arithmetic of a run's position (vaecli.state): the shuffling order of each epoch and
+"""The epoch arithmetic of a run's position (vaecli.runs.state): the shuffling order of each epoch and
 the steps an epoch takes."""
 
 import torch
 
-from vaecli.state import epoch_permutation, steps_per_epoch
+from vaecli.runs.state import epoch_permutation, steps_per_epoch
 
 
 def test_epoch_permutation_and_steps():

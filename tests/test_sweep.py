@@ -18,10 +18,10 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from vaecli import sweep as sw
 from vaecli.cli import app
 from vaecli.cli.sweep import train_flags
-from vaecli.compare import aggregate
+from vaecli.experiments import sweep as sw
+from vaecli.experiments.compare import aggregate
 
 runner = CliRunner()
 BASE = [

@@ -1,4 +1,4 @@
-"""The training loop (vaecli.training): a run's files, learning, bit-exact resume, stops and
+"""The training loop (vaecli.train.trainer): a run's files, learning, bit-exact resume, stops and
 non-finite losses, partial epochs in metrics.jsonl, cross-device resume (faked on the CPU), no host
 sync inside a step, float32 sums where MPS would run, channels-last with fused Adam, binarised batches."""
 
@@ -11,15 +11,16 @@ import pytest
 import torch
 from conftest import MICRO, TINY, last_weights, start_tiny
 
-from vaecli import checkpoint as ckpt
 from vaecli import device as dev
-from vaecli import training
+from vaecli.cli.runs import run_info
 from vaecli.config import DataConfig, ModelConfig
 from vaecli.data import ImageData, load_data
 from vaecli.errors import ConfigError, TrainingError
-from vaecli.metrics import evaluate
-from vaecli.model import VAE
-from vaecli.training import resume_run
+from vaecli.eval.metrics import evaluate
+from vaecli.model.vae import VAE
+from vaecli.runs import store as ckpt
+from vaecli.train import trainer as training
+from vaecli.train.trainer import resume_run
 
 # ----------------------------------------------------------------------------- a run
 
@@ -133,7 +134,7 @@ def test_stop_inside_the_first_epoch_records_a_partial_row(small_data):
     summary = json.loads((run / ckpt.SUMMARY).read_text())
     assert summary["images_per_second"] is None and summary["epochs_done"] == pytest.approx(2 / 6, abs=1e-4)
     assert summary["runtime"]["memory_format"] == "channels_last"
-    assert ckpt.run_info(run)["epochs"] == 0
+    assert run_info(run)["epochs"] == 0
     # stopped again inside the same epoch: the partial row is replaced, not duplicated
     resume_run("part", {"max_steps": 1}, data=small_data).fit()
     rows = ckpt.read_metrics(run)

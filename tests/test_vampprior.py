@@ -1,4 +1,4 @@
-"""The VampPrior (vaecli.priors.VampPrior, --prior vamp): its density against torch's mixture, its
+"""The VampPrior (vaecli.model.priors.VampPrior, --prior vamp): its density against torch's mixture, its
 one-sample KL estimate against a large Monte-Carlo estimate, and a tiny run that trains, resumes
 exactly, samples, and is scored by eval-kl (with --iw-samples) and traverse."""
 
@@ -11,13 +11,13 @@ import pytest
 import torch
 from conftest import last_weights, vae
 
-from vaecli import checkpoint as ckpt
 from vaecli.config import ConfigError, DataConfig, ModelConfig, TrainConfig
 from vaecli.data import ImageData, load_data
-from vaecli.metrics import evaluate, iw_nll
-from vaecli.model import VAE
-from vaecli.posterior import Posterior
-from vaecli.training import resume_run, start_run
+from vaecli.eval.metrics import evaluate, iw_nll
+from vaecli.model.posterior import Posterior
+from vaecli.model.vae import VAE
+from vaecli.runs import store as ckpt
+from vaecli.train.trainer import resume_run, start_run
 
 VAMP = {"arch": "mlp", "image_size": 28, "widths": (32,), "latent_dim": 4, "prior": "vamp", "pseudo_inputs": 6}
 

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["__version__", "VAE", "ModelConfig", "DataConfig", "TrainConfig", "RunConfig", "load_model", "VaeError"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .checkpoint import load_model
     from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from .errors import VaeError
-    from .model import VAE
+    from .model.vae import VAE
+    from .runs.store import load_model
 
 _LAZY = {
     "VAE": "model",

@@ -1,7 +1,7 @@
 """Configuration dataclasses: the single source of truth, stored as JSON with every run.
 
 The defaults ``vae train`` fills in for what the user did not give come from one rule,
-:mod:`vaecli.recipe`. The field defaults here are construction defaults for Python callers (the
+:mod:`vaecli.train.recipe`. The field defaults here are construction defaults for Python callers (the
 28 px ``conv`` model), not the rule's choice for any data.
 
 Error messages name the command-line flag of a field (``--latent-dim`` for ``latent_dim``): every
@@ -28,6 +28,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 FITS = ("crop", "pad", "stretch")  # how a non-square image of a folder becomes square
 
 T = TypeVar("T", bound="_Config")
+
+MAX_AUTO_IMAGE_SIZE = 128  # a folder's own image size is capped here unless --max-image-size raises it
 
 
 def _check(cond: bool, message: str) -> None:
@@ -168,7 +170,7 @@ class DataConfig(_Config):
     test_size: int | None = None
     # folders of images (docs/own-images.md): the rule their files were converted by, and what was left out
     fit: str = "crop"
-    max_image_size: int | None = None  # cap on the detected size (None: recipe.MAX_AUTO_IMAGE_SIZE)
+    max_image_size: int | None = None  # cap on the detected size (None: MAX_AUTO_IMAGE_SIZE)
     strict: bool = False  # a file that cannot be used is an error, not skipped
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"path": relative path, "reason": ...}
     # images carved out of the training split (by split_seed) to choose the model: the per-epoch
@@ -195,7 +197,7 @@ class DataConfig(_Config):
 @dataclass
 class TrainConfig(_Config):
     """Optimisation settings of ``vae train``. Field defaults are construction defaults (the 28 px
-    ``conv`` recipe); ``vae train`` takes the ones the user did not give from :mod:`vaecli.recipe`."""
+    ``conv`` recipe); ``vae train`` takes the ones the user did not give from :mod:`vaecli.train.recipe`."""
 
     beta: float = 1.0
     anneal: int = 0

@@ -11,7 +11,7 @@ import torch
 from .errors import DeviceError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import ModelConfig
+    pass
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -58,18 +58,6 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(requested: str, device: torch.device, model: ModelConfig | None = None) -> str:
-    """``auto`` -> what the rule for defaults chooses for this model on this device
-    (:func:`vaecli.recipe.auto_precision`); bf16 on MPS is refused."""
-    from .recipe import auto_precision
-
-    if requested != "auto":
-        if requested == "bf16" and device.type == "mps":
-            raise DeviceError("--precision bf16 is not supported on mps")
-        return requested
-    return auto_precision(model, device.type, native_bf16(device))
 
 
 def native_bf16(device: torch.device) -> bool:

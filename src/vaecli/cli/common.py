@@ -148,14 +148,14 @@ def split_images(cfg: RunConfig, split: str, indices: list[int]) -> torch.Tensor
 
 def _decode_inputs(items: Sequence[Any], cfg: RunConfig) -> torch.Tensor:
     from ..data import to_float
-    from ..images import load_inputs
+    from ..render.images import load_inputs
 
     return to_float(load_inputs(items, cfg.model.channels, cfg.model.image_size, cfg.data.fit))
 
 
 def image_files(paths: Sequence[str], cfg: RunConfig) -> torch.Tensor:
     """Float images (N, C, H, W) of image files named on the command line, decoded by the run's rule."""
-    from ..images import InputImage
+    from ..render.images import InputImage
 
     return _decode_inputs([InputImage(Path(p).expanduser(), Path(p)) for p in paths], cfg)
 
@@ -164,7 +164,7 @@ def read_inputs(inputs: list[str] | None, split: str | None, n: int, cfg: RunCon
     """Float images (N, C, H, W), display paths and output names from INPUTS or ``--split``/``-n``."""
     from ..data import load_split, to_float
     from ..errors import ConfigError
-    from ..images import collect_inputs, output_name
+    from ..render.images import collect_inputs, output_name
 
     if split is not None:
         if inputs:
@@ -202,7 +202,7 @@ def check_outputs(
 ) -> None:
     """Refuse bad output options before any work: grid layout numbers, -o, --gif and --out-dir targets."""
     from ..errors import ConfigError
-    from ..images import check_grid
+    from ..render.images import check_grid
 
     check_grid(nrow, padding)
     check_target(output)
@@ -213,7 +213,7 @@ def check_outputs(
 
 def files_in(out_dir: str, names: Sequence[PurePath | str], pngs: list[bytes]) -> list[tuple[str, bytes]]:
     """(path, bytes) of one PNG per name under ``--out-dir``; two outputs of the same name are refused."""
-    from ..images import check_unique
+    from ..render.images import check_unique
 
     check_unique(names)
     return [(str(Path(out_dir).expanduser() / n), b) for n, b in zip(names, pngs)]

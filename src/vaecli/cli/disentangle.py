@@ -23,7 +23,7 @@ def eval_disentangle_cmd(
 ) -> None:
     """Disentanglement of a run trained on `--data shapes`: MIG (Chen et al. 2018), FactorVAE score
     (Kim & Mnih 2018) and which latent dimension captures which factor, over all 46,080 images."""
-    from ..disentangle import evaluate_run, require_factors
+    from ..eval.disentangle import evaluate_run, require_factors
 
     check_positive("--bins", bins, 2)
     check_positive("--votes", votes, 2)

@@ -14,7 +14,7 @@ from .common import check_positive, check_target, fmt, print_json
 from .options import Json, ModelSource, OptBool, OptInt, OptStr, Seed, Split, model_options
 
 if TYPE_CHECKING:
-    from ..metrics import EvalResult
+    from ..eval.metrics import EvalResult
 
 
 @app.command("eval-kl")
@@ -42,7 +42,7 @@ def eval_kl_cmd(
     with --iw-samples K also the importance-weighted -log p(x), its standard error and bits/dim."""
     from ..data import ImageData, binarize_fixed, load_split
     from ..errors import ConfigError
-    from ..metrics import evaluate, iw_nll
+    from ..eval.metrics import evaluate, iw_nll
 
     check_positive("--batch-size", batch_size)
     check_positive("--iw-samples", iw_samples, 0)
@@ -109,8 +109,8 @@ _PARTIAL = ["", "▏", "▎", "▍", "▌", "▋", "▊", "▉"]
 def _kl_table(res: EvalResult, name: str, split: str, svg: str | None = None, extra: list[str] | None = None) -> None:
     from rich.table import Table
 
-    from ..inference import dims_by_kl
-    from ..metrics import ACTIVE_THRESHOLD, active_mask
+    from ..eval.inference import dims_by_kl
+    from ..eval.metrics import ACTIVE_THRESHOLD, active_mask
 
     kl = res.per_dim_kl
     top = max(kl, default=0.0) or 1.0

@@ -20,7 +20,7 @@ def _check(n: int, temperature: float, split: str, features: str) -> None:
     """Refuse bad options before any work (one line, exit 2)."""
     from ..data import check_split
     from ..errors import ConfigError
-    from ..features import FEATURES
+    from ..eval.features import FEATURES
 
     check_positive("-n", n, N_MIN)
     if not math.isfinite(temperature) or temperature <= 0:
@@ -36,11 +36,11 @@ def score_run(model: Any, cfg: Any, folder: Path, *, n: int = N_DEFAULT, split: 
 
     The real side is the run's ``split`` on its original pixels (a ``--binarize`` run is compared with
     the grayscale images its decoder means estimate); ``n`` above the split's size is clamped, with a note.
-    Samples come from ``prior`` (see :func:`vaecli.fitted.load_prior`). The memorisation check measures
+    Samples come from ``prior`` (see :func:`vaecli.runs.priors.load_prior`). The memorisation check measures
     distances to the training split (the images the model was fitted on), against the compared images
     (against the test split when ``split`` is train)."""
-    from ..features import default_features
-    from ..fidelity import evaluate_run
+    from ..eval.features import default_features
+    from ..eval.fidelity import evaluate_run
     from .prior import check_prior_choice, pick_prior
 
     _check(n, temperature, split, features)
@@ -96,7 +96,7 @@ def print_table(res: dict[str, Any], console: Any = None) -> None:
 def eval_after_training(run_path: str | Path, device: str, as_json: bool) -> dict[str, Any]:
     """`vae train --eval-samples`: score the saved run with the defaults, store the result in its
     summary.json under ``eval_samples``, print the table (on stderr with --json) and return it."""
-    from .. import checkpoint as ckpt
+    from ..runs import store as ckpt
 
     model, cfg, folder = ckpt.load_model(run_path, device)
     res = score_run(model, cfg, folder)

@@ -1,6 +1,6 @@
 """Images from the latent space of a trained run: `vae sample`, `interpolate`, `traverse`.
 
-Each command parses, calls the core (:mod:`vaecli.inference`, :mod:`vaecli.images`) and writes
+Each command parses, calls the core (:mod:`vaecli.eval.inference`, :mod:`vaecli.render.images`) and writes
 through :func:`.common.write_outputs`: every output is rendered in memory first and written
 atomically, so a failing command leaves no partial file behind.
 """
@@ -32,7 +32,7 @@ from .options import (
 
 if TYPE_CHECKING:
     from ..config import RunConfig
-    from ..model import VAE
+    from ..model.vae import VAE
 
 
 @app.command("sample")
@@ -51,8 +51,8 @@ def sample_cmd(
 ) -> None:
     """Decode z drawn from the prior: the run's fitted prior when it has one (`vae fit-prior`), else the
     one it trained with (N(0, temperature^2 I): the seed's generation from noise, or its VampPrior)."""
-    from ..images import default_nrow, grid_png, image_png
-    from ..inference import check_num_samples, check_temperature, decode, sample_latents
+    from ..eval.inference import check_num_samples, check_temperature, decode, sample_latents
+    from ..render.images import default_nrow, grid_png, image_png
     from .prior import check_prior_choice, pick_prior
 
     check_num_samples(n)
@@ -94,8 +94,8 @@ def interpolate_cmd(
     import torch
 
     from ..errors import ConfigError
-    from ..images import gif_bytes, gif_frames, grid_png
-    from ..inference import check_mode, check_steps, decode, encode, interpolate_latents
+    from ..eval.inference import check_mode, check_steps, decode, encode, interpolate_latents
+    from ..render.images import gif_bytes, gif_frames, grid_png
 
     if index and (a is not None or b is not None):
         raise ConfigError("give two images A B or two --index values, not both")
@@ -127,9 +127,9 @@ def interpolate_cmd(
 
 def _per_dim_kl(model: VAE, cfg: RunConfig, folder: Path, seed: int) -> list[float]:
     """Per-dimension KL on the test split: from summary.json when training stored it, else computed."""
-    from .. import checkpoint as ckpt
     from ..data import load_split
-    from ..metrics import latent_stats
+    from ..eval.metrics import latent_stats
+    from ..runs import store as ckpt
 
     kl, _, _ = latent_stats(model, ckpt.read_summary(folder), lambda: load_split(cfg.data, "test"), seed=seed)
     return kl or []
@@ -158,8 +158,8 @@ def traverse_cmd(
     import torch
 
     from ..errors import ConfigError, DataError
-    from ..images import gif_bytes, traversal_frames, traversal_png
-    from ..inference import check_dims, decode, dims_by_kl, encode, traversal_values, traverse_latents
+    from ..eval.inference import check_dims, decode, dims_by_kl, encode, traversal_values, traverse_latents
+    from ..render.images import gif_bytes, traversal_frames, traversal_png
 
     if image is not None and index is not None:
         raise ConfigError("give --image or --index, not both")

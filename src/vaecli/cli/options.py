@@ -17,7 +17,7 @@ from .common import DEVICE_HELP
 
 if TYPE_CHECKING:
     from ..config import RunConfig
-    from ..model import VAE
+    from ..model.vae import VAE
 
 # Optional[...] stays: Typer reads these annotations at run time on Python 3.10.
 OptStr = Optional[str]  # noqa: UP045
@@ -62,8 +62,8 @@ class ModelSource:
 
     def locate(self) -> tuple[Path, Path | None]:
         """(run folder, the weights file ``--checkpoint`` names, else None for the run's own); bad references are one-line errors."""
-        from .. import checkpoint as ckpt
         from ..errors import CheckpointError, ConfigError, RunNotFoundError
+        from ..runs import store as ckpt
 
         if self.run is not None and self.checkpoint is not None:
             raise ConfigError("give --run or --checkpoint, not both")
@@ -79,9 +79,9 @@ class ModelSource:
         return ckpt.resolve_run(p), p if p.is_file() else None
 
     def load(self) -> tuple[VAE, RunConfig, Path]:
-        """(model in eval mode on its device, run config, run folder), by :func:`vaecli.checkpoint.load_model`."""
-        from .. import checkpoint as ckpt
+        """(model in eval mode on its device, run config, run folder), by :func:`vaecli.runs.store.load_model`."""
         from ..device import resolve_device
+        from ..runs import store as ckpt
 
         dev = resolve_device(self.device)
         folder, weights = self.locate()

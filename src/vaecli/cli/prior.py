@@ -1,4 +1,4 @@
-"""`vae fit-prior`: fit a prior to where the encoder puts the training images (vaecli.fitted), and
+"""`vae fit-prior`: fit a prior to where the encoder puts the training images (vaecli.train.fit_prior, vaecli.runs.priors), and
 the one-line choice of prior that sampling commands share (``--prior``)."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from .options import Json, ModelSource, Seed, model_options
 
 
 def pick_prior(folder: Path, choice: str, model: Any) -> Any:
-    """The :class:`vaecli.fitted.PriorChoice` for ``--prior``; its note (if any) goes to stderr as one line."""
-    from ..fitted import load_prior
+    """The :class:`vaecli.runs.priors.PriorChoice` for ``--prior``; its note (if any) goes to stderr as one line."""
+    from ..runs.priors import load_prior
 
     picked = load_prior(folder, choice, model)
     if picked.note:
@@ -26,7 +26,7 @@ def pick_prior(folder: Path, choice: str, model: Any) -> Any:
 def check_prior_choice(choice: str) -> None:
     """Refuse a bad ``--prior`` before any work."""
     from ..errors import ConfigError
-    from ..fitted import CHOICES
+    from ..runs.priors import CHOICES
 
     if choice not in CHOICES:
         raise ConfigError(f"--prior must be {', '.join(CHOICES)}, got {choice!r}")
@@ -36,7 +36,8 @@ def fit_and_store(
     model: Any, cfg: Any, folder: Path, weights: Path, kind: str, components: int | None, fit_on: str | None, seed: int
 ) -> Any:
     """Fit (with a spinner and result lines on stderr) and store the prior in the run folder; returns the FitResult."""
-    from ..fitted import fit_prior, save_prior
+    from ..runs.priors import save_prior
+    from ..train.fit_prior import fit_prior
 
     err = stderr_console()
     with err.status(f"fitting a {kind} prior to run {folder.name}") as status:
@@ -57,7 +58,7 @@ def print_fit(folder: Path, info: dict[str, Any], console: Any = None) -> None:
     """What was fitted, on what, and its held-out log-likelihood beside N(0, I)'s."""
     from rich.table import Table
 
-    from ..fitted import PRIOR_JSON, describe
+    from ..runs.priors import PRIOR_JSON, describe
 
     console = console or stdout_console()
     fo, val, sc = info["fitted_on"], info["validation"], info["scores"]
@@ -79,7 +80,7 @@ def print_fit(folder: Path, info: dict[str, Any], console: Any = None) -> None:
 
 
 def _weights(model_source: ModelSource, folder: Path) -> Path:
-    from .. import checkpoint as ckpt
+    from ..runs import store as ckpt
 
     if model_source.checkpoint is not None and Path(model_source.checkpoint).expanduser().is_file():
         return Path(model_source.checkpoint).expanduser()
@@ -117,7 +118,7 @@ def fit_prior_cmd(
     """Fit a prior to the run's encoded training images and store it in the run (prior.safetensors +
     prior.json): `vae sample`, `eval-samples` and `explore` then draw from it. The validation split
     chooses, the test split reports log p(z) beside N(0, I)'s (docs/priors.md)."""
-    from ..fitted import check_fit_options
+    from ..train.fit_prior import check_fit_options
 
     check_fit_options(kind, components, fit_on)
     model, cfg, folder = model_source.load()

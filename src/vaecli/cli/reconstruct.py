@@ -1,7 +1,7 @@
 """Images through a trained run's encoder and decoder: `vae reconstruct`, `encode`, `decode`.
 
-Each command parses, calls the core (:mod:`vaecli.inference`, :mod:`vaecli.metrics`,
-:mod:`vaecli.images`, :mod:`vaecli.latents`) and writes through :func:`.common.write_outputs`:
+Each command parses, calls the core (:mod:`vaecli.eval.inference`, :mod:`vaecli.eval.metrics`,
+:mod:`vaecli.render.images`, :mod:`vaecli.eval.latents`) and writes through :func:`.common.write_outputs`:
 every output is rendered in memory first and written atomically, so a failing command leaves no
 partial file behind.
 """
@@ -40,9 +40,9 @@ def reconstruct_cmd(
     import torch
 
     from ..errors import ConfigError
-    from ..images import image_png, pairs_png
-    from ..inference import reconstruct
-    from ..metrics import elbo_per_image
+    from ..eval.inference import reconstruct
+    from ..eval.metrics import elbo_per_image
+    from ..render.images import image_png, pairs_png
 
     if output is None and out_dir is None and not as_json:
         output = "reconstruct.png"
@@ -80,9 +80,9 @@ def encode_cmd(
     model_source: ModelSource = ModelSource(),
 ) -> None:
     """Posterior parameters of each image as JSON lines: {"path", "mu": [...], "logvar": [...]}."""
+    from ..eval.inference import encode
+    from ..eval.latents import format_lines
     from ..fileio import atomic_write_text
-    from ..inference import encode
-    from ..latents import format_lines
 
     check_target(output)
     model, cfg, _ = model_source.load()
@@ -109,9 +109,9 @@ def decode_cmd(
 ) -> None:
     """Decode latent vectors (the "mu" of each JSON line) to images."""
     from ..errors import ConfigError, DataError
-    from ..images import default_nrow, grid_png, image_png, output_name
-    from ..inference import decode
-    from ..latents import parse_lines
+    from ..eval.inference import decode
+    from ..eval.latents import parse_lines
+    from ..render.images import default_nrow, grid_png, image_png, output_name
 
     if out_dir is None and output is None:
         raise ConfigError("nothing to write: give --out-dir DIR and/or -o grid.png (or -o -)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -14,7 +15,7 @@ from .options import Json
 @app.command("runs")
 def runs_cmd(as_json: Json = False) -> None:
     """List trained runs (name, date, data, beta, epochs, test -ELBO)."""
-    from .. import checkpoint as ckpt
+    from ..runs import store as ckpt
 
     rows = []
     for path in ckpt.list_runs():
@@ -60,10 +61,10 @@ def info_cmd(
 ) -> None:
     """Show one run: what its numbers mean (rate, distortion, bits/dim, normalised beta, the held-out
     gap, best and last epoch), its config, parameter count and training state."""
-    from .. import checkpoint as ckpt
     from ..config import RunConfig
+    from ..runs import store as ckpt
 
-    info = ckpt.run_info(ckpt.resolve_run(run))
+    info = run_info(ckpt.resolve_run(run))
     if as_json:
         print_json(info)
         return
@@ -99,11 +100,11 @@ def info_cmd(
 
 
 def explained_table(cfg: Any, summary: dict[str, Any], title: str) -> Any:
-    """The rows of :func:`vaecli.explain.explain` as a rich table: figure, value with its unit, and
+    """The rows of :func:`vaecli.eval.explain.explain` as a rich table: figure, value with its unit, and
     what it means with the reference that places it (dim)."""
     from rich.table import Table
 
-    from ..explain import explain
+    from ..eval.explain import explain
 
     t = Table(title=title, show_lines=False, pad_edge=False)
     t.add_column("figure", style="bold", no_wrap=True)
@@ -115,3 +116,34 @@ def explained_table(cfg: Any, summary: dict[str, Any], title: str) -> Any:
         meaning = row.meaning + (f"\n[dim]{row.reference}[/dim]" if row.reference else "")
         t.add_row(row.name, shown, meaning)
     return t
+
+
+def run_info(run: Path) -> dict[str, Any]:
+    """What ``vae info`` shows: :func:`run_brief` plus parameters, steps, state and the config."""
+    from ..eval.explain import explain
+    from ..model.vae import VAE, count_parameters
+    from ..runs.store import MODEL, STATE, read_config, read_metrics, read_summary, run_brief
+
+    run = Path(run)
+
+    cfg = read_config(run)
+    metrics = read_metrics(run)
+    summary = read_summary(run)
+    return {
+        **run_brief(run, cfg),
+        "parameters": count_parameters(VAE(cfg.model)),
+        "steps": summary.get("steps"),
+        "trained": (run / MODEL).exists(),
+        "resumable": (run / STATE).exists(),
+        "world_size": cfg.train.world_size,
+        "effective_batch_size": cfg.train.batch_size * cfg.train.world_size,  # per-rank batch x world size
+        "test": summary.get("test"),
+        "train": summary.get("train") or (metrics[-1].get("train") if metrics else None),
+        "active_units": summary.get("active_units"),
+        "best": summary.get("best"),
+        "last": summary.get("last"),
+        "explained": {row.key: row.to_dict() for row in explain(cfg, summary)} if summary else {},
+        "notices": summary.get("notices", []),
+        "config": cfg.to_dict(),
+        "summary": summary,
+    }

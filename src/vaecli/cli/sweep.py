@@ -45,7 +45,7 @@ def _base_type(annotation: Any) -> Any:
 def train_flags() -> list[Any]:
     """Every option of `vae train`, read off the command's own parameters (so new flags are sweepable
     as they come): name, option strings, value kind, and whether the value is comma-separated by itself."""
-    from ..sweep import Flag
+    from ..experiments.sweep import Flag
     from .train import train_cmd
 
     hints = inspect.signature(train_cmd, eval_str=True).parameters
@@ -158,7 +158,7 @@ def _execute(
 ) -> tuple[dict[str, str], str, list[str]]:
     """Run the commands; Ctrl-C forwards SIGINT to the runs (each saves), SIGTERM ends them at once.
     Returns (run -> outcome, how the sweep was stopped ('' when it was not), one line per failed run)."""
-    from ..sweep import Executor
+    from ..experiments.sweep import Executor
 
     executor = Executor(plan, jobs, env, board.event)
 
@@ -194,7 +194,7 @@ def _study(
     rows: list[dict[str, Any]], *, score: bool, n: int, device: str, cache: Path | None, err: Any, quiet: bool
 ) -> tuple[list[Any], list[str]]:
     """Scores (merged into the rows) and the pictures' material of every row, with a status line."""
-    from ..compare import study_run
+    from ..experiments.compare import study_run
 
     studies: list[Any] = []
     notes: dict[str, list[str]] = {}
@@ -211,7 +211,7 @@ def _study(
 
 
 def _pictures(folder: Path, result: dict[str, Any], studies: list[Any], factors: list[str]) -> dict[str, str]:
-    from ..compare import rd_png, samples_png, traverse_png
+    from ..experiments.compare import rd_png, samples_png, traverse_png
 
     files = {"rd": folder / "rd.png", "samples": folder / "samples.png", "traverse": folder / "traverse.png"}
     rd_png(files["rd"], result, factors)
@@ -234,7 +234,7 @@ def print_results(result: dict[str, Any], factors: list[str], console: Any) -> N
     from rich import box
     from rich.table import Table
 
-    from ..compare import cell_text
+    from ..experiments.compare import cell_text
 
     runs = result["runs"]
     units = {r["units"] for r in runs}
@@ -364,7 +364,7 @@ def sweep_cmd(
 
     Run the same command again to continue: finished runs are skipped, interrupted ones resumed (Ctrl-C leaves them resumable)."""
     from ..errors import ConfigError
-    from ..sweep import SweepLock, build_plan, check_run_matches, default_jobs, parse_args, read_plan, record_plan, run_status
+    from ..experiments.sweep import SweepLock, build_plan, check_run_matches, default_jobs, parse_args, read_plan, record_plan, run_status
 
     t0 = time.perf_counter()
     check_positive("-n", n, 10)
@@ -417,7 +417,7 @@ def sweep_cmd(
                     soft_wrap=True,
                 )
             if todo:
-                from ..sweep import slot_env
+                from ..experiments.sweep import slot_env
 
                 t_runs = time.perf_counter()
                 with _Board(plan, statuses, err, quiet) as board:
@@ -455,10 +455,10 @@ def _results(plan: Any, *, score: bool, n: int, err: Any, quiet: bool, seconds: 
     """Rows of the plan's finished runs, scores, groups of seeds, notes, files (sweep.json/.csv, pictures);
     ``seconds``: the wall-clock start of the command and the seconds its runs took (recorded with the results)."""
     t_results = time.perf_counter()
-    from ..compare import aggregate, comparability_notes, run_row, write_tables
     from ..errors import ConfigError
+    from ..experiments.compare import aggregate, comparability_notes, run_row, write_tables
+    from ..experiments.sweep import SEED, run_status
     from ..paths import runs_dir
-    from ..sweep import SEED, run_status
 
     rows, missing = [], []
     for run in plan.runs:
@@ -509,9 +509,9 @@ def compare_cmd(
 ) -> None:
     """Finished runs side by side: the table and pictures of `vae sweep` for any runs (other
     architectures, likelihoods, budgets), with a note where their numbers do not compare."""
-    from .. import checkpoint as ckpt
-    from ..compare import comparability_notes, run_row, write_tables
     from ..errors import ConfigError
+    from ..experiments.compare import comparability_notes, run_row, write_tables
+    from ..runs import store as ckpt
 
     check_positive("-n", n, 10)
     if len(runs) < 2:

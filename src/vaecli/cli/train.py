@@ -88,11 +88,11 @@ def train_cmd(
     from .. import distributed
     from ..config import MODEL_FIELDS, TRAIN_FIELDS, DataConfig
     from ..errors import ConfigError
-    from ..training import plan_run, resume_run, start_run
+    from ..train.trainer import plan_run, resume_run, start_run
 
     options = dict(locals())
     if fit_prior is not None:
-        from ..fitted import check_fit_options
+        from ..train.fit_prior import check_fit_options
 
         check_fit_options(fit_prior, flag="--fit-prior")
     distributed.init(device or "auto")  # under torchrun: join the process group (no-op otherwise)
@@ -208,7 +208,7 @@ def _fit_with_progress(trainer: Any, stop: threading.Event, quiet: bool, console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from ..device import bf16_warning
-    from ..recipe import ramp_warning
+    from ..train.recipe import ramp_warning
 
     console.print(_first_line(trainer))
     for warning in (bf16_warning(trainer.precision, trainer.device), ramp_warning(trainer.cfg.train)):
@@ -294,7 +294,7 @@ STOPPED = {
 
 
 def _summary_table(cfg: Any, result: Any, console: Any) -> None:
-    """The end of a run: the explained numbers (vaecli.explain) as a table, then where the run is."""
+    """The end of a run: the explained numbers (vaecli.eval.explain) as a table, then where the run is."""
     from .runs import explained_table
 
     s = result.summary

@@ -137,7 +137,7 @@ def _folder(cfg: DataConfig, load: FolderLoad) -> tuple[ImageData, ImageData, di
     folder = Path(cfg.name).expanduser()
     if not folder.exists():
         raise DataError(f"--data {cfg.name!r} is neither a dataset ({', '.join(REGISTRY)}) nor an existing folder")
-    from ..recipe import MAX_AUTO_IMAGE_SIZE
+    from ..config import MAX_AUTO_IMAGE_SIZE
 
     cap = cfg.max_image_size or MAX_AUTO_IMAGE_SIZE
     res = load_folder(folder, cfg.image_size, cfg.fit, cap, load)

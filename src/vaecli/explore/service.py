@@ -1,15 +1,15 @@
 """The explorer's service: runs, latents and images in and out, with no HTTP in it.
 
-Every call decodes and encodes through :mod:`vaecli.inference` and loads weights through
-:func:`vaecli.checkpoint.load_model` (safetensors only); a bad request raises :class:`BadRequest`.
+Every call decodes and encodes through :mod:`vaecli.eval.inference` and loads weights through
+:func:`vaecli.runs.store.load_model` (safetensors only); a bad request raises :class:`BadRequest`.
 The HTTP server over it is :mod:`vaecli.explore.server`.
 
 Per-dimension KL, KL(q(z_j|x) || N(0, 1)) averaged over test images (Kingma & Welling 2014,
-appendix B), orders the sliders; a dimension is active by :func:`vaecli.metrics.active_mask`
+appendix B), orders the sliders; a dimension is active by :func:`vaecli.eval.metrics.active_mask`
 (the variance of its posterior mean over test images exceeds 0.01, Burda et al. 2016, sec. 5.2,
 as ``vae info``'s active units). Both are read from ``summary.json`` (``test_per_dim_kl``,
 ``test_mu_variance``, which training writes) or computed once with
-:func:`vaecli.metrics.evaluate` on a subset of the run's test split, then cached per run; without
+:func:`vaecli.eval.metrics.evaluate` on a subset of the run's test split, then cached per run; without
 the variances, activity is unknown.
 """
 
@@ -27,12 +27,12 @@ from typing import Any
 
 import torch
 
-from .. import checkpoint as ckpt
 from ..data import ImageData
 from ..errors import CheckpointError, ConfigError, DataError, RunNotFoundError, VaeError
-from ..images import strip_png
-from ..inference import dims_by_kl
-from ..metrics import ACTIVE_THRESHOLD, active_mask, latent_stats
+from ..eval.inference import dims_by_kl
+from ..eval.metrics import ACTIVE_THRESHOLD, active_mask, latent_stats, summary_floats
+from ..render.images import strip_png
+from ..runs import store as ckpt
 
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # an uploaded image
 KL_IMAGES = 2000  # test images used when per-dimension KL must be computed
@@ -65,7 +65,7 @@ class ExploreRun:
     test_images: torch.Tensor | None = None  # uint8 (N, C, H, W), loaded on first use
     test_labels: torch.Tensor | None = None
     test_error: str | None = None
-    prior: Any = None  # the vaecli.fitted.PriorChoice of "sample", loaded on first use
+    prior: Any = None  # the vaecli.runs.priors.PriorChoice of "sample", loaded on first use
 
     @property
     def latent_dim(self) -> int:
@@ -159,7 +159,7 @@ class Explorer:
             except VaeError:
                 continue
             loaded = self._runs.get(name)
-            kl = loaded.per_dim_kl if loaded else ckpt.summary_floats(ckpt.read_summary(path), "test_per_dim_kl", row["latent_dim"])
+            kl = loaded.per_dim_kl if loaded else summary_floats(ckpt.read_summary(path), "test_per_dim_kl", row["latent_dim"])
             rows.append({**row, "name": name, "per_dim_kl": kl})
         return {"default": self.default, "runs": rows}
 
@@ -227,7 +227,7 @@ class Explorer:
         """Decode one latent vector to a PNG at the model's resolution."""
         run = self.get(name)
         zt = parse_z(z, run.latent_dim)
-        from ..inference import decode
+        from ..eval.inference import decode
 
         with run.lock:
             img = decode(run.model, zt)
@@ -240,7 +240,7 @@ class Explorer:
         d = _number(dim, "dim", 0, run.latent_dim - 1, int)
         n = _number(steps, "steps", 2, MAX_STEPS, int)
         r = _number(value_range, "range", 1e-3, 100.0)
-        from ..inference import decode, traverse_latents
+        from ..eval.inference import decode, traverse_latents
 
         with run.lock:
             imgs = decode(run.model, traverse_latents(zt[0], [d], r, n))
@@ -274,11 +274,11 @@ class Explorer:
         return out
 
     def prior(self, name: str | None, seed: Any = None) -> dict[str, Any]:
-        """A draw z from the run's prior (its fitted prior when it has one, see :func:`vaecli.fitted.load_prior`;
+        """A draw z from the run's prior (its fitted prior when it has one, see :func:`vaecli.runs.priors.load_prior`;
         else N(0, I)), with the prior's label."""
         run = self.get(name)
-        from ..fitted import load_prior
-        from ..inference import sample_latents
+        from ..eval.inference import sample_latents
+        from ..runs.priors import load_prior
 
         gen = torch.Generator()
         if seed in (None, ""):
@@ -298,7 +298,7 @@ class Explorer:
 
     def _encode_uint8(self, run: ExploreRun, x: torch.Tensor) -> dict[str, Any]:
         from ..data import to_float
-        from ..inference import encode
+        from ..eval.inference import encode
 
         xf = to_float(x.unsqueeze(0))
         with run.lock:

@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .config import RunConfig
+from ..config import RunConfig
 
 UNIFORM_BITS = 8.0  # bits per dimension of a uniform model of 8-bit pixels
 

@@ -22,8 +22,8 @@ import torch
 if TYPE_CHECKING:  # pragma: no cover - Pillow is imported where an image is made
     from PIL.Image import Image as PILImage
 
-from .data import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, list_images, load_image
-from .errors import ConfigError, DataError
+from ..data import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, list_images, load_image
+from ..errors import ConfigError, DataError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_SCALE = 16

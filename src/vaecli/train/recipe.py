@@ -9,13 +9,15 @@ The measurements behind each number are in docs/performance.md ("How the default
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import MODEL_FIELDS, TRAIN_FIELDS, ModelConfig, TrainConfig, check_given, size_multiple
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+from ..config import MODEL_FIELDS, TRAIN_FIELDS, ModelConfig, TrainConfig, check_given, size_multiple
 
 DEFAULT_EPOCHS = 10  # epochs of a run given neither --epochs nor --time-budget (plus any ramp, see default_epochs)
 BUDGET_EPOCHS = 1000  # epochs of a run given only a --time-budget: the budget ends it
-MAX_AUTO_IMAGE_SIZE = 128  # a folder's own image size is capped here unless --max-image-size raises it
 
 SEED_RECIPE: dict[str, Any] = {"batch_size": 128, "lr": 1e-3, "lr_schedule": "constant", "warmup_steps": 0}
 
@@ -203,3 +205,16 @@ def validation_size(n_train: int) -> int:
     """Images carved out of a training split of ``n_train`` to choose the model by: 10%, at most
     5,000 (Fashion-MNIST: 5,000 of 60,000, the usual choice); none below 10 images."""
     return 0 if n_train < 10 else min(MAX_VAL_SIZE, max(1, round(n_train * VAL_FRACTION)))
+
+
+def resolve_precision(requested: str, device: torch.device, model: ModelConfig | None = None) -> str:
+    """``auto`` -> what the rule for defaults chooses for this model on this device
+    (:func:`auto_precision`); bf16 on MPS is refused."""
+    from ..device import native_bf16
+    from ..errors import DeviceError
+
+    if requested != "auto":
+        if requested == "bf16" and device.type == "mps":
+            raise DeviceError("--precision bf16 is not supported on mps")
+        return requested
+    return auto_precision(model, device.type, native_bf16(device))

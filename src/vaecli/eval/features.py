@@ -1,4 +1,4 @@
-"""Feature spaces for sample-quality scores (:mod:`vaecli.fidelity`).
+"""Feature spaces for sample-quality scores (:mod:`vaecli.eval.fidelity`).
 
 Two extractors, each a callable from float images (N, C, H, W) in [0, 1] to features (N, D):
 
@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 
 FMNIST_NET = "vaecli-fmnist-net-v1"
 INCEPTION = "inception-v3-pool3"

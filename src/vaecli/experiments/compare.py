@@ -5,8 +5,8 @@ Per run (from ``summary.json``, the test split scored with the kept weights): **
 (nats/image), **distortion** = test reconstruction -log p(x|z), **-ELBO** = their sum, in the unit
 of the run's likelihood (BCE nats, Gaussian nats, or nats of a discrete likelihood, with bits/dim),
 active units, images/s and training seconds. Scores, when asked for: sample quality (FD, KID,
-precision, recall; :mod:`vaecli.fidelity`) where a shipped feature space fits the images (28x28
-grayscale), MIG and the FactorVAE score (:mod:`vaecli.disentangle`) for runs on ``shapes``.
+precision, recall; :mod:`vaecli.eval.fidelity`) where a shipped feature space fits the images (28x28
+grayscale), MIG and the FactorVAE score (:mod:`vaecli.eval.disentangle`) for runs on ``shapes``.
 
 Files: ``NAME.json`` and ``NAME.csv`` (a header and one row per run), ``rd.png`` (distortion against
 rate, one labelled point per run or per group of seeds, a line through each series: the
@@ -27,9 +27,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint as ckpt
-from .explain import likelihood_units
-from .fileio import atomic_write_json, atomic_write_text
+from ..eval.explain import likelihood_units
+from ..fileio import atomic_write_json, atomic_write_text
+from ..runs import store as ckpt
 
 # the numbers of a row, in table order (means and stds over seeds are taken of these)
 NUMBERS = ("rate", "distortion", "neg_elbo", "bits_per_dim", "active_units", "fd", "kid", "precision", "recall", "mig",
@@ -153,7 +153,7 @@ class Study:
 
 def sample_features_fit(row: dict[str, Any]) -> bool:
     """Whether a shipped feature space fits the run's images (28x28 grayscale: vaecli-fmnist-net-v1)."""
-    from .features import FMNIST_NET, default_features
+    from ..eval.features import FMNIST_NET, default_features
 
     return default_features(*row["image"]) == FMNIST_NET
 
@@ -178,10 +178,10 @@ def study_run(
     (scores merged into the row's keys, notes about the run, :class:`Study` or None without ``pictures``)."""
     import torch
 
-    from .data import load_split, to_float
-    from .fitted import load_prior
-    from .inference import decode, dims_by_kl, encode, sample, traverse_latents
-    from .metrics import latent_stats
+    from ..data import load_split, to_float
+    from ..eval.inference import decode, dims_by_kl, encode, sample, traverse_latents
+    from ..eval.metrics import latent_stats
+    from ..runs.priors import load_prior
 
     folder = Path(row["path"])
     model, cfg, _ = ckpt.load_model(folder, device)
@@ -228,7 +228,7 @@ def _scores(
     """Sample quality where a shipped feature space fits, MIG and FactorVAE on shapes."""
     out: dict[str, Any] = {}
     if sample_features_fit(row):
-        from .fidelity import evaluate_run
+        from ..eval.fidelity import evaluate_run
 
         res = evaluate_run(model, cfg, n, seed=seed, reconstructions=False, data=test, prior=prior)
         out.update({k: res[k] for k in ("fd", "kid", "kid_std", "precision", "recall")}, samples_scored=res["n"], features=res["features"])
@@ -239,7 +239,7 @@ def _scores(
             "grayscale; `vae eval-samples --features inception-v3-pool3` scores it where the Inception weights can be downloaded)"
         )
     if cfg.data.name == "shapes":
-        from .disentangle import evaluate_run as disentangle
+        from ..eval.disentangle import evaluate_run as disentangle
 
         res = disentangle(model, cfg, n_train=votes, n_eval=max(1, votes // 2), seed=seed)
         out.update(mig=res["mig"], factorvae_score=res["factorvae_score"])
@@ -307,7 +307,7 @@ def rd_png(path: Path, result: dict[str, Any], factors: Sequence[str]) -> bytes:
     repeat), a line through each series (a grid: one series per value of the other factors; a
     comparison: points only, one series per likelihood unit); a second panel of MIG against beta
     when runs have a MIG (``shapes``)."""
-    from .plot import PointsPanel, points_chart
+    from ..render.plot import PointsPanel, points_chart
 
     runs, lines = result["runs"], bool(factors)
     if factors:  # a sweep: a point per group of seeds (a single run without seeds), a series per value of the other factors
@@ -387,8 +387,8 @@ def samples_png(path: Path, studies: Sequence[Study]) -> bytes:
     else the one it trained with; one seed) per run, its label at the row's start."""
     import torch
 
-    from .fileio import atomic_write_bytes
-    from .images import grid, label_grid, png_bytes
+    from ..fileio import atomic_write_bytes
+    from ..render.images import grid, label_grid, png_bytes
 
     tiles = _common([s.samples for s in studies])
     side, pad = tiles[0].shape[-1], 2
@@ -403,9 +403,9 @@ def traverse_png(path: Path, studies: Sequence[Study]) -> bytes:
     prior standard deviations around the posterior mean of the first test image (one row per dimension)."""
     import torch
 
-    from .fileio import atomic_write_bytes
-    from .images import traversal_png
-    from .inference import traversal_values
+    from ..eval.inference import traversal_values
+    from ..fileio import atomic_write_bytes
+    from ..render.images import traversal_png
 
     tiles = _common([s.traverse for s in studies])
     side = tiles[0].shape[-1]

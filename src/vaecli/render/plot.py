@@ -11,7 +11,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 
 Series = Mapping[str, tuple[Sequence[float], Sequence[float]]]
 Segments = list[list[tuple[float, float]]]

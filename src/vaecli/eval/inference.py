@@ -10,10 +10,10 @@ import math
 
 import torch
 
-from .errors import ConfigError
-from .model import VAE
-from .posterior import Posterior
-from .priors import Prior
+from ..errors import ConfigError
+from ..model.posterior import Posterior
+from ..model.priors import Prior
+from ..model.vae import VAE
 
 MAX_SAMPLES = 100_000  # -n of `vae sample`: beyond this the decoded images alone outgrow memory
 MAX_STEPS = 1_000  # --steps of interpolations and traversals

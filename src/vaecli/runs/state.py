@@ -1,5 +1,5 @@
 """Where a run is: the resume point (:class:`TrainState`), saved with the optimizer and weights in
-``train_state.safetensors`` by :mod:`vaecli.checkpoint`, and the epoch arithmetic it rests on.
+``train_state.safetensors`` by :mod:`vaecli.runs.store`, and the epoch arithmetic it rests on.
 
 Everything a continuation needs that is not a tensor lives here: the position (epoch, step), the
 clocks, the running sums of the epoch, the best validation -ELBO so far, the learning-rate scale
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from ..config import ModelConfig
 
 LOG_2PI = math.log(2 * math.pi)
 LN2 = math.log(2.0)

@@ -11,8 +11,8 @@ weighted and reshaped (beta-VAE: Higgins et al. 2017):
 * beta-TCVAE: recon + beta * KL + (tc_beta - beta) * TC, i.e. the mutual information and the
   dimension-wise KL weighted by beta and the total correlation by ``tc_beta`` (Chen et al. 2018, eq. 4).
 
-The reconstruction term is the model's likelihood (:mod:`vaecli.likelihoods`), the KL the model's
-prior's (:mod:`vaecli.priors`); both are computed once per step, and the reported -ELBO (beta = 1)
+The reconstruction term is the model's likelihood (:mod:`vaecli.model.likelihoods`), the KL the model's
+prior's (:mod:`vaecli.model.priors`); both are computed once per step, and the reported -ELBO (beta = 1)
 is derived from them.
 """
 
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import TrainConfig
-from .model import VAE, VAEOutput
-from .posterior import Posterior
+from ..config import TrainConfig
+from ..model.posterior import Posterior
+from ..model.vae import VAE, VAEOutput
 from .schedules import beta_at, capacity_at
 
 TC_CHUNK_ELEMENTS = 1 << 24  # (rows, B, D) elements per chunk of total_correlation: 64 MB in fp32
@@ -52,7 +52,7 @@ class Objective:
         self.train = train
 
     def beta_at(self, epoch_progress: float) -> float:
-        """Beta at this point of the run (:func:`vaecli.schedules.beta_at`)."""
+        """Beta at this point of the run (:func:`vaecli.train.schedules.beta_at`)."""
         t = self.train
         return beta_at(epoch_progress, t.beta, t.anneal, t.cyclical, t.epochs)
 

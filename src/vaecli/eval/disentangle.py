@@ -210,7 +210,7 @@ def factor_table(names: list[str] | tuple[str, ...], m: MIGResult, f: FactorVAER
 
 def latent_means(model: Any, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Posterior means E_q[z|x] (N, D) of uint8 images (N, C, H, W), converted chunk by chunk."""
-    from .data import to_float
+    from ..data import to_float
     from .inference import encode
 
     chunks = [encode(model, to_float(images[i : i + 5000]), batch_size)[0] for i in range(0, images.shape[0], 5000)]
@@ -253,7 +253,7 @@ def evaluate_disentanglement(
 
 def require_factors(cfg: Any) -> None:
     """Refuse a run (``cfg`` its RunConfig) whose data has no known factors (ConfigError)."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     if cfg.data.name != "shapes":
         raise ConfigError(
@@ -265,9 +265,9 @@ def evaluate_run(model: Any, cfg: Any, **kwargs: Any) -> dict[str, Any]:
     """:func:`evaluate_disentanglement` of a loaded run trained on ``shapes`` (``cfg`` its RunConfig),
     over all the images of the dataset (binarised as the run saw them when it was trained on binarised
     pixels); ``kwargs``: bins, n_train, n_eval, batch_size, seed. Raises ConfigError for other data."""
-    from .data import binarize_fixed
-    from .data.shapes import FACTORS, load_shapes
-    from .paths import data_root
+    from ..data import binarize_fixed
+    from ..data.shapes import FACTORS, load_shapes
+    from ..paths import data_root
 
     require_factors(cfg)
     data = load_shapes(data_root(cfg.data.root), cfg.model.image_size)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .errors import DataError
+from ..errors import DataError
 
 FLOAT32_MAX = 3.4028234663852886e38  # larger values would become inf in the float32 latent tensor
 

@@ -8,7 +8,6 @@ Every write goes through :mod:`vaecli.fileio` (temp file, fsync, rename).
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -18,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .config import RunConfig
-from .errors import CheckpointError, ConfigError, RunNotFoundError
-from .fileio import atomic_write, atomic_write_json, atomic_write_text
-from .paths import runs_dir
+from ..config import RunConfig
+from ..errors import CheckpointError, ConfigError, RunNotFoundError
+from ..fileio import atomic_write, atomic_write_json, atomic_write_text
+from ..paths import runs_dir
 from .state import TrainState
 
 if TYPE_CHECKING:
-    from .model import VAE
+    from ..model.vae import VAE
 
 CONFIG = "config.json"
 MODEL = "model.safetensors"
@@ -33,7 +32,7 @@ STATE = "train_state.safetensors"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 LOSS_PLOT = "loss.png"
-PRIOR = "prior.safetensors"  # a prior fitted after training (vaecli.fitted)
+PRIOR = "prior.safetensors"  # a prior fitted after training (vaecli.train.fit_prior, vaecli.runs.priors)
 PRIOR_INFO = "prior.json"
 MODEL_FORMAT = "vaecli-model-1"
 STATE_FORMAT = "vaecli-train-state-1"
@@ -232,8 +231,8 @@ def load_model(
     """Load a run's model in eval mode on ``device`` (a name as ``--device`` takes, e.g. ``auto``, or
     a torch.device): returns ``(model, run_config, run_path)``. ``ref`` is as :func:`resolve_run`
     takes it; ``weights`` is a safetensors file to load instead of the run's ``model.safetensors``."""
-    from .device import resolve_device
-    from .model import VAE
+    from ..device import resolve_device
+    from ..model.vae import VAE
 
     dev = resolve_device(device) if isinstance(device, str) else device
     run = resolve_run(ref)
@@ -254,7 +253,7 @@ def save_train_state(
 ) -> None:
     """Write ``train_state.safetensors``, the resume point, in one atomic file: the model's current
     (last) weights, the moving average of the weights when there is one, the optimizer's state, the
-    RNG states and the :class:`~vaecli.state.TrainState` (JSON metadata)."""
+    RNG states and the :class:`~vaecli.runs.state.TrainState` (JSON metadata)."""
     sd = optimizer.state_dict()
     out = {f"rng.{k}": v for k, v in rng.items()}
     out.update({f"model.{k}": v for k, v in _unwrap(model).state_dict().items()})
@@ -271,7 +270,7 @@ def load_train_state(
     run: Path, optimizer: torch.optim.Optimizer, model: torch.nn.Module, ema: torch.nn.Module | None = None
 ) -> tuple[dict[str, torch.Tensor], TrainState]:
     """Restore the model's last weights, the moving average (into ``ema``, when given) and the
-    optimizer from ``train_state.safetensors``; return (RNG states, :class:`~vaecli.state.TrainState`)."""
+    optimizer from ``train_state.safetensors``; return (RNG states, :class:`~vaecli.runs.state.TrainState`)."""
     path = run / STATE
     tensors, meta = read_safetensors(path)
     if meta.get("format") != STATE_FORMAT:
@@ -306,7 +305,7 @@ def load_train_state(
 
 
 def read_train_state(run: Path) -> TrainState | None:
-    """The :class:`~vaecli.state.TrainState` of ``train_state.safetensors`` (its metadata only, no
+    """The :class:`~vaecli.runs.state.TrainState` of ``train_state.safetensors`` (its metadata only, no
     tensors read), or None when the run has none or it cannot be read."""
     from safetensors import safe_open
 
@@ -395,16 +394,6 @@ def read_summary(run: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def summary_floats(summary: dict[str, Any], key: str, length: int) -> list[float] | None:
-    """``summary[key]`` when it is a list of ``length`` finite numbers (e.g. ``test_per_dim_kl``), else None."""
-    vals = summary.get(key)
-    if not isinstance(vals, list) or len(vals) != length:
-        return None
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vals):
-        return None
-    return [float(v) for v in vals]
-
-
 def run_brief(run: Path, cfg: RunConfig | None = None) -> dict[str, Any]:
     """One row of a run list: name, path, created, data, arch, z, beta, epochs, test -ELBO
     (from ``summary.json``, else the last ``metrics.jsonl`` row)."""
@@ -422,32 +411,4 @@ def run_brief(run: Path, cfg: RunConfig | None = None) -> dict[str, Any]:
         "beta": cfg.train.beta,
         "epochs": summary.get("epochs", sum(1 for r in metrics if not r.get("partial"))),  # complete epochs
         "test_neg_elbo": test.get("neg_elbo"),
-    }
-
-
-def run_info(run: Path) -> dict[str, Any]:
-    """What ``vae info`` shows: :func:`run_brief` plus parameters, steps, state and the config."""
-    from .explain import explain
-    from .model import VAE, count_parameters
-
-    cfg = read_config(run)
-    metrics = read_metrics(run)
-    summary = read_summary(run)
-    return {
-        **run_brief(run, cfg),
-        "parameters": count_parameters(VAE(cfg.model)),
-        "steps": summary.get("steps"),
-        "trained": (run / MODEL).exists(),
-        "resumable": (run / STATE).exists(),
-        "world_size": cfg.train.world_size,
-        "effective_batch_size": cfg.train.batch_size * cfg.train.world_size,  # per-rank batch x world size
-        "test": summary.get("test"),
-        "train": summary.get("train") or (metrics[-1].get("train") if metrics else None),
-        "active_units": summary.get("active_units"),
-        "best": summary.get("best"),
-        "last": summary.get("last"),
-        "explained": {row.key: row.to_dict() for row in explain(cfg, summary)} if summary else {},
-        "notices": summary.get("notices", []),
-        "config": cfg.to_dict(),
-        "summary": summary,
     }

@@ -9,7 +9,7 @@ Every epoch ends with an evaluation on the validation split (carved out of the t
 ``model.safetensors`` holds the best weights by validation -ELBO, ``train_state.safetensors`` the
 last ones, the resume point, written at every epoch end, every ``save_every`` seconds and when
 stopping. The test split is scored once, at the end, with the best weights. A non-finite step is
-rolled back to the last finite state in memory with the learning rate halved (:mod:`vaecli.health`).
+rolled back to the last finite state in memory with the learning rate halved (:mod:`vaecli.train.health`).
 """
 
 from __future__ import annotations
@@ -26,21 +26,21 @@ from typing import Any, cast
 
 import torch
 
-from . import __version__, distributed
-from . import checkpoint as ckpt
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, check_given
-from .data import FolderLoad, ImageData, load_data, split_validation, to_float
-from .device import accumulator_dtype, adam_kwargs, autocast, configure_cuda, memory_format_for, resolve_precision
+from .. import __version__, distributed
+from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig, check_given
+from ..data import FolderLoad, ImageData, load_data, split_validation, to_float
+from ..device import accumulator_dtype, adam_kwargs, autocast, configure_cuda, memory_format_for
+from ..errors import ConfigError, TrainingError
+from ..eval.metrics import EvalResult, bce_floor, evaluate
+from ..model.priors import VampPrior
+from ..model.vae import VAE
+from ..runs import store as ckpt
+from ..runs.state import EpochSums, TrainState, epoch_permutation, steps_per_epoch
 from .ema import EMA
-from .errors import ConfigError, TrainingError
 from .health import Health, lr_alarm
-from .metrics import EvalResult, bce_floor, evaluate
-from .model import VAE
 from .objective import LossTerms, Objective
-from .priors import VampPrior
-from .recipe import accepted_image_size, build_configs, validation_size
+from .recipe import accepted_image_size, build_configs, resolve_precision, validation_size
 from .schedules import lr_at
-from .state import EpochSums, TrainState, epoch_permutation, steps_per_epoch
 
 clock = time.perf_counter  # the training clock (--time-budget, images/s); benchmarks may count CPU time instead
 RATE_WARMUP_STEPS = 5  # steps excluded from images_per_second
@@ -109,7 +109,7 @@ def plan_run(
     data_cfg: DataConfig, given: dict[str, Any], load: FolderLoad | None = None
 ) -> tuple[ModelConfig, DataConfig, TrainConfig, tuple[ImageData, ImageData]]:
     """Load the data, then fill every option the user did not give (``None``) by the one rule for
-    defaults (:func:`vaecli.recipe.build_configs`), keyed on the data's size and channels and the
+    defaults (:func:`vaecli.train.recipe.build_configs`), keyed on the data's size and channels and the
     device. Returns the configs and the data, ready for :func:`start_run`. ``load``: progress and
     notice callbacks and cache use of a folder load; its detected size is rounded to the given arch."""
     check_given(given)  # a bad flag fails before a long load
@@ -273,7 +273,7 @@ class Session:
 
 
 class Trainer:
-    """Owns the model, optimizer, data and position (:class:`~vaecli.state.TrainState`) of one run."""
+    """Owns the model, optimizer, data and position (:class:`~vaecli.runs.state.TrainState`) of one run."""
 
     def __init__(self, path: Path, cfg: RunConfig, train: ImageData, test: ImageData) -> None:
         self.path, self.cfg = path, cfg
@@ -607,7 +607,7 @@ class Validation:
 
 
 def _evaluate(model: VAE, data: ImageData, device: torch.device, seed: int) -> EvalResult:
-    """:func:`vaecli.metrics.evaluate` of a split, sharded over the ranks under DDP."""
+    """:func:`vaecli.eval.metrics.evaluate` of a split, sharded over the ranks under DDP."""
     shard = (distributed.rank(), distributed.world_size()) if distributed.is_distributed() else None
     return evaluate(model, data, device=device, seed=seed, shard=shard)
 
@@ -726,6 +726,6 @@ def _sync(device: torch.device) -> None:
 
 
 def _plot(path: Path, rows: list[dict[str, Any]], notices: list[dict[str, Any]]) -> None:
-    from .plot import plot_training_curves  # Pillow only; imported when the first epoch ends
+    from ..render.plot import plot_training_curves  # Pillow only; imported when the first epoch ends
 
     plot_training_curves(path / ckpt.LOSS_PLOT, rows, marks=[(float(n["epoch"]), n["kind"]) for n in notices])

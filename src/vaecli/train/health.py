@@ -158,7 +158,7 @@ def lr_alarm(top: float, median: float, step: int, lr: float) -> str:
 class Health:
     """One run's watch, for the Trainer: the first non-finite step (flagged on the device, no host
     sync), the gradient norms, the last finite state to roll back to, and the notices (alarms and
-    recoveries) kept in the :class:`~vaecli.state.TrainState`."""
+    recoveries) kept in the :class:`~vaecli.runs.state.TrainState`."""
 
     def __init__(self, device: torch.device, max_nonfinite: int) -> None:
         self.max_nonfinite = max_nonfinite
@@ -181,7 +181,7 @@ class Health:
         """A non-finite step: put the last finite state back, halve ``state.lr_scale`` and record the
         event (returns its line); on the run's ``max_nonfinite``-th one, or with no finite state to go
         back to, raise a TrainingError that names the step and what is on disk."""
-        from .errors import TrainingError
+        from ..errors import TrainingError
 
         at = int(self.first_nonfinite)
         where = f"at epoch {at // steps_per_epoch + 1}, step {at % steps_per_epoch + 1}" if at >= 0 else "on another rank"

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from ..config import ModelConfig
 from .likelihoods import build_likelihood
 from .posterior import Posterior
 from .priors import Prior, VampPrior, build_prior
@@ -217,7 +217,7 @@ class VAE(nn.Module):
     ``encode(x) -> (mu, logvar)``, ``decode_params(z)`` (the parameters of p(x|z)), ``decode(z)``
     (the likelihood's mean in [0, 1]: Bernoulli probabilities, Gaussian means, the logistic
     mixture's mean) and ``forward(x) -> VAEOutput``. ``likelihood`` is p(x|z)
-    (:mod:`vaecli.likelihoods`). Inputs are float images in [0, 1], shape (B, C, H, W).
+    (:mod:`vaecli.model.likelihoods`). Inputs are float images in [0, 1], shape (B, C, H, W).
     """
 
     def __init__(self, config: ModelConfig) -> None:

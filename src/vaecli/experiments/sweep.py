@@ -6,7 +6,7 @@ command; running the sweep again asks each run folder where it is (:func:`run_st
 run is skipped, an interrupted one resumed (``vae train --resume``, with what is left of its
 budget), an absent one started, so no run is trained twice. :class:`Executor` runs the commands,
 N at a time, and forwards an interrupt to them so that they save. The results side (rows from run
-folders, scores, files, pictures) is :mod:`vaecli.compare`.
+folders, scores, files, pictures) is :mod:`vaecli.experiments.compare`.
 
 The flags come from the caller as :class:`Flag` objects (the CLI reads them off ``vae train``'s own
 parameters), so this module knows no option list of its own beyond the budget, which must be the
@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint as ckpt
-from .errors import CheckpointError, ConfigError
-from .fileio import atomic_write_json
-from .paths import runs_dir
+from ..errors import CheckpointError, ConfigError
+from ..fileio import atomic_write_json
+from ..paths import runs_dir
+from ..runs import store as ckpt
 
 SWEEPS = ckpt.SWEEPS  # <runs dir>/sweeps/NAME/
 PLAN = "plan.json"

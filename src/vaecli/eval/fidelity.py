@@ -1,7 +1,7 @@
 """Sample quality as numbers: Fréchet distance, KID, precision and recall between two feature sets.
 
 Pure torch in float64, no scipy. Each function takes features (N, D) of real and generated images
-(from :mod:`vaecli.features`; the scores mean nothing without naming the feature space) and
+(from :mod:`vaecli.eval.features`; the scores mean nothing without naming the feature space) and
 returns plain floats. :func:`evaluate_samples` runs the whole comparison for a trained model.
 
 * Fréchet distance (Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule Converge to
@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
@@ -263,14 +263,14 @@ def evaluate_run(model: Any, cfg: Any, n: int, split: str = "test", temperature:
     """:func:`evaluate_samples` of a loaded run (``cfg`` its RunConfig) against a split of its own data, as
     `vae eval-samples` scores it. The real side is ``split`` on its original pixels (a ``--binarize`` run is
     compared with the grayscale images its decoder means estimate); ``n`` above the split's size is clamped
-    (the result's ``n`` says how many were used). ``features``: a name of :data:`vaecli.features.FEATURES`
-    or ``auto`` (:func:`vaecli.features.default_features`); ``data``: that split already loaded (ImageData,
+    (the result's ``n`` says how many were used). ``features``: a name of :data:`vaecli.eval.features.FEATURES`
+    or ``auto`` (:func:`vaecli.eval.features.default_features`); ``data``: that split already loaded (ImageData,
     original pixels); ``prior``: where the samples come from (default the model's own); ``memorise``: the
     memorisation check against the run's training split (the compared images are its held-out side, the
     test split when ``split`` is train). Nothing is downloaded but Inception's weights."""
     from dataclasses import replace
 
-    from .data import load_splits, to_float
+    from ..data import load_splits, to_float
     from .features import default_features, get_extractor
 
     splits = load_splits(replace(cfg.data, binarize=False)) if data is None or memorise else {}

@@ -160,3 +160,12 @@ def build_prior(latent_dim: int, kind: str, pseudo_inputs: int, shape: tuple[int
     if kind == "vamp":
         return VampPrior(latent_dim, pseudo_inputs, shape)
     return StandardNormal(latent_dim)
+
+
+@torch.no_grad()
+def mean_log_prob(prior: Prior, z: torch.Tensor, batch: int = 10_000) -> float:
+    """Mean log p(z) over vectors (N, D): nats per latent vector (float64 sum)."""
+    if z.shape[0] == 0:
+        return math.nan
+    total = sum(float(prior.log_prob(z[i : i + batch]).double().sum()) for i in range(0, z.shape[0], batch))
+    return total / z.shape[0]

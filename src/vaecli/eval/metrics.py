@@ -10,10 +10,10 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .data import ImageData, to_float
-from .likelihoods import bits_per_dim
-from .model import VAE
-from .posterior import Posterior
+from ..data import ImageData, to_float
+from ..model.likelihoods import bits_per_dim
+from ..model.posterior import Posterior
+from ..model.vae import VAE
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016, sec. 5.2: dimension j is active when Cov_x(E_q[z_j|x]) > 0.01
 
@@ -93,8 +93,6 @@ def latent_stats(
     """Per-dimension KL and Var(mu) on the test split, with where they came from: ``summary.json``'s
     ``test_per_dim_kl`` / ``test_mu_variance`` when training stored them, else computed by
     :func:`evaluate` on the first ``limit`` images that ``test()`` returns (None: unavailable)."""
-    from .checkpoint import summary_floats
-
     d = model.config.latent_dim
     kl, var = summary_floats(summary, "test_per_dim_kl", d), summary_floats(summary, "test_mu_variance", d)
     if kl is not None and var is not None:
@@ -127,7 +125,7 @@ def evaluate(
     ``shard=(rank, world)`` (DDP): this rank takes batches rank, rank + world, ... and the sums
     are all-reduced, so every rank returns the numbers of the whole split (its noise per rank).
     """
-    from .device import accumulator_dtype
+    from ..device import accumulator_dtype
 
     device = torch.device(device)
     rank, world = shard or (0, 1)
@@ -150,7 +148,7 @@ def evaluate(
         mu_sq += mu.pow(2).sum(0)
     model.train(was_training)
     if world > 1:
-        from .distributed import all_reduce_sum
+        from ..distributed import all_reduce_sum
 
         all_reduce_sum(sums)
     if n == 0:
@@ -230,7 +228,7 @@ def log_importance_weights(
         xr = x.unsqueeze(0).expand(c, *x.shape).reshape(c * b, *x.shape[1:])
         log_px_z = -model.likelihood.nll(params, xr).reshape(c, b)
         out.append((log_px_z + model.prior.log_prob(z) - q.log_prob(z)).t())
-    from .device import accumulator_dtype
+    from ..device import accumulator_dtype
 
     return torch.cat(out, dim=1).to(accumulator_dtype(x.device))  # float64; float32 on MPS
 
@@ -275,3 +273,13 @@ def iw_nll(
     mean = float(v.mean())
     stderr = float(v.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
     return IWResult(n, k, mean, stderr, bits_per_dim(mean, image_dims(data)) if discrete else None, binarized, label)
+
+
+def summary_floats(summary: dict[str, Any], key: str, length: int) -> list[float] | None:
+    """``summary[key]`` when it is a list of ``length`` finite numbers (e.g. ``test_per_dim_kl``), else None."""
+    vals = summary.get(key)
+    if not isinstance(vals, list) or len(vals) != length:
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vals):
+        return None
+    return [float(v) for v in vals]
