@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 CPU_CLOCK = (
-    "import sys, time, torch; torch.set_num_threads({threads}); from vaecli.train import trainer as training; "
-    "training.clock = time.process_time; "
+    "import sys, time, torch; torch.set_num_threads({threads}); from vaecli.train import session; "
+    "session.clock = time.process_time; "
     "from vaecli.cli import main; sys.argv = ['vae', *sys.argv[1:]]; main()"
 )
 

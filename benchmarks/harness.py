@@ -4,7 +4,7 @@ measured ``vae ...`` subprocesses, in-process trainers, and JSON results written
 A benchmark imports this module first (``import harness``: the scripts run from ``benchmarks/``)::
 
     import harness                      # ./src is now importable as vaecli
-    from vaecli.train import trainer as training
+    from vaecli.train.run import start_run
 
 and, when it has modes, hands them to :func:`main`, which parses the common flags, records the
 machine, runs the modes and writes one JSON file with a ``machine`` block. ``python
@@ -37,7 +37,7 @@ if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
 OMP_GIVEN = os.environ.get("OMP_WAIT_POLICY")  # the user's own OpenMP wait policy, if any
-WARMUP = 5  # steps before a rate is timed, as `vae train` reports images/s (training.RATE_WARMUP_STEPS)
+WARMUP = 5  # steps before a rate is timed, as `vae train` reports images/s (vaecli.train.session.RATE_WARMUP_STEPS)
 Mode = Callable[[argparse.Namespace, Path], dict[str, Any]]
 
 
@@ -271,14 +271,14 @@ def make_trainer(data: tuple[Any, Any], given: dict[str, Any], name: str, data_n
 
     from vaecli.config import DataConfig
     from vaecli.data import subset
-    from vaecli.train import trainer as training
     from vaecli.train.recipe import build_configs
+    from vaecli.train.run import start_run
 
     train, test = data
     model_cfg, train_cfg = build_configs({"device": "cpu", "save_every": 1e9, "epochs": 10**6, **given}, train.image_size, train.channels)
     test = subset(test, torch.arange(min(test_size, len(test))))
     data_cfg = DataConfig(name=data_name, val_size=min(val_size, len(train) // 10))
-    return training.start_run(model_cfg, data_cfg, train_cfg, name=name, overwrite=True, data=(train, test))
+    return start_run(model_cfg, data_cfg, train_cfg, name=name, overwrite=True, data=(train, test))
 
 
 def use_cpu_clock() -> None:
@@ -286,11 +286,11 @@ def use_cpu_clock() -> None:
     on one thread, so that recipes compare fairly on a shared machine; call before training."""
     import torch
 
-    from vaecli.train import trainer as training
+    from vaecli.train import session
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     torch.set_num_threads(1)
-    training.clock = time.process_time
+    session.clock = time.process_time
 
 
 # --------------------------------------------------------------------------- the runner of a benchmark's modes

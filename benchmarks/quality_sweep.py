@@ -33,14 +33,14 @@ def main() -> int:
     args = p.parse_args()
     harness.use_cpu_clock()
     from vaecli.config import DataConfig, ModelConfig, TrainConfig
-    from vaecli.train import trainer as training
+    from vaecli.train.run import start_run
 
     spec = json.loads(args.spec)
     mc = ModelConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.get("model", {}).items()})
     tc = TrainConfig(**{"epochs": 1000, "device": "cpu", "precision": "fp32", "time_budget": args.budget, "save_every": 1e9,
                         **spec.get("train", {})})  # fmt: skip
     os.environ["VAE_HOME"] = tempfile.mkdtemp(prefix="vae-sweep-")
-    tr = training.start_run(mc, DataConfig(name="fashion-mnist", root=args.data_dir), tc, name=args.tag, overwrite=True)
+    tr = start_run(mc, DataConfig(name="fashion-mnist", root=args.data_dir), tc, name=args.tag, overwrite=True)
     w0 = time.perf_counter()
     r = tr.fit()
     out = {"tag": args.tag, "spec": spec, "budget_cpu_s": args.budget, "test": r.test["neg_elbo"], "steps": r.steps,

@@ -85,7 +85,7 @@ def start_tiny(name: str, data: Any = None, *, model: Any = None, data_cfg: Any 
     (a (train, test) pair of ImageData, or None to load ``data_cfg``) named by ``data_cfg`` (default
     fashion-mnist-mini); ``train`` overrides TRAIN (TrainConfig fields)."""
     from vaecli.config import DataConfig, ModelConfig, TrainConfig
-    from vaecli.train.trainer import start_run
+    from vaecli.train.run import start_run
 
     model_cfg = ModelConfig(**(MICRO if model is None else model))
     train_cfg = TrainConfig(**{**TRAIN, **train})

@@ -12,7 +12,7 @@ from conftest import ok, start_tiny, vae
 
 from vaecli.runs import store as ckpt
 from vaecli.train import trainer as training
-from vaecli.train.trainer import resume_run
+from vaecli.train.run import resume_run
 
 
 class _Killed(BaseException):

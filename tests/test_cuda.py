@@ -14,7 +14,7 @@ from vaecli.data import ImageData, load_data, to_float
 from vaecli.model.vae import VAE
 from vaecli.runs import store as ckpt
 from vaecli.train import trainer as training
-from vaecli.train.trainer import resume_run
+from vaecli.train.run import resume_run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

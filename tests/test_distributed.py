@@ -29,7 +29,7 @@ def test_shard_is_distributed_sampler(n: int, world: int) -> None:
     after set_epoch(epoch) with seed = seed * 1_000_003 (the generator seed epoch_permutation uses)."""
     from torch.utils.data import DistributedSampler
 
-    from vaecli.train.trainer import epoch_permutation
+    from vaecli.runs.state import epoch_permutation
 
     seed = 5
     for epoch in (0, 3):
@@ -214,7 +214,7 @@ def test_single_run_resumes_under_torchrun(ddp_home: Path) -> None:
 def test_torchrun_run_resumes_on_one_process(ddp_home: Path, tmp_path: Path) -> None:
     from vaecli.runs import store as checkpoint
     from vaecli.runs.state import rank_steps_per_epoch as _rank_steps
-    from vaecli.train.trainer import resume_run
+    from vaecli.train.run import resume_run
 
     shutil.copytree(ddp_home / "ddp", tmp_path / "runs" / "ddp")  # VAE_HOME is tmp_path/runs (conftest)
     before = last_weights(tmp_path / "runs" / "ddp").state_dict()

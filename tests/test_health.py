@@ -24,7 +24,8 @@ from vaecli.eval.metrics import evaluate
 from vaecli.runs import store as ckpt
 from vaecli.train import trainer as training
 from vaecli.train.health import GradWatch, Snapshot, collapse_alarm, overfit_alarm
-from vaecli.train.trainer import resume_run, start_run
+from vaecli.train.run import resume_run, start_run
+from vaecli.train.schedules import lr_at
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 MLP = {"arch": "mlp", "widths": (64,), "latent_dim": 8}
@@ -194,7 +195,7 @@ def test_an_injected_nan_is_rolled_back_with_the_lr_halved(mini, monkeypatch: py
     assert tr.state.lr_scale == 0.5
     rows = []
     tr.fit(lambda p: rows.append(p.lr) if p.kind == "step" else None)
-    plain = training.lr_at(tr.state.global_step - 1, tr._session().total_steps, tr.cfg.train.lr, "cosine", 0)
+    plain = lr_at(tr.state.global_step - 1, tr._session().total_steps, tr.cfg.train.lr, "cosine", 0)
     assert rows[-1] == pytest.approx(plain / 2, rel=0.2)
 
 

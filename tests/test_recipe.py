@@ -121,7 +121,7 @@ def _folder(root: Path, size: int, channels: int, n: int = 40) -> Path:
 def _train(folder: Path, size: int, channels: int, steps: int, **given: object) -> list[float]:
     """Train at the defaults (plus ``given``) for ``steps`` steps; returns the reported losses
     (a non-finite one stops training with a TrainingError)."""
-    from vaecli.train.trainer import plan_run, start_run
+    from vaecli.train.run import plan_run, start_run
 
     opts = {
         "device": "cpu",

@@ -19,8 +19,9 @@ from vaecli.errors import ConfigError, TrainingError
 from vaecli.eval.metrics import evaluate
 from vaecli.model.vae import VAE
 from vaecli.runs import store as ckpt
+from vaecli.train import session
 from vaecli.train import trainer as training
-from vaecli.train.trainer import resume_run
+from vaecli.train.run import resume_run
 
 # ----------------------------------------------------------------------------- a run
 
@@ -224,11 +225,11 @@ def test_no_host_sync_inside_a_step(small_data, monkeypatch):
 
 def test_nonfinite_is_caught_at_the_checkpoint_not_saved(small_data, monkeypatch):
     """With reports far apart the flag is first read before the checkpoint: it raises there and names the step."""
-    monkeypatch.setattr(training, "REPORT_SECONDS", 1e9)
+    monkeypatch.setattr(session, "REPORT_SECONDS", 1e9)
     tr = start_tiny("late", small_data, epochs=1)
     with torch.no_grad():
         tr.model.fc_mu.weight.fill_(float("nan"))
-    with pytest.raises(training.TrainingError, match="epoch 1, step 1"):
+    with pytest.raises(TrainingError, match="epoch 1, step 1"):
         tr.fit()
     assert not (ckpt.resolve_run("late") / ckpt.MODEL).exists()
 

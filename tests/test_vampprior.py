@@ -17,7 +17,7 @@ from vaecli.eval.metrics import evaluate, iw_nll
 from vaecli.model.posterior import Posterior
 from vaecli.model.vae import VAE
 from vaecli.runs import store as ckpt
-from vaecli.train.trainer import resume_run, start_run
+from vaecli.train.run import resume_run, start_run
 
 VAMP = {"arch": "mlp", "image_size": 28, "widths": (32,), "latent_dim": 4, "prior": "vamp", "pseudo_inputs": 6}
 

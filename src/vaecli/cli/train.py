@@ -88,7 +88,7 @@ def train_cmd(
     from .. import distributed
     from ..config import MODEL_FIELDS, TRAIN_FIELDS, DataConfig
     from ..errors import ConfigError
-    from ..train.trainer import plan_run, resume_run, start_run
+    from ..train.run import plan_run, resume_run, start_run
 
     options = dict(locals())
     if fit_prior is not None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .. import distributed
 from ..errors import CheckpointError
 
 
@@ -122,3 +123,47 @@ class EpochSums:
         self.fold(state, reduce)
         *sums, count = state.epoch_sums
         return dict(zip(("neg_elbo", "recon", "kl"), (v / max(count, 1.0) for v in sums)))
+
+
+def rng_states(noise: torch.Generator) -> dict[str, torch.Tensor]:
+    """The RNG states a checkpoint keeps: torch's, the noise generator's and CUDA's on a GPU."""
+    rng = {"cpu": torch.get_rng_state(), "noise": noise.get_state().cpu()}
+    if noise.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(noise.device)
+    return rng
+
+
+def restore_rng(rng: dict[str, torch.Tensor], noise: torch.Generator, state: TrainState, seed: int) -> list[str]:
+    """Load the saved RNG states (rank 0's) into torch and ``noise``. A noise state saved on another
+    kind of device (CPU <-> CUDA) cannot be loaded, and DDP's other ranks have none: their noise is
+    re-seeded from (seed, rank, global step). Returns the line that says a resume is not bit-exact, if one does."""
+    device_type = noise.device.type
+    saved_type, state.noise_device = state.noise_device, device_type
+    if distributed.rank() == 0 and saved_type == device_type:
+        torch.set_rng_state(rng["cpu"])
+        noise.set_state(rng["noise"].cpu())
+        if "cuda" in rng and device_type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], noise.device)
+        return []
+    reseed = (seed + 1 + distributed.rank()) * 1_000_003 + state.global_step
+    noise.manual_seed(reseed)
+    torch.manual_seed(reseed + 1)
+    if distributed.rank() > 0:
+        return []
+    return [
+        (
+            f"resumed on {device_type} from a checkpoint written on {saved_type}: the noise is re-seeded "
+            f"from (seed, step {state.global_step}), so the continuation is not bit-exact"
+        )
+    ]
+
+
+def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give loaded optimizer moments their parameter's memory format (checkpoints store them
+    contiguous; fused Adam wants moments laid out like the parameter, e.g. channels_last)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)

@@ -14,262 +14,36 @@ rolled back to the last finite state in memory with the learning rate halved (:m
 
 from __future__ import annotations
 
-import contextlib
 import os
-import platform
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 
-from .. import __version__, distributed
-from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig, check_given
-from ..data import FolderLoad, ImageData, load_data, split_validation, to_float
+from .. import distributed
+from ..config import ModelConfig, RunConfig
+from ..data import ImageData, split_validation, to_float
 from ..device import accumulator_dtype, adam_kwargs, autocast, configure_cuda, memory_format_for
-from ..errors import ConfigError, TrainingError
-from ..eval.metrics import EvalResult, bce_floor, evaluate
+from ..eval.metrics import EvalResult, evaluate
 from ..model.priors import VampPrior
 from ..model.vae import VAE
 from ..runs import store as ckpt
-from ..runs.state import EpochSums, TrainState, epoch_permutation, steps_per_epoch
+from ..runs.state import EpochSums, TrainState, epoch_permutation, match_state_layout, restore_rng, rng_states
 from .ema import EMA
 from .health import Health, lr_alarm
 from .objective import LossTerms, Objective
-from .recipe import accepted_image_size, build_configs, resolve_precision, validation_size
-from .schedules import lr_at
+from .recipe import resolve_precision
+from .session import Progress, Session, sync_device
+from .summary import TrainResult, conclude
 
-clock = time.perf_counter  # the training clock (--time-budget, images/s); benchmarks may count CPU time instead
-RATE_WARMUP_STEPS = 5  # steps excluded from images_per_second
-REPORT_SECONDS = 0.1  # CPU: progress (reading the loss values) at most 10 times a second
-CHECK_STEPS_DEVICE = 50  # CUDA / MPS: the control check (a host read: a device sync) every N steps
-CHECK_STEPS_DDP = 4  # DDP: steps between the control checks (one small all-reduce each)
 PLOT_SECONDS = 10.0  # loss.png is redrawn at most this often (drawing it costs about 0.1 s), and at the end
 SNAPSHOT_STEPS = 100  # steps between in-memory copies of the last finite state (benchmarks/bench_recovery.py)
 NAN_STEPS_ENV = "VAE_TEST_NAN_STEPS"  # test hook: comma-separated global steps whose loss is made NaN
 
-__all__ = ["Progress", "TrainResult", "Trainer", "plan_run", "start_run", "resume_run", "epoch_permutation", "steps_per_epoch"]
-
-
-@dataclass
-class Progress:
-    """One progress report (``kind`` is 'start', 'step', 'epoch', 'notice' or 'end')."""
-
-    kind: str
-    epoch: int  # 0-based index of the current epoch
-    epochs: int
-    step: int  # step within the epoch (completed)
-    steps_per_epoch: int
-    global_step: int
-    loss: float = float("nan")
-    recon: float = float("nan")
-    kl: float = float("nan")
-    beta: float = 0.0
-    lr: float = 0.0
-    images_per_second: float | None = None  # None before the warm-up steps (nothing measured yet)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    message: str = ""  # 'notice': one line for the user
-
-
-@dataclass
-class TrainResult:
-    """What :meth:`Trainer.fit` returns: the headline of ``summary.json`` (the whole of it in ``summary``)."""
-
-    run: str
-    path: str
-    epochs: int
-    steps: int
-    seconds: float
-    images_per_second: float | None  # None when the run stopped before the warm-up steps ended
-    train: dict[str, float]
-    test: dict[str, float]  # the test split, scored with the weights model.safetensors holds
-    active_units: int
-    stopped: str  # 'done', 'max_steps', 'time_budget', 'early_stop', 'interrupted'
-    precision: str = "fp32"
-    device: str = "cpu"
-    summary: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The headline fields as a plain dict."""
-        out = asdict(self)
-        out.pop("summary")
-        return out
-
-
-def _versions() -> dict[str, str]:
-    import torchvision
-
-    return {"vaecli": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version()}
-
-
-def plan_run(
-    data_cfg: DataConfig, given: dict[str, Any], load: FolderLoad | None = None
-) -> tuple[ModelConfig, DataConfig, TrainConfig, tuple[ImageData, ImageData]]:
-    """Load the data, then fill every option the user did not give (``None``) by the one rule for
-    defaults (:func:`vaecli.train.recipe.build_configs`), keyed on the data's size and channels and the
-    device. Returns the configs and the data, ready for :func:`start_run`. ``load``: progress and
-    notice callbacks and cache use of a folder load; its detected size is rounded to the given arch."""
-    check_given(given)  # a bad flag fails before a long load
-    data_cfg.validate()
-    device = distributed.device_for(given.get("device") or "auto")
-    load = load or FolderLoad()
-    load.round_size = lambda s: accepted_image_size(s, given.get("arch"), given.get("widths"))
-    train, test, data_cfg = distributed.local_main_first(lambda: load_data(data_cfg, load=load))  # DDP: one download per machine
-    model_cfg, train_cfg = build_configs(given, train.image_size, train.channels, device.type)
-    return model_cfg, data_cfg, train_cfg, (train, test)
-
-
-def start_run(
-    model_cfg: ModelConfig,
-    data_cfg: DataConfig,
-    train_cfg: TrainConfig,
-    name: str | None = None,
-    overwrite: bool = False,
-    data: tuple[ImageData, ImageData] | None = None,
-) -> Trainer:
-    """Create the run folder and write ``config.json`` (loading the data unless ``data`` =
-    (train, test) is given); returns a fresh :class:`Trainer`."""
-    train_cfg.validate()
-    data_cfg.validate()
-    train_cfg = replace(train_cfg, world_size=distributed.world_size())  # DDP: recorded in config.json
-    if data is None:
-        train, test, data_cfg = distributed.local_main_first(lambda: load_data(data_cfg))  # DDP: one download per machine
-    else:
-        train, test = data
-        data_cfg = replace(data_cfg, image_size=train.image_size, channels=train.channels, train_size=len(train), test_size=len(test))
-    if data_cfg.val_size is None:
-        data_cfg = replace(data_cfg, val_size=validation_size(len(train)))
-    model_cfg = replace(model_cfg, channels=train.channels, image_size=train.image_size)
-    model_cfg.validate()
-
-    def create() -> tuple[Path, RunConfig]:
-        run_name = ckpt.validate_run_name(name) if name else ckpt.generate_run_name()
-        run_cfg = RunConfig(name=run_name, model=model_cfg, data=data_cfg, train=train_cfg, created=ckpt.utc_now(), versions=_versions())
-        path = ckpt.create_run_dir(run_name, overwrite=overwrite)
-        ckpt.write_config(path, run_cfg)
-        return path, run_cfg
-
-    path, run_cfg = distributed.on_main(create)  # DDP: rank 0 names and creates the run, the others get it
-    return Trainer(path, run_cfg, train, test)
-
-
-RESUME_OVERRIDES = frozenset({"epochs", "max_steps", "time_budget", "device", "precision", "save_every", "skip_nonfinite", "world_size"})
-
-
-def resume_run(ref: str, overrides: dict[str, Any] | None = None, data: tuple[ImageData, ImageData] | None = None) -> Trainer:
-    """Reopen run ``ref`` to continue it from its last weights. ``overrides`` may change
-    :data:`RESUME_OVERRIDES`; the data must be the data the run started on."""
-    path = ckpt.resolve_run(ref)
-    run_cfg = ckpt.read_config(path)
-    bad = set(overrides or {}) - RESUME_OVERRIDES
-    if bad:
-        raise ConfigError(f"cannot change {', '.join(sorted(bad))} when resuming")
-    run_cfg.train = replace(run_cfg.train, **{**(overrides or {}), "world_size": distributed.world_size()})
-    run_cfg.train.validate()
-    if data is None:
-        train, test, loaded = distributed.local_main_first(lambda: load_data(run_cfg.data))  # DDP: one download per machine
-        if run_cfg.data.fingerprint and loaded.fingerprint != run_cfg.data.fingerprint:
-            raise ConfigError(
-                f"the data of run {path.name!r} changed since it started (fingerprint {loaded.fingerprint} != {run_cfg.data.fingerprint})"
-            )
-    else:
-        train, test = data
-    if not (path / ckpt.STATE).exists():
-        raise ConfigError(f"run {path.name!r} has no training state to resume from")
-    trainer = Trainer(path, run_cfg, train, test)
-    trainer.restore()
-    distributed.on_main(lambda: ckpt.write_config(path, run_cfg))  # DDP: rank 0 writes
-    return trainer
-
-
-@dataclass
-class Session:
-    """Clocks and counters of one :meth:`Trainer.fit` call (or :meth:`Trainer.train_steps`)."""
-
-    steps_per_epoch: int  # of this rank
-    batch_size: int  # images per step of this rank
-    rank_images: int  # images per epoch of this rank: the last step takes the rest
-    total_steps: int
-    check_every: int  # steps between control checks (a host read; DDP: one all-reduce)
-    t0: float = field(default_factory=lambda: clock())
-    excluded: float = 0.0  # seconds evaluating / checkpointing: neither --time-budget nor img/s counts them
-    steps: int = 0
-    images: int = 0  # images of all ranks
-    warm_t: float | None = None  # training seconds at the end of the warm-up steps
-    warm_images: int = 0
-    last_report: float = 0.0
-    last_save: float = 0.0
-    seg_start: float = 0.0  # start of the training time not yet added to the state's train_seconds
-
-    def __post_init__(self) -> None:
-        self.last_save = self.seg_start = self.t0
-
-    def trained(self) -> float:
-        """Seconds of training in this invocation so far."""
-        return clock() - self.t0 - self.excluded
-
-    def rate(self) -> float | None:
-        """Images per second after the warm-up steps; None before them (nothing measured)."""
-        if self.warm_t is None:
-            return None
-        seconds = self.trained() - self.warm_t
-        return (self.images - self.warm_images) / seconds if seconds > 0 else 0.0
-
-    @classmethod
-    def for_run(cls, n: int, train: TrainConfig, device: torch.device) -> Session:
-        """The session of a run with ``n`` training images on ``device`` (DDP: this rank's share)."""
-        n_rank = distributed.shard_size(n)  # DDP: images per rank per epoch (n in a single process)
-        batch = min(train.batch_size, n_rank)
-        spe = steps_per_epoch(n_rank, batch)
-        if spe == 0:
-            raise TrainingError("the training split is empty")
-        check = CHECK_STEPS_DDP if distributed.is_distributed() else 1 if device.type == "cpu" else CHECK_STEPS_DEVICE
-        return cls(steps_per_epoch=spe, batch_size=batch, rank_images=n_rank, total_steps=spe * train.epochs, check_every=check)
-
-    def lr(self, state: TrainState, train: TrainConfig) -> float:
-        """The learning rate of the next step: the schedule at this step and (with a budget) this time,
-        scaled by the state's ``lr_scale`` (halved by every recovery)."""
-        frac = self.trained() / train.time_budget if train.time_budget else None
-        return state.lr_scale * lr_at(
-            state.global_step, self.total_steps, train.lr, train.lr_schedule, train.warmup_steps, time_fraction=frac
-        )
-
-    def flags(self, stop: threading.Event | None, train: TrainConfig) -> list[bool]:
-        """This process's (interrupted, time budget spent, checkpoint due)."""
-        budget = train.time_budget is not None and self.trained() >= train.time_budget
-        return [stop is not None and stop.is_set(), budget, clock() - self.last_save >= train.save_every]
-
-    def report_due(self) -> bool:
-        """Whether to report progress now: by time on the CPU (at most every :data:`REPORT_SECONDS`),
-        at the control checks elsewhere (each report reads values: a device sync)."""
-        now = clock()
-        if (self.check_every == 1 and now - self.last_report < REPORT_SECONDS) or (self.check_every > 1 and self.steps % self.check_every):
-            return False
-        self.last_report = now
-        return True
-
-    def count_step(self, state: TrainState, world: int, device: torch.device) -> None:
-        """Advance the position and the counters after a step (the rate's warm-up ends after a few)."""
-        self.images += min(self.batch_size, self.rank_images - state.step * self.batch_size) * world  # DDP: every rank takes a batch
-        state.step, state.global_step, self.steps = state.step + 1, state.global_step + 1, self.steps + 1
-        if self.steps == RATE_WARMUP_STEPS:
-            _sync(device)
-            self.warm_t, self.warm_images = self.trained(), self.images
-
-    @contextlib.contextmanager
-    def paused(self, state: TrainState) -> Iterator[None]:
-        """Stop the training clock around a checkpoint or an evaluation: the time until now is
-        added to ``state.train_seconds``; what the block takes counts as excluded."""
-        now = clock()
-        state.train_seconds += now - self.seg_start
-        try:
-            yield
-        finally:
-            self.last_save = self.seg_start = clock()
-            self.excluded += self.seg_start - now
+__all__ = ["Progress", "TrainResult", "Trainer"]
 
 
 class Trainer:
@@ -326,7 +100,7 @@ class Trainer:
         if distributed.is_main():
             if best or not len(self.val_data):
                 ckpt.save_model(self.path, self.eval_model, self.cfg.model.to_dict())
-            rng = _rng_states(self.noise)
+            rng = rng_states(self.noise)
             ckpt.save_train_state(self.path, self.optimizer, rng, self.state, self.model, self.ema.shadow if self.ema else None)
         distributed.barrier()  # DDP: the others wait until the checkpoint is on disk
 
@@ -336,8 +110,8 @@ class Trainer:
             ckpt.remove_temp_files(self.path)  # left by a killed writer
         rng, self.state = ckpt.load_train_state(self.path, self.optimizer, self.model, self.ema.shadow if self.ema else None)
         self.state.for_world_size(distributed.world_size(), len(self.train_data), self.cfg.train.batch_size)
-        self.notices += _restore_rng(rng, self.noise, self.state, self.cfg.train.seed)
-        _match_state_layout(self.optimizer)
+        self.notices += restore_rng(rng, self.noise, self.state, self.cfg.train.seed)
+        match_state_layout(self.optimizer)
         done = self.state.epoch
         self.history = [r for r in ckpt.read_metrics(self.path) if int(r.get("epoch", 0)) <= done and not r.get("partial")]
 
@@ -375,7 +149,7 @@ class Trainer:
             self._step(s, self._epoch_order())
             if self.state.step == s.steps_per_epoch:
                 self.state.epoch, self.state.step = self.state.epoch + 1, 0
-        _sync(self.device)
+        sync_device(self.device)
         return s.rate()
 
     def _session(self) -> Session:
@@ -508,8 +282,8 @@ class Trainer:
     def _finish(self, s: Session, stopped: str) -> TrainResult:
         """The end of fit(): checkpoint a stop (with a partial row when it fell inside an epoch), score
         the test split with the kept weights, write summary.json and build the result."""
-        _sync(self.device)
-        seconds = clock() - s.t0
+        sync_device(self.device)
+        seconds = s.elapsed()
         with s.paused(self.state):
             if stopped not in ("done", "early_stop") and s.steps > 0:
                 row, best = self._evaluation_row(s, partial=True) if self.state.step > 0 else (None, False)
@@ -520,7 +294,7 @@ class Trainer:
             kept = (_kept_model(self.path, self.cfg.model, self.device) if len(self.val_data) else None) or self.eval_model
             test = _evaluate(kept, self.test_data, self.device, self.cfg.train.seed)
             self.model.train()
-        result = _conclude(self, s, stopped, kept, test, seconds)
+        result = conclude(self, s, stopped, kept, test, seconds)
         self._progress("end", s, images_per_second=s.rate(), metrics=result.summary)
         return result
 
@@ -612,117 +386,8 @@ def _evaluate(model: VAE, data: ImageData, device: torch.device, seed: int) -> E
     return evaluate(model, data, device=device, seed=seed, shard=shard)
 
 
-def _conclude(trainer: Trainer, s: Session, stopped: str, kept: VAE, test: EvalResult, seconds: float) -> TrainResult:
-    """The end of a run as a :class:`TrainResult` with its ``summary`` (checkpoint.build_summary),
-    written to summary.json; under DDP the ranks' parameters must agree."""
-    st, ips = trainer.state, s.rate()
-    trainer.sums.fold(st, distributed.all_reduce_sum)
-    train = trainer.sums.means(st) if st.epoch_sums[3] > 0 else dict(trainer.history[-1]["train"]) if trainer.history else {}
-    result = TrainResult(
-        run=trainer.path.name,
-        path=str(trainer.path),
-        epochs=st.epoch,
-        steps=st.global_step,
-        seconds=round(seconds, 3),
-        images_per_second=None if ips is None else round(ips, 2),
-        train=train,
-        test=test.brief(),
-        active_units=test.active_units,
-        stopped=stopped,
-        precision=trainer.precision,
-        device=str(trainer.device),
-    )
-    result.summary = ckpt.build_summary(result.to_dict(), st, _run_facts(trainer, s, kept, test))
-    if distributed.is_main():
-        ckpt.write_summary(trainer.path, result.summary)
-    digests = result.summary.get("param_sha256_per_rank", [])
-    if len(set(digests)) > 1:
-        raise TrainingError(f"the {len(digests)} ranks ended with different parameters (a DDP bug); the checkpoint holds rank 0's")
-    return result
-
-
-def _run_facts(trainer: Trainer, s: Session, kept: VAE, test: EvalResult) -> dict[str, Any]:
-    """What summary.json records besides the headline: the test split's per-dimension statistics,
-    the likelihood, the held-out sizes, how it ran (threads, layout, DDP)."""
-    st, binarize = trainer.state, trainer.cfg.data.binarize
-    facts: dict[str, Any] = {
-        "test_per_dim_kl": test.per_dim_kl,
-        "test_mu_variance": test.mu_variance,
-        "epochs_done": round(st.progress(s.steps_per_epoch), 4),
-        "val_size": len(trainer.val_data),
-        "likelihood": kept.likelihood.label(binarize),
-        "likelihood_name": kept.likelihood.name,
-        "discrete": kept.likelihood.is_discrete(binarize),
-        "last_val": trainer.history[-1].get("val") if trainer.history else None,
-        "last_epoch": st.epoch,
-        "runtime": {
-            "threads": torch.get_num_threads(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
-            "memory_format": "channels_last" if trainer.memory_format == torch.channels_last else "contiguous",
-            **trainer.runtime,
-        },
-        "world_size": distributed.world_size(),
-        "effective_batch_size": s.batch_size * distributed.world_size(),
-        "notes": list(trainer.notices),
-    }
-    if kept.likelihood.name == "bernoulli" and not binarize:
-        facts["test_bce_floor"] = round(bce_floor(trainer.test_data), 4)
-    if distributed.is_distributed():
-        facts["param_sha256_per_rank"] = distributed.param_digests(trainer.model)
-    return facts
-
-
-def _rng_states(noise: torch.Generator) -> dict[str, torch.Tensor]:
-    """The RNG states a checkpoint keeps: torch's, the noise generator's and CUDA's on a GPU."""
-    rng = {"cpu": torch.get_rng_state(), "noise": noise.get_state().cpu()}
-    if noise.device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(noise.device)
-    return rng
-
-
-def _restore_rng(rng: dict[str, torch.Tensor], noise: torch.Generator, state: TrainState, seed: int) -> list[str]:
-    """Load the saved RNG states (rank 0's) into torch and ``noise``. A noise state saved on another
-    kind of device (CPU <-> CUDA) cannot be loaded, and DDP's other ranks have none: their noise is
-    re-seeded from (seed, rank, global step). Returns the line that says a resume is not bit-exact, if one does."""
-    device_type = noise.device.type
-    saved_type, state.noise_device = state.noise_device, device_type
-    if distributed.rank() == 0 and saved_type == device_type:
-        torch.set_rng_state(rng["cpu"])
-        noise.set_state(rng["noise"].cpu())
-        if "cuda" in rng and device_type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], noise.device)
-        return []
-    reseed = (seed + 1 + distributed.rank()) * 1_000_003 + state.global_step
-    noise.manual_seed(reseed)
-    torch.manual_seed(reseed + 1)
-    if distributed.rank() > 0:
-        return []
-    return [
-        (
-            f"resumed on {device_type} from a checkpoint written on {saved_type}: the noise is re-seeded "
-            f"from (seed, step {state.global_step}), so the continuation is not bit-exact"
-        )
-    ]
-
-
-def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:
-    """Give loaded optimizer moments their parameter's memory format (checkpoints store them
-    contiguous; fused Adam wants moments laid out like the parameter, e.g. channels_last)."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            st = optimizer.state.get(p, {})
-            for k, v in st.items():
-                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
-                    st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
-
-
 def _ignore(progress: Progress) -> None:
     """The callback of a fit() without one."""
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _plot(path: Path, rows: list[dict[str, Any]], notices: list[dict[str, Any]]) -> None:
