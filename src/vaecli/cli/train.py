@@ -28,6 +28,7 @@ def _opt(flag: str, help: str, *names: str) -> Any:
 
 @app.command("train")
 def train_cmd(
+    ctx: typer.Context,
     data: Annotated[str, _opt("--data", "fashion-mnist | mnist | fashion-mnist-mini | shapes (known factors) | a folder of images.")] = "fashion-mnist",
     data_dir: Annotated[OptStr, _opt("--data-dir", "Dataset root (default $VAE_DATA_DIR, else the user cache dir).")] = None,
     image_size: Annotated[OptInt, _opt("--image-size", "Image side (folders: their own, the most common shorter side, capped; shapes: 32 | 64).")] = None,
@@ -72,69 +73,108 @@ def train_cmd(
     resume: Annotated[OptStr, _opt("--resume", "Continue the run NAME from its last weights.")] = None,
     overwrite: Annotated[bool, _opt("--overwrite", "Replace an existing run of the same --name.")] = False,
     max_steps: Annotated[OptInt, _opt("--max-steps", "Stop after N steps (this invocation).")] = None,
-    time_budget: Annotated[OptFloat, _opt("--time-budget", "Stop at the first step after SECONDS of training (this invocation; evaluation and checkpoints do not count).")] = None,
+    time_budget: Annotated[OptFloat, _opt("--time-budget", "Stop at the first step after SECONDS of training in this invocation (evaluation and checkpoints do not count; a resumed run: what is left of its own budget unless given).")] = None,
     save_every: Annotated[OptFloat, _opt("--save-every", "Also checkpoint every SECONDS (default 300).")] = None,
-    skip_nonfinite: Annotated[bool, _opt("--skip-nonfinite", "Skip batches with a non-finite loss (default: roll back to the last finite state and halve the lr).")] = False,
+    skip_nonfinite: Annotated[Optional[bool], _opt("--skip-nonfinite/--no-skip-nonfinite", "Skip batches with a non-finite loss (default: roll back to the last finite state and halve the lr; a resumed run keeps its own).")] = None,  # noqa: UP045
     max_nonfinite: Annotated[OptInt, _opt("--max-nonfinite", "The run stops at its Nth non-finite step; each earlier one is rolled back (default 3; 1 = stop at the first).")] = None,
     as_json: Json = False,
     quiet: Annotated[bool, _opt("--quiet", "No progress bar.", "-q")] = False,
-    eval_samples: Annotated[bool, _opt("--eval-samples", "At the end, score samples as `vae eval-samples` does (stored in summary.json).")] = False,
-    fit_prior: Annotated[OptStr, _opt("--fit-prior", "At the end, fit a prior to the encoded training images as `vae fit-prior --kind KIND` does: gmm | flow (stored in the run; before --eval-samples).")] = None,
+    eval_samples: Annotated[bool, _opt("--eval-samples", "At the end, score samples as `vae eval-samples` does (stored in summary.json; recorded: a resumed run does it too).")] = False,
+    fit_prior: Annotated[OptStr, _opt("--fit-prior", "At the end, fit a prior to the encoded training images as `vae fit-prior --kind KIND` does: gmm | flow (stored in the run; before --eval-samples; recorded: a resumed run does it too).")] = None,
 ) -> None:  # fmt: skip
     """Train a (beta-)VAE and store the run (weights, config, metrics, loss.png).
 
     Under torchrun (`torchrun --nproc-per-node N -m vaecli train ...`) it trains with
     DistributedDataParallel; --batch-size is per rank (see docs/distributed.md)."""
     from .. import distributed
-    from ..config import MODEL_FIELDS, TRAIN_FIELDS, DataConfig
-    from ..errors import ConfigError
-    from ..train.run import plan_run, resume_run, start_run
 
     options = dict(locals())
     if fit_prior is not None:
         from ..train.fit_prior import check_fit_options
 
         check_fit_options(fit_prior, flag="--fit-prior")
+    given = _given_options(ctx, options)
     distributed.init(device or "auto")  # under torchrun: join the process group (no-op otherwise)
     main = distributed.is_main()  # only rank 0 prints
-    if resume:
-        if name and name != resume:
-            raise ConfigError("--name and --resume name different runs")
-        kept = {"device": device, "save_every": save_every, "epochs": epochs, "precision": precision}  # the run's own unless given
-        overrides: dict[str, Any] = {k: v for k, v in kept.items() if v is not None}
-        overrides.update(max_steps=max_steps, time_budget=time_budget, skip_nonfinite=skip_nonfinite)  # per invocation
-        trainer = resume_run(resume, overrides)
-    else:
-        given = {k: v for k, v in options.items() if k in MODEL_FIELDS | TRAIN_FIELDS}
-        given["widths"] = parse_widths(widths) if widths is not None else None
-        data_cfg = DataConfig(name=data, root=data_dir, image_size=image_size, channels=channels, split_seed=seed, binarize=binarize,
-                              fit=fit, max_image_size=max_image_size, strict=strict, val_size=val_size)  # fmt: skip
-        with load_reporter(quiet or not main, use_cache=not no_cache) as load:
-            model_cfg, data_cfg, train_cfg, loaded = plan_run(data_cfg, given, load)
-        trainer = start_run(model_cfg, data_cfg, train_cfg, name=name, overwrite=overwrite, data=loaded)
-
+    trainer = _resume(resume, given) if resume else _start(options, given, quiet or not main)
     err = stderr_console()
     err.quiet = not main
     result = _fit_until_stopped(trainer, quiet or not main, err)
     distributed.cleanup()
-    summary = result.summary
-    if fit_prior and main and result.stopped != "interrupted":
-        from .prior import fit_after_training
-
-        summary["fit_prior"] = fit_after_training(result.path, str(trainer.device), fit_prior, as_json)
-    if eval_samples and main and result.stopped != "interrupted":
-        from .eval_samples import eval_after_training
-
-        summary["eval_samples"] = eval_after_training(result.path, str(trainer.device), as_json)
-    if as_json and main:
-        print_json({**result.to_dict(), **{k: summary[k] for k in ("best", "last", "likelihood", "discrete", "notices", "recoveries")},
-                    **{k: summary[k] for k in ("fit_prior", "eval_samples") if k in summary}})  # fmt: skip
-        _summary_table(trainer.cfg, result, err)
-    elif main:  # DDP: the other ranks print nothing
-        _summary_table(trainer.cfg, result, stdout_console())
+    if main:  # DDP: the other ranks print nothing
+        _report(trainer, result, as_json, err)
     if result.stopped == "interrupted":
         err.print(f"interrupted: the run is saved; continue with [bold]vae train --resume {result.run}[/bold]")
         raise typer.Exit(130)
+
+
+# What `vae train --resume` may change (applied and recorded in config.json); every other option is
+# the run's own and refused. max_steps is per invocation; --time-budget is the training time of this
+# invocation (the run's own budget, what is left of it, when not given).
+RESUME_OPTIONS = frozenset({"resume", "name", "data_dir", "no_cache", "quiet", "as_json", "epochs", "max_steps", "time_budget", "device",
+                            "precision", "save_every", "skip_nonfinite", "max_nonfinite", "early_stop", "fit_prior", "eval_samples"})  # fmt: skip
+
+
+def _given_options(ctx: typer.Context, options: dict[str, Any]) -> dict[str, Any]:
+    """The options the user gave on the command line (not their defaults), by parameter name."""
+
+    def given(name: str) -> bool:  # click's ParameterSource, by name (typer may vendor click)
+        return getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")
+
+    return {k: v for k, v in options.items() if k != "ctx" and given(k)}
+
+
+def _resume(resume: str, given: dict[str, Any]) -> Any:
+    """The trainer of run ``resume``, reopened with the options that may change on a resume; any
+    other option given is one line and exit 2 (it would be silently ignored)."""
+    from ..errors import ConfigError
+    from ..runs import store as ckpt
+    from ..train.run import resume_run
+
+    ckpt.resolve_run(resume)  # a run that does not exist is said first
+    if given.get("name") not in (None, resume):
+        raise ConfigError("--name and --resume name different runs")
+    fixed = sorted(f"--{k.replace('_', '-')}" for k in set(given) - RESUME_OPTIONS)
+    if fixed:
+        raise ConfigError(f"{', '.join(fixed)} cannot change when resuming run {resume!r} (it keeps its own); "
+                          f"start a new run with --name, or give only budget, early-stop, device and after-training options")  # fmt: skip
+    keys = RESUME_OPTIONS - {"resume", "name", "data_dir", "no_cache", "quiet", "as_json"}
+    return resume_run(resume, {k: v for k, v in given.items() if k in keys})
+
+
+def _start(options: dict[str, Any], given: dict[str, Any], quiet: bool) -> Any:
+    """A new run: the data loaded, every option not given filled by the rule for defaults."""
+    from ..config import MODEL_FIELDS, TRAIN_FIELDS, DataConfig
+    from ..train.run import plan_run, start_run
+
+    o = options
+    fields = {k: v for k, v in o.items() if k in MODEL_FIELDS | TRAIN_FIELDS}
+    fields["widths"] = parse_widths(o["widths"]) if o["widths"] is not None else None
+    fields["skip_nonfinite"] = bool(o["skip_nonfinite"])
+    data_cfg = DataConfig(name=o["data"], root=o["data_dir"], image_size=o["image_size"], channels=o["channels"], split_seed=o["seed"],
+                          binarize=o["binarize"], fit=o["fit"], max_image_size=o["max_image_size"], strict=o["strict"],
+                          val_size=o["val_size"])  # fmt: skip
+    with load_reporter(quiet, use_cache=not o["no_cache"]) as load:
+        model_cfg, data_cfg, train_cfg, loaded = plan_run(data_cfg, fields, load)
+    return start_run(model_cfg, data_cfg, train_cfg, name=o["name"], overwrite=o["overwrite"], data=loaded)
+
+
+def _report(trainer: Any, result: Any, as_json: bool, err: Any) -> None:
+    """The end of `vae train` on rank 0: the summary table (stderr with --json, then the JSON) and
+    the results of the steps after training."""
+    from .eval_samples import print_table
+    from .prior import print_fit
+
+    summary = result.summary
+    console = err if as_json else stdout_console()
+    if "fit_prior" in summary:
+        print_fit(trainer.path, summary["fit_prior"], console)
+    if "eval_samples" in summary:
+        print_table(summary["eval_samples"], console)
+    if as_json:
+        keys = ("best", "last", "likelihood", "discrete", "notices", "recoveries", "hooks", "fit_prior", "eval_samples")
+        print_json({**result.to_dict(), **{k: summary[k] for k in keys if k in summary}})
+    _summary_table(trainer.cfg, result, console)
 
 
 def _fit_until_stopped(trainer: Any, quiet: bool, err: Any) -> Any:
@@ -246,6 +286,8 @@ def _fit_with_progress(trainer: Any, stop: threading.Event, quiet: bool, console
             progress.update(task, completed=p.step, **fields)
         elif p.kind == "notice":
             progress.console.print(f"[yellow]warning: {p.message}[/yellow]", highlight=False)
+        elif p.kind == "note":
+            progress.console.print(p.message, highlight=False, markup=False)
         elif p.kind == "epoch" and task is not None:
             best = trainer.state.best is not None and trainer.state.evals_since_best == 0
             progress.console.print(_epoch_line(p.metrics, p.epochs, best), highlight=False)

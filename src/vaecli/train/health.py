@@ -170,12 +170,14 @@ class Health:
         """Remember ``step`` if its loss is the first non-finite one (on the device)."""
         self.first_nonfinite = torch.where(torch.isfinite(loss) | (self.first_nonfinite >= 0), self.first_nonfinite, step)
 
-    def keep(self, tensors: Callable[[], Sequence[torch.Tensor]], step: int, every: int) -> None:
-        """Copy the (finite) state every ``every`` steps, the first after ``every`` steps: a run that
-        goes non-finite before has a recipe problem (a learning rate too high), not a bad step, and
-        stops as it always did. ``tensors`` lists the state only when a copy is due (not every step)."""
-        if step >= every and (self.snapshot.step is None or step - self.snapshot.step >= every):
-            self.snapshot.take(tensors(), step)
+    def keep(self, tensors: Callable[[], Sequence[torch.Tensor]], step: int, every: int) -> bool:
+        """Copy the (finite) state: the first copy is the starting state (of a new run or a resumed one),
+        then one every ``every`` steps, so that a loss that goes non-finite in the first steps (a learning
+        rate too high for the start) rolls back to the start with the learning rate halved. ``tensors``
+        lists the state only when a copy is due (not every step). Returns whether a copy was taken."""
+        if self.snapshot.step is None or step - self.snapshot.step >= every:
+            return self.snapshot.take(tensors(), step)
+        return False
 
     def roll_back(self, tensors: Sequence[torch.Tensor], state: Any, lr: float, steps_per_epoch: int, checkpointed: bool) -> str:
         """A non-finite step: put the last finite state back, halve ``state.lr_scale`` and record the

@@ -76,19 +76,30 @@ def start_run(
     return Trainer(path, run_cfg, train, test)
 
 
-RESUME_OVERRIDES = frozenset({"epochs", "max_steps", "time_budget", "device", "precision", "save_every", "skip_nonfinite", "world_size"})
+# What a resume may change (applied and recorded in config.json): the budget, early stopping, the
+# device and precision, checkpointing, recovery, the steps after training. Everything else is the run's own.
+RESUME_OVERRIDES = frozenset({"epochs", "max_steps", "time_budget", "device", "precision", "save_every", "skip_nonfinite",
+                              "max_nonfinite", "early_stop", "fit_prior", "eval_samples", "world_size"})  # fmt: skip
 
 
 def resume_run(ref: str, overrides: dict[str, Any] | None = None, data: tuple[ImageData, ImageData] | None = None) -> Trainer:
     """Reopen run ``ref`` to continue it from its last weights. ``overrides`` may change
-    :data:`RESUME_OVERRIDES`; the data must be the data the run started on."""
+    :data:`RESUME_OVERRIDES` (any other key is a ConfigError); the data must be the data the run
+    started on. ``max_steps`` counts this invocation (no limit unless given); ``time_budget`` is this
+    invocation's training seconds: the run's budget (what the learning-rate schedule runs to) becomes
+    the seconds trained so far plus it; not given, the run trains what is left of its own."""
     path = ckpt.resolve_run(ref)
     run_cfg = ckpt.read_config(path)
-    bad = set(overrides or {}) - RESUME_OVERRIDES
+    overrides = dict(overrides or {})
+    bad = set(overrides) - RESUME_OVERRIDES
     if bad:
         raise ConfigError(f"cannot change {', '.join(sorted(bad))} when resuming")
-    run_cfg.train = replace(run_cfg.train, **{**(overrides or {}), "world_size": distributed.world_size()})
+    more_seconds = overrides.pop("time_budget", None)
+    overrides.setdefault("max_steps", None)
+    run_cfg.train = replace(run_cfg.train, **{**overrides, "world_size": distributed.world_size()})
     run_cfg.train.validate()
+    if more_seconds is not None:
+        replace(run_cfg.train, time_budget=more_seconds).validate()
     if data is None:
         train, test, loaded = distributed.local_main_first(lambda: load_data(run_cfg.data))  # DDP: one download per machine
         if run_cfg.data.fingerprint and loaded.fingerprint != run_cfg.data.fingerprint:
@@ -101,5 +112,7 @@ def resume_run(ref: str, overrides: dict[str, Any] | None = None, data: tuple[Im
         raise ConfigError(f"run {path.name!r} has no training state to resume from")
     trainer = Trainer(path, run_cfg, train, test)
     trainer.restore()
+    if more_seconds is not None:  # the run's budget: the seconds trained so far plus this invocation's
+        run_cfg.train = replace(run_cfg.train, time_budget=trainer.state.train_seconds + more_seconds)
     distributed.on_main(lambda: ckpt.write_config(path, run_cfg))  # DDP: rank 0 writes
     return trainer

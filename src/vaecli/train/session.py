@@ -28,7 +28,7 @@ CHECK_STEPS_DDP = 4  # DDP: steps between the control checks (one small all-redu
 
 @dataclass
 class Progress:
-    """One progress report (``kind`` is 'start', 'step', 'epoch', 'notice' or 'end')."""
+    """One progress report (``kind`` is 'start', 'step', 'epoch', 'notice' (an alarm or a recovery), 'note' (what the run does now) or 'end')."""
 
     kind: str
     epoch: int  # 0-based index of the current epoch
@@ -64,6 +64,7 @@ class Session:
     last_report: float = 0.0
     last_save: float = 0.0
     seg_start: float = 0.0  # start of the training time not yet added to the state's train_seconds
+    before: float = 0.0  # the run's training seconds before this invocation (the schedule's and the budget's clock go on from there)
 
     def __post_init__(self) -> None:
         self.last_save = self.seg_start = self.t0
@@ -76,6 +77,11 @@ class Session:
         """Seconds of training in this invocation so far."""
         return clock() - self.t0 - self.excluded
 
+    def run_seconds(self) -> float:
+        """Seconds of training of the run so far: before this invocation and in it. ``--time-budget``
+        (the run's, see :func:`vaecli.train.run.resume_run`) and the cosine schedule's time run on this clock."""
+        return self.before + self.trained()
+
     def rate(self) -> float | None:
         """Images per second after the warm-up steps; None before them (nothing measured)."""
         if self.warm_t is None:
@@ -84,27 +90,30 @@ class Session:
         return (self.images - self.warm_images) / seconds if seconds > 0 else 0.0
 
     @classmethod
-    def for_run(cls, n: int, train: TrainConfig, device: torch.device) -> Session:
-        """The session of a run with ``n`` training images on ``device`` (DDP: this rank's share)."""
+    def for_run(cls, n: int, train: TrainConfig, device: torch.device, before: float = 0.0) -> Session:
+        """The session of a run with ``n`` training images on ``device`` (DDP: this rank's share);
+        ``before``: the run's training seconds before this invocation."""
         n_rank = distributed.shard_size(n)  # DDP: images per rank per epoch (n in a single process)
         batch = min(train.batch_size, n_rank)
         spe = steps_per_epoch(n_rank, batch)
         if spe == 0:
             raise TrainingError("the training split is empty")
         check = CHECK_STEPS_DDP if distributed.is_distributed() else 1 if device.type == "cpu" else CHECK_STEPS_DEVICE
-        return cls(steps_per_epoch=spe, batch_size=batch, rank_images=n_rank, total_steps=spe * train.epochs, check_every=check)
+        return cls(
+            steps_per_epoch=spe, batch_size=batch, rank_images=n_rank, total_steps=spe * train.epochs, check_every=check, before=before
+        )
 
     def lr(self, state: TrainState, train: TrainConfig) -> float:
         """The learning rate of the next step: the schedule at this step and (with a budget) this time,
         scaled by the state's ``lr_scale`` (halved by every recovery)."""
-        frac = self.trained() / train.time_budget if train.time_budget else None
+        frac = self.run_seconds() / train.time_budget if train.time_budget else None
         return state.lr_scale * lr_at(
             state.global_step, self.total_steps, train.lr, train.lr_schedule, train.warmup_steps, time_fraction=frac
         )
 
     def flags(self, stop: threading.Event | None, train: TrainConfig) -> list[bool]:
         """This process's (interrupted, time budget spent, checkpoint due)."""
-        budget = train.time_budget is not None and self.trained() >= train.time_budget
+        budget = train.time_budget is not None and self.run_seconds() >= train.time_budget
         return [stop is not None and stop.is_set(), budget, clock() - self.last_save >= train.save_every]
 
     def report_due(self) -> bool:

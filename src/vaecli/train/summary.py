@@ -94,6 +94,7 @@ def run_facts(trainer: Any, s: Session, kept: VAE, test: EvalResult) -> dict[str
         "world_size": distributed.world_size(),
         "effective_batch_size": s.batch_size * distributed.world_size(),
         "notes": list(trainer.notices),
+        "hooks": [hook.name for hook in trainer.hooks],
     }
     if kept.likelihood.name == "bernoulli" and not binarize:
         facts["test_bce_floor"] = round(bce_floor(trainer.test_data), 4)

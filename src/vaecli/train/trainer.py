@@ -34,6 +34,7 @@ from ..runs import store as ckpt
 from ..runs.state import EpochSums, TrainState, epoch_permutation, match_state_layout, restore_rng, rng_states
 from .ema import EMA
 from .health import Health, lr_alarm
+from .hooks import Hook, build_hooks
 from .objective import LossTerms, Objective
 from .recipe import resolve_precision
 from .session import Progress, Session, sync_device
@@ -59,7 +60,6 @@ class Trainer:
         self.model = VAE(cfg.model).to(self.device)
         self.memory_format = memory_format_for(self.model, self.device)
         self.model.to(memory_format=self.memory_format)
-        self.ema = EMA(self.model, tc.ema) if tc.ema else None
         self.net = distributed.wrap(self.model, self.device)  # DDP: the training forward; ``model`` stays the bare VAE
         # DDP: other ranks draw their own noise (seed + 1 + rank) and dropout masks (seed + rank)
         if distributed.rank() > 0:
@@ -73,6 +73,12 @@ class Trainer:
             pick = torch.randperm(len(self.train_data), generator=torch.Generator().manual_seed(tc.seed))
             pick = pick.repeat(-(-cfg.model.pseudo_inputs // len(pick)))[: cfg.model.pseudo_inputs]
             self.model.prior.start_from(to_float(self.train_images[pick.to(self.device)]))
+        self.ema: EMA | None = None  # set by the ExponentialAverage hook (--ema)
+        self.hooks = build_hooks(tc)  # recorded in config.json: a resume runs the same ones
+        for hook in self.hooks:
+            hook.setup(self)  # after the initialisation above: the weights average starts from the weights that train
+        self._step_hooks = [h for h in self.hooks if type(h).on_step_end is not Hook.on_step_end]
+        self._moments_kept = False  # whether the rollback copy holds the optimizer's moments
         self.noise = torch.Generator(device=self.device).manual_seed(tc.seed + 1 + distributed.rank())
         self.state = TrainState(world_size=distributed.world_size(), noise_device=self.device.type)
         self.health = Health(self.device, tc.max_nonfinite)
@@ -121,6 +127,8 @@ class Trainer:
         s = self._session()
         self._cb = callback or _ignore
         self._progress("start", s)
+        for hook in self.hooks:
+            hook.on_fit_start(self)
         self.model.train()
         stopped = None
         try:
@@ -153,7 +161,7 @@ class Trainer:
         return s.rate()
 
     def _session(self) -> Session:
-        s = Session.for_run(len(self.train_data), self.cfg.train, self.device)
+        s = Session.for_run(len(self.train_data), self.cfg.train, self.device, before=self.state.train_seconds)
         self._spe = s.steps_per_epoch
         return s
 
@@ -191,8 +199,8 @@ class Trainer:
             terms.loss.backward()
             self.health.grads.add(torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip or float("inf")))
             self.optimizer.step()
-            if self.ema is not None:
-                self.ema.update(st.global_step)
+            for hook in self._step_hooks:
+                hook.on_step_end(self, st.global_step)
             self.sums.add(terms.neg_elbo, terms.recon, terms.kl, x.shape[0])
         s.count_step(st, distributed.world_size(), self.device)
         return terms, lr
@@ -211,7 +219,8 @@ class Trainer:
         if bad:
             self._roll_back()
         else:
-            self.health.keep(self._state_tensors, self.state.global_step, SNAPSHOT_STEPS)
+            if self.health.keep(self._state_tensors, self.state.global_step, SNAPSHOT_STEPS):
+                self._moments_kept = bool(self.optimizer.state)  # the starting state of a new run has no Adam moments yet
         if interrupted or budget:
             return "interrupted" if interrupted else "time_budget"
         if save:
@@ -226,6 +235,8 @@ class Trainer:
 
     def _roll_back(self) -> None:
         """A non-finite step: back to the last finite state with the learning rate halved, or stop."""
+        if not self._moments_kept:  # back to the start: Adam starts afresh, as it did then
+            self.optimizer.state.clear()
         line = self.health.roll_back(self._state_tensors(), self.state, self._lr, self._spe, (self.path / ckpt.STATE).exists())
         self._notice("recovery", line)
 
@@ -241,6 +252,10 @@ class Trainer:
         st, spe = self.state, s.steps_per_epoch if s is not None else self._spe
         self._cb(Progress(kind, st.epoch, self.cfg.train.epochs, st.step, spe, st.global_step, **fields))
 
+    def notify(self, message: str) -> None:
+        """A one-line progress note for the user (a 'note' report), not kept in the run."""
+        self._progress("note", message=message)
+
     def _notice(self, kind: str, message: str) -> None:
         """An alarm or event, kept in the state (summary.json ``notices``, loss.png) and reported once."""
         if self.health.add_notice(self.state, kind, message, round(self.state.progress(self._spe), 4)):
@@ -248,18 +263,19 @@ class Trainer:
 
     def _end_epoch(self, s: Session) -> str | None:
         """Epoch end: evaluate on the validation split, record the row, keep the best weights,
-        checkpoint (none of it charged to training), raise alarms; 'early_stop' when it is time."""
+        run the hooks (checkpointing, early stopping; none of it charged to training), raise alarms;
+        the first stop reason a hook gives, if any."""
         tc, st = self.cfg.train, self.state
         with s.paused(st):
             row, best = self._evaluation_row(s)
             st.epoch, st.step, st.epoch_sums = st.epoch + 1, 0, [0.0] * 4
             self.history.append(row)
             self.metrics.write(self.history, st.notices)
-            self.save(best=best)
+            stops = [hook.on_epoch_end(self, row, best) for hook in self.hooks]  # checkpointing among them
         self._progress("epoch", s, metrics=row)
         for kind, line in self.health.epoch_alarms(self.history, tc, self.cfg.model.latent_dim, st.best_epoch, len(self.val_data) > 0):
             self._notice(kind, line)
-        return "early_stop" if tc.early_stop and st.evals_since_best >= tc.early_stop else None
+        return next((why for why in stops if why), None)
 
     def _evaluation_row(self, s: Session, partial: bool = False) -> tuple[dict[str, Any], bool]:
         """The metrics.jsonl row of the current epoch (complete, or ``partial``: marked, with its
@@ -295,6 +311,8 @@ class Trainer:
             test = _evaluate(kept, self.test_data, self.device, self.cfg.train.seed)
             self.model.train()
         result = conclude(self, s, stopped, kept, test, seconds)
+        for hook in self.hooks:
+            hook.on_fit_end(self, result)
         self._progress("end", s, images_per_second=s.rate(), metrics=result.summary)
         return result
 
