@@ -279,7 +279,7 @@ def aggregate(rows: Sequence[dict[str, Any]], factors: Sequence[str]) -> list[di
 
 def cell_text(v: Any) -> str:
     """A table cell for a swept value (numbers as the sweep names them), anything else as text."""
-    from .sweep import value_text
+    from .sweep.flags import value_text
 
     return value_text(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
