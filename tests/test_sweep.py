@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from conftest import SRC, one_error_line, src_env, vae
+from conftest import SRC, ok, one_error_line, src_env, vae
 from PIL import Image
 
 from vaecli.cli import app
@@ -315,3 +315,19 @@ def test_runs_import_this_vaecli(tmp_path):
     assert executor.run([(plan.runs[0], sw.RunStatus("absent"))]) == {"s-beta1": "failed"}
     assert executor.details["s-beta1"] == str(SRC)
     assert (tmp_path / "runs" / "sweeps" / "s" / "logs" / "s-beta1.log").read_text().splitlines()[-1] == str(SRC)
+
+
+def test_a_run_replaced_by_hand_is_retrained_with_overwrite(tmp_path):
+    """The plan unchanged, one of its runs retrained by hand with another beta: the sweep refuses it
+    (one line), and with --overwrite retrains that run as planned, leaving the other one as it is."""
+    sweep = ["sweep", "--beta", "1,2", *TINY, "--max-steps", "2", "--name", "rp", "--no-score", "--json"]
+    for line in ok(*sweep, "--plan").stdout.splitlines():
+        ok("train", *shlex.split(line)[2:], "-q")
+    ok("train", *TINY, "--max-steps", "2", "--beta", "4", "--name", "rp-beta1", "--overwrite", "-q")
+    words = "run 'rp-beta1' exists but was trained with beta = 4, not 1: give --overwrite"
+    assert words in one_error_line(vae(*sweep))
+    r = ok(*sweep, "--overwrite")
+    assert [(row["run"], row["beta"], row["steps"]) for row in json.loads(r.stdout)["runs"]] == [("rp-beta1", 1.0, 2), ("rp-beta2", 2.0, 2)]
+    assert "rp-beta1: trained with beta = 4, not 1: removed, to be trained as planned" in r.stderr
+    progress = json.loads((tmp_path / "runs" / "sweeps" / "rp" / "progress.json").read_text())
+    assert {k: [c["action"] for c in v] for k, v in progress.items()} == {"rp-beta1": ["start"]}  # rp-beta2 kept

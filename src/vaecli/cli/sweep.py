@@ -436,8 +436,10 @@ def _train(plan: Any, jobs: int | None, overwrite: bool, quiet: bool, err: Any) 
     from ..experiments.sweep import check_run_matches, default_jobs, record_plan, run_status, slot_env
 
     outcome = record_plan(plan, overwrite)
-    for run in plan.runs:
-        check_run_matches(run)
+    for run in plan.runs:  # a folder that holds another run: refused, or with --overwrite removed
+        diff = check_run_matches(run, overwrite)
+        if diff and not quiet:
+            err.print(f"{run.name}: trained with {diff}: removed, to be trained as planned", highlight=False, markup=False, soft_wrap=True)
     statuses = {run.name: run_status(run.name) for run in plan.runs}
     todo = [(run, statuses[run.name]) for run in plan.runs if statuses[run.name].state != "done"]
     n_jobs = jobs or default_jobs(plan, len(todo))

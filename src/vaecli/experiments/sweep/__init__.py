@@ -24,7 +24,7 @@ from .flags import Flag, parse_args, parse_values, value_text
 from .lock import SweepLock
 from .plan import BUDGETS, SEED, Plan, PlannedRun, build_plan, read_plan, record_plan, remove_run, sweep_folder
 from .slots import cpu_cores, default_jobs, gpu_count, slot_env
-from .status import FINISHED, RunStatus, check_run_matches, resume_args, run_status
+from .status import FINISHED, RunStatus, check_run_matches, resume_args, run_mismatch, run_status
 
 __all__ = [
     "Flag",
@@ -42,6 +42,7 @@ __all__ = [
     "remove_run",
     "run_status",
     "check_run_matches",
+    "run_mismatch",
     "resume_args",
     "cpu_cores",
     "default_jobs",

@@ -10,7 +10,7 @@ from ...errors import CheckpointError, ConfigError
 from ...paths import runs_dir
 from ...runs import store as ckpt
 from .flags import value_text
-from .plan import Plan, PlannedRun
+from .plan import Plan, PlannedRun, remove_run
 
 FINISHED = ckpt.FINISHED
 
@@ -44,23 +44,34 @@ def run_status(name: str) -> RunStatus:
     return RunStatus("absent")  # nothing saved yet (weights come with the first state): vae train replaces it
 
 
-def check_run_matches(run: PlannedRun) -> None:
-    """An existing folder of a planned run must hold that run: its config has the planned swept values
-    (a run of the same name trained otherwise is a ConfigError, never overwritten silently)."""
+def run_mismatch(run: PlannedRun) -> str | None:
+    """How the existing folder of a planned run differs from it (``beta = 4, not 1``: a swept value its
+    config.json has otherwise); None when the folder holds the planned run or there is none."""
     folder = runs_dir() / run.name
     if not (folder / ckpt.CONFIG).is_file():
-        return
+        return None
     cfg = ckpt.read_config(folder)
     for key, want in run.values.items():
-        for section in (cfg.train, cfg.model, cfg.data):
-            if hasattr(section, key):
-                have = getattr(section, key)
-                if isinstance(have, (int, float)) and not math.isclose(float(have), float(want), rel_tol=1e-9, abs_tol=1e-12):
-                    raise ConfigError(
-                        f"run {run.name!r} exists but was trained with {key} = {value_text(have)}, not {value_text(want)}: "
-                        "give --overwrite to retrain the sweep, or another --name"
-                    )
-                break
+        section = next((s for s in (cfg.train, cfg.model, cfg.data) if hasattr(s, key)), None)
+        have = getattr(section, key, None)
+        if isinstance(have, (int, float)) and not math.isclose(float(have), float(want), rel_tol=1e-9, abs_tol=1e-12):
+            return f"{key} = {value_text(have)}, not {value_text(want)}"
+    return None
+
+
+def check_run_matches(run: PlannedRun, overwrite: bool = False) -> str | None:
+    """An existing folder of a planned run must hold that run (:func:`run_mismatch`): a run of the same
+    name trained otherwise is a ConfigError, never overwritten silently; with ``overwrite`` it is
+    removed, to be trained as planned, and the difference returned (None: nothing was removed)."""
+    diff = run_mismatch(run)
+    if diff is None:
+        return None
+    if not overwrite:
+        raise ConfigError(
+            f"run {run.name!r} exists but was trained with {diff}: give --overwrite to retrain it as planned, or another --name"
+        )
+    remove_run(run.name)
+    return diff
 
 
 def resume_args(plan: Plan, run: PlannedRun, status: RunStatus) -> list[str]:
