@@ -331,3 +331,23 @@ def test_a_run_replaced_by_hand_is_retrained_with_overwrite(tmp_path):
     assert "rp-beta1: trained with beta = 4, not 1: removed, to be trained as planned" in r.stderr
     progress = json.loads((tmp_path / "runs" / "sweeps" / "rp" / "progress.json").read_text())
     assert {k: [c["action"] for c in v] for k, v in progress.items()} == {"rp-beta1": ["start"]}  # rp-beta2 kept
+
+
+def test_scores_are_drawn_again_after_a_prior_is_fitted(tmp_path, train_tiny, monkeypatch):
+    """The score cache names the prior the samples came from: `vae fit-prior` on a scored run makes
+    the next sweep score it again (from the new prior, as samples.png draws), then reuse that."""
+    from vaecli.experiments import compare
+    from vaecli.experiments.compare import run_row, study_run
+
+    folder = train_tiny(tmp_path / "runs", "pr", epochs=1, max_steps=20)
+    cache = tmp_path / "scores"
+    cache.mkdir()
+    first, _, _ = study_run(run_row(folder), score=True, n=100, device="cpu", cache=cache, pictures=False)
+    ok("fit-prior", "--run", "pr", "--components", 2)
+    fitted, _, _ = study_run(run_row(folder), score=True, n=100, device="cpu", cache=cache, pictures=False)
+    assert fitted["fd"] != first["fd"]  # scored again, from the fitted prior
+    sha = json.loads((folder / "prior.json").read_text())["tensors_sha256"]
+    assert json.loads((cache / "pr.json").read_text())["key"]["prior"] == sha
+    monkeypatch.setattr(compare, "_scores", lambda *a, **k: pytest.fail("the cached scores were not reused"))
+    again, _, _ = study_run(run_row(folder), score=True, n=100, device="cpu", cache=cache, pictures=False)
+    assert again["fd"] == fitted["fd"]
