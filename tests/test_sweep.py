@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from conftest import SRC, ok, one_error_line, src_env, vae
+from conftest import SRC, noisy_folder, ok, one_error_line, src_env, vae
 from PIL import Image
 
 from vaecli.cli import app
@@ -351,3 +351,31 @@ def test_scores_are_drawn_again_after_a_prior_is_fitted(tmp_path, train_tiny, mo
     monkeypatch.setattr(compare, "_scores", lambda *a, **k: pytest.fail("the cached scores were not reused"))
     again, _, _ = study_run(run_row(folder), score=True, n=100, device="cpu", cache=cache, pictures=False)
     assert again["fd"] == fitted["fd"]
+
+
+def test_seed_repeats_share_one_data_split(tmp_path):
+    """`--seed` swept varies the model's seed, not the data split: every repeat gets the first seed as
+    its --split-seed, so the repeats are scored on the same test images (a folder's 90/10 split)."""
+    from vaecli.data import load_split
+    from vaecli.runs import store as ckpt
+
+    data = noisy_folder(tmp_path / "imgs", 40)
+    args = ["--data", data, "--arch", "mlp", "--widths", "16", "--latent-dim", "2", "--batch-size", "8", "--device", "cpu",
+            "--precision", "fp32", "--max-steps", "2"]  # fmt: skip
+    for line in ok("sweep", "--seed", "3,4", *args, "--name", "rep", "--plan").stdout.splitlines():
+        ok("train", *shlex.split(line)[2:], "-q")
+    cfgs = [ckpt.read_config(tmp_path / "runs" / f"rep-seed{s}") for s in (3, 4)]
+    assert [(c.train.seed, c.data.split_seed) for c in cfgs] == [(3, 3), (4, 3)]
+    assert cfgs[0].data.fingerprint == cfgs[1].data.fingerprint
+    tests = [load_split(c.data, "test").paths for c in cfgs]
+    assert tests[0] == tests[1] and len(tests[0]) == 4
+    out = json.loads(ok("sweep", "--collect", "rep", "--no-score", "--json").stdout)
+    assert not any("another test split" in note for note in out["notes"]), out["notes"]
+
+
+def test_split_seed_given_to_a_sweep_or_swept():
+    fixed = plan_of("--seed", "0,1", "--split-seed", "7", "--max-steps", "2")
+    assert [train_parses(r.args)["split_seed"] for r in fixed.runs] == [7, 7]
+    assert plan_of("--beta", "1,2", "--max-steps", "2").runs[0].args.count("--split-seed") == 0  # no seeds swept: as vae train
+    grid = plan_of("--seed", "0,1", "--split-seed", "0,5", "--max-steps", "2")  # a factor: repeats within each split
+    assert grid.factors == ["split_seed"] and [r.name for r in grid.runs][:2] == ["s-seed0-split_seed0", "s-seed0-split_seed5"]

@@ -363,7 +363,7 @@ def sweep_cmd(
 ) -> None:
     """Train one run per value of the swept flags and compare them: `vae sweep --beta 0.25,1,4 --time-budget 60`.
 
-    Any numeric `vae train` flag given comma-separated values is swept; two make a grid; `--seed 0,1,2` are repeats (mean ± std).
+    Any numeric `vae train` flag given comma-separated values is swept; two make a grid; `--seed 0,1,2` are repeats (mean ± std) on one data split (`--split-seed`: the first seed unless given).
 
     Every other `vae train` option goes to every run as it is; all get the same budget: --time-budget, --epochs or --max-steps.
 

@@ -65,7 +65,8 @@ def train_cmd(
     blocks: Annotated[OptInt, _opt("--blocks", "conv archs: residual blocks after each conv stage, encoder and decoder (" + RULE + ").")] = None,
     prior: Annotated[OptStr, _opt("--prior", "normal (N(0, I)) | vamp (the VampPrior: a mixture of the posteriors of learned pseudo-inputs, Tomczak & Welling 2018).")] = None,
     pseudo_inputs: Annotated[OptInt, _opt("--pseudo-inputs", "--prior vamp: the number K of pseudo-inputs (default 500).")] = None,
-    seed: Annotated[int, _opt("--seed", "Random seed (weights, shuffling, sampling, splits).")] = 0,
+    seed: Annotated[int, _opt("--seed", "Random seed (weights, shuffling, sampling; the data splits unless --split-seed).")] = 0,
+    split_seed: Annotated[OptInt, _opt("--split-seed", "Seed of the data splits: train/test of folders and shapes, the validation split of every dataset (default: --seed).")] = None,
     device: Annotated[OptStr, _opt("--device", DEVICE_HELP + " A resumed run keeps its device unless given.")] = None,
     precision: Annotated[OptStr, _opt("--precision", "auto (bf16 where it measured better at equal wall time, else fp32; docs/performance.md) | fp32 | bf16.")] = None,
     name: Annotated[OptStr, _opt("--name", "Run name (default: generated).")] = None,
@@ -107,7 +108,7 @@ def train_cmd(
     else:
         given = {k: v for k, v in options.items() if k in MODEL_FIELDS | TRAIN_FIELDS}
         given["widths"] = parse_widths(widths) if widths is not None else None
-        data_cfg = DataConfig(name=data, root=data_dir, image_size=image_size, channels=channels, split_seed=seed, binarize=binarize,
+        data_cfg = DataConfig(name=data, root=data_dir, image_size=image_size, channels=channels, split_seed=seed if split_seed is None else split_seed, binarize=binarize,
                               fit=fit, max_image_size=max_image_size, strict=strict, val_size=val_size)  # fmt: skip
         with load_reporter(quiet or not main, use_cache=not no_cache) as load:
             model_cfg, data_cfg, train_cfg, loaded = plan_run(data_cfg, given, load)

@@ -25,6 +25,7 @@ PROGRESS = "progress.json"  # every invocation of every run: kind, steps before 
 PLAN_FORMAT = 1
 BUDGETS = ("time_budget", "epochs", "max_steps")  # the budget flags: one value for every run
 SEED = "seed"  # swept seeds are repeats (mean ± std), not a factor
+SPLIT_SEED = ("split_seed", "--split-seed")  # with seeds swept, one for every run (the first seed unless given)
 MAX_RUNS = 1000
 
 
@@ -133,6 +134,9 @@ def build_plan(name: str | None, args: Sequence[tuple[Flag, str | None]]) -> Pla
         raise ConfigError("nothing to sweep: give a numeric vae train flag comma-separated values, e.g. --beta 0.5,1,4")
     if not any(k in BUDGETS for k, _ in fixed):
         raise ConfigError("a sweep needs the same budget for every run: give --time-budget SECONDS or --epochs N (or --max-steps N)")
+    if SEED in swept and SPLIT_SEED[0] not in options:  # repeats vary the model's seed on one data split
+        fixed.append((SPLIT_SEED[0], value_text(swept[SEED][0])))
+        options[SPLIT_SEED[0]] = SPLIT_SEED[1]
     total = math.prod(len(v) for v in swept.values())
     if total > MAX_RUNS:
         raise ConfigError(f"the sweep would train {total:,} runs (at most {MAX_RUNS:,})")
