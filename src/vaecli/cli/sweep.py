@@ -354,7 +354,12 @@ def sweep_cmd(
         ),
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace another plan recorded under this name: its runs are trained afresh.")
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace another plan recorded under this name (its runs are trained afresh) and any planned run's folder "
+            "that holds another run (trained by hand with other values).",
+        ),
     ] = False,
     score: Annotated[bool, typer.Option("--score/--no-score", help=SCORE_HELP)] = True,
     n: Annotated[int, typer.Option("-n", "--num", help=N_HELP)] = N_SCORED,
