@@ -229,42 +229,64 @@ def _cell(row: dict[str, Any], key: str, digits: int, std: dict[str, Any] | None
     return fmt(float(v), digits) if isinstance(v, (int, float)) and not isinstance(v, bool) else fmt(v)
 
 
-def print_results(result: dict[str, Any], factors: list[str], console: Any) -> None:
-    """The rich table of a sweep or comparison (groups of seeds as mean ± std), then its notes and files."""
-    from rich import box
-    from rich.table import Table
+Line = tuple[list[str], dict[str, Any], dict[str, Any] | None]  # a table line: its key cells, its numbers, their stds (seeds)
 
+
+def _lines(result: dict[str, Any], factors: list[str]) -> tuple[list[str], list[Line], bool]:
+    """The table's key columns and one line per row: per group of seeds (mean ± std) when seeds repeat,
+    else per run (its swept values in a sweep, its name in a comparison). Also whether seeds repeat."""
     from ..experiments.compare import cell_text
 
     runs = result["runs"]
-    units = {r["units"] for r in runs}
-    unit = next(iter(units)) if len(units) == 1 else None
-    seeds = bool(result.get("groups")) and any(g["n"] > 1 for g in result["groups"])
-    lines: list[tuple[list[str], dict[str, Any], dict[str, Any] | None]] = []
-    if seeds:
+    if result.get("groups") and any(g["n"] > 1 for g in result["groups"]):
+        lines: list[Line] = []
         for g in result["groups"]:
             first = next(r for r in runs if r["run"] == g["runs"][0])
-            lines.append(
-                (
-                    [cell_text(g["values"][k]) for k in factors] + [str(g["n"])],
-                    {**g["mean"], "latent_dim": first["latent_dim"], "units": g["units"]},
-                    g["std"],
-                )
-            )
-        heads = [*factors, "seeds"]
-    else:
-        for r in runs:
-            lines.append(
-                ([cell_text(r["values"].get(k)) for k in result.get("swept", {})] if result["kind"] == "sweep" else [r["run"]], r, None)
-            )
-        heads = list(result.get("swept", {})) if result["kind"] == "sweep" else ["run"]
+            numbers = {**g["mean"], "latent_dim": first["latent_dim"], "units": g["units"]}
+            lines.append(([cell_text(g["values"][k]) for k in factors] + [str(g["n"])], numbers, g["std"]))
+        return [*factors, "seeds"], lines, True
+    if result["kind"] != "sweep":
+        return ["run"], [([r["run"]], r, None) for r in runs], False
+    swept = list(result.get("swept", {}))
+    return swept, [([cell_text(r["values"].get(k)) for k in swept], r, None) for r in runs], False
+
+
+def _columns(runs: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
+    """The number columns (key, heading, digits): scores only where some run has them."""
     has = lambda k: any(r.get(k) is not None for r in runs)  # noqa: E731
     cols = [("rate", "rate", 2), ("distortion", "distortion", 2), ("neg_elbo", "-ELBO", 2)]
     cols += [("bits_per_dim", "bits/dim", 4)] if has("bits_per_dim") else []
     cols += [("active_units", "active", 1)]
     cols += [("fd", "FD", 3), ("kid", "KID", 5), ("precision", "P", 3), ("recall", "R", 3)] if has("fd") else []
     cols += [("mig", "MIG", 3), ("factorvae_score", "FactorVAE", 3)] if has("mig") else []
-    cols += [("images_per_second", "img/s", 0), ("train_seconds", "train s", 1)]
+    return [*cols, ("images_per_second", "img/s", 0), ("train_seconds", "train s", 1)]
+
+
+def _legend(runs: list[dict[str, Any]], unit: str | None) -> str:
+    """What the columns mean, in one line under the table."""
+    features = next((r.get("features") for r in runs if r.get("features")), "")
+    return (
+        "rate = test KL(q(z|x) || p(z)) in nats/image; distortion = test -log p(x|z); -ELBO = distortion + rate"
+        + (f"; both in {unit}" if unit else "; in the units of each run")
+        + (
+            f"; FD/KID/P/R: prior samples against test images in the {features} feature space"
+            if any(r.get("fd") is not None for r in runs)
+            else ""
+        )
+        + "; active: latent dims with Var(mu) > 0.01; img/s, train s: training speed and seconds"
+    )
+
+
+def print_results(result: dict[str, Any], factors: list[str], console: Any) -> None:
+    """The rich table of a sweep or comparison (groups of seeds as mean ± std), then its notes and files."""
+    from rich import box
+    from rich.table import Table
+
+    runs = result["runs"]
+    units = {r["units"] for r in runs}
+    unit = next(iter(units)) if len(units) == 1 else None
+    heads, lines, seeds = _lines(result, factors)
+    cols = _columns(runs)
     title = f"{result['kind']} {result.get('name', '')}: {len(runs)} runs, test split" + (", mean ± std over seeds" if seeds else "")
     if not console.is_terminal:  # a file or pipe: the whole table on one line per row
         console.width = max(console.width, 150)
@@ -276,24 +298,9 @@ def print_results(result: dict[str, Any], factors: list[str], console: Any) -> N
     for _, head, _ in cols:
         t.add_column(head, justify="right")
     for keys, row, std in lines:
-        cells = [*keys] + ([row["units"]] if unit is None else [])
-        cells += [_cell(row, k, d, std) for k, _, d in cols]
-        t.add_row(*cells)
+        t.add_row(*keys, *([row["units"]] if unit is None else []), *(_cell(row, k, d, std) for k, _, d in cols))
     console.print(t)
-    console.print(
-        "rate = test KL(q(z|x) || p(z)) in nats/image; distortion = test -log p(x|z); -ELBO = distortion + rate"
-        + (f"; both in {unit}" if unit else "; in the units of each run")
-        + (
-            "; FD/KID/P/R: prior samples against test images in the "
-            f"{next((r.get('features') for r in runs if r.get('features')), '')} feature space"
-            if has("fd")
-            else ""
-        )
-        + "; active: latent dims with Var(mu) > 0.01; img/s, train s: training speed and seconds",
-        highlight=False,
-        markup=False,
-        soft_wrap=True,
-    )
+    console.print(_legend(runs, unit), highlight=False, markup=False, soft_wrap=True)
     for note in result.get("notes", []):
         console.print(f"[yellow]note: {note}[/yellow]", highlight=False, soft_wrap=True)
     for kind, path in result.get("files", {}).items():
@@ -347,7 +354,12 @@ def sweep_cmd(
         ),
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace another plan recorded under this name: its runs are trained afresh.")
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace another plan recorded under this name (its runs are trained afresh) and any planned run's folder "
+            "that holds another run (trained by hand with other values).",
+        ),
     ] = False,
     score: Annotated[bool, typer.Option("--score/--no-score", help=SCORE_HELP)] = True,
     n: Annotated[int, typer.Option("-n", "--num", help=N_HELP)] = N_SCORED,
@@ -356,91 +368,27 @@ def sweep_cmd(
 ) -> None:
     """Train one run per value of the swept flags and compare them: `vae sweep --beta 0.25,1,4 --time-budget 60`.
 
-    Any numeric `vae train` flag given comma-separated values is swept; two make a grid; `--seed 0,1,2` are repeats (mean ± std).
+    Any numeric `vae train` flag given comma-separated values is swept; two make a grid; `--seed 0,1,2` are repeats (mean ± std) on one data split (`--split-seed`: the first seed unless given).
 
     Every other `vae train` option goes to every run as it is; all get the same budget: --time-budget, --epochs or --max-steps.
 
     Results: a table, and sweep.json, sweep.csv, rd.png (rate-distortion), samples.png, traverse.png in <runs dir>/sweeps/NAME/.
 
     Run the same command again to continue: finished runs are skipped, interrupted ones resumed (Ctrl-C leaves them resumable)."""
-    from ..errors import ConfigError
-    from ..experiments.sweep import SweepLock, build_plan, check_run_matches, default_jobs, parse_args, read_plan, record_plan, run_status
+    from ..experiments.sweep import SweepLock
 
     t0 = time.perf_counter()
     check_positive("-n", n, 10)
     if jobs is not None:
         check_positive("--jobs", jobs, 1)
     err = stderr_console()
-    if collect is not None:
-        if ctx.args or name or plan_only:
-            raise ConfigError("--collect NAME reads the recorded plan: give no vae train options, --name or --plan with it")
-        plan = read_plan(collect)
-    else:
-        plan = build_plan(name, parse_args(ctx.args, train_flags()))
-        for run in plan.runs:
-            check_train_args(run)
+    plan = _plan_of(ctx.args, name=name, collect=collect, plan_only=plan_only)
     if plan_only:
-        with SweepLock(plan):  # --overwrite removes run folders: never under a running sweep
-            outcome = record_plan(plan, overwrite)
-        if not quiet:
-            err.print(
-                f"sweep {plan.name}: {len(plan.runs)} runs, plan {'recorded' if outcome != 'same' else 'unchanged'} in "
-                f"{plan.folder}; collect them with `vae sweep --collect {plan.name}`",
-                highlight=False,
-                markup=False,
-                soft_wrap=True,
-            )
-        for run in plan.runs:
-            sys.stdout.write(run.command() + "\n")
-        sys.stdout.flush()
+        _record_and_print(plan, overwrite, quiet, err)
         return
-
     with SweepLock(plan):
-        failed: dict[str, str] = {}
-        seconds = {"runs": 0.0}
-        if collect is None:
-            outcome = record_plan(plan, overwrite)
-            for run in plan.runs:
-                check_run_matches(run)
-            statuses = {run.name: run_status(run.name) for run in plan.runs}
-            todo = [(run, statuses[run.name]) for run in plan.runs if statuses[run.name].state != "done"]
-            n_jobs = jobs or default_jobs(plan, len(todo))
-            if not quiet:
-                counts = {s: sum(1 for st in statuses.values() if st.state == s) for s in ("done", "interrupted", "absent")}
-                err.print(
-                    f"sweep {plan.name}: {len(plan.runs)} runs ({counts['done']} finished, {counts['interrupted']} to resume, "
-                    f"{counts['absent']} to start), {n_jobs} at a time, budget "
-                    + ", ".join(f"{plan.options[k]} {v:g}" for k, v in plan.budget().items())
-                    + ("" if outcome != "replaced" else "; the previous plan was replaced"),
-                    highlight=False,
-                    markup=False,
-                    soft_wrap=True,
-                )
-            if todo:
-                from ..experiments.sweep import slot_env
-
-                t_runs = time.perf_counter()
-                with _Board(plan, statuses, err, quiet) as board:
-                    outcomes, stopping, failures = _execute(plan, todo, n_jobs, slot_env(n_jobs, plan.fixed_value("device")), board, err)
-                if stopping == "terminate":
-                    err.print("terminated: the runs stopped without saving; run the same command again to continue from their checkpoints")
-                    raise typer.Exit(143)
-                if stopping:
-                    err.print(
-                        f"interrupted: every run is saved; run the same command again to continue (sweep {plan.name})",
-                        highlight=False,
-                        markup=False,
-                        soft_wrap=True,
-                    )
-                    raise typer.Exit(130)
-                failed = {r: o for r, o in outcomes.items() if o == "failed"}
-                seconds["runs"] = time.perf_counter() - t_runs
-                for line in failures:
-                    err.print(f"failed: {line}", style="red", highlight=False, markup=False, soft_wrap=True)
-                if failed and all(run_status(run.name).state != "done" for run in plan.runs):
-                    err.print(f"no run finished (logs in {plan.folder / 'logs'})", highlight=False, markup=False, soft_wrap=True)
-                    raise typer.Exit(1)
-        result = _results(plan, score=score, n=n, err=err, quiet=quiet, seconds={**seconds, "start": t0})
+        failed, run_seconds = ({}, 0.0) if collect is not None else _train(plan, jobs, overwrite, quiet, err)
+        result = _results(plan, score=score, n=n, err=err, quiet=quiet, seconds={"runs": run_seconds, "start": t0})
     _finish(result, plan.factors if result.get("groups") else [], as_json)
     if failed:
         err.print(
@@ -449,6 +397,101 @@ def sweep_cmd(
             soft_wrap=True,
         )
         raise typer.Exit(1)
+
+
+def _plan_of(args: list[str], *, name: str | None, collect: str | None, plan_only: bool) -> Any:
+    """The sweep's plan: the recorded one of ``--collect NAME``, else built from the `vae train` options
+    ``args``, each run's arguments checked by `vae train`'s own rules."""
+    from ..errors import ConfigError
+    from ..experiments.sweep import build_plan, parse_args, read_plan
+
+    if collect is not None:
+        if args or name or plan_only:
+            raise ConfigError("--collect NAME reads the recorded plan: give no vae train options, --name or --plan with it")
+        return read_plan(collect)
+    plan = build_plan(name, parse_args(args, train_flags()))
+    for run in plan.runs:
+        check_train_args(run)
+    return plan
+
+
+def _record_and_print(plan: Any, overwrite: bool, quiet: bool, err: Any) -> None:
+    """--plan: record the plan, then each run's `vae train` command on stdout, one per line."""
+    from ..experiments.sweep import SweepLock, record_plan
+
+    with SweepLock(plan):  # --overwrite removes run folders: never under a running sweep
+        outcome = record_plan(plan, overwrite)
+    if not quiet:
+        err.print(
+            f"sweep {plan.name}: {len(plan.runs)} runs, plan {'recorded' if outcome != 'same' else 'unchanged'} in "
+            f"{plan.folder}; collect them with `vae sweep --collect {plan.name}`",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    for run in plan.runs:
+        sys.stdout.write(run.command() + "\n")
+    sys.stdout.flush()
+
+
+def _train(plan: Any, jobs: int | None, overwrite: bool, quiet: bool, err: Any) -> tuple[dict[str, str], float]:
+    """Record the plan, then start, resume or skip each run (``jobs`` at a time; default by the plan).
+    Returns the failed runs (run -> outcome) and the seconds the runs took; a stopped sweep exits
+    (130 after Ctrl-C, 143 after SIGTERM), as does one whose runs all failed (1)."""
+    from ..experiments.sweep import check_run_matches, default_jobs, record_plan, run_status, slot_env
+
+    outcome = record_plan(plan, overwrite)
+    for run in plan.runs:  # a folder that holds another run: refused, or with --overwrite removed
+        diff = check_run_matches(run, overwrite)
+        if diff and not quiet:
+            err.print(f"{run.name}: trained with {diff}: removed, to be trained as planned", highlight=False, markup=False, soft_wrap=True)
+    statuses = {run.name: run_status(run.name) for run in plan.runs}
+    todo = [(run, statuses[run.name]) for run in plan.runs if statuses[run.name].state != "done"]
+    n_jobs = jobs or default_jobs(plan, len(todo))
+    if not quiet:
+        _announce(plan, statuses, n_jobs, replaced=outcome == "replaced", err=err)
+    if not todo:
+        return {}, 0.0
+    t_runs = time.perf_counter()
+    with _Board(plan, statuses, err, quiet) as board:
+        outcomes, stopping, failures = _execute(plan, todo, n_jobs, slot_env(n_jobs, plan.fixed_value("device")), board, err)
+    _exit_if_stopped(plan, stopping, err)
+    failed = {r: o for r, o in outcomes.items() if o == "failed"}
+    for line in failures:
+        err.print(f"failed: {line}", style="red", highlight=False, markup=False, soft_wrap=True)
+    if failed and all(run_status(run.name).state != "done" for run in plan.runs):
+        err.print(f"no run finished (logs in {plan.folder / 'logs'})", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(1)
+    return failed, time.perf_counter() - t_runs
+
+
+def _announce(plan: Any, statuses: dict[str, Any], n_jobs: int, *, replaced: bool, err: Any) -> None:
+    """The sweep's first line: its runs by state, runs at a time, the budget."""
+    counts = {s: sum(1 for st in statuses.values() if st.state == s) for s in ("done", "interrupted", "absent")}
+    err.print(
+        f"sweep {plan.name}: {len(plan.runs)} runs ({counts['done']} finished, {counts['interrupted']} to resume, "
+        f"{counts['absent']} to start), {n_jobs} at a time, budget "
+        + ", ".join(f"{plan.options[k]} {v:g}" for k, v in plan.budget().items())
+        + ("; the previous plan was replaced" if replaced else ""),
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+def _exit_if_stopped(plan: Any, stopping: str, err: Any) -> None:
+    """After Ctrl-C (130: every run saved) or SIGTERM (143: the runs stopped without saving), exit with a line that says so."""
+    if stopping == "terminate":
+        err.print("terminated: the runs stopped without saving; run the same command again to continue from their checkpoints")
+        raise typer.Exit(143)
+    if stopping:
+        err.print(
+            f"interrupted: every run is saved; run the same command again to continue (sweep {plan.name})",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(130)
 
 
 def _results(plan: Any, *, score: bool, n: int, err: Any, quiet: bool, seconds: dict[str, float]) -> dict[str, Any]:

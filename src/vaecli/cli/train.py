@@ -66,7 +66,8 @@ def train_cmd(
     blocks: Annotated[OptInt, _opt("--blocks", "conv archs: residual blocks after each conv stage, encoder and decoder (" + RULE + ").")] = None,
     prior: Annotated[OptStr, _opt("--prior", "normal (N(0, I)) | vamp (the VampPrior: a mixture of the posteriors of learned pseudo-inputs, Tomczak & Welling 2018).")] = None,
     pseudo_inputs: Annotated[OptInt, _opt("--pseudo-inputs", "--prior vamp: the number K of pseudo-inputs (default 500).")] = None,
-    seed: Annotated[int, _opt("--seed", "Random seed (weights, shuffling, sampling, splits).")] = 0,
+    seed: Annotated[int, _opt("--seed", "Random seed (weights, shuffling, sampling; the data splits unless --split-seed).")] = 0,
+    split_seed: Annotated[OptInt, _opt("--split-seed", "Seed of the data splits: train/test of folders and shapes, the validation split of every dataset (default: --seed).")] = None,
     device: Annotated[OptStr, _opt("--device", DEVICE_HELP + " A resumed run keeps its device unless given.")] = None,
     precision: Annotated[OptStr, _opt("--precision", "auto (bf16 where it measured better at equal wall time, else fp32; docs/performance.md) | fp32 | bf16.")] = None,
     name: Annotated[OptStr, _opt("--name", "Run name (default: generated).")] = None,
@@ -151,7 +152,7 @@ def _start(options: dict[str, Any], given: dict[str, Any], quiet: bool) -> Any:
     fields = {k: v for k, v in o.items() if k in MODEL_FIELDS | TRAIN_FIELDS}
     fields["widths"] = parse_widths(o["widths"]) if o["widths"] is not None else None
     fields["skip_nonfinite"] = bool(o["skip_nonfinite"])
-    data_cfg = DataConfig(name=o["data"], root=o["data_dir"], image_size=o["image_size"], channels=o["channels"], split_seed=o["seed"],
+    data_cfg = DataConfig(name=o["data"], root=o["data_dir"], image_size=o["image_size"], channels=o["channels"], split_seed=o["seed"] if o["split_seed"] is None else o["split_seed"],
                           binarize=o["binarize"], fit=o["fit"], max_image_size=o["max_image_size"], strict=o["strict"],
                           val_size=o["val_size"])  # fmt: skip
     with load_reporter(quiet, use_cache=not o["no_cache"]) as load:

@@ -158,8 +158,17 @@ def sample_features_fit(row: dict[str, Any]) -> bool:
     return default_features(*row["image"]) == FMNIST_NET
 
 
-def _score_key(row: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
-    return {"steps": row["steps"], "train_seconds": row["train_seconds"], "n": n, "seed": seed}
+def _score_key(row: dict[str, Any], n: int, seed: int, prior: str) -> dict[str, Any]:
+    """What cached scores must have been computed for: the same weights (steps, seconds), n, seed and prior."""
+    return {"steps": row["steps"], "train_seconds": row["train_seconds"], "n": n, "seed": seed, "prior": prior}
+
+
+def _prior_key(choice: Any) -> str:
+    """The prior samples are drawn from, for the score cache: a fitted prior by its tensors' sha256
+    (a refit is another prior), else the model's own prior by its kind (``normal``, ``vamp``)."""
+    if choice.info is not None:
+        return str(choice.info.get("tensors_sha256"))
+    return str(choice.prior.kind)
 
 
 def study_run(
@@ -185,18 +194,19 @@ def study_run(
 
     folder = Path(row["path"])
     model, cfg, _ = ckpt.load_model(folder, device)
-    prior = load_prior(folder, "auto", model).prior  # the run's fitted prior when it has one (vae train --fit-prior)
+    choice = load_prior(folder, "auto", model)  # the run's fitted prior when it has one (vae fit-prior, vae train --fit-prior)
+    prior, key = choice.prior, _score_key(row, n, seed, _prior_key(choice))
     test = load_split(replace(cfg.data, binarize=False), "test")  # original pixels: the real side of the scores, the traversals' base
     notes: list[str] = []
     scores: dict[str, Any] = {}
     if score:
-        cached = _read_cache(cache, row, n, seed)
+        cached = _read_cache(cache, row["run"], key)
         if cached is not None:
             scores = cached
         else:
             scores = _scores(model, cfg, row, n, seed, votes, notes, test, prior)
             if cache is not None:
-                atomic_write_json(cache / f"{row['run']}.json", {"key": _score_key(row, n, seed), "scores": scores, "notes": notes})
+                atomic_write_json(cache / f"{row['run']}.json", {"key": key, "scores": scores, "notes": notes})
         notes.extend(scores.pop("_notes", []))
     if not pictures:
         return scores, notes, None
@@ -210,14 +220,15 @@ def study_run(
     return scores, notes, Study(row["label"], samples, grid, labels)
 
 
-def _read_cache(cache: Path | None, row: dict[str, Any], n: int, seed: int) -> dict[str, Any] | None:
+def _read_cache(cache: Path | None, run: str, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The cached scores of ``run`` (with their notes under ``_notes``) when they were computed for ``key``."""
     if cache is None:
         return None
     try:
-        data = json.loads((cache / f"{row['run']}.json").read_text("utf-8"))
+        data = json.loads((cache / f"{run}.json").read_text("utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict) or data.get("key") != _score_key(row, n, seed) or not isinstance(data.get("scores"), dict):
+    if not isinstance(data, dict) or data.get("key") != key or not isinstance(data.get("scores"), dict):
         return None
     return {**data["scores"], "_notes": list(data.get("notes") or [])}
 
@@ -279,7 +290,7 @@ def aggregate(rows: Sequence[dict[str, Any]], factors: Sequence[str]) -> list[di
 
 def cell_text(v: Any) -> str:
     """A table cell for a swept value (numbers as the sweep names them), anything else as text."""
-    from .sweep import value_text
+    from .sweep.flags import value_text
 
     return value_text(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
