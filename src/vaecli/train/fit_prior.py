@@ -20,8 +20,8 @@ every flow epoch: samples of the aggregate posterior itself, what the decoder wa
 ``means`` (the posterior means, narrower than q(z)). The validation split chooses (components,
 best flow epoch); the test split only reports: log p(z) in nats per latent vector, beside the same
 under N(0, I). A stored prior is ``prior.safetensors`` (tensors) + ``prior.json`` (kind, sizes,
-what it was fitted on, the scores, the SHA-256 of both the tensors and the model weights it was
-fitted to), written atomically, never pickled.
+what it was fitted on, the scores, the SHA-256 of the tensors, and the file and fingerprint of the
+model weights it was fitted to), written atomically, never pickled.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from ..model.mixture import EMResult, fit_gmm
 from ..model.posterior import Posterior
 from ..model.priors import Prior, StandardNormal, mean_log_prob
 from ..runs.priors import KINDS, PRIOR_FORMAT, FitResult
+from ..runs.store import weights_fingerprint
 
 FIT_ON = ("draws", "means")
 DEFAULT_FIT_ON = "draws"  # measured: benchmarks/results/priors_fmnist.json, docs/priors.md
@@ -106,6 +107,7 @@ def fit_prior(model: Any, data_cfg: Any, kind: str = "gmm", components: int | No
     fit_on = fit_on or DEFAULT_FIT_ON
     start, cpu_start = time.perf_counter(), time.process_time()
     model.eval()
+    fitted_to = {"sha256": weights_fingerprint(model)}  # what sampling compares with (vaecli.runs.priors.load_prior)
     report("encoding the train, val and test splits", False)
     enc = encode_splits(model, data_cfg)
     g = torch.Generator().manual_seed(seed)
@@ -180,5 +182,6 @@ def fit_prior(model: Any, data_cfg: Any, kind: str = "gmm", components: int | No
         seconds=round(time.perf_counter() - start, 3),
         cpu_seconds=round(time.process_time() - cpu_start, 3),  # all threads; an upper bound of the wall time on idle cores
         threads=torch.get_num_threads(),
+        model_weights=fitted_to,
     )
     return FitResult(prior, info)
