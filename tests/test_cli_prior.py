@@ -167,6 +167,7 @@ def test_eval_samples_prior_and_memorisation(run: Path) -> None:
     assert "mem. ratio" in table and "Memorisation ratio (mem. ratio): median distance" in table and "gmm, 2 components" in table
 
 
+@pytest.mark.slow
 def test_a_fitted_prior_scores_better_fd_than_the_standard_normal(trained: Path) -> None:
     ok("fit-prior", "--checkpoint", trained)
     fitted = json.loads(ok("eval-samples", "--checkpoint", trained, "-n", 500, "--json").stdout)
