@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo   - venv, install, train on the embedded Fashion-MNIST sample (~1 min), sample grid
 #   make test   - venv, install .[test], run the test suite
+#   make test-fast - the suite without the tests marked slow (torchrun, real sweeps, long runs, the browser, fuzzers, benchmark modes)
 #   make lint   - ruff check, ruff format --check and mypy on src/ (CI runs it before the tests)
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +10,7 @@ VAE := $(VENV)/bin/vae
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 DEMO_SECONDS ?= 60
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-fast lint install clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +29,9 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks scripts

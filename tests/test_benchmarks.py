@@ -85,6 +85,7 @@ def test_mini_as_torchvision_is_the_shipped_mini_set(tmp_path: Path) -> None:
     assert torch.equal(test.targets, load_mini("test").labels)
 
 
+@pytest.mark.slow
 def test_recovery_mode_counts_the_copies_and_restores_vaecli(tmp_path: Path) -> None:
     from vaecli.train import health, recipe
     from vaecli.train import trainer as training
@@ -113,6 +114,7 @@ def test_recovery_mode_counts_the_copies_and_restores_vaecli(tmp_path: Path) -> 
     assert rec["colour64"]["model"]["arch"] == colour["arch"] and rec["colour64"]["model"]["likelihood"] == colour["likelihood"]
 
 
+@pytest.mark.slow
 def test_overhead_mode_runs_the_plain_recipe_and_the_trainer(tmp_path: Path) -> None:
     out = tmp_path / "overhead.json"
     bench = importlib.import_module("bench_overhead")
@@ -124,6 +126,7 @@ def test_overhead_mode_runs_the_plain_recipe_and_the_trainer(tmp_path: Path) -> 
     assert res["model"]["arch"] == "mlp"
 
 
+@pytest.mark.slow
 def test_versions_mode_measures_both_trees_and_removes_its_worktree(tmp_path: Path) -> None:
     if subprocess.run(["git", "rev-parse", "HEAD"], cwd=harness.ROOT, capture_output=True).returncode != 0:
         pytest.skip("not a git checkout: bench_versions needs one")

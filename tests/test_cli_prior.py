@@ -114,6 +114,32 @@ def test_sample_uses_the_fitted_prior_by_default(run: Path, tmp_path: Path) -> N
     assert "--prior must be auto, fitted, normal" in one_error_line(vae("sample", "--run", "tiny", "--prior", "vamp"))
 
 
+def test_a_prior_fitted_with_checkpoint_is_compared_with_the_weights_sampled_from(run: Path, tmp_path: Path) -> None:
+    import torch
+
+    from vaecli.runs import store as ckpt
+
+    model, cfg, _ = ckpt.load_model(run)
+    with torch.no_grad():  # other weights of the same run, in a file of their own (as an earlier checkpoint)
+        next(model.parameters()).mul_(1.5)
+    (tmp_path / "other").mkdir()
+    ckpt.save_model(tmp_path / "other", model, cfg.model.to_dict())
+    other = run / "other.safetensors"
+    shutil.move(tmp_path / "other" / ckpt.MODEL, other)
+
+    def other_weights_note(*source: object) -> str:
+        r = ok("sample", *source, "-n", 4, "-o", tmp_path / "s.png")
+        return "".join(ln for ln in r.stderr.splitlines() if "fitted to other weights" in ln)
+
+    ok("fit-prior", "--checkpoint", other, "--components", 2)
+    assert other_weights_note("--checkpoint", other) == ""  # sampled from the weights it was fitted to: no note
+    assert "(other.safetensors when it was fitted)" in other_weights_note("--run", "tiny")
+    assert json.loads((run / PRIOR_JSON).read_text())["model_weights"]["file"] == "other.safetensors"
+    ok("fit-prior", "--run", "tiny", "--components", 2)
+    assert other_weights_note("--run", "tiny") == ""
+    assert "(model.safetensors when it was fitted)" in other_weights_note("--checkpoint", other)
+
+
 def test_a_prior_of_another_latent_size_is_refused(run: Path, tmp_path: Path) -> None:
     ok("fit-prior", "--run", "tiny", "--components", 2)
     ok("train", "--data", "fashion-mnist-mini", "--latent-dim", 4, "--widths", "8,16", "--hidden", 32, "--max-steps", 2, "--device", "cpu",
@@ -141,6 +167,7 @@ def test_eval_samples_prior_and_memorisation(run: Path) -> None:
     assert "mem. ratio" in table and "Memorisation ratio (mem. ratio): median distance" in table and "gmm, 2 components" in table
 
 
+@pytest.mark.slow
 def test_a_fitted_prior_scores_better_fd_than_the_standard_normal(trained: Path) -> None:
     ok("fit-prior", "--checkpoint", trained)
     fitted = json.loads(ok("eval-samples", "--checkpoint", trained, "-n", 500, "--json").stdout)

@@ -172,6 +172,7 @@ def ddp_home(tmp_path_factory: pytest.TempPathFactory, train_tiny: Callable[...,
     return home
 
 
+@pytest.mark.slow
 def test_torchrun_new_run(ddp_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VAE_HOME", str(ddp_home))
     logs = ddp_home.parent / "logs" / "new"
@@ -186,6 +187,7 @@ def test_torchrun_new_run(ddp_home: Path, monkeypatch: pytest.MonkeyPatch) -> No
     _check_ranks_in_sync(ddp_home / "ddp")
 
 
+@pytest.mark.slow
 def test_torchrun_run_samples_on_one_process(ddp_home: Path) -> None:
     from vaecli.eval import inference
     from vaecli.runs import store as checkpoint
@@ -196,6 +198,7 @@ def test_torchrun_run_samples_on_one_process(ddp_home: Path) -> None:
     assert x.shape == (6, 1, 28, 28) and torch.isfinite(x).all() and 0 <= float(x.min()) <= float(x.max()) <= 1
 
 
+@pytest.mark.slow
 def test_single_run_resumes_under_torchrun(ddp_home: Path) -> None:
     from vaecli.runs import store as checkpoint
     from vaecli.runs.state import rank_steps_per_epoch as _rank_steps
@@ -211,6 +214,7 @@ def test_single_run_resumes_under_torchrun(ddp_home: Path) -> None:
     _check_ranks_in_sync(run)
 
 
+@pytest.mark.slow
 def test_torchrun_run_resumes_on_one_process(ddp_home: Path, tmp_path: Path) -> None:
     from vaecli.runs import store as checkpoint
     from vaecli.runs.state import rank_steps_per_epoch as _rank_steps

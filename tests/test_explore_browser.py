@@ -92,6 +92,7 @@ def decoded_src(driver: Any) -> str:
     return driver.find_element("id", "decoded").get_attribute("src") or ""
 
 
+@pytest.mark.slow
 def test_sliders_move_the_image_and_uploads_encode(page: Any, tiny_run: Path, tmp_path: Path) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
 

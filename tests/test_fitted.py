@@ -169,7 +169,8 @@ def test_fit_store_and_reload_bit_identical(run_copy: Path, kind: str) -> None:
     assert sc["val"]["log_likelihood"] > sc["val"]["normal_log_likelihood"]  # the fitted density beats N(0, I) where it was chosen
     save_prior(run_copy, res)
     stored = json.loads((run_copy / PRIOR_JSON).read_text())
-    assert stored["tensors_sha256"] and stored["model_sha256"] and stored["scores"] == json.loads(json.dumps(sc))
+    assert stored["tensors_sha256"] and stored["scores"] == json.loads(json.dumps(sc))
+    assert stored["model_weights"] == {"file": "model.safetensors", "sha256": ckpt.weights_fingerprint(model)}
     prior, again = load_fitted(run_copy, 8)
     a, b = res.prior.state_dict(), prior.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
@@ -211,7 +212,47 @@ def test_load_prior_choices(run_copy: Path) -> None:
     with torch.no_grad():  # the run's weights change after the fit (e.g. training resumed): said in the note
         next(model.parameters()).add_(1.0)
     ckpt.save_model(run_copy, model, cfg.model.to_dict())
-    assert "fitted to other weights of this run" in load_prior(run_copy, "fitted", model).note
+    assert "fitted to other weights than these (model.safetensors when it was fitted)" in load_prior(run_copy, "fitted", model).note
+
+
+def test_loading_a_prior_does_not_hash_the_weights_again(run_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import copy
+    import hashlib
+
+    model, cfg, _ = ckpt.load_model(run_copy)
+    assert ckpt.weights_fingerprint(copy.deepcopy(model)) == ckpt.weights_fingerprint(model)  # hashed = stored with the file
+    save_prior(run_copy, fit_prior(model, cfg.data, "gmm", components=2))
+    prior_bytes, real_sha256 = (run_copy / PRIOR_TENSORS).stat().st_size, hashlib.sha256
+    hashed: list[int] = []  # bytes given to SHA-256, one entry per hash
+
+    class Counted:
+        def __init__(self) -> None:
+            self.h = real_sha256()
+            hashed.append(0)
+
+        def update(self, data: bytes) -> None:
+            hashed[-1] += memoryview(data).nbytes
+            self.h.update(data)
+
+        def hexdigest(self) -> str:
+            return self.h.hexdigest()
+
+    monkeypatch.setattr(hashlib, "sha256", Counted)
+    for _ in range(3):  # as `vae sample`, `eval-samples` and `vae compare` load them: the model, then its prior
+        model, _, _ = ckpt.load_model(run_copy)
+        hashed.clear()
+        assert load_prior(run_copy, "fitted", model).note is None
+        assert hashed == [prior_bytes]  # the small prior file only: the weights' fingerprint came with model.safetensors
+    with torch.no_grad():  # weights changed in place after loading: hashed once, in memory, and the note says so
+        next(model.parameters()).mul_(2.0)
+    hashed.clear()
+    assert "fitted to other weights" in load_prior(run_copy, "fitted", model).note
+    assert "fitted to other weights" in load_prior(run_copy, "auto", model).note
+    assert len(hashed) == 3 and hashed[0] == hashed[2] == prior_bytes
+    ckpt.save_model(run_copy, model, cfg.model.to_dict())  # other weights saved in the run: their note, without hashing them
+    again, _, _ = ckpt.load_model(run_copy)
+    hashed.clear()
+    assert "fitted to other weights" in load_prior(run_copy, "fitted", again).note and hashed == [prior_bytes]
 
 
 def test_a_run_without_a_validation_split_carves_one(tmp_path: Path, train_tiny) -> None:  # type: ignore[no-untyped-def]

@@ -71,6 +71,7 @@ def image_bytes(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=image_bytes(), channels=st.sampled_from([None, 1, 3]), size=st.sampled_from([None, 8, 28]))
 def test_load_image_returns_pixels_or_data_error(data: bytes, channels: int | None, size: int | None) -> None:
@@ -151,6 +152,7 @@ def json_lines(draw: st.DrawFn) -> str:
     return sep.join(lines) + draw(st.sampled_from(["", sep]))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(text=json_lines())
 def test_json_lines_reader_returns_vectors_or_vae_error(text: str) -> None:
@@ -170,6 +172,7 @@ def test_json_lines_reader_returns_vectors_or_vae_error(text: str) -> None:
             os.fsencode(p)  # usable as a file name
 
 
+@pytest.mark.slow
 @FUZZ
 @given(
     mu=st.lists(st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=DIM, max_size=DIM), min_size=1, max_size=5),

@@ -99,6 +99,7 @@ def test_a_beta_so_large_collapses_the_posterior_and_says_so(mini) -> None:  # t
     assert res.active_units <= 1 or res.test["kl"] < 0.5
 
 
+@pytest.mark.slow
 def test_a_tiny_split_trained_long_overfits_and_the_best_weights_are_kept(mini) -> None:  # type: ignore[no-untyped-def]
     train, test = mini
     small = (ImageData(train.images[:60]), test)  # 40 to train on, 20 to validate
@@ -114,6 +115,7 @@ def test_a_tiny_split_trained_long_overfits_and_the_best_weights_are_kept(mini) 
     assert evaluate(model, val, seed=0).neg_elbo == pytest.approx(best["val"]["neg_elbo"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_early_stop_ends_the_run_after_n_evaluations_without_improvement(mini) -> None:  # type: ignore[no-untyped-def]
     train, test = mini
     small = (ImageData(train.images[:60]), test)
@@ -221,6 +223,7 @@ def test_recovery_off_stops_at_the_first(mini, monkeypatch: pytest.MonkeyPatch) 
         _run("nan-off", mini, epochs=1, max_nonfinite=1).fit()
 
 
+@pytest.mark.slow
 def test_ranks_roll_back_together_under_gloo(tmp_path: Path) -> None:
     """Two ranks, a NaN injected at step 130 on both (after the first kept state, at step 100): one recovery,
     the ranks end with the same weights."""

@@ -189,6 +189,7 @@ def test_collect_lists_runs_not_trained_yet(tmp_path):
 # ----------------------------------------------------------------------------- a real sweep (subprocesses)
 
 
+@pytest.mark.slow
 def test_a_three_value_sweep(tmp_path):
     args = ["sweep", "--beta", "0.1,1,20", *TINY, "--max-steps", "40", "--name", "b3", "-n", "100", "--jobs", "3"]
     r = vae(*args, "--json")
@@ -227,6 +228,7 @@ def test_a_three_value_sweep(tmp_path):
     assert [row["rate"] for row in json.loads(cmp.stdout)["runs"]] == [rates[0], rates[2]] and not json.loads(cmp.stdout)["notes"]
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_and_trains_no_run_twice(tmp_path):
     """A real SIGINT to the sweep process while its runs train: every run saves; the same command
     again resumes them with the rest of their budget, and each run ends at exactly its budget."""

@@ -40,9 +40,8 @@ def eval_kl_cmd(
 ) -> None:
     """Per-dimension KL, total KL, reconstruction, -ELBO and active units (Burda et al. 2016) over a split;
     with --iw-samples K also the importance-weighted -log p(x), its standard error and bits/dim."""
-    from ..data import ImageData, binarize_fixed, load_split
     from ..errors import ConfigError
-    from ..eval.metrics import evaluate, iw_nll
+    from ..eval.metrics import evaluate
 
     check_positive("--batch-size", batch_size)
     check_positive("--iw-samples", iw_samples, 0)
@@ -51,19 +50,40 @@ def eval_kl_cmd(
     if svg is not None and as_json:
         raise ConfigError("--svg saves the table: use it without --json")
     model, cfg, folder = model_source.load()
+    data, use_binary = _eval_data(cfg, folder.name, split, limit, binarize)
+    dev = next(model.parameters()).device
+    res = evaluate(model, data, batch_size=batch_size, device=dev, seed=seed)
+    out, lines = _report(res, model, folder.name, split, use_binary)
+    if iw_samples:
+        lines.append(_importance_weighted(out, model, data, iw_samples, min(batch_size, 100), dev, seed))
+    if as_json:
+        print_json(out)
+        return
+    _kl_table(res, folder.name, split, svg, lines)
+
+
+def _eval_data(cfg: Any, run: str, split: str, limit: int | None, binarize: bool | None) -> tuple[Any, bool]:
+    """The images of ``split`` (the first ``limit``), binarised as ``--binarize`` asks (default: as
+    the run was trained), and whether they are binary."""
+    from ..data import ImageData, binarize_fixed, load_split
+    from ..errors import ConfigError
+
     data = load_split(cfg.data, split)
     if limit is not None:
         data = ImageData(data.images[:limit], None if data.labels is None else data.labels[:limit])
     if binarize is False and cfg.data.binarize:
-        raise ConfigError(f"run {folder.name!r} was trained on binarised pixels: drop --no-binarize")
+        raise ConfigError(f"run {run!r} was trained on binarised pixels: drop --no-binarize")
     use_binary = cfg.data.binarize if binarize is None else binarize
     if use_binary:  # a fixed stochastic binarisation (the test split of a --binarize run already is one)
         data = binarize_fixed(data)
-    dev = next(model.parameters()).device
-    res = evaluate(model, data, batch_size=batch_size, device=dev, seed=seed)
+    return data, use_binary
+
+
+def _report(res: EvalResult, model: Any, run: str, split: str, use_binary: bool) -> tuple[dict[str, Any], list[str]]:
+    """The JSON output of the numbers and the lines printed below the table (units, what the KL per dimension is)."""
     label = model.likelihood.label(use_binary)
     out: dict[str, Any] = {
-        "run": folder.name,
+        "run": run,
         "split": split,
         "images": res.images,
         "neg_elbo": res.neg_elbo,
@@ -82,25 +102,23 @@ def eval_kl_cmd(
             f"KL per dimension: to each marginal of the {model.prior.kind} prior, which does not factorise "
             "(the dimensions do not add up to the total KL, a one-sample estimate log q(z|x) - log p(z))"
         )
-    if iw_samples:
-        import torch
+    return out, lines
 
-        gen = torch.Generator(device=dev).manual_seed(seed)
-        iw = iw_nll(model, data, k=iw_samples, batch_size=min(batch_size, 100), device=dev, generator=gen)
-        out.update({"iw_samples": iw.k, "iw_nll": iw.iw_nll, "iw_nll_stderr": iw.iw_nll_stderr, "iw_bits_per_dim": iw.bits_per_dim})
-        bpd = (
-            f", {fmt(iw.bits_per_dim, 4)} bits/dim"
-            if iw.bits_per_dim is not None
-            else " (no bits/dim: not a likelihood of discrete pixels)"
-        )
-        lines.append(
-            f"importance-weighted -log p(x) <= {fmt(iw.iw_nll)} ± {fmt(iw.iw_nll_stderr)} nats/image "
-            f"(k = {iw.k}, Burda et al. 2016; ± standard error over images){bpd}"
-        )
-    if as_json:
-        print_json(out)
-        return
-    _kl_table(res, folder.name, split, svg, lines)
+
+def _importance_weighted(out: dict[str, Any], model: Any, data: Any, k: int, batch_size: int, dev: Any, seed: int) -> str:
+    """``--iw-samples K``: the importance-weighted -log p(x) into ``out``; returns its line."""
+    import torch
+
+    from ..eval.metrics import iw_nll
+
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    iw = iw_nll(model, data, k=k, batch_size=batch_size, device=dev, generator=gen)
+    out.update({"iw_samples": iw.k, "iw_nll": iw.iw_nll, "iw_nll_stderr": iw.iw_nll_stderr, "iw_bits_per_dim": iw.bits_per_dim})
+    bpd = f", {fmt(iw.bits_per_dim, 4)} bits/dim" if iw.bits_per_dim is not None else " (no bits/dim: not a likelihood of discrete pixels)"
+    return (
+        f"importance-weighted -log p(x) <= {fmt(iw.iw_nll)} ± {fmt(iw.iw_nll_stderr)} nats/image "
+        f"(k = {iw.k}, Burda et al. 2016; ± standard error over images){bpd}"
+    )
 
 
 _PARTIAL = ["", "▏", "▎", "▍", "▌", "▋", "▊", "▉"]

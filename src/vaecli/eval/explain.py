@@ -48,18 +48,21 @@ def _num(d: dict[str, Any] | None, key: str) -> float | None:
 def explain(cfg: RunConfig, summary: dict[str, Any]) -> list[Number]:
     """The run's figures with their meaning: -ELBO, rate, distortion, bits/dim, the likelihood in
     words, normalised beta (Higgins et al. 2017), active units, the train/held-out gap, best/last."""
-    m, t = cfg.model, cfg.train
-    name, discrete = _text(summary.get("likelihood_name")) or m.likelihood, summary.get("discrete") is True
+    name, discrete = _text(summary.get("likelihood_name")) or cfg.model.likelihood, summary.get("discrete") is True
     unit = likelihood_units(name, discrete)
-    test = summary.get("test") or {}
-    dims = m.channels * m.image_size * m.image_size
+    return [*_loss_rows(cfg, summary, name, discrete), *_latent_rows(cfg, summary), *_training_rows(summary, unit)]
+
+
+def _loss_rows(cfg: RunConfig, summary: dict[str, Any], name: str, discrete: bool) -> list[Number]:
+    """The likelihood in words, then the test split's -ELBO, distortion, rate and (when known) bits/dim."""
+    unit, test = likelihood_units(name, discrete), summary.get("test") or {}
     rows = [
         Number(
             "likelihood",
             "likelihood",
             None,
             "",
-            _text(summary.get("likelihood")) or m.likelihood,
+            _text(summary.get("likelihood")) or cfg.model.likelihood,
             "a true likelihood of the pixels: comparable across models and likelihoods"
             if discrete
             else "not a likelihood of the 8-bit pixels: compare only with runs of the same likelihood",
@@ -99,18 +102,23 @@ def explain(cfg: RunConfig, summary: dict[str, Any]) -> list[Number]:
                 f"{UNIFORM_BITS:g} = a uniform model of 8-bit pixels",
             )
         )
-    rows.append(
+    return rows
+
+
+def _latent_rows(cfg: RunConfig, summary: dict[str, Any]) -> list[Number]:
+    """Normalised beta and the active units."""
+    m, beta = cfg.model, cfg.train.beta
+    dims = m.channels * m.image_size * m.image_size
+    active = summary.get("active_units")
+    return [
         Number(
             "normalised_beta",
             "normalised beta",
-            t.beta * m.latent_dim / dims,
+            beta * m.latent_dim / dims,
             "",
-            f"beta x latent dims / input dims = {t.beta:g} x {m.latent_dim} / {dims} (Higgins et al. 2017)",
+            f"beta x latent dims / input dims = {beta:g} x {m.latent_dim} / {dims} (Higgins et al. 2017)",
             "compares beta across image and latent sizes",
-        )
-    )
-    active = summary.get("active_units")
-    rows.append(
+        ),
         Number(
             "active_units",
             "active units",
@@ -118,8 +126,13 @@ def explain(cfg: RunConfig, summary: dict[str, Any]) -> list[Number]:
             f"of {m.latent_dim}",
             "dimensions whose posterior mean varies over images (Var > 0.01, Burda et al. 2016)",
             "the others carry nothing: a smaller --latent-dim would do",
-        )
-    )
+        ),
+    ]
+
+
+def _training_rows(summary: dict[str, Any], unit: str) -> list[Number]:
+    """The held-out gap and the best epoch, when the run has them."""
+    rows = []
     gap = _gap(summary)
     if gap is not None:
         rows.append(

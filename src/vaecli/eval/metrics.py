@@ -125,20 +125,36 @@ def evaluate(
     ``shard=(rank, world)`` (DDP): this rank takes batches rank, rank + world, ... and the sums
     are all-reduced, so every rank returns the numbers of the whole split (its noise per rank).
     """
-    from ..device import accumulator_dtype
-
     device = torch.device(device)
     rank, world = shard or (0, 1)
     was_training = model.training
     model.eval()
+    sums, exact = _elbo_sums(model, data, batch_size, device, seed, (rank, world))
+    model.train(was_training)
+    if world > 1:
+        from ..distributed import all_reduce_sum
+
+        all_reduce_sum(sums)
+    return _result(model, data, sums, exact)
+
+
+def _elbo_sums(
+    model: VAE, data: ImageData, batch_size: int, device: torch.device, seed: int, shard: tuple[int, int]
+) -> tuple[torch.Tensor, bool]:
+    """This rank's sums over its batches, one posterior sample per image (generator seeded ``seed +
+    rank``): reconstruction, KL, KL per dimension, and the posterior means' sum and sum of squares, in
+    one tensor of 2 + 3 latent_dim (so that DDP all-reduces them at once); and whether the KL per
+    dimension adds up to the total (False for a prior whose dimensions do not factorise)."""
+    from ..device import accumulator_dtype
+
+    rank, world = shard
     gen = torch.Generator(device=device).manual_seed(seed + rank)
-    n = len(data)
     d = model.config.latent_dim
     acc = accumulator_dtype(device)  # float64; float32 on MPS (no float64 there)
-    sums = torch.zeros(2 + 3 * d, dtype=acc, device=device)  # recon, KL, KL per dim, mu sum, mu^2 sum
-    sum_recon, sum_kl, sum_kl_dims, mu_sum, mu_sq = sums[0], sums[1], sums[2 : 2 + d], sums[2 + d : 2 + 2 * d], sums[2 + 2 * d :]
+    sums = torch.zeros(2 + 3 * d, dtype=acc, device=device)
+    sum_recon, sum_kl, sum_kl_dims, mu_sum, mu_sq = _parts(sums, d)
     exact = True
-    for start in range(rank * batch_size, n, batch_size * world):
+    for start in range(rank * batch_size, len(data), batch_size * world):
         recon, kl, kl_dims, exact, q = one_sample_elbo(model, to_float(data.images[start : start + batch_size].to(device)), gen)
         sum_recon += recon.to(acc).sum()
         sum_kl += kl.to(acc).sum()
@@ -146,13 +162,21 @@ def evaluate(
         mu = q.mu.to(acc)
         mu_sum += mu.sum(0)
         mu_sq += mu.pow(2).sum(0)
-    model.train(was_training)
-    if world > 1:
-        from ..distributed import all_reduce_sum
+    return sums, exact
 
-        all_reduce_sum(sums)
+
+def _parts(sums: torch.Tensor, d: int) -> tuple[torch.Tensor, ...]:
+    """Views of the sums of :func:`_elbo_sums`: reconstruction, KL, KL per dimension, mu sum, mu^2 sum."""
+    return sums[0], sums[1], sums[2 : 2 + d], sums[2 + d : 2 + 2 * d], sums[2 + 2 * d :]
+
+
+def _result(model: VAE, data: ImageData, sums: torch.Tensor, exact: bool) -> EvalResult:
+    """The means per image of :func:`_elbo_sums`' sums over the whole of ``data``, and what follows
+    from them: active units, Var(mu) per dimension, bits/dim where the likelihood is discrete."""
+    n, d = len(data), model.config.latent_dim
     if n == 0:
         return EvalResult(images=0, neg_elbo=float("nan"), recon=float("nan"), kl=float("nan"))
+    sum_recon, sum_kl, sum_kl_dims, mu_sum, mu_sq = _parts(sums, d)
     mean = mu_sum / n
     var = (mu_sq / n - mean.pow(2)).clamp_min(0).cpu()
     per_dim = (sum_kl_dims / n).cpu()

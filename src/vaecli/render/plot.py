@@ -7,7 +7,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -167,6 +167,44 @@ def _legend(draw: ImageDraw.ImageDraw, entries: list[tuple[str, str, str, bool]]
     return top
 
 
+class _Styled(NamedTuple):
+    """One series of a panel as drawn: legend label, segments, on the right axis, colour, marker, markers drawn."""
+
+    label: str
+    segs: Segments
+    secondary: bool
+    colour: str
+    marker: str
+    marked: bool
+
+
+@dataclass
+class _Frame:
+    """Where a panel's data go: the plot rectangle (supersampled pixels), the x range, the y ranges of
+    the left (0) and right (1) axes, each axis' (value, label) ticks, and whether there is any point."""
+
+    left: float
+    top: float
+    right: float
+    bottom: float
+    xspan: Span
+    spans: list[Span | None]
+    xticks: list[tuple[float, str]]
+    yticks: list[tuple[float, str]]
+    sticks: list[tuple[float, str]]
+    has_data: bool
+
+    def fx(self, v: float) -> float:
+        """The pixel column of x = ``v``."""
+        xlo, xhi = self.xspan
+        return self.left + (v - xlo) / (xhi - xlo) * (self.right - self.left)
+
+    def fy(self, v: float, axis: int) -> float:
+        """The pixel row of y = ``v`` on the left (0) or right (1) axis."""
+        lo, hi = self.spans[axis] or (0.0, 1.0)
+        return self.bottom - (v - lo) / (hi - lo) * (self.bottom - self.top)
+
+
 def _panel(
     img: Image.Image,
     box: tuple[int, int, int, int],
@@ -187,81 +225,114 @@ def _panel(
     False: markers only."""
     draw, S = ImageDraw.Draw(img), _SS
     f_title, f_label, f_tick = _font(17 * S), _font(14 * S), _font(12 * S)
-    x0, y0, x1, y1 = box
-    pad = 14 * S
     if xlog:  # positions in log10 x; the ticks are labelled with x itself
         series = {k: ([math.log10(x) if x > 0 else math.nan for x in xs], ys) for k, (xs, ys) in series.items()}
     groups = [[(lab, _segments(xs, ys)) for lab, (xs, ys) in s.items()] for s in (series, secondary or {})]
+    styled = _styled(groups)
+    top: float = box[1] + 14 * S
+    if title:
+        draw.text(((box[0] + box[2]) / 2, top), title, font=f_title, anchor="mt", fill=_TEXT)
+        top += _size(draw, "Ag", f_title)[1] + 10 * S
+    if styled:
+        entries = [(st.label, st.colour, st.marker if st.marked else "", st.secondary) for st in styled]
+        top = _legend(draw, entries, box[0] + 14 * S, box[2] - 14 * S, top, f_label) + 6 * S
+    right_label = secondary_label if groups[1] else ""
+    fr = _frame(draw, box, top, groups, xlog, (xlabel, ylabel, right_label), (f_label, f_tick))
+    _draw_axes(img, draw, box, fr, marks, (xlabel, ylabel, right_label), (f_label, f_tick))
+    if not fr.has_data:
+        draw.text(((fr.left + fr.right) / 2, (fr.top + fr.bottom) / 2), "no data", font=f_title, anchor="mm", fill=_MUTED)
+        return
+    _draw_series(draw, fr, styled, lines)
+    if point_labels:
+        _draw_point_labels(draw, fr, series, point_labels, f_tick)
+
+
+def _styled(groups: list[list[tuple[str, Segments]]]) -> list[_Styled]:
+    """The series of both axes in drawing order, each with its colour and marker (by position) and its
+    legend label; markers only on series of at most :data:`MAX_MARKED` points."""
+    flat = [(lab, segs, k == 1) for k, g in enumerate(groups) for lab, segs in g]
+    out = []
+    for i, (lab, segs, sec) in enumerate(flat):
+        colour, marker = PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]
+        out.append(_Styled(lab + (" (right axis)" if sec else ""), segs, sec, colour, marker, sum(map(len, segs)) <= MAX_MARKED))
+    return out
+
+
+def _frame(
+    draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], top: float, groups: list[list[tuple[str, Segments]]], xlog: bool,
+    labels: tuple[str, str, str], fonts: tuple[Any, Any],
+) -> _Frame:  # fmt: skip
+    """The plot rectangle below ``top`` (margins follow the tick-label widths and the axis labels
+    ``labels``: x, left, right) and the axes' ranges and ticks."""
+    (x0, _, x1, y1), S, pad = box, _SS, 14 * _SS
+    (xlabel, ylabel, right_label), (f_label, f_tick) = labels, fonts
     pts = [[p for _, segs in g for s in segs for p in s] for g in groups]
     xs_all = [p[0] for p in pts[0] + pts[1]]
     integer_x = not xlog and all(x.is_integer() for x in xs_all)
     xspan, spans = _span(xs_all, integer_x), [_span([p[1] for p in g]) for g in pts]
-
-    top: float = y0 + pad
-    if title:
-        draw.text(((x0 + x1) / 2, top), title, font=f_title, anchor="mt", fill=_TEXT)
-        top += _size(draw, "Ag", f_title)[1] + 10 * S
-    styles = [(PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]) for i in range(len(groups[0]) + len(groups[1]))]
-    labelled = [(lab + (" (right axis)" if k else ""), segs, k == 1) for k, g in enumerate(groups) for lab, segs in g]
-    marked = [sum(map(len, segs)) <= MAX_MARKED for _, segs, _ in labelled]
-    entries = [(lab, c, m if mk else "", d) for (lab, _, d), (c, m), mk in zip(labelled, styles, marked)]
-    top = _legend(draw, entries, x0 + pad, x1 - pad, top, f_label) + 6 * S if entries else top
-
-    # Margins follow the tick-label widths.
     yticks, sticks = _axis(spans[0]), _axis(spans[1])
     lab_h, tick_h = _size(draw, "Ag", f_label)[1], _size(draw, "0", f_tick)[1]
     widest = lambda ticks: max([_size(draw, t, f_tick)[0] for _, t in ticks] + [0])  # noqa: E731
     left = x0 + pad + (lab_h + 10 * S if ylabel else 0) + max(widest(yticks), 20 * S) + 8 * S
-    right = x1 - pad - (8 * S + widest(sticks) + (lab_h + 10 * S if secondary_label else 0) if groups[1] else 6 * S)
+    right = x1 - pad - (8 * S + widest(sticks) + (lab_h + 10 * S if right_label else 0) if groups[1] else 6 * S)
     bottom = y1 - pad - tick_h - 8 * S - (lab_h + 10 * S if xlabel else 0)
     target = max(2, min(10, int((right - left) / (80 * S))))
     xticks = _log_axis(xspan, target) if xlog else _axis(xspan, target, integer_x)
-    xlo, xhi = xspan or (0.0, 1.0)
+    return _Frame(left, top, right, bottom, xspan or (0.0, 1.0), spans, xticks, yticks, sticks, bool(xs_all))
 
-    def fx(v: float) -> float:
-        return left + (v - xlo) / (xhi - xlo) * (right - left)
 
-    def fy(v: float, span: Span | None) -> float:
-        lo, hi = span or (0.0, 1.0)
-        return bottom - (v - lo) / (hi - lo) * (bottom - top)
-
-    for v, t in yticks:
-        draw.line([(left, fy(v, spans[0])), (right, fy(v, spans[0]))], fill=_GRID, width=S)
-        draw.text((left - 8 * S, fy(v, spans[0])), t, font=f_tick, anchor="rm", fill=_TEXT)
-    for v, t in xticks:
-        draw.line([(fx(v), top), (fx(v), bottom)], fill=_GRID, width=S)
-        draw.line([(fx(v), bottom), (fx(v), bottom + 4 * S)], fill=_AXIS, width=S)
-        draw.text((fx(v), bottom + 8 * S), t, font=f_tick, anchor="mt", fill=_TEXT)
-    for v, t in sticks:
-        draw.line([(right, fy(v, spans[1])), (right + 4 * S, fy(v, spans[1]))], fill=_AXIS, width=S)
-        draw.text((right + 8 * S, fy(v, spans[1])), t, font=f_tick, anchor="lm", fill=_TEXT)
+def _draw_axes(
+    img: Image.Image, draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], fr: _Frame, marks: Sequence[tuple[float, str]],
+    labels: tuple[str, str, str], fonts: tuple[Any, Any],
+) -> None:  # fmt: skip
+    """Grid, ticks and their labels, the frame, the marks (labelled vertical lines) and the axis labels."""
+    (x0, _, x1, y1), S, pad = box, _SS, 14 * _SS
+    (xlabel, ylabel, right_label), (f_label, f_tick) = labels, fonts
+    left, top, right, bottom = fr.left, fr.top, fr.right, fr.bottom
+    for v, t in fr.yticks:
+        draw.line([(left, fr.fy(v, 0)), (right, fr.fy(v, 0))], fill=_GRID, width=S)
+        draw.text((left - 8 * S, fr.fy(v, 0)), t, font=f_tick, anchor="rm", fill=_TEXT)
+    for v, t in fr.xticks:
+        draw.line([(fr.fx(v), top), (fr.fx(v), bottom)], fill=_GRID, width=S)
+        draw.line([(fr.fx(v), bottom), (fr.fx(v), bottom + 4 * S)], fill=_AXIS, width=S)
+        draw.text((fr.fx(v), bottom + 8 * S), t, font=f_tick, anchor="mt", fill=_TEXT)
+    for v, t in fr.sticks:
+        draw.line([(right, fr.fy(v, 1)), (right + 4 * S, fr.fy(v, 1))], fill=_AXIS, width=S)
+        draw.text((right + 8 * S, fr.fy(v, 1)), t, font=f_tick, anchor="lm", fill=_TEXT)
     draw.rectangle([left, top, right, bottom], outline=_AXIS, width=S)
     for x, label in marks:
-        if xlo <= x <= xhi:
-            _line(draw, [(fx(x), top), (fx(x), bottom)], _MARK, True)
-            draw.text((fx(x) + 4 * S, top + 4 * S), label, font=f_tick, anchor="lt", fill=_MARK)
+        if fr.xspan[0] <= x <= fr.xspan[1]:
+            _line(draw, [(fr.fx(x), top), (fr.fx(x), bottom)], _MARK, True)
+            draw.text((fr.fx(x) + 4 * S, top + 4 * S), label, font=f_tick, anchor="lt", fill=_MARK)
+    lab_h = _size(draw, "Ag", f_label)[1]
     if xlabel:
         draw.text(((left + right) / 2, y1 - pad), xlabel, font=f_label, anchor="mb", fill=_TEXT)
     if ylabel:
         _vtext(img, (x0 + pad + lab_h / 2, (top + bottom) / 2), ylabel, f_label)
-    if secondary_label and groups[1]:
-        _vtext(img, (x1 - pad - lab_h / 2, (top + bottom) / 2), secondary_label, f_label)
-    if not xs_all:
-        draw.text(((left + right) / 2, (top + bottom) / 2), "no data", font=f_title, anchor="mm", fill=_MUTED)
-        return
-    for (_, segs, sec), (colour, marker), mk in zip(labelled, styles, marked):
-        mapped = [[(fx(x), fy(y, spans[sec])) for x, y in s] for s in segs]
+    if right_label:
+        _vtext(img, (x1 - pad - lab_h / 2, (top + bottom) / 2), right_label, f_label)
+
+
+def _draw_series(draw: ImageDraw.ImageDraw, fr: _Frame, styled: list[_Styled], lines: bool) -> None:
+    """Each series' lines (dashed on the right axis) and markers; isolated points always get theirs."""
+    for st in styled:
+        mapped = [[(fr.fx(x), fr.fy(y, st.secondary)) for x, y in s] for s in st.segs]
         for m in mapped if lines else ():
-            _line(draw, m, colour, sec)
-        for m in mapped if mk or not lines else [m for m in mapped if len(m) == 1]:  # isolated points stay visible
+            _line(draw, m, st.colour, st.secondary)
+        for m in mapped if st.marked or not lines else [m for m in mapped if len(m) == 1]:  # isolated points stay visible
             for x, y in m:
-                _marker(draw, x, y, marker, colour)
-    for label, (xs, ys) in series.items() if point_labels else ():
-        for x, y, text in zip(xs, ys, (point_labels or {}).get(label, ())):
+                _marker(draw, x, y, st.marker, st.colour)
+
+
+def _draw_point_labels(draw: ImageDraw.ImageDraw, fr: _Frame, series: Series, point_labels: Mapping[str, Sequence[str]], font: Any) -> None:
+    """The text beside each point of the named series (left of the point where the right edge is near)."""
+    S = _SS
+    for label, (xs, ys) in series.items():
+        for x, y, text in zip(xs, ys, point_labels.get(label, ())):
             if text and math.isfinite(x) and math.isfinite(y):
-                px, py = fx(x), fy(y, spans[0])
-                fits = px + 7 * S + _size(draw, text, f_tick)[0] <= right  # else on the point's left
-                draw.text((px + 7 * S if fits else px - 7 * S, py - 5 * S), text, font=f_tick, anchor="lb" if fits else "rb", fill=_TEXT)
+                px, py = fr.fx(x), fr.fy(y, 0)
+                fits = px + 7 * S + _size(draw, text, font)[0] <= fr.right  # else on the point's left
+                draw.text((px + 7 * S if fits else px - 7 * S, py - 5 * S), text, font=font, anchor="lb" if fits else "rb", fill=_TEXT)
 
 
 def _finish(img: Image.Image, size: tuple[int, int], path: str | os.PathLike[str] | None) -> bytes:

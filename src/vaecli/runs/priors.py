@@ -1,6 +1,6 @@
 """Fitted priors on disk: ``prior.safetensors`` (tensors) + ``prior.json`` (kind, sizes, what it was
-fitted on, the scores, the SHA-256 of the tensors and a fingerprint of the model weights it was fitted
-to), written atomically, never pickled; and the choice of the prior a command samples from."""
+fitted on, the scores, the SHA-256 of the tensors, and the file and fingerprint of the model weights
+it was fitted to), written atomically, never pickled; and the choice of the prior a command samples from."""
 
 from __future__ import annotations
 
@@ -46,18 +46,29 @@ def has_prior(run: Path) -> bool:
 def save_prior(run: Path, result: FitResult, weights: Path | None = None) -> Path:
     """Store ``result`` in the run folder: ``prior.safetensors`` first, then ``prior.json`` (which names
     the tensors' SHA-256, so that a half-replaced pair is detected); both written atomically.
-    ``weights``: the model.safetensors it was fitted to (its SHA-256 goes into the JSON)."""
+    ``weights``: the file of the weights it was fitted to (default: the run's model.safetensors), named
+    in ``model_weights`` beside their fingerprint, which :func:`~vaecli.train.fit_prior.fit_prior` took."""
     from ..fileio import atomic_write_json
 
     run = Path(run)
     tensors = {k: v for k, v in result.prior.state_dict().items()}
     ckpt.write_safetensors(run / PRIOR_TENSORS, tensors, {"format": PRIOR_FORMAT, "kind": result.prior.kind})
-    weights = weights if weights is not None else run / ckpt.MODEL
-    info = {**result.info, "created": ckpt.utc_now(), "tensors_sha256": _sha256(run / PRIOR_TENSORS),
-            "model_sha256": _sha256(weights) if weights.exists() else None}  # fmt: skip
+    fitted_to = {
+        "file": _file_name(run, Path(weights) if weights is not None else run / ckpt.MODEL),
+        **result.info.get("model_weights", {}),
+    }
+    info = {**result.info, "created": ckpt.utc_now(), "tensors_sha256": _sha256(run / PRIOR_TENSORS), "model_weights": fitted_to}
     atomic_write_json(run / PRIOR_JSON, info)
     result.info = info
     return run / PRIOR_JSON
+
+
+def _file_name(run: Path, path: Path) -> str:
+    """``path`` relative to the run folder when inside it (``model.safetensors``), else absolute."""
+    try:
+        return str(path.resolve().relative_to(run.resolve()))
+    except ValueError:
+        return str(path.resolve())
 
 
 def read_prior_info(run: Path) -> dict[str, Any]:
@@ -142,7 +153,20 @@ def load_prior(run: Path, choice: str | None, model: Any) -> PriorChoice:
     notes = []
     if choice == "auto":
         notes.append(f"sampling from the run's fitted prior ({label}); --prior normal for N(0, I)")
-    model_file = Path(run) / ckpt.MODEL
-    if info.get("model_sha256") and model_file.exists() and _sha256(model_file) != info["model_sha256"]:
-        notes.append("the fitted prior was fitted to other weights of this run: refit it with `vae fit-prior`")
+    note = _other_weights(info, model)
+    if note:
+        notes.append(note)
     return PriorChoice(prior, label, info, "; ".join(notes) or None)
+
+
+def _other_weights(info: dict[str, Any], model: Any) -> str | None:
+    """A note when ``model``'s weights are not the ones the prior was fitted to (compared by the
+    fingerprint, which costs no hashing for a model that load_model returned: see
+    :func:`vaecli.runs.store.weights_fingerprint`); None for a prior that recorded none."""
+    fitted_to = info.get("model_weights")
+    if not isinstance(fitted_to, dict) or not fitted_to.get("sha256"):
+        return None
+    if fitted_to["sha256"] == ckpt.weights_fingerprint(model):
+        return None
+    return (f"the fitted prior was fitted to other weights than these ({fitted_to.get('file', ckpt.MODEL)} when it was fitted): "
+            f"refit it with `vae fit-prior` on the weights you sample from")  # fmt: skip

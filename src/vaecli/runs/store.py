@@ -7,6 +7,7 @@ Every write goes through :mod:`vaecli.fileio` (temp file, fsync, rename).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -35,6 +36,7 @@ LOSS_PLOT = "loss.png"
 PRIOR = "prior.safetensors"  # a prior fitted after training (vaecli.train.fit_prior, vaecli.runs.priors)
 PRIOR_INFO = "prior.json"
 MODEL_FORMAT = "vaecli-model-1"
+WEIGHTS_SHA256 = "weights_sha256"  # model.safetensors metadata: the fingerprint of its tensors (weights_fingerprint)
 STATE_FORMAT = "vaecli-train-state-1"
 SWEEPS = "sweeps"  # <runs dir>/sweeps/NAME/: the plans and results of `vae sweep`
 RESERVED = {SWEEPS: "the runs folder keeps the plans of `vae sweep` there"}  # folders of the runs dir that are no runs
@@ -190,9 +192,11 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[s
 
 
 def save_model(run: Path, model: torch.nn.Module, config: dict[str, Any]) -> None:
-    """Write ``model.safetensors`` (state dict of the bare model, config in the metadata)."""
-    sd = _unwrap(model).state_dict()
-    write_safetensors(run / MODEL, dict(sd), {"format": MODEL_FORMAT, "model_config": json.dumps(config)})
+    """Write ``model.safetensors`` (state dict of the bare model; the config and the weights'
+    fingerprint, see :func:`weights_fingerprint`, in the metadata)."""
+    sd = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
+    meta = {"format": MODEL_FORMAT, "model_config": json.dumps(config), WEIGHTS_SHA256: _tensors_sha256(sd)}
+    write_safetensors(run / MODEL, sd, meta)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -204,12 +208,63 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
         model = inner
 
 
-def load_state_dict_into(model: torch.nn.Module, path: Path) -> None:
-    """Load ``model.safetensors`` into ``model``, checking names and shapes."""
+# ----------------------------------------------------------------------------- fingerprints of weights
+#
+# What a fitted prior records to tell later whether it is sampled with the weights it was fitted to.
+# The cheapest correct choice: the SHA-256 of the state dict's tensors, computed once when the
+# weights are written (save_model puts it in model.safetensors' metadata, which loading reads anyway:
+# no extra I/O) and stamped on the model that load_model returns, with the version counter, storage
+# address and dtype of each of its tensors. Asking again costs nothing while those are unchanged;
+# hashing happens only for a model whose file has no fingerprint or whose weights changed since (an
+# optimizer step, load_state_dict, ``add_``, ``.to(dtype)``): then from the tensors in memory, never
+# by reading the file again. (Writing through ``p.data.copy_`` bypasses version counters; no code
+# here does, and a model that load_model returned is only read.)
+
+_STAMP = "_vaecli_weights_sha256"  # attribute of a model: (fingerprint, _tensor_state of its tensors)
+
+
+def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors' names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)  # the bytes, not copied
+    return h.hexdigest()
+
+
+def _tensor_state(model: torch.nn.Module) -> tuple[tuple[int, int, str], ...] | None:
+    try:
+        return tuple((t._version, t.data_ptr(), str(t.dtype)) for t in (*model.parameters(), *model.buffers()))
+    except RuntimeError:  # inference tensors have no version counter
+        return None
+
+
+def _stamp(model: torch.nn.Module, fingerprint: str) -> None:
+    model = _unwrap(model)
+    object.__setattr__(model, _STAMP, (fingerprint, _tensor_state(model)))
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """The SHA-256 of ``model``'s weights as :func:`save_model` stores it: the stamp that
+    :func:`load_model` left while the weights are unchanged since, else hashed from the tensors."""
+    model = _unwrap(model)
+    stamp = getattr(model, _STAMP, None)
+    state = _tensor_state(model)
+    if stamp is not None and state is not None and stamp[1] == state:
+        return str(stamp[0])
+    fingerprint = _tensors_sha256(model.state_dict())
+    _stamp(model, fingerprint)
+    return fingerprint
+
+
+def load_state_dict_into(model: torch.nn.Module, path: Path) -> dict[str, str]:
+    """Load ``model.safetensors`` into ``model``, checking names and shapes; returns the file's metadata."""
     tensors, meta = read_safetensors(path)
     if meta.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"{path}: not a vaecli model (format {meta.get('format')!r})")
     load_checked(model, tensors, path)
+    return meta
 
 
 def load_checked(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -238,8 +293,10 @@ def load_model(
     run = resolve_run(ref)
     cfg = read_config(run)
     model = VAE(cfg.model)
-    load_state_dict_into(model, Path(weights) if weights is not None else run / MODEL)
+    meta = load_state_dict_into(model, Path(weights) if weights is not None else run / MODEL)
     model.to(dev).eval()
+    if meta.get(WEIGHTS_SHA256):  # the weights' fingerprint, for free (see weights_fingerprint)
+        _stamp(model, meta[WEIGHTS_SHA256])
     return model, cfg, run
 
 

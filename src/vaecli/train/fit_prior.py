@@ -20,15 +20,15 @@ every flow epoch: samples of the aggregate posterior itself, what the decoder wa
 ``means`` (the posterior means, narrower than q(z)). The validation split chooses (components,
 best flow epoch); the test split only reports: log p(z) in nats per latent vector, beside the same
 under N(0, I). A stored prior is ``prior.safetensors`` (tensors) + ``prior.json`` (kind, sizes,
-what it was fitted on, the scores, the SHA-256 of both the tensors and the model weights it was
-fitted to), written atomically, never pickled.
+what it was fitted on, the scores, the SHA-256 of the tensors, and the file and fingerprint of the
+model weights it was fitted to), written atomically, never pickled.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -38,6 +38,7 @@ from ..model.mixture import EMResult, fit_gmm
 from ..model.posterior import Posterior
 from ..model.priors import Prior, StandardNormal, mean_log_prob
 from ..runs.priors import KINDS, PRIOR_FORMAT, FitResult
+from ..runs.store import weights_fingerprint
 
 FIT_ON = ("draws", "means")
 DEFAULT_FIT_ON = "draws"  # measured: benchmarks/results/priors_fmnist.json, docs/priors.md
@@ -100,85 +101,116 @@ def fit_prior(model: Any, data_cfg: Any, kind: str = "gmm", components: int | No
     Validation (the run's val split; without one, 10% carved from the encoded training split, said
     in ``info["validation"]``) chooses the components (``gmm``, unless ``components``) or the best
     epoch (``flow``); the encoded test split is scored once, under the prior and under N(0, I)."""
-    from .recipe import validation_size
-
     check_fit_options(kind, components, fit_on)
     fit_on = fit_on or DEFAULT_FIT_ON
     start, cpu_start = time.perf_counter(), time.process_time()
     model.eval()
+    fitted_to = {"sha256": weights_fingerprint(model)}  # what sampling compares with (vaecli.runs.priors.load_prior)
     report("encoding the train, val and test splits", False)
     enc = encode_splits(model, data_cfg)
     g = torch.Generator().manual_seed(seed)
-    train, val = enc["train"], enc["val"]
-    if val.images == 0:  # carve the validation vectors out of the encoded training split
-        n = train.images
-        n_val = max(1, validation_size(n))
-        if n - n_val < 2:
-            raise ConfigError(f"fitting a prior needs at least 3 training images, the run has {n}")
-        perm = torch.randperm(n, generator=g)
-        q = train.posterior
-        val = Encoded(Posterior(q.mu[perm[:n_val]], q.logvar[perm[:n_val]]), n_val)
-        train = Encoded(Posterior(q.mu[perm[n_val:]], q.logvar[perm[n_val:]]), n - n_val)
-        val_source = f"{n_val:,} images carved out of the encoded training split (the run has no validation split)"
-    else:
-        val_source = "the run's validation split"
+    train, val, val_source = _train_and_validation(enc, g)
     x_val = val.vectors(fit_on, g)
     x_test = enc["test"].vectors(fit_on, g)
-    dim = x_val.shape[1]
-    info: dict[str, Any] = {"format": PRIOR_FORMAT, "kind": kind, "latent_dim": dim}
-    selection: list[dict[str, Any]] = []
     if kind == "gmm":
-        x_train = train.vectors(fit_on, g)
-        grid = [components] if components is not None else component_grid(x_train.shape[0], dim)
-        best: tuple[float, EMResult] | None = None
-        for k in grid:
-            report(f"EM with {k} component{'s' if k > 1 else ''}", False)
-            res = fit_gmm(x_train, k, seed)
-            v = mean_log_prob(res.mixture, x_val)
-            selection.append({"components": k, "iterations": res.iterations, "converged": res.converged,
-                              "train_log_likelihood": res.train_log_likelihood, "val_log_likelihood": v})  # fmt: skip
-            report(f"{k:>4} components: validation {v:.3f} nats per vector ({res.iterations} EM iterations)", True)
-            if best is not None and not v > best[0]:
-                break  # the first candidate that does not beat the best so far ends the search
-            best = (v, res)
-        assert best is not None
-        prior: Prior = best[1].mixture
-        val_ll, chosen = best[0], {"components": best[1].mixture.components, "iterations": best[1].iterations}
-        how = "--components" if components is not None else "validation log-likelihood (candidates in turn until one does not improve it)"
+        fit = _fit_gmm(train.vectors(fit_on, g), x_val, components, seed, report)
     else:
-        flow_res = fit_flow(train.posterior if fit_on == "draws" else train.vectors(fit_on, g), x_val, seed, report=report)
-        prior = flow_res.flow
-        val_ll = flow_res.val_curve[flow_res.best_epoch - 1]
-        chosen = {"best_epoch": flow_res.best_epoch, "epochs": len(flow_res.val_curve)}
-        selection = [{"epoch": i + 1, "train_log_likelihood": t, "val_log_likelihood": v}
-                     for i, (t, v) in enumerate(zip(flow_res.train_curve, flow_res.val_curve))]  # fmt: skip
-        how = "the epoch of the highest validation log-likelihood"
-    normal = StandardNormal(dim)
+        fit = _fit_flow(train.posterior if fit_on == "draws" else train.vectors(fit_on, g), x_val, seed, report)
     vectors = "one posterior draw z ~ q(z|x) per image" + (", drawn afresh every epoch" if kind == "flow" else "")
-    info.update(
-        config=prior.config(),  # type: ignore[operator]
-        parameters=prior.free_parameters(),  # type: ignore[operator]
-        chosen={**chosen, "by": how},
-        fitted_on={
+    info: dict[str, Any] = {
+        "format": PRIOR_FORMAT,
+        "kind": kind,
+        "latent_dim": x_val.shape[1],
+        "config": fit.prior.config(),  # type: ignore[operator]
+        "parameters": fit.prior.free_parameters(),  # type: ignore[operator]
+        "chosen": {**fit.chosen, "by": fit.how},
+        "fitted_on": {
             "split": "train",
             "images": train.images,
             "vectors": fit_on,
             "description": vectors if fit_on == "draws" else "the posterior means",
         },
-        validation={"source": val_source, "images": val.images},
-        selection=selection,
-        scores={
-            "unit": "nats per latent vector (mean log p(z))",
-            "val": {"images": val.images, "log_likelihood": val_ll, "normal_log_likelihood": mean_log_prob(normal, x_val)},
-            "test": {
-                "images": enc["test"].images,
-                "log_likelihood": mean_log_prob(prior, x_test),
-                "normal_log_likelihood": mean_log_prob(normal, x_test),
-            },
+        "validation": {"source": val_source, "images": val.images},
+        "selection": fit.selection,
+        "scores": _scores(fit, val.images, x_val, enc["test"].images, x_test),
+        "seed": seed,
+        "seconds": round(time.perf_counter() - start, 3),
+        "cpu_seconds": round(time.process_time() - cpu_start, 3),  # all threads; an upper bound of the wall time on idle cores
+        "threads": torch.get_num_threads(),
+        "model_weights": fitted_to,
+    }
+    return FitResult(fit.prior, info)
+
+
+class _Fit(NamedTuple):
+    """A fitted prior, its validation log-likelihood, what was chosen and by what, and every candidate's (or epoch's) numbers."""
+
+    prior: Prior
+    val_ll: float
+    chosen: dict[str, Any]
+    how: str
+    selection: list[dict[str, Any]]
+
+
+def _train_and_validation(enc: dict[str, Encoded], g: torch.Generator) -> tuple[Encoded, Encoded, str]:
+    """The training and validation posteriors, and where the validation ones come from: the run's
+    validation split, else a random 10% carved out of the encoded training split."""
+    from .recipe import validation_size
+
+    train, val = enc["train"], enc["val"]
+    if val.images > 0:
+        return train, val, "the run's validation split"
+    n = train.images
+    n_val = max(1, validation_size(n))
+    if n - n_val < 2:
+        raise ConfigError(f"fitting a prior needs at least 3 training images, the run has {n}")
+    perm = torch.randperm(n, generator=g)
+    q = train.posterior
+    val = Encoded(Posterior(q.mu[perm[:n_val]], q.logvar[perm[:n_val]]), n_val)
+    train = Encoded(Posterior(q.mu[perm[n_val:]], q.logvar[perm[n_val:]]), n - n_val)
+    return train, val, f"{n_val:,} images carved out of the encoded training split (the run has no validation split)"
+
+
+def _fit_gmm(x_train: torch.Tensor, x_val: torch.Tensor, components: int | None, seed: int, report: Report) -> _Fit:
+    """EM with ``components``, or with each candidate of :func:`component_grid` in turn until one does
+    not improve the validation log-likelihood; the best."""
+    grid = [components] if components is not None else component_grid(x_train.shape[0], x_val.shape[1])
+    best: tuple[float, EMResult] | None = None
+    selection: list[dict[str, Any]] = []
+    for k in grid:
+        report(f"EM with {k} component{'s' if k > 1 else ''}", False)
+        res = fit_gmm(x_train, k, seed)
+        v = mean_log_prob(res.mixture, x_val)
+        selection.append({"components": k, "iterations": res.iterations, "converged": res.converged,
+                          "train_log_likelihood": res.train_log_likelihood, "val_log_likelihood": v})  # fmt: skip
+        report(f"{k:>4} components: validation {v:.3f} nats per vector ({res.iterations} EM iterations)", True)
+        if best is not None and not v > best[0]:
+            break  # the first candidate that does not beat the best so far ends the search
+        best = (v, res)
+    assert best is not None
+    chosen = {"components": best[1].mixture.components, "iterations": best[1].iterations}
+    how = "--components" if components is not None else "validation log-likelihood (candidates in turn until one does not improve it)"
+    return _Fit(best[1].mixture, best[0], chosen, how, selection)
+
+
+def _fit_flow(train: Posterior | torch.Tensor, x_val: torch.Tensor, seed: int, report: Report) -> _Fit:
+    """The RealNVP flow trained on ``train`` (posteriors: a fresh draw every epoch), at its best validation epoch."""
+    res = fit_flow(train, x_val, seed, report=report)
+    selection = [{"epoch": i + 1, "train_log_likelihood": t, "val_log_likelihood": v}
+                 for i, (t, v) in enumerate(zip(res.train_curve, res.val_curve))]  # fmt: skip
+    chosen = {"best_epoch": res.best_epoch, "epochs": len(res.val_curve)}
+    return _Fit(res.flow, res.val_curve[res.best_epoch - 1], chosen, "the epoch of the highest validation log-likelihood", selection)
+
+
+def _scores(fit: _Fit, val_images: int, x_val: torch.Tensor, test_images: int, x_test: torch.Tensor) -> dict[str, Any]:
+    """Mean log p(z) of the validation and test vectors under the fitted prior and under N(0, I)."""
+    normal = StandardNormal(x_val.shape[1])
+    return {
+        "unit": "nats per latent vector (mean log p(z))",
+        "val": {"images": val_images, "log_likelihood": fit.val_ll, "normal_log_likelihood": mean_log_prob(normal, x_val)},
+        "test": {
+            "images": test_images,
+            "log_likelihood": mean_log_prob(fit.prior, x_test),
+            "normal_log_likelihood": mean_log_prob(normal, x_test),
         },
-        seed=seed,
-        seconds=round(time.perf_counter() - start, 3),
-        cpu_seconds=round(time.process_time() - cpu_start, 3),  # all threads; an upper bound of the wall time on idle cores
-        threads=torch.get_num_threads(),
-    )
-    return FitResult(prior, info)
+    }
