@@ -14,11 +14,12 @@ from .options import Json
 
 @app.command("runs")
 def runs_cmd(as_json: Json = False) -> None:
-    """List trained runs (name, date, data, beta, epochs, test -ELBO)."""
+    """List trained runs (name, date, data, beta, epochs, test -ELBO), then the pretrained runs shipped
+    with vaecli (`--run pretrained:NAME`, read-only)."""
     from ..runs import store as ckpt
 
     rows = []
-    for path in ckpt.list_runs():
+    for path in [*ckpt.list_runs(), *ckpt.pretrained_runs()]:  # the shipped runs last
         try:
             rows.append(ckpt.run_brief(path))
         except Exception:  # a damaged run is listed, not fatal

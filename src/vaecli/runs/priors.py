@@ -51,6 +51,7 @@ def save_prior(run: Path, result: FitResult, weights: Path | None = None) -> Pat
     from ..fileio import atomic_write_json
 
     run = Path(run)
+    ckpt.check_writable(run, "a fitted prior")
     tensors = {k: v for k, v in result.prior.state_dict().items()}
     ckpt.write_safetensors(run / PRIOR_TENSORS, tensors, {"format": PRIOR_FORMAT, "kind": result.prior.kind})
     fitted_to = {

@@ -71,10 +71,48 @@ def utc_now() -> str:
 # ----------------------------------------------------------------------------- locating runs
 
 
+PRETRAINED = "pretrained:"  # `--run pretrained:NAME`: a run shipped inside the package, read-only
+
+
+def pretrained_dir() -> Path:
+    """The folder of the runs shipped inside the package (``vaecli/assets/pretrained/NAME``)."""
+    return Path(__file__).resolve().parents[1] / "assets" / "pretrained"
+
+
+def pretrained_runs() -> list[Path]:
+    """The shipped runs, by name."""
+    root = pretrained_dir()
+    return sorted(p for p in root.iterdir() if (p / CONFIG).exists()) if root.is_dir() else []
+
+
+def is_pretrained(run: Path) -> bool:
+    """Whether ``run`` is a run shipped inside the package (read-only)."""
+    return Path(run).resolve().parent == pretrained_dir()
+
+
+def run_ref(run: Path) -> str:
+    """How to name ``run`` on the command line: ``pretrained:NAME`` for a shipped run, else its folder name."""
+    return f"{PRETRAINED}{Path(run).name}" if is_pretrained(run) else Path(run).name
+
+
+def check_writable(run: Path, what: str) -> None:
+    """Refuse to write ``what`` into a shipped run (it lives inside the installed package)."""
+    if is_pretrained(run):
+        raise CheckpointError(f"{run_ref(run)} is a pretrained run shipped with vaecli and is read-only: cannot store {what} in it")
+
+
 def resolve_run(ref: str | os.PathLike[str] | None = None) -> Path:
-    """Folder of a run given its name, its folder, or its ``model.safetensors``; None = the latest run."""
+    """Folder of a run given its name, its folder, its ``model.safetensors`` or ``pretrained:NAME`` (a
+    run shipped inside the package); None = the latest run."""
     if ref is None:
         return latest_run()
+    if str(ref).startswith(PRETRAINED):
+        name = str(ref)[len(PRETRAINED) :]
+        shipped = {p.name: p for p in pretrained_runs()}
+        if name not in shipped:
+            have = ", ".join(PRETRAINED + n for n in shipped) or "none"
+            raise RunNotFoundError(f"no pretrained run named {name!r} (shipped: {have})")
+        return shipped[name]
     p = Path(ref).expanduser()
     if p.is_file() and p.name.endswith(".safetensors"):
         p = p.parent
@@ -268,14 +306,16 @@ def load_state_dict_into(model: torch.nn.Module, path: Path) -> dict[str, str]:
 
 
 def load_checked(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """``model.load_state_dict(tensors)`` after checking that names, shapes and dtypes match."""
+    """``model.load_state_dict(tensors)`` after checking that names, shapes and dtypes match (weights
+    stored in half precision, as the shipped pretrained runs are, load into float32 parameters)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:
         raise CheckpointError(f"{path}: tensors do not match the config (missing {missing[:3]}, unexpected {extra[:3]})")
     for k, v in expected.items():
-        if tuple(v.shape) != tuple(tensors[k].shape) or v.dtype != tensors[k].dtype:
+        half = v.dtype == torch.float32 and tensors[k].dtype in (torch.float16, torch.bfloat16)
+        if tuple(v.shape) != tuple(tensors[k].shape) or (v.dtype != tensors[k].dtype and not half):
             raise CheckpointError(f"{path}: tensor {k} has shape {tuple(tensors[k].shape)}, the config needs {tuple(v.shape)}")
     model.load_state_dict(tensors)
 
@@ -459,7 +499,7 @@ def run_brief(run: Path, cfg: RunConfig | None = None) -> dict[str, Any]:
     metrics = read_metrics(run)
     test = summary.get("test") or {}
     return {
-        "name": run.name,
+        "name": run_ref(run),
         "path": str(run),
         "created": cfg.created,
         "data": cfg.data.name,
