@@ -213,7 +213,12 @@ def load_state_dict_into(model: torch.nn.Module, path: Path) -> None:
 
 
 def load_checked(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """``model.load_state_dict(tensors)`` after checking that names, shapes and dtypes match."""
+    """``model.load_state_dict(tensors)`` after checking that names, shapes and dtypes match. A VAE's
+    tensors saved before its encoder and decoder had named parts load under their names now
+    (:func:`vaecli.model.vae.upgrade_state_dict`)."""
+    from ..model.vae import upgrade_state_dict
+
+    tensors = upgrade_state_dict(model, tensors)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
