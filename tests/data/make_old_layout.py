@@ -41,8 +41,11 @@ def main() -> None:
         cfg = ModelConfig(**fields)  # type: ignore[arg-type]
         model = VAE(cfg).eval()
         sd = model.state_dict()
-        layout[name] = {"config": cfg.to_dict(), "keys": {k: list(v.shape) for k, v in sd.items()},
-                        "parameters": [k for k, _ in model.named_parameters()]}  # the optimizer's order
+        layout[name] = {
+            "config": cfg.to_dict(),
+            "keys": {k: list(v.shape) for k, v in sd.items()},
+            "parameters": [k for k, _ in model.named_parameters()],
+        }  # the optimizer's order
         if name == "seed":
             continue
         with torch.no_grad():
