@@ -4,6 +4,7 @@ and the latest run."""
 
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,3 +125,43 @@ def test_unknown_run_and_latest(tmp_path):
         ckpt.create_run_dir("a")
     with pytest.raises(ConfigError):
         ckpt.validate_run_name("../evil")
+
+
+OLD_LAYOUT = Path(__file__).parent / "data" / "old_layout"  # .json, .safetensors: tests/data/make_old_layout.py
+
+
+def _old_layout() -> dict:
+    return json.loads(OLD_LAYOUT.with_suffix(".json").read_text())
+
+
+@pytest.mark.parametrize("case", list(_old_layout()))
+def test_models_saved_before_the_named_parts_load_and_compute_the_same(case):
+    """Every arch (and vamp prior, blocks, norms, resize, the likelihoods) as saved by the layout of
+    anonymous nn.Sequential lists: its tensor names map one to one onto the named parts, the
+    parameters keep their order (the optimizer's state of a resumed run follows it), and the saved
+    weights load through the run store and give the outputs the old code gave."""
+    from safetensors.torch import load_file
+
+    from vaecli.model.vae import upgrade_state_dict
+
+    old = _old_layout()[case]
+    cfg = ModelConfig.from_dict(old["config"])
+    model = VAE(cfg)
+    new_names = upgrade_state_dict(model, dict.fromkeys(old["keys"], torch.zeros(0)))
+    assert list(new_names) == list(model.state_dict())  # same tensors, same order
+    assert [tuple(s) for s in old["keys"].values()] == [tuple(v.shape) for v in model.state_dict().values()]
+    assert list(upgrade_state_dict(model, dict.fromkeys(old["parameters"], torch.zeros(0)))) == [n for n, _ in model.named_parameters()]
+    assert not any(k.split(".")[1].isdigit() for k in model.state_dict() if k.startswith(("encoder.", "decoder.")))
+    if case == "seed":  # names and shapes only (1M parameters at 8 px)
+        return
+    saved = load_file(str(OLD_LAYOUT.with_suffix(".safetensors")))
+    run = ckpt.create_run_dir(case)
+    ckpt.write_config(run, RunConfig(name=case, model=cfg, created="2026"))
+    weights = {k.removeprefix(f"{case}/model/"): v for k, v in saved.items() if k.startswith(f"{case}/model/")}
+    ckpt.write_safetensors(run / ckpt.MODEL, weights, {"format": ckpt.MODEL_FORMAT, "model_config": json.dumps(cfg.to_dict())})
+    loaded, _, _ = ckpt.load_model(case)
+    with torch.no_grad():
+        q = loaded.encode(saved[f"{case}/x"])
+        params = loaded.decode_params(q.mu)
+    for got, want in ((q.mu, "mu"), (q.logvar, "logvar"), (params, "params")):
+        assert torch.allclose(got, saved[f"{case}/{want}"], atol=1e-6, rtol=1e-5), want

@@ -186,3 +186,88 @@ def test_cli_binarize_records_the_choice_and_names_the_likelihood():
     r2 = vae("train", "--data", "fashion-mnist-mini", "--latent-dim", 4, "--batch-size", 64, "--device", "cpu", "--max-steps", 1,
              "--name", "c", "--json")  # fmt: skip
     assert "not a normalised likelihood" in json.loads(r2.stdout)["likelihood"]
+
+
+def _model_cfg(run: str) -> dict:
+    """The model block of run ``run``'s config.json."""
+    return json.loads((Path(os.environ["VAE_HOME"]) / run / "config.json").read_text())["model"]
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        ([], "--blocks is not read by --arch mlp (the default for 28 px gray images): give --arch conv, conv-mlp or spatial"),
+        (["--arch", "mlp"], "--blocks is not read by --arch mlp: give --arch conv"),
+        (["--arch", "seed"], "--blocks is not read by --arch seed (a fixed layer table)"),
+    ],
+)
+def test_cli_blocks_where_the_arch_has_no_conv_stages_is_refused(args, needle):
+    """--blocks with the mlp (the 28 px gray default) or the seed's table was accepted and ignored:
+    the same 1,379,152-parameter mlp trained."""
+    line = one_error_line(vae("train", *TINY_ARGS, "--blocks", "2", "--max-steps", "1", "--name", "b", *args))
+    assert needle in line
+    assert not (Path(os.environ["VAE_HOME"]) / "b").exists()
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--arch", "mlp", "--upsample", "resize"], "--upsample is not read by --arch mlp"),
+        (["--upsample", "resize"], "--upsample is not read by --arch mlp (the default for 28 px gray images)"),
+        (["--arch", "conv-mlp", "--upsample", "resize"], "--upsample is not read by --arch conv-mlp: give --arch conv or spatial"),
+        (["--arch", "mlp", "--norm", "group"], "--norm is not read by --arch mlp"),
+        (["--arch", "seed", "--norm", "batch"], "--norm is not read by --arch seed"),
+        (["--arch", "mlp", "--hidden", "64"], "--hidden is not read by --arch mlp: give --arch conv or conv-mlp"),
+        (["--arch", "spatial", "--hidden", "64"], "--hidden is not read by --arch spatial"),
+        (["--arch", "seed", "--widths", "8,16"], "--widths is not read by --arch seed"),
+        (
+            ["--mixtures", "3"],
+            "--mixtures is not read by --likelihood bernoulli (the default for 28 px gray images): give --likelihood logistic",
+        ),
+        (["--likelihood", "gaussian", "--logistic-scale", "shared"], "--logistic-scale is not read by --likelihood gaussian"),
+        (["--pseudo-inputs", "10"], "--pseudo-inputs is not read by --prior normal (the default): give --prior vamp"),
+    ],
+)
+def test_cli_a_flag_the_model_does_not_read_is_one_line(args, needle):
+    assert needle in one_error_line(vae("train", *TINY_ARGS, "--max-steps", "1", *args))
+
+
+def test_cli_conv_blocks_build_residual_blocks():
+    r = vae("train", *TINY_ARGS, "--arch", "conv", "--widths", "4,8", "--hidden", "16", "--blocks", "2", "--max-steps", "2",
+            "--name", "b", "--json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert _model_cfg("b")["blocks"] == 2 and math.isfinite(json.loads(r.stdout)["test"]["neg_elbo"])
+    from vaecli.model.vae import ResBlock
+
+    model, _, _ = ckpt.load_model("b")
+    assert [type(m) for m in model.encoder.body].count(ResBlock) == [type(m) for m in model.decoder.body].count(ResBlock) == 4
+
+
+@pytest.mark.parametrize("upsample,layer", [("transposed", "ConvTranspose2d"), ("resize", "Conv2d")])
+def test_cli_upsample_trains_either_way(upsample, layer):
+    r = vae("train", *TINY_ARGS, "--arch", "conv", "--widths", "4,8", "--hidden", "16", "--upsample", upsample, "--max-steps", "3",
+            "--name", "u", "--json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert all(math.isfinite(v) for v in json.loads(r.stdout)["test"].values())
+    model, _, _ = ckpt.load_model("u")
+    assert type(model.decoder.head).__name__ == layer and _model_cfg("u")["upsample"] == upsample
+
+
+def test_cli_logistic_scale_shared_is_one_component_and_says_so():
+    """--logistic-scale shared is one logistic per pixel with a learned scale per channel: config.json
+    said --mixtures 5 while the model used one component; now --mixtures K > 1 with it is refused."""
+    line = one_error_line(
+        vae("train", *TINY_ARGS, "--likelihood", "logistic", "--logistic-scale", "shared", "--mixtures", "5", "--max-steps", "1")
+    )
+    assert "--mixtures is not read by --logistic-scale shared" in line and "give --logistic-scale pixel" in line
+    r = vae("train", *TINY_ARGS, "--likelihood", "logistic", "--logistic-scale", "shared", "--max-steps", "3", "--name", "s", "--json")
+    assert r.exit_code == 0, r.output
+    assert all(math.isfinite(v) for v in json.loads(r.stdout)["test"].values())
+    assert (_model_cfg("s")["mixtures"], _model_cfg("s")["logistic_scale"]) == (1, "shared")
+    model, _, _ = ckpt.load_model("s")
+    assert model.likelihood.mixtures == 1 and tuple(model.likelihood.log_scale.shape) == (1,)
+    r = vae("train", *TINY_ARGS, "--likelihood", "logistic", "--mixtures", "3", "--max-steps", "3", "--name", "p", "--json")
+    assert r.exit_code == 0, r.output
+    assert all(math.isfinite(v) for v in json.loads(r.stdout)["test"].values())
+    model, _, _ = ckpt.load_model("p")
+    assert _model_cfg("p")["mixtures"] == model.likelihood.mixtures == 3 and model.likelihood.log_scale is None

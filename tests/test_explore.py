@@ -213,9 +213,9 @@ def test_encode_upload_matches_core(url: str, tiny_run: Path, tmp_path: Path) ->
     assert status == 200 and ctype == "application/json"
     out = json.loads(body)
     model, _, _ = ckpt.load_model(tiny_run)
-    mu, logvar = encode(model, to_float(x.unsqueeze(0)))
-    assert out["z"] == pytest.approx(mu[0].tolist(), abs=1e-6)
-    assert out["logvar"] == pytest.approx(logvar[0].tolist(), abs=1e-6)
+    q = encode(model, to_float(x.unsqueeze(0)))
+    assert out["z"] == pytest.approx(q.mu[0].tolist(), abs=1e-6)
+    assert out["logvar"] == pytest.approx(q.logvar[0].tolist(), abs=1e-6)
     shown = png(base64.b64decode(out["input"].split(",", 1)[1]))
     assert torch.equal(pixels(shown), x[0])
 

@@ -138,7 +138,7 @@ def test_sliders_move_the_image_and_uploads_encode(page: Any, tiny_run: Path, tm
     driver.find_element("id", "upload").send_keys(str(path))
     wait_for(driver, "the uploaded image's thumbnail", lambda d: d.find_element("id", "input").is_displayed())
     model, _, _ = ckpt.load_model(tiny_run)
-    mu = encode(model, to_float(x.unsqueeze(0)))[0][0].tolist()
+    mu = encode(model, to_float(x.unsqueeze(0))).mean[0].tolist()
     wait_for(driver, "z to become the posterior mean", lambda d: d.execute_script("return S.z") == pytest.approx(mu, abs=1e-5))
     wait_for(driver, "the decoded upload", lambda d: png_of(decoded_src(d)) not in (before, after))
     assert driver.find_element("id", "source-text").text.startswith("upload.png\n")

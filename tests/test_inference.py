@@ -69,8 +69,9 @@ def test_dims_by_kl_puts_the_most_informative_first() -> None:
 def test_reconstruct_decodes_the_posterior_mean(tiny) -> None:  # type: ignore[no-untyped-def]
     model, cfg, test = tiny
     x = to_float(test.images[:6])
-    mu, logvar = inference.encode(model, x)
-    assert mu.shape == logvar.shape == (6, cfg.model.latent_dim)
+    q = inference.encode(model, x)
+    mu = q.mean
+    assert q.mu.shape == q.logvar.shape == (6, cfg.model.latent_dim)
     r = inference.reconstruct(model, x)
     assert r.shape == x.shape
     assert torch.allclose(r, inference.decode(model, mu))

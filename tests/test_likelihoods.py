@@ -10,6 +10,7 @@ import torch
 
 from vaecli.config import ModelConfig
 from vaecli.data import ImageData
+from vaecli.errors import ConfigError
 from vaecli.eval.metrics import evaluate
 from vaecli.model.likelihoods import Bernoulli, DiscretizedGaussian, DiscretizedLogistic, Gaussian, bits_per_dim
 from vaecli.model.vae import VAE
@@ -197,3 +198,21 @@ def test_discrete_gaussian_fast_path_equals_the_cdf_difference_and_its_gradient(
     far = (xs - 0.5).clamp(-0.99, 0.99).detach().requires_grad_()  # means inside [-1, 1], as 2 sigmoid - 1 gives
     ls = torch.full((1, 3, 1, 1), -4.0, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: _DiscreteGaussianLogProb.apply(a, b.exp(), xs), (far, ls))
+
+
+def test_shared_logistic_scale_is_one_component_per_pixel() -> None:
+    """shared: the decoder gives the locations only (C channels), one learned log scale per channel;
+    pixel: K x (logit, C locations, C log scales, coupling) per pixel. K > 1 with shared is refused
+    (it was taken and one component used), and a config.json written then reads as what was used."""
+    shared = DiscretizedLogistic(3, 1, shared_scale=True)
+    assert shared.out_channels(3) == 3 and tuple(shared.log_scale.shape) == (3,)
+    assert DiscretizedLogistic(3, 4).out_channels(3) == 4 * (1 + 6 + 3)
+    with pytest.raises(ValueError, match="mixtures must be 1"):
+        DiscretizedLogistic(3, 5, shared_scale=True)
+    with pytest.raises(ConfigError, match="--mixtures 5 needs --logistic-scale pixel"):
+        ModelConfig(likelihood="logistic", logistic_scale="shared", mixtures=5).validate()
+    old = {**ModelConfig(likelihood="logistic", logistic_scale="shared").to_dict(), "mixtures": 5}
+    assert ModelConfig.from_dict(old).mixtures == 1
+    model = VAE(ModelConfig.from_dict(old))
+    x = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
+    assert math.isfinite(evaluate(model, ImageData(images=x)).neg_elbo)

@@ -86,3 +86,87 @@ def test_every_arch_in_the_config_has_a_builder():
     from vaecli.model.vae import _BUILDERS
 
     assert set(ARCHS) == set(_BUILDERS)
+
+
+PARTS = {"image_size": 8, "channels": 1, "latent_dim": 8, "widths": (4, 8), "hidden": 16}  # every arch: 2 px maps of 2 stages
+FIELD_CHANGES = {"widths": (4, 6), "hidden": 12, "norm": "group", "blocks": 1, "upsample": "resize"}
+
+
+def _layout(m: torch.nn.Module) -> list[tuple[str, str]]:
+    """What a model is made of: every module's name and class, every tensor's name and shape."""
+    return [(n, type(mod).__name__) for n, mod in m.named_modules()] + [(k, str(tuple(v.shape))) for k, v in m.state_dict().items()]
+
+
+@pytest.mark.parametrize("arch", ["conv", "mlp", "conv-mlp", "seed", "spatial"])
+def test_each_arch_reads_the_fields_it_declares_and_no_other(arch):
+    """config.ARCH_FIELDS is what the builders read: changing a declared field changes the model,
+    changing any other arch field builds the same model (so refusing its flag loses nothing)."""
+    from vaecli.config import ARCH_FIELDS
+
+    base = _layout(VAE(ModelConfig(arch=arch, **PARTS)))
+    changed = {f for f, v in FIELD_CHANGES.items() if _layout(VAE(ModelConfig(**{**PARTS, "arch": arch, f: v}))) != base}
+    assert changed == ARCH_FIELDS[arch]
+
+
+@pytest.mark.parametrize("arch", ["conv", "mlp", "conv-mlp", "seed", "spatial"])
+def test_encoder_and_decoder_are_named_parts(arch):
+    """encoder.body/head, decoder.body/head, no layer taken by its position: the decoder's head is
+    the layer that outputs the likelihood's parameters, the encoder's body and head give the
+    features that the posterior heads read."""
+    from vaecli.model.vae import Decoder, Encoder
+
+    m = VAE(ModelConfig(arch=arch, **PARTS)).eval()
+    assert isinstance(m.encoder, Encoder) and isinstance(m.decoder, Decoder)
+    assert {n.split(".")[1] for n, _ in m.named_parameters() if n.startswith(("encoder.", "decoder."))} <= {"body", "head"}
+    x = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        feats = m.encoder.head(m.encoder.body(x))
+        q = m.encode(x)
+        assert torch.equal(q.mu, m.fc_mu(feats).flatten(1))
+        assert torch.equal(m.decoder.head(m.decoder.body(q.mu)), m.decode_params(q.mu))
+    assert isinstance(m.encoder.head, torch.nn.Identity) == (arch in ("mlp", "spatial"))  # no fully connected layer after stages
+
+
+def test_spatial_builds_no_dense_layer_sized_by_hidden(monkeypatch):
+    """--arch spatial has no fully connected layer: building it makes no nn.Linear at all (the
+    layout before made and dropped one of conv features x hidden: 0.7 s and 390 MB at hidden 65,536)."""
+    made: list[tuple[int, int]] = []
+    init = torch.nn.Linear.__init__
+
+    def counting(self, in_features, out_features, *args, **kwargs):  # type: ignore[no-untyped-def]
+        made.append((in_features, out_features))
+        init(self, in_features, out_features, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Linear, "__init__", counting)
+    m = VAE(ModelConfig(arch="spatial", image_size=28, latent_dim=8 * 7 * 7, hidden=65536))
+    assert made == []
+    assert (
+        count_parameters(m) == 19_825 == count_parameters(VAE(ModelConfig(arch="spatial", image_size=28, latent_dim=8 * 7 * 7, hidden=1)))
+    )
+
+
+@pytest.mark.parametrize("arch", ["conv", "conv-mlp", "spatial"])
+def test_blocks_add_residual_blocks_to_every_stage(arch):
+    from vaecli.model.vae import ResBlock
+
+    sizes, blocks = [], []
+    for n in (0, 1, 2):
+        m = VAE(ModelConfig(**{**PARTS, "arch": arch, "blocks": n}))
+        sizes.append(count_parameters(m))
+        blocks.append(([type(b) for b in m.encoder.body].count(ResBlock), [type(b) for b in m.decoder.body].count(ResBlock)))
+        assert m(torch.rand(2, 1, 8, 8)).params.shape == (2, 1, 8, 8)
+    assert sizes[0] < sizes[1] < sizes[2]
+    dec = 0 if arch == "conv-mlp" else 2  # conv-mlp: an MLP decoder
+    assert blocks == [(0, 0), (2, dec), (4, 2 * dec)]  # per stage (2 widths), encoder and decoder
+
+
+@pytest.mark.parametrize("arch", ["conv", "spatial"])
+def test_upsample_transposed_or_resize(arch):
+    """transposed: k4 s2 transposed convs; resize: nearest x2 then a 3x3 conv, the output layer too."""
+    kinds = {}
+    for up in ("transposed", "resize"):
+        m = VAE(ModelConfig(**{**PARTS, "arch": arch, "upsample": up}))
+        mods = [type(mod) for mod in m.decoder.modules()]
+        kinds[up] = (mods.count(torch.nn.ConvTranspose2d), mods.count(torch.nn.Upsample), type(m.decoder.head))
+        assert m(torch.rand(2, 1, 8, 8)).params.shape == (2, 1, 8, 8)
+    assert kinds == {"transposed": (2, 0, torch.nn.ConvTranspose2d), "resize": (0, 2, torch.nn.Conv2d)}

@@ -49,11 +49,12 @@ def test_kl_is_nonnegative_zero_at_the_prior_and_matches_monte_carlo() -> None:
     assert Posterior(torch.zeros(1, 1), torch.full((1, 1), math.log(4.0))).kl().item() == pytest.approx(0.5 * (4 - 1 - math.log(4)))
 
 
-def test_model_posterior_is_what_forward_uses() -> None:
+def test_model_encode_is_the_posterior_forward_uses() -> None:
     torch.manual_seed(0)
     m = VAE(ModelConfig(**MICRO)).eval()
     x = torch.rand(3, 1, 28, 28)
-    q = m.posterior(x)
+    q = m.encode(x)
+    assert isinstance(q, Posterior) and q.mu.dtype == q.logvar.dtype == torch.float32
     out = m(x, sample=False)
     assert torch.equal(out.mu, q.mean) and torch.equal(out.z, q.mean)
     assert torch.equal(out.posterior.kl(), q.kl())

@@ -262,7 +262,7 @@ def _weights(trainer) -> dict[str, torch.Tensor]:
 def test_conv_models_train_channels_last_with_fused_adam() -> None:
     trainer = start_tiny("cl", model=TINY, epochs=1, batch_size=64, max_steps=3)
     assert trainer.memory_format == torch.channels_last
-    conv = trainer.model.encoder[2].weight  # 8 -> 16 channels (a 1-channel input is both layouts)
+    conv = trainer.model.encoder.body[2].weight  # 8 -> 16 channels (a 1-channel input is both layouts)
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     assert trainer.optimizer.defaults.get("fused") is True
     result = trainer.fit()
@@ -279,7 +279,7 @@ def test_resume_is_exact_with_channels_last_and_fused_adam() -> None:
     part = start_tiny("b", model=TINY, batch_size=125, max_steps=12)
     part.fit()
     resumed = resume_run("b", {"max_steps": 8})
-    conv = resumed.model.encoder[2].weight
+    conv = resumed.model.encoder.body[2].weight
     assert resumed.optimizer.state[conv]["exp_avg"].stride() == conv.stride()
     resumed.fit()
     assert resumed.state.global_step == straight.state.global_step == 20

@@ -46,7 +46,7 @@ def test_the_kl_estimate_agrees_with_a_large_monte_carlo_estimate() -> None:
     model = VAE(ModelConfig(**VAMP)).eval()
     x = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
-        q = model.posterior(x)
+        q = model.encode(x)
         oracle = _oracle(model.prior.components())
         z = q.sample(torch.Generator().manual_seed(1), n=100_000)  # (n, 3, 4)
         mc = (q.log_prob(z) - oracle.log_prob(z)).mean(0)

@@ -14,12 +14,23 @@ from __future__ import annotations
 import math
 import types
 import typing
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
 from .errors import ConfigError
 
 ARCHS = ("conv", "mlp", "conv-mlp", "seed", "spatial")
+# The fields each arch reads besides those all read (channels, image_size, latent_dim, likelihood,
+# prior and theirs): vaecli.model.vae's builder of each arch reads these and no other
+# (tests/test_model.py checks it), and a flag of another field is refused with that arch.
+ARCH_FIELDS: dict[str, frozenset[str]] = {
+    "conv": frozenset({"widths", "hidden", "norm", "blocks", "upsample"}),
+    "mlp": frozenset({"widths"}),
+    "conv-mlp": frozenset({"widths", "hidden", "norm", "blocks"}),  # its MLP decoder: no upsampling
+    "seed": frozenset(),  # the seed document's fixed layer table
+    "spatial": frozenset({"widths", "norm", "blocks", "upsample"}),  # no fully connected layer
+}
 NORMS = ("none", "group", "batch")
 LIKELIHOODS = ("bernoulli", "gaussian", "logistic", "discrete-gaussian")
 PRIORS = ("normal", "vamp")
@@ -136,6 +147,10 @@ class ModelConfig(_Config):
         _check(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}")
         _check(1 <= self.mixtures <= 32, f"--mixtures must be 1..32, got {self.mixtures}")
         _check(self.logistic_scale in ("pixel", "shared"), f"--logistic-scale must be pixel or shared, got {self.logistic_scale!r}")
+        _check(
+            self.likelihood != "logistic" or self.logistic_scale == "pixel" or self.mixtures == 1,
+            f"--mixtures {self.mixtures} needs --logistic-scale pixel (shared: one logistic per pixel, one learned scale per channel)",
+        )
         _check(0 <= self.blocks <= 8, f"--blocks must be 0..8, got {self.blocks}")
         _check(self.upsample in ("transposed", "resize"), f"--upsample must be transposed or resize, got {self.upsample!r}")
         _check(self.prior in PRIORS, f"--prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
@@ -153,6 +168,14 @@ class ModelConfig(_Config):
             cells = (self.image_size // m) ** 2
             _check(self.latent_dim % cells == 0, f"--latent-dim must be a multiple of {cells} for arch spatial at {self.image_size} px "
                    f"({len(self.widths)} stages: latent maps of {cells} positions; --arch conv takes any size), got {self.latent_dim}")  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ModelConfig:
+        """As :meth:`_Config.from_dict`; a config.json written when ``--logistic-scale shared`` took
+        any ``--mixtures`` and used one component says the one it used."""
+        if isinstance(data, dict) and data.get("likelihood") == "logistic" and data.get("logistic_scale") == "shared":
+            data = {**data, "mixtures": 1}
+        return super().from_dict(data)
 
 
 @dataclass
@@ -328,6 +351,36 @@ def check_pair(model: ModelConfig, train: TrainConfig) -> None:
         _check(not used, f"{' and '.join(used)} need a prior that factorises over dimensions: not with --prior {model.prior}")
 
 
+# The model fields that only some settings read: field -> {setting: the values of it that read the field}.
+READ_UNDER: dict[str, dict[str, tuple[str, ...]]] = {
+    **{f: {"arch": tuple(a for a in ARCHS if f in ARCH_FIELDS[a])} for f in sorted(frozenset().union(*ARCH_FIELDS.values()))},
+    "mixtures": {"likelihood": ("logistic",), "logistic_scale": ("pixel",)},
+    "logistic_scale": {"likelihood": ("logistic",)},
+    "pseudo_inputs": {"prior": ("vamp",)},
+}
+_WHAT = {("arch", "seed"): "a fixed layer table", ("logistic_scale", "shared"): "one logistic per pixel, one learned scale per channel"}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_read(settings: dict[str, Any], given: Collection[str], default: str = "the default") -> None:
+    """Refuse an option the user gave (a field named in ``given``) that the model of ``settings``
+    (its arch, likelihood, logistic_scale and prior, those known so far) does not read, in one line:
+    ``--blocks is not read by --arch mlp (the default ...): give --arch conv, conv-mlp or spatial``.
+    ``default`` says where a setting the user did not give came from."""
+    for name in sorted(given):
+        for setting, readers in READ_UNDER.get(name, {}).items():
+            value = settings.get(setting)
+            if value is None or value in readers:
+                continue
+            why = "; ".join(w for w in (_WHAT.get((setting, value)), None if setting in given else default) if w)
+            choices = " or ".join(", ".join(readers).rsplit(", ", 1))
+            where = f" ({why})" if why else ""
+            raise ConfigError(f"{_flag(name)} is not read by {_flag(setting)} {value}{where}: give {_flag(setting)} {choices}")
+
+
 def check_given(given: dict[str, Any]) -> None:
     """Validate the options a user gave before any data is loaded (a bad flag fails fast)."""
     given = {k: v for k, v in given.items() if v is not None}
@@ -335,6 +388,8 @@ def check_given(given: dict[str, Any]) -> None:
     _check(not unknown, f"unknown options {sorted(unknown)}")
     TrainConfig(**{k: v for k, v in given.items() if k in TRAIN_FIELDS}).validate()
     model = {k: v for k, v in given.items() if k in MODEL_FIELDS}
+    # the arch and the likelihood may come from the data (the rule for defaults): checked then
+    check_read({"logistic_scale": ModelConfig.logistic_scale, "prior": ModelConfig.prior, **model}, model)
     arch = model.get("arch", "conv")
     size = 8 * size_multiple(arch, model.get("widths") or (1,))
     if arch == "spatial":  # its latent size is a multiple of the maps' positions, known with the data: checked then

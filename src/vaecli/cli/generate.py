@@ -114,7 +114,7 @@ def interpolate_cmd(
     else:
         assert a is not None and b is not None
         x = image_files([a, b], cfg)
-    mu, _ = encode(model, x)
+    mu = encode(model, x).mean
     frames = decode(model, interpolate_latents(mu[0], mu[1], steps, mode))
     files: list[tuple[str, bytes]] = []
     if output is not None:
@@ -183,9 +183,9 @@ def traverse_cmd(
         assert kl is not None
         dims = dims_by_kl(kl)[:top]
     if image is not None:
-        base = encode(model, image_files([image], cfg))[0][0]
+        base = encode(model, image_files([image], cfg)).mean[0]
     elif index is not None:
-        base = encode(model, split_images(cfg, split, [index]))[0][0]
+        base = encode(model, split_images(cfg, split, [index])).mean[0]
     else:
         base = torch.zeros(d)
     images = decode(model, traverse_latents(base, dims, value_range, steps, model.prior.marginal_std()))

@@ -87,8 +87,8 @@ def encode_cmd(
     check_target(output)
     model, cfg, _ = model_source.load()
     x, paths, _names = read_inputs(inputs, split, n, cfg)
-    mu, logvar = encode(model, x)
-    text = format_lines(paths, mu, logvar)
+    q = encode(model, x)
+    text = format_lines(paths, q.mu, q.logvar)
     if output is None or output == "-":
         sys.stdout.write(text)
         sys.stdout.flush()

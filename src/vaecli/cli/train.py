@@ -306,7 +306,8 @@ def _ips(value: float | None) -> str:
 
 def _model_brief(m: Any) -> str:
     """``conv 16,32 z=32`` / ``seed z=32``: the model in a few words."""
-    lk = f", {m.likelihood}" + (f" x{m.mixtures}" if m.likelihood == "logistic" else "")
+    shared = " shared scale" if m.logistic_scale == "shared" else ""
+    lk = f", {m.likelihood}" + (f" x{m.mixtures}{shared}" if m.likelihood == "logistic" else "")
     return f"{m.arch}{' ' + ','.join(map(str, m.widths)) if m.arch != 'seed' else ''} z={m.latent_dim}{lk}"
 
 

@@ -213,7 +213,7 @@ def latent_means(model: Any, images: torch.Tensor, batch_size: int = 500) -> tor
     from ..data import to_float
     from .inference import encode
 
-    chunks = [encode(model, to_float(images[i : i + 5000]), batch_size)[0] for i in range(0, images.shape[0], 5000)]
+    chunks = [encode(model, to_float(images[i : i + 5000]), batch_size).mean for i in range(0, images.shape[0], 5000)]
     return torch.cat(chunks) if chunks else torch.empty(0, model.config.latent_dim)
 
 

@@ -24,19 +24,19 @@ def _device(model: VAE) -> torch.device:
 
 
 @torch.no_grad()
-def encode(model: VAE, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior parameters (mu, logvar) of float images in [0, 1], each (N, D), on the CPU."""
+def encode(model: VAE, images: torch.Tensor, batch_size: int = 500) -> Posterior:
+    """q(z|x) of float images in [0, 1]: its mu and logvar each (N, D), fp32, on the CPU."""
     model.eval()
     dev = _device(model)
     mus, logvars = [], []
     for i in range(0, images.shape[0], batch_size):
-        mu, logvar = model.encode(images[i : i + batch_size].to(dev).float())
-        mus.append(mu.float().cpu())
-        logvars.append(logvar.float().cpu())
+        q = model.encode(images[i : i + batch_size].to(dev).float())
+        mus.append(q.mu.cpu())
+        logvars.append(q.logvar.cpu())
     if not mus:
         d = model.config.latent_dim
-        return torch.empty(0, d), torch.empty(0, d)
-    return torch.cat(mus), torch.cat(logvars)
+        return Posterior(torch.empty(0, d), torch.empty(0, d))
+    return Posterior(torch.cat(mus), torch.cat(logvars))
 
 
 @torch.no_grad()
@@ -86,7 +86,7 @@ def sample(
 @torch.no_grad()
 def reconstruct(model: VAE, images: torch.Tensor, sample_z: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
     """Decode the posterior mean (or a posterior sample when ``sample_z``) of each image."""
-    q = Posterior(*encode(model, images))
+    q = encode(model, images)
     return decode(model, q.sample(generator) if sample_z else q.mean)
 
 

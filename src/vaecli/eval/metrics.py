@@ -60,7 +60,7 @@ def one_sample_elbo(model: VAE, x: torch.Tensor, generator: torch.Generator | No
     """The one-sample ELBO's terms for a batch, with z ~ q(z|x) drawn once (Kingma & Welling 2014,
     eq. 10): -ELBO = recon + KL. For a prior that does not factorise (the VampPrior) the KL is the
     estimate log q(z|x) - log p(z) and the per-dimension figures are KLs to the prior's marginals."""
-    q = model.posterior(x)
+    q = model.encode(x)
     z = q.sample(generator)
     recon = model.likelihood.nll(model.decode_params(z), x)
     kl_dims = model.prior.kl_per_dim(q, z)
@@ -241,7 +241,7 @@ def log_importance_weights(
 
     Burda et al. (2016), eq. 8. Decoded in chunks of at most ``max_decode`` images.
     """
-    q = model.posterior(x)
+    q = model.encode(x)
     b = x.shape[0]
     chunk = max(1, min(k, max_decode // max(1, b)))
     out = []

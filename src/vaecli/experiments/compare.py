@@ -214,7 +214,7 @@ def study_run(
     samples = sample(model, SAMPLES_PER_ROW, 1.0, g, prior)
     kl, _, _ = latent_stats(model, ckpt.read_summary(folder), lambda: test, seed=seed)
     dims = dims_by_kl(kl or [0.0] * cfg.model.latent_dim)[:TRAVERSE_DIMS]
-    mu, _ = encode(model, to_float(test.images[:1]))
+    mu = encode(model, to_float(test.images[:1])).mean
     grid = decode(model, traverse_latents(mu[0], dims, TRAVERSE_RANGE, TRAVERSE_STEPS, model.prior.marginal_std()))
     labels = [f"{row['label']}  z{j}" + (f" KL {kl[j]:.1f}" if kl else "") for j in dims]
     return scores, notes, Study(row["label"], samples, grid, labels)

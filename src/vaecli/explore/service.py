@@ -302,8 +302,8 @@ class Explorer:
 
         xf = to_float(x.unsqueeze(0))
         with run.lock:
-            mu, logvar = encode(run.model, xf)
-        return {"z": [float(v) for v in mu[0]], "logvar": [float(v) for v in logvar[0]], "input": data_url(strip_png(xf))}
+            q = encode(run.model, xf)
+        return {"z": [float(v) for v in q.mu[0]], "logvar": [float(v) for v in q.logvar[0]], "input": data_url(strip_png(xf))}
 
 
 # ----------------------------------------------------------------------------- validation

@@ -124,9 +124,11 @@ class DiscretizedLogistic(Likelihood):
 
     def __init__(self, channels: int, mixtures: int, shared_scale: bool = False) -> None:
         super().__init__()
-        self.channels, self.mixtures = channels, 1 if shared_scale else mixtures
         # shared_scale: the decoder predicts only the locations; one learned log scale per channel is
         # shared by all pixels (as the Gaussian's sigma is), no mixture, no coupling
+        if shared_scale and mixtures != 1:
+            raise ValueError(f"a shared scale is one logistic per pixel: mixtures must be 1, got {mixtures}")
+        self.channels, self.mixtures = channels, mixtures
         self.log_scale = nn.Parameter(torch.full((channels,), math.log(0.2))) if shared_scale else None
 
     def out_channels(self, channels: int) -> int:

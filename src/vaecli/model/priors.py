@@ -105,7 +105,7 @@ class VampPrior(Prior):
         super().__init__(latent_dim)
         # initialised as faint noise around mid-grey (the paper draws them from N(0.05, 0.01)-like noise)
         self.u = nn.Parameter(torch.randn(pseudo_inputs, *shape) * 0.5)
-        self.encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None  # the model's (set by VAE)
+        self.encode: Callable[[torch.Tensor], Posterior] | None = None  # the model's (set by VAE)
 
     def inputs(self) -> torch.Tensor:
         """The pseudo-inputs as images in [0, 1], (K, C, H, W)."""
@@ -122,8 +122,7 @@ class VampPrior(Prior):
         computes them (VAEOutput.prior), so DDP sees the pseudo-inputs' gradients."""
         if self.encode is None:
             raise RuntimeError("the VampPrior needs its model's encoder")
-        mu, logvar = self.encode(self.inputs())
-        return Posterior(mu.float(), logvar.float())
+        return self.encode(self.inputs())
 
     def log_prob(self, z: torch.Tensor, components: Posterior | None = None) -> torch.Tensor:
         """log p(z) = logsumexp_k log q(z | u_k) - log K, over the last dimension; ``z`` (..., D)."""

@@ -74,7 +74,7 @@ def _norm(kind: str, channels: int) -> list[nn.Module]:
     return []
 
 
-class _ResBlock(nn.Module):
+class ResBlock(nn.Module):
     """x + conv3x3(act(norm(conv3x3(act(norm(x)))))), the second conv zero-initialised so that the
     block starts as the identity (the residual blocks of diffusers' and NVAE's autoencoders, small)."""
 
@@ -93,110 +93,167 @@ class _ResBlock(nn.Module):
         return x + self.body(x)
 
 
-def _conv_encoder(cfg: ModelConfig) -> tuple[list[nn.Module], int, int]:
-    """k4 s2 convs (widths), each followed by ``blocks`` residual blocks, then FC hidden.
-    Returns (layers, last width, last side)."""
-    c, widths = cfg.channels, list(cfg.widths)
-    side = cfg.image_size // 2 ** len(widths)
-    enc: list[nn.Module] = []
-    prev = c
-    for w in widths:
-        enc += [nn.Conv2d(prev, w, 4, 2, 1), *_norm(cfg.norm, w), _act()]
-        enc += [_ResBlock(w, cfg.norm) for _ in range(cfg.blocks)]
+class _Parts(nn.Module):
+    """A ``body`` (an nn.Sequential) then a ``head``: the named parts of the encoder and the decoder."""
+
+    body: nn.Sequential
+    head: nn.Module
+
+    def old_name(self, index: int) -> str:
+        """The name, under this module, of the layer that the layout before the named parts (one
+        nn.Sequential: the body's layers, then the head's) saved at ``index``."""
+        n = len(self.body)
+        if index < n:
+            return f"body.{index}"
+        return f"head.{index - n}" if isinstance(self.head, nn.Sequential) else "head"
+
+
+class Encoder(_Parts):
+    """x -> the features the posterior heads read. ``body``: the conv stages, or the dense layers of
+    ``mlp``; ``head``: the fully connected layer after the conv stages (``conv``, ``conv-mlp``,
+    ``seed``), none where the body's output is the features (``mlp``; ``spatial``, whose 1x1
+    posterior heads read the feature map)."""
+
+    def __init__(self, body: list[nn.Module], head: list[nn.Module] | None = None) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*body)
+        self.head = nn.Sequential(*head) if head else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+class Decoder(_Parts):
+    """z -> the parameters of p(x|z), (B, out_channels, H, W). ``body``: every layer but the output
+    layer; ``head``: the output layer, which stays fp32 under bf16 autocast (see :func:`_autocast_on`)."""
+
+    def __init__(self, body: list[nn.Module], head: nn.Module) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*body)
+        self.head = head
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.body(z)
+        if not _autocast_on(h):
+            return self.head(h)
+        with torch.autocast(h.device.type, enabled=False):
+            return self.head(h.float())
+
+
+def _conv_stages(cfg: ModelConfig) -> tuple[list[nn.Module], int, int]:
+    """k4 s2 convs (widths), each followed by ``blocks`` residual blocks. Returns (layers, last
+    width, last side)."""
+    side = cfg.image_size // 2 ** len(cfg.widths)
+    stages: list[nn.Module] = []
+    prev = cfg.channels
+    for w in cfg.widths:
+        stages += [nn.Conv2d(prev, w, 4, 2, 1), *_norm(cfg.norm, w), _act()]
+        stages += [ResBlock(w, cfg.norm) for _ in range(cfg.blocks)]
         prev = w
-    enc += [nn.Flatten(), nn.Linear(prev * side * side, cfg.hidden), _act()]
-    return enc, prev, side
+    return stages, prev, side
 
 
-def _build_conv(cfg: ModelConfig, out_ch: int) -> tuple[nn.Module, nn.Module, int]:
+def _conv_encoder(cfg: ModelConfig) -> Encoder:
+    """The conv stages, then a fully connected layer of ``hidden`` units."""
+    stages, prev, side = _conv_stages(cfg)
+    return Encoder(stages, [nn.Flatten(), nn.Linear(prev * side * side, cfg.hidden), _act()])
+
+
+def _build_conv(cfg: ModelConfig, out_ch: int) -> tuple[Encoder, Decoder, int]:
     """Lean conv net: k4 s2 convs (widths, each with ``blocks`` residual blocks), FC hidden, mirrored
-    decoder. Returns (enc, dec, feat)."""
-    widths = list(cfg.widths)
-    enc, prev, side = _conv_encoder(cfg)
+    decoder. Returns (encoder, decoder, features)."""
+    enc = _conv_encoder(cfg)  # the layers are made in the order of their parameters (the same init for a seed)
+    side = cfg.image_size // 2 ** len(cfg.widths)
+    prev = cfg.widths[-1]
     flat = prev * side * side
-    dec: list[nn.Module] = [nn.Linear(cfg.latent_dim, cfg.hidden), _act(), nn.Linear(cfg.hidden, flat), _act()]
-    dec.append(_Reshape(prev, side, side))
-    dec += _conv_upsampling(cfg, widths, out_ch)
-    return nn.Sequential(*enc), nn.Sequential(*dec), cfg.hidden
+    dense: list[nn.Module] = [nn.Linear(cfg.latent_dim, cfg.hidden), _act(), nn.Linear(cfg.hidden, flat), _act()]
+    stages, out = _conv_upsampling(cfg, out_ch)
+    return enc, Decoder([*dense, _Reshape(prev, side, side), *stages], out), cfg.hidden
 
 
-def _build_spatial(cfg: ModelConfig, out_ch: int) -> tuple[nn.Module, nn.Module, tuple[int, int]]:
+def _build_spatial(cfg: ModelConfig, out_ch: int) -> tuple[Encoder, Decoder, tuple[int, int]]:
     """Conv stages with a spatial latent (no fully connected layer, as the autoencoders of latent
     diffusion): the encoder's last feature map gives mu and logvar per position through 1x1 convs,
     z is c maps of side x side (latent_dim = c side^2), the decoder mirrors the stages."""
-    widths = list(cfg.widths)
-    enc, prev, side = _conv_encoder(cfg)
-    enc = enc[:-3]  # no Flatten, Linear, activation: the heads see the feature map
+    stages, prev, side = _conv_stages(cfg)
     c = cfg.latent_dim // (side * side)
-    dec: list[nn.Module] = [_Reshape(c, side, side), nn.Conv2d(c, prev, 3, 1, 1), _act()]
-    dec += _conv_upsampling(cfg, widths, out_ch)
-    return nn.Sequential(*enc), nn.Sequential(*dec), (prev, c)
+    first: list[nn.Module] = [_Reshape(c, side, side), nn.Conv2d(c, prev, 3, 1, 1), _act()]
+    up, out = _conv_upsampling(cfg, out_ch)
+    return Encoder(stages), Decoder([*first, *up], out), (prev, c)
 
 
-def _conv_upsampling(cfg: ModelConfig, widths: list[int], out_ch: int) -> list[nn.Module]:
-    """The conv decoder's stages, widest first: ``blocks`` residual blocks, then a x2 upsampling
-    (a k4 s2 transposed conv, or nearest x2 and a 3x3 conv) to the next width (the last: ``out_ch``)."""
-    dec: list[nn.Module] = []
-    rev = widths[::-1]
-    for i, w in enumerate(rev):
-        out = rev[i + 1] if i + 1 < len(rev) else out_ch
-        dec += [_ResBlock(w, cfg.norm) for _ in range(cfg.blocks)]
-        if cfg.upsample == "resize":  # nearest x2, then a 3x3 conv: no checkerboard (Odena et al. 2016)
-            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(w, out, 3, 1, 1)]
-        else:
-            dec.append(nn.ConvTranspose2d(w, out, 4, 2, 1))
-        if i + 1 < len(rev):
-            dec += [*_norm(cfg.norm, out), _act()]
-    return dec
+def _upsample(cfg: ModelConfig, channels: int, out: int) -> tuple[list[nn.Module], nn.Module]:
+    """A x2 upsampling from ``channels`` to ``out`` channels: (the layers before its conv, the conv):
+    a k4 s2 transposed conv, or nearest x2 and a 3x3 conv (no checkerboard, Odena et al. 2016)."""
+    if cfg.upsample == "resize":
+        return [nn.Upsample(scale_factor=2, mode="nearest")], nn.Conv2d(channels, out, 3, 1, 1)
+    return [], nn.ConvTranspose2d(channels, out, 4, 2, 1)
 
 
-def _mlp_decoder(latent_dim: int, widths: list[int], shape: tuple[int, int, int]) -> nn.Module:
+def _conv_upsampling(cfg: ModelConfig, out_ch: int) -> tuple[list[nn.Module], nn.Module]:
+    """The conv decoder's stages, widest first: ``blocks`` residual blocks, then a x2 upsampling to
+    the next width. Returns (the stages, the output layer: the last stage's conv to ``out_ch``)."""
+    rev = list(cfg.widths)[::-1]
+    layers: list[nn.Module] = []
+    for w, nxt in zip(rev, rev[1:]):
+        layers += [ResBlock(w, cfg.norm) for _ in range(cfg.blocks)]
+        before, conv = _upsample(cfg, w, nxt)
+        layers += [*before, conv, *_norm(cfg.norm, nxt), _act()]
+    layers += [ResBlock(rev[-1], cfg.norm) for _ in range(cfg.blocks)]
+    before, out = _upsample(cfg, rev[-1], out_ch)
+    return [*layers, *before], out
+
+
+def _mlp_decoder(latent_dim: int, widths: list[int], shape: tuple[int, int, int]) -> Decoder:
     """Linear layers latent_dim -> widths... -> C*H*W (logits), reshaped to an image."""
-    dec: list[nn.Module] = []
+    body: list[nn.Module] = []
     prev = latent_dim
     for w in widths:
-        dec += [nn.Linear(prev, w), _act()]
+        body += [nn.Linear(prev, w), _act()]
         prev = w
-    dec.append(_LinearToImage(prev, shape))
-    return nn.Sequential(*dec)
+    return Decoder(body, _LinearToImage(prev, shape))
 
 
-def _build_mlp(cfg: ModelConfig, out_ch: int) -> tuple[nn.Module, nn.Module, int]:
+def _build_mlp(cfg: ModelConfig, out_ch: int) -> tuple[Encoder, Decoder, int]:
     """Fully connected: pixels -> widths -> (mu, logvar); z -> reversed widths -> pixels."""
-    enc: list[nn.Module] = [nn.Flatten()]
+    body: list[nn.Module] = [nn.Flatten()]
     prev = cfg.channels * cfg.image_size * cfg.image_size
     for w in cfg.widths:
-        enc += [nn.Linear(prev, w), _act()]
+        body += [nn.Linear(prev, w), _act()]
         prev = w
     shape = (out_ch, cfg.image_size, cfg.image_size)
-    return nn.Sequential(*enc), _mlp_decoder(cfg.latent_dim, list(cfg.widths)[::-1], shape), prev
+    return Encoder(body), _mlp_decoder(cfg.latent_dim, list(cfg.widths)[::-1], shape), prev
 
 
-def _build_conv_mlp(cfg: ModelConfig, out_ch: int) -> tuple[nn.Module, nn.Module, int]:
+def _build_conv_mlp(cfg: ModelConfig, out_ch: int) -> tuple[Encoder, Decoder, int]:
     """The conv encoder with an MLP decoder of two ``hidden`` layers."""
-    enc, _, _ = _conv_encoder(cfg)
+    enc = _conv_encoder(cfg)
     shape = (out_ch, cfg.image_size, cfg.image_size)
-    return nn.Sequential(*enc), _mlp_decoder(cfg.latent_dim, [cfg.hidden, cfg.hidden], shape), cfg.hidden
+    return enc, _mlp_decoder(cfg.latent_dim, [cfg.hidden, cfg.hidden], shape), cfg.hidden
 
 
-def _build_seed(cfg: ModelConfig, out_ch: int) -> tuple[nn.Module, nn.Module, int]:
+def _build_seed(cfg: ModelConfig, out_ch: int) -> tuple[Encoder, Decoder, int]:
     """The seed document's layer table, for any channels and size divisible by 4."""
     c = cfg.channels
     side = cfg.image_size // 4
     flat = 128 * side * side
-    enc = nn.Sequential(
-        nn.Conv2d(c, 32, 4, 2, 1), nn.BatchNorm2d(32), _act(),
-        nn.Conv2d(32, 64, 4, 2, 1), nn.BatchNorm2d(64), _act(),
-        nn.Conv2d(64, 128, 3, 1, 1), nn.BatchNorm2d(128), _act(),
-        nn.Conv2d(128, 128, 3, 1, 1), nn.BatchNorm2d(128), _act(),
-        nn.Flatten(), nn.Linear(flat, 512), nn.BatchNorm1d(512), _act(), nn.Dropout(0.3),
+    enc = Encoder(
+        [
+            nn.Conv2d(c, 32, 4, 2, 1), nn.BatchNorm2d(32), _act(),
+            nn.Conv2d(32, 64, 4, 2, 1), nn.BatchNorm2d(64), _act(),
+            nn.Conv2d(64, 128, 3, 1, 1), nn.BatchNorm2d(128), _act(),
+            nn.Conv2d(128, 128, 3, 1, 1), nn.BatchNorm2d(128), _act(),
+        ],
+        [nn.Flatten(), nn.Linear(flat, 512), nn.BatchNorm1d(512), _act(), nn.Dropout(0.3)],
     )  # fmt: skip
-    dec = nn.Sequential(
-        nn.Linear(cfg.latent_dim, 512), nn.BatchNorm1d(512), _act(), nn.Dropout(0.3),
-        nn.Linear(512, flat), _act(), _Reshape(128, side, side),
-        nn.ConvTranspose2d(128, 128, 3, 1, 1), nn.BatchNorm2d(128), _act(),
-        nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.BatchNorm2d(64), _act(),
-        nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.BatchNorm2d(32), _act(),
+    dec = Decoder(
+        [
+            nn.Linear(cfg.latent_dim, 512), nn.BatchNorm1d(512), _act(), nn.Dropout(0.3),
+            nn.Linear(512, flat), _act(), _Reshape(128, side, side),
+            nn.ConvTranspose2d(128, 128, 3, 1, 1), nn.BatchNorm2d(128), _act(),
+            nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.BatchNorm2d(64), _act(),
+            nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.BatchNorm2d(32), _act(),
+        ],
         nn.ConvTranspose2d(32, out_ch, 3, 1, 1),
     )  # fmt: skip
     return enc, dec, 512
@@ -214,7 +271,8 @@ _BUILDERS: dict[str, Any] = {
 class VAE(nn.Module):
     """A (beta-)VAE built from a :class:`ModelConfig`.
 
-    ``encode(x) -> (mu, logvar)``, ``decode_params(z)`` (the parameters of p(x|z)), ``decode(z)``
+    ``encoder`` and ``decoder`` (each a ``body`` and a ``head``), the posterior heads ``fc_mu`` and
+    ``fc_logvar``; ``encode(x) -> Posterior`` (q(z|x)), ``decode_params(z)`` (the parameters of p(x|z)), ``decode(z)``
     (the likelihood's mean in [0, 1]: Bernoulli probabilities, Gaussian means, the logistic
     mixture's mean) and ``forward(x) -> VAEOutput``. ``likelihood`` is p(x|z)
     (:mod:`vaecli.model.likelihoods`). Inputs are float images in [0, 1], shape (B, C, H, W).
@@ -242,31 +300,18 @@ class VAE(nn.Module):
         nn.init.zeros_(self.fc_logvar.weight)
         nn.init.constant_(self.fc_logvar.bias, -6.0 if config.arch == "seed" else -4.0)
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior parameters (mu, logvar), each (B, latent_dim)."""
+    def encode(self, x: torch.Tensor) -> Posterior:
+        """q(z|x), its parameters (mu, logvar) each (B, latent_dim) in fp32."""
         h = self.encoder(x)
         if _autocast_on(h):  # the posterior heads stay fp32 under bf16 autocast (see _autocast_on)
             with torch.autocast(h.device.type, enabled=False):
                 h = h.float()
-                return self.fc_mu(h).flatten(1), self.fc_logvar(h).flatten(1)
-        return self.fc_mu(h).flatten(1), self.fc_logvar(h).flatten(1)
-
-    def posterior(self, x: torch.Tensor) -> Posterior:
-        """q(z|x) in fp32."""
-        mu, logvar = self.encode(x)
-        return Posterior(mu.float(), logvar.float())
+                return Posterior(self.fc_mu(h).flatten(1), self.fc_logvar(h).flatten(1))
+        return Posterior(self.fc_mu(h).flatten(1).float(), self.fc_logvar(h).flatten(1).float())
 
     def decode_params(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder's output, the parameters of p(x|z): (B, out_channels, H, W)."""
-        if not _autocast_on(z):
-            return self.decoder(z)
-        layers = list(self.decoder.children())  # the output layer stays fp32 under bf16 autocast
-        body, last = layers[:-1], layers[-1]
-        h = z
-        for layer in body:
-            h = layer(h)
-        with torch.autocast(h.device.type, enabled=False):
-            return last(h.float())
+        return self.decoder(z)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The likelihood's mean in [0, 1] (never thresholded)."""
@@ -274,7 +319,7 @@ class VAE(nn.Module):
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True) -> VAEOutput:
         """Encode, draw z (or take the mean when ``sample`` is false) and decode."""
-        q = self.posterior(x)
+        q = self.encode(x)
         z = q.sample(generator) if sample else q.mean
         components = self.prior.components() if isinstance(self.prior, VampPrior) else None
         return VAEOutput(params=self.decode_params(z), mu=q.mu, logvar=q.logvar, z=z, prior=components)
@@ -285,6 +330,24 @@ def _autocast_on(t: torch.Tensor) -> bool:
     that produce the likelihood's parameters and the posterior (mu, logvar) run in fp32: they cost
     little and their rounding otherwise costs nats (docs/performance.md, the bf16 check)."""
     return torch.is_autocast_enabled(t.device.type)
+
+
+def upgrade_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` of a :class:`VAE` saved before the encoder and decoder had named parts (one
+    nn.Sequential each: ``encoder.3.weight``) under their names now (``encoder.body.3.weight``); the
+    layers, their order and so the parameters' order are the same. Other tensors and other models'
+    state dicts come back as they are."""
+    if not isinstance(model, VAE):
+        return tensors
+    parts: dict[str, _Parts] = {"encoder": model.encoder, "decoder": model.decoder}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        part, _, rest = key.partition(".")
+        index, _, tail = rest.partition(".")
+        if part in parts and index.isdigit() and tail:
+            key = f"{part}.{parts[part].old_name(int(index))}.{tail}"
+        out[key] = value
+    return out
 
 
 def count_parameters(model: nn.Module) -> int:

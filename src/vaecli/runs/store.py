@@ -306,8 +306,13 @@ def load_state_dict_into(model: torch.nn.Module, path: Path) -> dict[str, str]:
 
 
 def load_checked(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """``model.load_state_dict(tensors)`` after checking that names, shapes and dtypes match (weights
-    stored in half precision, as the shipped pretrained runs are, load into float32 parameters)."""
+    """``model.load_state_dict(tensors)`` after checking that names, shapes and dtypes match. Weights
+    stored in half precision (the shipped pretrained runs) load into float32 parameters; a VAE's
+    tensors saved before its encoder and decoder had named parts load under their names now
+    (:func:`vaecli.model.vae.upgrade_state_dict`)."""
+    from ..model.vae import upgrade_state_dict
+
+    tensors = upgrade_state_dict(model, tensors)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))

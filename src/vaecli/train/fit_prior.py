@@ -77,7 +77,7 @@ def encode_splits(model: Any, data_cfg: Any) -> dict[str, Encoded]:
     for name, data in splits.items():
         if data_cfg.binarize and name != "test":  # load_splits binarises the test split already
             data = binarize_fixed(data)
-        out[name] = Encoded(Posterior(*encode(model, to_float(data.images))), len(data))
+        out[name] = Encoded(encode(model, to_float(data.images)), len(data))
     return out
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-from ..config import MODEL_FIELDS, TRAIN_FIELDS, ModelConfig, TrainConfig, check_given, size_multiple
+from ..config import MODEL_FIELDS, TRAIN_FIELDS, ModelConfig, TrainConfig, check_given, check_read, size_multiple
 
 DEFAULT_EPOCHS = 10  # epochs of a run given neither --epochs nor --time-budget (plus any ramp, see default_epochs)
 BUDGET_EPOCHS = 1000  # epochs of a run given only a --time-budget: the budget ends it
@@ -183,10 +183,15 @@ def ramp_warning(train: TrainConfig) -> str | None:
 
 def build_configs(given: dict[str, Any], image_size: int, channels: int, device_type: str = "cpu") -> tuple[ModelConfig, TrainConfig]:
     """The run's model and training configs: what the user gave (``None`` = not given) over the
-    rule's defaults for this data and device (:func:`default_recipe`, :func:`default_epochs`)."""
+    rule's defaults for this data and device (:func:`default_recipe`, :func:`default_epochs`). An
+    option the model does not read (``--blocks`` where the arch is ``mlp``) is refused."""
     given = {k: v for k, v in given.items() if v is not None}
     check_given(given)
     merged = {**default_recipe(image_size, channels, device_type, given.get("arch"), given), **given}
+    settings = {k: v for k, v in {**ModelConfig().to_dict(), **merged}.items() if k in MODEL_FIELDS}
+    check_read(
+        settings, [k for k in given if k in MODEL_FIELDS], f"the default for {image_size} px {'gray' if channels == 1 else 'colour'} images"
+    )
     if "epochs" not in given:
         merged["epochs"] = default_epochs(
             merged.get("time_budget"), merged.get("anneal", 0), merged.get("cyclical", 0), merged.get("capacity_epochs", 0)
