@@ -36,9 +36,11 @@ def fit_and_store(
     model: Any, cfg: Any, folder: Path, weights: Path, kind: str, components: int | None, fit_on: str | None, seed: int
 ) -> Any:
     """Fit (with a spinner and result lines on stderr) and store the prior in the run folder; returns the FitResult."""
+    from ..runs import store as ckpt
     from ..runs.priors import save_prior
     from ..train.fit_prior import fit_prior
 
+    ckpt.check_writable(folder, "a fitted prior")  # before any work
     err = stderr_console()
     with err.status(f"fitting a {kind} prior to run {folder.name}") as status:
 

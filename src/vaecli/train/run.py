@@ -89,6 +89,9 @@ def resume_run(ref: str, overrides: dict[str, Any] | None = None, data: tuple[Im
     invocation's training seconds: the run's budget (what the learning-rate schedule runs to) becomes
     the seconds trained so far plus it; not given, the run trains what is left of its own."""
     path = ckpt.resolve_run(ref)
+    ckpt.check_writable(path, "more training")
+    if not (path / ckpt.STATE).exists():  # before the data is loaded
+        raise ConfigError(f"run {path.name!r} has no training state to resume from")
     run_cfg = ckpt.read_config(path)
     overrides = dict(overrides or {})
     bad = set(overrides) - RESUME_OVERRIDES
@@ -108,8 +111,6 @@ def resume_run(ref: str, overrides: dict[str, Any] | None = None, data: tuple[Im
             )
     else:
         train, test = data
-    if not (path / ckpt.STATE).exists():
-        raise ConfigError(f"run {path.name!r} has no training state to resume from")
     trainer = Trainer(path, run_cfg, train, test)
     trainer.restore()
     if more_seconds is not None:  # the run's budget: the seconds trained so far plus this invocation's
