@@ -10,7 +10,7 @@ Run by hand, on a quiet machine (never in CI)::
 The earlier commit is checked out into a temporary git worktree (removed at the end). The
 training flags are pinned so that both versions build the same model (``--val-size 0`` is left
 out: an older tree may not know it). Fashion-MNIST uses the defaults of both; the colour folder
-uses the former colour recipe pinned by flags.
+is trained twice: with each tree's own defaults and with the former colour recipe pinned by flags.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def versions(args: argparse.Namespace, home: Path) -> dict[str, Any]:
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, check=True, capture_output=True, text=True).stdout.strip()
     sets: list[tuple[str, list[str], list[str]]] = [("fmnist_default", ["--data", "fashion-mnist"], [])]
     if args.folder:
+        sets.append(("colour_default", ["--data", args.folder], []))  # each tree's own default for the folder
         sets.append(("colour_former_recipe", ["--data", args.folder], COLOUR_FLAGS))
     with tempfile.TemporaryDirectory() as tmp:
         before = Path(tmp) / "before"
