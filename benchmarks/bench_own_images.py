@@ -13,6 +13,15 @@ runs in the same invocation, one after the other, so they compare side by side. 
 
 ``--clock cpu --threads 1`` counts the budget in CPU seconds of one thread (for comparing recipes on a
 shared machine); the default ``wall`` is what a user's ``--time-budget`` means.
+
+``--samples N`` also scores generation, as `vae sample` draws it: for each prior of ``--priors``
+(``normal`` = N(0, I); ``gmm`` and ``flow`` fitted in turn with `vae fit-prior`), FD, KID, precision
+and recall of N samples against the run's training files in ``--features`` (default the MobileNetV2
+ImageNet space), with 64-sample grids written to ``--images DIR`` to look at::
+
+    python benchmarks/bench_own_images.py --folder ../shared/data/noto-emoji-64 --budgets 120,600 \
+        --samples 2000 --images /tmp/grids --config spatial= --config flat128="--arch conv --latent-dim 128 --blocks 1" \
+        --out benchmarks/results/bench_generation.json
 """
 
 from __future__ import annotations
@@ -120,6 +129,7 @@ def run_config(
     run = home / run_name
     summary = json.loads((run / "summary.json").read_text())
     cfg = json.loads((run / "config.json").read_text())
+    generation = {kind: samples_of(run_name, kind, env, args) for kind in args.priors.split(",") if kind} if args.samples else {}
     return {
         "config": name, "flags": flags, "budget_s": budget, "clock": args.clock, "wall_s": round(wall, 1),
         **psnr_of(run, held_files, out_dir),
@@ -127,7 +137,37 @@ def run_config(
         "last": summary.get("last"), "stopped": summary.get("stopped"), "epochs_done": summary.get("epochs_done"),
         "images_per_second": summary.get("images_per_second"), "notices": [n["message"] for n in summary.get("notices", [])],
         "model": cfg["model"], "train": {k: cfg["train"][k] for k in ("batch_size", "lr", "warmup_steps", "ema", "precision")},
+        "samples": generation,
     }  # fmt: skip
+
+
+def samples_of(run_name: str, kind: str, env: dict[str, str], args: argparse.Namespace) -> dict:
+    """Generation as `vae sample` draws it with prior ``kind`` (normal: N(0, I); gmm / flow: fitted
+    first with `vae fit-prior --kind KIND`): FD, KID, precision and recall of ``--samples`` samples
+    against the run's training files in ``--features``, the seconds the fit took, and a grid of 64
+    samples (``--images DIR``)."""
+    out: dict = {}
+    if kind != "normal":
+        t0 = time.perf_counter()
+        fit = vae(["fit-prior", "--run", run_name, "--kind", kind, "--json"], env, "wall", args.threads)
+        if fit.returncode != 0:
+            return {"error": fit.stderr.strip().splitlines()[-1:]}
+        info = json.loads(fit.stdout)
+        out.update(fit_seconds=round(time.perf_counter() - t0, 1), prior=info.get("config"), chosen=info.get("chosen"))
+    choice = "normal" if kind == "normal" else "fitted"
+    ev = vae(["eval-samples", "--run", run_name, "-n", str(args.samples), "--split", "train", "--features", args.features,
+              "--prior", choice, "--json"], env, "wall", args.threads)  # fmt: skip
+    if ev.returncode != 0:
+        return {**out, "error": ev.stderr.strip().splitlines()[-1:]}
+    res = json.loads(ev.stdout)
+    keep = ("n", "features", "fd", "kid", "kid_std", "precision", "recall", "k", "reconstructions", "memorisation")
+    out.update({k: res[k] for k in keep if k in res})
+    if args.images:
+        Path(args.images).mkdir(parents=True, exist_ok=True)
+        grid = Path(args.images) / f"{run_name}-{kind}-samples.png"
+        vae(["sample", "--run", run_name, "-n", "64", "--prior", choice, "--seed", "1", "-o", str(grid)], env, "wall", args.threads)
+        out["grid"] = str(grid)
+    return out
 
 
 def main() -> int:
@@ -139,6 +179,10 @@ def main() -> int:
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     p.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
     p.add_argument("--out", default="bench_own_images.json")
+    p.add_argument("--samples", type=int, default=0, help="score generation: N samples per prior against the training files (0: off)")
+    p.add_argument("--priors", default="normal,gmm,flow", help="with --samples: the priors scored (normal, gmm, flow; fitted in turn)")
+    p.add_argument("--features", default="mobilenet-v2-imagenet", help="with --samples: the feature space")
+    p.add_argument("--images", default=None, help="with --samples: a folder for 64-sample grids of every run and prior")
     p.add_argument("--keep", action="store_true", help="keep the work folder (the split, the runs, the reconstructions) and print its path")
     args = p.parse_args()
     import torch
@@ -152,7 +196,9 @@ def main() -> int:
     for budget in (float(b) for b in args.budgets.split(",")):
         for name, flags in configs:
             res = run_config(name, flags, budget, rest, held, held_files, work / "runs", args)
-            print(json.dumps({k: res.get(k) for k in ("config", "budget_s", "psnr_db", "test", "best", "error")}), flush=True)
+            brief = {k: res.get(k) for k in ("config", "budget_s", "psnr_db", "test", "images_per_second", "error")}
+            brief["fd"] = {kind: s.get("fd") for kind, s in res.get("samples", {}).items()}
+            print(json.dumps(brief), flush=True)
             results.append(res)
     machine = {"cpu": _cpu_model(), "capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_bf16(),
                "cores": os.cpu_count(), "torch": torch.__version__, "load_average": os.getloadavg()}  # fmt: skip

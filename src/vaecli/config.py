@@ -249,6 +249,10 @@ class TrainConfig(_Config):
     capacity_epochs: int = 0  # epochs for C to reach C_max (0 = the whole run)
     free_bits: float = 0.0  # free bits per latent dimension, nats (Kingma et al. 2016)
     tc_beta: float = 0.0  # weight of the total correlation (beta-TCVAE, Chen et al. 2018)
+    # TensorBoard logging (vaecli.train.hooks.TensorBoard): its folder, relative to the run folder
+    # unless absolute (None = off), and the epochs between image grids (0 = no images)
+    tensorboard: str | None = None
+    log_images_every: int = 1
 
     def validate(self) -> None:
         _finite("--beta", self.beta)
@@ -284,6 +288,8 @@ class TrainConfig(_Config):
             _check(v >= 0, f"{flag} must be >= 0, got {v}")
         used = [f for f, v in (("--capacity", self.capacity), ("--free-bits", self.free_bits), ("--tc-beta", self.tc_beta)) if v]
         _check(len(used) <= 1, f"{' and '.join(used)} each change the KL term: choose one")
+        _check(self.tensorboard is None or bool(self.tensorboard), "--tensorboard-dir must not be empty")
+        _check(self.log_images_every >= 0, f"--log-images-every must be >= 0 (0 = no images), got {self.log_images_every}")
 
 
 @dataclass

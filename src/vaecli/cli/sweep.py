@@ -363,6 +363,15 @@ def sweep_cmd(
     ] = False,
     score: Annotated[bool, typer.Option("--score/--no-score", help=SCORE_HELP)] = True,
     n: Annotated[int, typer.Option("-n", "--num", help=N_HELP)] = N_SCORED,
+    config: Annotated[
+        OptStr,
+        typer.Option(
+            "--config",
+            help="The base of every run: a TOML file of vae train options (as vae train --config; a run's config.toml); "
+            "the flags given here override it.",
+            metavar="FILE",
+        ),
+    ] = None,
     as_json: Json = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
 ) -> None:
@@ -382,7 +391,7 @@ def sweep_cmd(
     if jobs is not None:
         check_positive("--jobs", jobs, 1)
     err = stderr_console()
-    plan = _plan_of(ctx.args, name=name, collect=collect, plan_only=plan_only)
+    plan = _plan_of(ctx.args, name=name, collect=collect, plan_only=plan_only, config=config)
     if plan_only:
         _record_and_print(plan, overwrite, quiet, err)
         return
@@ -399,17 +408,22 @@ def sweep_cmd(
         raise typer.Exit(1)
 
 
-def _plan_of(args: list[str], *, name: str | None, collect: str | None, plan_only: bool) -> Any:
+def _plan_of(args: list[str], *, name: str | None, collect: str | None, plan_only: bool, config: str | None = None) -> Any:
     """The sweep's plan: the recorded one of ``--collect NAME``, else built from the `vae train` options
-    ``args``, each run's arguments checked by `vae train`'s own rules."""
+    ``args`` over those of the ``config`` file, each run's arguments checked by `vae train`'s own rules."""
     from ..errors import ConfigError
-    from ..experiments.sweep import build_plan, parse_args, read_plan
+    from ..experiments.sweep import build_plan, file_args, parse_args, read_plan
+    from .train import base_options, option_kinds
 
     if collect is not None:
-        if args or name or plan_only:
-            raise ConfigError("--collect NAME reads the recorded plan: give no vae train options, --name or --plan with it")
+        if args or name or plan_only or config:
+            raise ConfigError("--collect NAME reads the recorded plan: give no vae train options, --name, --plan or --config with it")
         return read_plan(collect)
-    plan = build_plan(name, parse_args(args, train_flags()))
+    flags = train_flags()
+    pairs = parse_args(args, flags)
+    if config is not None:
+        pairs = file_args(base_options(option_kinds(_train_command()), config, None), flags, pairs, config) + pairs
+    plan = build_plan(name, pairs)
     for run in plan.runs:
         check_train_args(run)
     return plan

@@ -82,6 +82,11 @@ def train_cmd(
     quiet: Annotated[bool, _opt("--quiet", "No progress bar.", "-q")] = False,
     eval_samples: Annotated[bool, _opt("--eval-samples", "At the end, score samples as `vae eval-samples` does (stored in summary.json; recorded: a resumed run does it too).")] = False,
     fit_prior: Annotated[OptStr, _opt("--fit-prior", "At the end, fit a prior to the encoded training images as `vae fit-prior --kind KIND` does: gmm | flow (stored in the run; before --eval-samples; recorded: a resumed run does it too).")] = None,
+    config: Annotated[OptStr, _opt("--config", "Take the options from a TOML file (every option of vae train as a key, e.g. latent_dim = 16; a run's own config.toml repeats it); flags given here override it.")] = None,
+    from_run: Annotated[OptStr, _opt("--from", "Start a new run with the options of run RUN (its config.toml); flags given here override them.")] = None,
+    tb_on: Annotated[bool, _opt("--tensorboard", "Log to TensorBoard (pip install 'vaecli[tensorboard]'): the metrics of every epoch, image grids, hparams; in the run folder's tb/ unless --tensorboard-dir.")] = False,
+    tb_dir: Annotated[OptStr, _opt("--tensorboard-dir", "--tensorboard into this folder instead of the run folder's tb/ (implies --tensorboard).")] = None,
+    log_images_every: Annotated[OptInt, _opt("--log-images-every", "--tensorboard: a reconstruction grid and a sample grid every N epochs (default 1; 0 = none).")] = None,
 ) -> None:  # fmt: skip
     """Train a (beta-)VAE and store the run (weights, config, metrics, loss.png).
 
@@ -90,20 +95,21 @@ def train_cmd(
     from .. import distributed
 
     options = dict(locals())
-    if fit_prior is not None:
-        from ..train.fit_prior import check_fit_options
-
-        check_fit_options(fit_prior, flag="--fit-prior")
     given = _given_options(ctx, options)
-    distributed.init(device or "auto")  # under torchrun: join the process group (no-op otherwise)
+    if config is not None or from_run is not None:
+        options, given = _with_base_options(ctx, options, given)
+    _check_options(options)
+    o = options
+    distributed.init(o["device"] or "auto")  # under torchrun: join the process group (no-op otherwise)
     main = distributed.is_main()  # only rank 0 prints
-    trainer = _resume(resume, given) if resume else _start(options, given, quiet or not main)
+    quiet = o["quiet"]
+    trainer = _resume(resume, given, ctx) if resume else _start(options, given, quiet or not main)
     err = stderr_console()
     err.quiet = not main
     result = _fit_until_stopped(trainer, quiet or not main, err)
     distributed.cleanup()
     if main:  # DDP: the other ranks print nothing
-        _report(trainer, result, as_json, err)
+        _report(trainer, result, o["as_json"], err)
     if result.stopped == "interrupted":
         err.print(f"interrupted: the run is saved; continue with [bold]vae train --resume {result.run}[/bold]")
         raise typer.Exit(130)
@@ -125,7 +131,83 @@ def _given_options(ctx: typer.Context, options: dict[str, Any]) -> dict[str, Any
     return {k: v for k, v in options.items() if k != "ctx" and given(k)}
 
 
-def _resume(resume: str, given: dict[str, Any]) -> Any:
+def option_kinds(command: Any) -> dict[str, tuple[str, str]]:
+    """Every option of `vae train` (``command``: the click command typer builds) by config-file key,
+    its long option name with ``_`` for ``-`` (``latent_dim``, ``json``, ``from``): (parameter name,
+    kind: bool, int, float, str, or list for the comma-separated ``--widths``)."""
+    import typing
+
+    hints = typing.get_type_hints(train_cmd)
+    kinds = {}
+    for p in command.params:
+        base = next((a for a in typing.get_args(hints[p.name]) if a is not type(None)), hints[p.name])
+        kind = {bool: "bool", int: "int", float: "float"}.get(base, "list" if "comma-separated" in (p.help or "").lower() else "str")
+        long = next(o for o in p.opts if o.startswith("--"))
+        kinds[long[2:].replace("-", "_")] = (p.name, kind)
+    return kinds
+
+
+def base_options(kinds: dict[str, tuple[str, str]], config: str | None, from_run: str | None) -> dict[str, Any]:
+    """The options of ``--config FILE`` or ``--from RUN`` by parameter name, checked (the run's are
+    its config.json's, as its config.toml holds them)."""
+    from ..runs import store as ckpt
+    from ..runs.options import check_options, read_toml, run_options
+
+    if config is not None:
+        return check_options(read_toml(config), kinds, config)
+    run = ckpt.resolve_run(str(from_run))
+    return check_options(run_options(ckpt.read_config(run)), kinds, f"run {run.name}")
+
+
+def _with_base_options(ctx: typer.Context, options: dict[str, Any], given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``--config FILE`` / ``--from RUN`` under the flags given: (every option, those given in all)."""
+    from ..errors import ConfigError
+
+    if options["config"] is not None and options["from_run"] is not None:
+        raise ConfigError("--config and --from both give the run's options: give one")
+    if options["resume"] is not None:
+        raise ConfigError(
+            f"{'--config' if options['config'] is not None else '--from'} starts a new run; --resume continues one with its own options"
+        )
+    where = options["config"] or f"run {options['from_run']}"
+    base = base_options(option_kinds(ctx.command), options["config"], options["from_run"])
+    base = {k: v for k, v in base.items() if k not in given}
+    _check_fields(base, where)
+    return {**options, **base}, {**given, **base}
+
+
+def _check_fields(values: dict[str, Any], where: str) -> None:
+    """The model and training values among ``values`` checked as the command line's are, the error
+    prefixed with where they come from."""
+    from ..config import MODEL_FIELDS, TRAIN_FIELDS, check_given
+    from ..errors import ConfigError
+
+    fields = {k: v for k, v in values.items() if k in MODEL_FIELDS | TRAIN_FIELDS}
+    try:
+        if "widths" in fields:
+            fields["widths"] = parse_widths(fields["widths"])
+        check_given(fields)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _check_options(o: dict[str, Any]) -> None:
+    """Checks of single options before anything loads: --fit-prior's kind, the tensorboard package."""
+    from ..errors import ConfigError
+
+    if o["fit_prior"] is not None:
+        from ..train.fit_prior import check_fit_options
+
+        check_fit_options(o["fit_prior"], flag="--fit-prior")
+    if o["tb_on"] or o["tb_dir"] is not None:
+        from ..train.hooks import check_tensorboard
+
+        check_tensorboard()
+    elif o["log_images_every"] is not None and o["resume"] is None:
+        raise ConfigError("--log-images-every sets the image grids of --tensorboard: give --tensorboard too")
+
+
+def _resume(resume: str, given: dict[str, Any], ctx: typer.Context) -> Any:
     """The trainer of run ``resume``, reopened with the options that may change on a resume; any
     other option given is one line and exit 2 (it would be silently ignored)."""
     from ..errors import ConfigError
@@ -135,7 +217,8 @@ def _resume(resume: str, given: dict[str, Any]) -> Any:
     ckpt.resolve_run(resume)  # a run that does not exist is said first
     if given.get("name") not in (None, resume):
         raise ConfigError("--name and --resume name different runs")
-    fixed = sorted(f"--{k.replace('_', '-')}" for k in set(given) - RESUME_OPTIONS)
+    flag = {param: f"--{key.replace('_', '-')}" for key, (param, _) in option_kinds(ctx.command).items()}
+    fixed = sorted(flag[k] for k in set(given) - RESUME_OPTIONS)
     if fixed:
         raise ConfigError(f"{', '.join(fixed)} cannot change when resuming run {resume!r} (it keeps its own); "
                           f"start a new run with --name, or give only budget, early-stop, device and after-training options")  # fmt: skip
@@ -152,12 +235,25 @@ def _start(options: dict[str, Any], given: dict[str, Any], quiet: bool) -> Any:
     fields = {k: v for k, v in o.items() if k in MODEL_FIELDS | TRAIN_FIELDS}
     fields["widths"] = parse_widths(o["widths"]) if o["widths"] is not None else None
     fields["skip_nonfinite"] = bool(o["skip_nonfinite"])
+    fields["tensorboard"] = _tensorboard_folder(o["tb_on"], o["tb_dir"])
     data_cfg = DataConfig(name=o["data"], root=o["data_dir"], image_size=o["image_size"], channels=o["channels"], split_seed=o["seed"] if o["split_seed"] is None else o["split_seed"],
                           binarize=o["binarize"], fit=o["fit"], max_image_size=o["max_image_size"], strict=o["strict"],
                           val_size=o["val_size"])  # fmt: skip
     with load_reporter(quiet, use_cache=not o["no_cache"]) as load:
         model_cfg, data_cfg, train_cfg, loaded = plan_run(data_cfg, fields, load)
     return start_run(model_cfg, data_cfg, train_cfg, name=o["name"], overwrite=o["overwrite"], data=loaded)
+
+
+def _tensorboard_folder(on: bool, folder: str | None) -> str | None:
+    """TrainConfig.tensorboard of ``--tensorboard [--tensorboard-dir FOLDER]``: the run folder's tb/
+    (relative: the run's own) or the folder given, made absolute (a resume may run elsewhere)."""
+    from pathlib import Path
+
+    from ..train.hooks import TENSORBOARD_DIR
+
+    if folder is not None:
+        return str(Path(folder).expanduser().absolute()) if folder else ""  # "": refused by the config check
+    return TENSORBOARD_DIR if on else None
 
 
 def _report(trainer: Any, result: Any, as_json: bool, err: Any) -> None:

@@ -110,7 +110,7 @@ def grid_png(images: torch.Tensor, nrow: int, padding: int = 2, scale: int = 1) 
     return png_bytes(grid(images, nrow, padding, scale))
 
 
-def pairs_png(top: torch.Tensor, bottom: torch.Tensor, nrow: int, padding: int = 2, scale: int = 1) -> bytes:
+def pairs_grid(top: torch.Tensor, bottom: torch.Tensor, nrow: int, padding: int = 2, scale: int = 1) -> PILImage:
     """A grid of ``nrow`` columns in which each row of ``top`` images (originals) has the matching
     ``bottom`` images (reconstructions) in the row below; the last pair of rows is filled with black
     tiles so that the two stay aligned."""
@@ -122,7 +122,12 @@ def pairs_png(top: torch.Tensor, bottom: torch.Tensor, nrow: int, padding: int =
             fill = torch.zeros((nrow - a.shape[0], *a.shape[1:]))
             a, b = torch.cat([a, fill]), torch.cat([b, fill])
         tiles += [a, b]
-    return grid_png(torch.cat(tiles), nrow, padding, scale)
+    return grid(torch.cat(tiles), nrow, padding, scale)
+
+
+def pairs_png(top: torch.Tensor, bottom: torch.Tensor, nrow: int, padding: int = 2, scale: int = 1) -> bytes:
+    """PNG bytes of :func:`pairs_grid`."""
+    return png_bytes(pairs_grid(top, bottom, nrow, padding, scale))
 
 
 def traversal_png(

@@ -1,4 +1,4 @@
-"""Runs on disk: ``config.json`` + ``model.safetensors`` + ``train_state.safetensors`` +
+"""Runs on disk: ``config.json`` (and ``config.toml``) + ``model.safetensors`` + ``train_state.safetensors`` +
 ``metrics.jsonl`` + ``summary.json`` + ``loss.png`` in ``<runs dir>/<name>/``.
 
 Only safetensors and JSON are ever read: no pickle, no ``torch.load`` on user files.
@@ -175,8 +175,11 @@ def create_run_dir(name: str, overwrite: bool = False) -> Path:
 
 
 def write_config(run: Path, cfg: RunConfig) -> None:
-    """Write ``config.json``."""
+    """Write ``config.json``, then ``config.toml`` (the run's options, :mod:`vaecli.runs.options`)."""
+    from .options import write_run_options
+
     atomic_write_json(run / CONFIG, cfg.to_dict())
+    write_run_options(run, cfg)
 
 
 def read_json_file(path: Path, missing: Exception) -> Any:

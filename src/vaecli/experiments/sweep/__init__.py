@@ -20,7 +20,7 @@ at a time and their environments), :mod:`.executor` (the subprocesses) and :mod:
 from __future__ import annotations
 
 from .executor import Event, Executor, invocations
-from .flags import Flag, parse_args, parse_values, value_text
+from .flags import Flag, file_args, parse_args, parse_values, value_text
 from .lock import SweepLock
 from .plan import BUDGETS, SEED, Plan, PlannedRun, build_plan, read_plan, record_plan, remove_run, sweep_folder
 from .slots import cpu_cores, default_jobs, gpu_count, slot_env
@@ -36,6 +36,7 @@ __all__ = [
     "SweepLock",
     "parse_values",
     "parse_args",
+    "file_args",
     "build_plan",
     "read_plan",
     "record_plan",

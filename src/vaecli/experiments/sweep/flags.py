@@ -4,14 +4,17 @@ sweep's arguments and of comma-separated values, and how a value is written in c
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ...errors import ConfigError
 
 REFUSED = {
     "resume": "a sweep resumes its own runs (run the same `vae sweep` command again)",
     "eval_samples": "the sweep scores every run itself (see --score and -n of vae sweep)",
+    "from_run": "give the sweep --config RUN_DIR/config.toml to start from a run's options",
+    "name": "the sweep names its runs (give the sweep --name)",
 }
 
 
@@ -97,4 +100,25 @@ def parse_args(tokens: Sequence[str], flags: Sequence[Flag]) -> list[tuple[Flag,
         else:
             i += 1
         out.append((flag, val))
+    return out
+
+
+def file_args(
+    values: Mapping[str, Any], flags: Sequence[Flag], given: Sequence[tuple[Flag, str | None]], where: str
+) -> list[tuple[Flag, str | None]]:
+    """The options of a config file (``values``: parameter name -> value, as
+    :func:`vaecli.runs.options.check_options` returns them) as (flag, value) pairs like
+    :func:`parse_args`', leaving out those ``given`` on the command line (they override the file);
+    an on/off flag that is off is left out."""
+    by_name = {f.name: f for f in flags}
+    over = {f.name for f, _ in given}
+    out: list[tuple[Flag, str | None]] = []
+    for name, v in values.items():
+        flag = by_name[name]
+        if name in over or v is False:
+            continue
+        if name in REFUSED:
+            raise ConfigError(f"{where}: {flag.option[2:].replace('-', '_')} is not for a sweep: {REFUSED[name]}")
+        text = None if v is True else value_text(v) if isinstance(v, (int, float)) else str(v)
+        out.append((flag, text))
     return out

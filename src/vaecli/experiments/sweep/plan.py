@@ -26,6 +26,7 @@ PLAN_FORMAT = 1
 BUDGETS = ("time_budget", "epochs", "max_steps")  # the budget flags: one value for every run
 SEED = "seed"  # swept seeds are repeats (mean ± std), not a factor
 SPLIT_SEED = ("split_seed", "--split-seed")  # with seeds swept, one for every run (the first seed unless given)
+PER_RUN_FOLDER = "tb_dir"  # --tensorboard-dir DIR: each run logs in DIR/<run name>, side by side
 MAX_RUNS = 1000
 
 
@@ -118,6 +119,8 @@ def build_plan(name: str | None, args: Sequence[tuple[Flag, str | None]]) -> Pla
     fixed: list[tuple[str, str | None]] = []
     options = {f.name: f.option for f, _ in args}
     for flag, text in args:
+        if flag.name == PER_RUN_FOLDER and text:  # absolute: a planned command may run elsewhere
+            text = str(Path(text).expanduser().absolute())
         if text is not None and "," in text and not flag.takes_list:
             if not flag.numeric:
                 raise ConfigError(f"{flag.option} {text}: {flag.option} takes text, not numbers: only numeric vae train flags can be swept")
@@ -145,7 +148,8 @@ def build_plan(name: str | None, args: Sequence[tuple[Flag, str | None]]) -> Pla
         digest = hashlib.sha256(json.dumps(plan.identity(), sort_keys=True).encode()).hexdigest()[:6]
         plan.name = f"sweep-{'-'.join(swept).replace('_', '-')}-{digest}"
     ckpt.validate_run_name(plan.name)
-    base = [a for k, v in fixed for a in ((options[k],) if v is None else (options[k], v))]
+    base = [a for k, v in fixed if k != PER_RUN_FOLDER for a in ((options[k],) if v is None else (options[k], v))]
+    folder = plan.fixed_value(PER_RUN_FOLDER)
     for combo in itertools.product(*swept.values()):
         values = dict(zip(swept, combo))
         run = f"{plan.name}-" + "-".join(f"{k}{value_text(v).replace('+', '')}" for k, v in values.items())
@@ -156,7 +160,8 @@ def build_plan(name: str | None, args: Sequence[tuple[Flag, str | None]]) -> Pla
                 f"run name {run!r} is not a valid run name (at most 128 letters, digits, '.', '_', '-'): give a shorter --name"
             ) from None
         swept_args = [a for k, v in values.items() for a in (options[k], value_text(v))]
-        plan.runs.append(PlannedRun(run, values, [*base, *swept_args, "--name", run]))
+        own = [options[PER_RUN_FOLDER], str(Path(folder) / run)] if folder else []
+        plan.runs.append(PlannedRun(run, values, [*base, *own, *swept_args, "--name", run]))
     return plan
 
 
