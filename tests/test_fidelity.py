@@ -208,8 +208,8 @@ def test_shipped_feature_net_classifies_real_images(mini, net) -> None:  # type:
     assert acc > 0.85  # the 500 mini test images come from the Fashion-MNIST test split
     f = net(test[:7])
     assert f.shape == (7, 128) and f.dtype == torch.float32 and (f >= 0).all()
-    assert feat.default_features(1, 28) == feat.FMNIST_NET and feat.default_features(3, 28) == feat.INCEPTION
-    assert feat.default_features(1, 64) == feat.INCEPTION
+    assert feat.default_features(1, 28) == feat.FMNIST_NET and feat.default_features(3, 28) == feat.MOBILENET
+    assert feat.default_features(1, 64) == feat.MOBILENET
     with pytest.raises(ConfigError):
         net(torch.zeros(2, 3, 28, 28))
     with pytest.raises(ConfigError):

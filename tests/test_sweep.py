@@ -15,13 +15,15 @@ from pathlib import Path
 
 import pytest
 import typer
+from conftest import no_download
 from PIL import Image
 from typer.testing import CliRunner
 
 from vaecli.cli import app
 from vaecli.cli.sweep import train_flags
+from vaecli.eval.features import MOBILENET
 from vaecli.experiments import sweep as sw
-from vaecli.experiments.compare import aggregate
+from vaecli.experiments.compare import aggregate, run_row, study_run
 
 runner = CliRunner()
 BASE = [
@@ -317,3 +319,17 @@ def test_no_run_may_take_the_sweeps_folder(tmp_path):
     assert invoke("sweep", "--beta", "1,2", "--max-steps", "2", "--name", "keep", "--plan").exit_code == 0
     assert "run name 'sweeps' is reserved" in one_error_line(invoke("train", *TINY, "--max-steps", "1", "--name", "sweeps"))
     assert (tmp_path / "runs" / "sweeps" / "keep" / "plan.json").is_file()
+
+
+def test_scores_of_a_colour_run_in_mobilenet_features_or_a_note_offline(tiny_colour_run, mobilenet_weights, tmp_path, monkeypatch):
+    row, cache = run_row(tiny_colour_run), tmp_path / "cache"
+    cache.mkdir()
+    no_download(monkeypatch)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))  # offline, nothing cached: a note, no scores
+    scores, notes, _ = study_run(row, score=True, n=10, cache=cache, pictures=False)
+    assert scores.get("fd") is None and [n for n in notes if n.startswith("no sample scores: the MobileNetV2 weights")], notes
+    assert not list(cache.iterdir())  # not cached: scored once the weights are there
+    monkeypatch.setenv("TORCH_HOME", str(mobilenet_weights.parents[2]))
+    scores, notes, _ = study_run(row, score=True, n=10, cache=cache, pictures=False)
+    assert scores["features"] == MOBILENET and scores["fd"] > 0 and scores["samples_scored"] == 10 and not notes
+    assert (cache / f"{row['run']}.json").is_file()

@@ -30,10 +30,10 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from .features import PR_K  # 3 (Kynkäänniemi et al.); a feature space may set its own (FeatureExtractor.pr_k)
 
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
-PR_K = 3
 _CHUNK = 1024  # rows of a distance matrix at a time (10,000 x 1,024 float64 = 80 MB)
 
 
@@ -247,11 +247,12 @@ def evaluate_samples(model: Any, real_images: torch.Tensor, n: int, extractor: A
     real_f = extractor(real)
     fake = sample(model, n, temperature, g, prior)
     fake_f = extractor(fake)
+    k = getattr(extractor, "pr_k", PR_K)
     out: dict[str, Any] = {"features": extractor.name, "feature_dim": int(real_f.shape[1]), "n": n, "temperature": temperature,
-                           "seed": seed, "k": PR_K, "kid_subsets": KID_SUBSETS, "kid_subset_size": min(KID_SUBSET_SIZE, n)}  # fmt: skip
-    out.update(compare(real_f, fake_f, seed).to_dict())
+                           "seed": seed, "k": k, "kid_subsets": KID_SUBSETS, "kid_subset_size": min(KID_SUBSET_SIZE, n)}  # fmt: skip
+    out.update(compare(real_f, fake_f, seed, k).to_dict())
     if reconstructions:
-        out["reconstructions"] = compare(real_f, extractor(reconstruct(model, real)), seed).to_dict()
+        out["reconstructions"] = compare(real_f, extractor(reconstruct(model, real)), seed, k).to_dict()
     if train_images is not None:
         held_f = real_f if held_out is None else extractor(held_out)
         out["memorisation"] = memorisation(extractor(train_images), held_f, fake_f).to_dict()
