@@ -12,8 +12,9 @@ returns plain floats. :func:`evaluate_samples` runs the whole comparison for a t
   averaged over random subsets; its standard deviation over the subsets comes with it.
 * Precision and recall (Kynkäänniemi et al. 2019, "Improved Precision and Recall Metric for
   Assessing Generative Models", eqs. 1-3): each set's manifold is the union of balls around its
-  points with the radius to the k-th nearest neighbour (k = 3); precision is the share of generated
-  points inside the real manifold, recall the share of real points inside the generated one.
+  points with the radius to the k-th nearest neighbour (k = 3, or the feature space's own ``pr_k``:
+  10 for MobileNetV2; never more than n - 1); precision is the share of generated points inside the
+  real manifold, recall the share of real points inside the generated one.
 * Memorisation: the distance from each sample to its nearest training image, against the same for
   held-out real images (the nearest-neighbour test of Meehan et al. 2020 and of the "copy" checks
   in the GAN literature, reduced to one ratio): ``median_i d(sample_i, train) / median_j
@@ -247,7 +248,7 @@ def evaluate_samples(model: Any, real_images: torch.Tensor, n: int, extractor: A
     real_f = extractor(real)
     fake = sample(model, n, temperature, g, prior)
     fake_f = extractor(fake)
-    k = getattr(extractor, "pr_k", PR_K)
+    k = min(getattr(extractor, "pr_k", PR_K), n - 1)  # the feature space's k; a k-th neighbour needs k + 1 points
     out: dict[str, Any] = {"features": extractor.name, "feature_dim": int(real_f.shape[1]), "n": n, "temperature": temperature,
                            "seed": seed, "k": k, "kid_subsets": KID_SUBSETS, "kid_subset_size": min(KID_SUBSET_SIZE, n)}  # fmt: skip
     out.update(compare(real_f, fake_f, seed, k).to_dict())
