@@ -137,13 +137,13 @@ def test_colour_run_scores_offline_in_mobilenet_features(tiny_colour_run: Path, 
     out = ok_json("eval-samples", *ck)
     assert asked == []
     assert out["features"] == MOBILENET and out["feature_dim"] == 1280 and MOBILENET_PR_K == 10
-    assert out["n"] == 10 and out["split"] == "test" and out["k"] == 9  # the folder's 10 test images: k clamped to n - 1
+    assert out["n"] == 10 and out["split"] == "test" and out["k"] == 3  # the folder's 10 test images: too few for k = 10
     for r in (out, out["reconstructions"]):
         assert r["fd"] > 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
     assert out["memorisation"]["train_images"] == 81 and out["memorisation"]["ratio"] > 0  # 90 less the validation split
     r = vae("eval-samples", *ck)
     assert r.exit_code == 0, r.output
-    assert MOBILENET in r.stdout and "1280-d" in r.stdout and "k = 9" in r.stdout
+    assert MOBILENET in r.stdout and "1280-d" in r.stdout and "k = 3" in r.stdout
 
 
 def test_mobilenet_weights_download_once_then_offline(tiny_colour_run: Path, mobilenet_weights: Path, tmp_path: Path,
@@ -167,5 +167,5 @@ def test_train_eval_samples_on_a_colour_folder(tmp_path: Path, mobilenet_weights
             "--max-steps", 2, "--name", "c", "--eval-samples", "--json")  # fmt: skip
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)["eval_samples"]
-    assert out["features"] == MOBILENET and out["n"] == 6 and out["k"] == 5 and out["fd"] > 0
+    assert out["features"] == MOBILENET and out["n"] == 6 and out["k"] == 3 and out["fd"] > 0
     assert ckpt.read_summary(tmp_path / "runs" / "c")["eval_samples"] == out

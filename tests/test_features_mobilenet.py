@@ -116,7 +116,7 @@ def test_scores_order_real_blurred_noise_colour_images(net: feat.FeatureExtracto
     fs = {k: net(v) for k, v in sets.items()}
     fd = {k: fid.frechet_distance(ref, f) for k, f in fs.items()}
     kid = {k: fid.kid(ref, f, subsets=10, subset_size=80, generator=torch.Generator().manual_seed(0))[0] for k, f in fs.items()}
-    pr = {k: fid.precision_recall(ref, f, net.pr_k) for k, f in fs.items()}
+    pr = {k: fid.precision_recall(ref, f, fid.pr_k(net.pr_k, len(a))) for k, f in fs.items()}  # as eval-samples: k = 3 at n = 100
     assert fd["real"] < fd["blur 1"] < fd["noise"], fd
     assert fd["blur 1"] > 1.15 * fd["real"] and fd["noise"] > 3 * fd["real"], fd  # (FD of 100 points: biased up alike)
     assert abs(kid["real"]) < 0.02 < kid["blur 1"] < kid["noise"], kid

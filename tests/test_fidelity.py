@@ -166,6 +166,12 @@ def test_precision_recall_match_the_definition_written_out() -> None:
         assert fid.precision_recall(real, fake, k) == pytest.approx(_pr_loops(real, fake, k), abs=1e-12)
 
 
+def test_the_k_of_precision_recall_by_feature_space_and_n() -> None:
+    # the Fashion-MNIST net's 3 everywhere (below n); MobileNetV2's 10 from 350 images a side, n // 35 (>= 3) below
+    assert [fid.pr_k(3, n) for n in (2, 3, 4, 10, 10_000)] == [1, 2, 3, 3, 3]
+    assert [fid.pr_k(10, n) for n in (2, 3, 10, 25, 139, 140, 200, 349, 350, 379, 10_000)] == [1, 2, 3, 3, 3, 4, 5, 9, 10, 10, 10]
+
+
 def test_precision_recall_of_a_subset_of_the_whole_set() -> None:
     g = torch.Generator().manual_seed(8)
     real = torch.randn(2000, 10, generator=g)

@@ -51,8 +51,12 @@ PR_K = 3
 # MobileNetV2: 10, chosen on noto-emoji-64 (benchmarks/bench_mobilenet_space.py, docs/eval-samples.md): at the few
 # hundred images a side that a folder's test split gives, k = 3 put real against real at recall 0.54 and blurred
 # images near precision 0 (blur sigma 3: 0.15); k = 10 gives real 0.98 / 0.82 and blur 0.91, 0.58, 0.39, while
-# uniform noise stays at precision 0.03 (k = 20 lets it reach 0.65).
+# uniform noise stays at precision 0.03 (k = 20 lets it reach 0.65). With fewer images a side it shrinks
+# (vaecli.eval.fidelity.pr_k): k = 10 of 25 images is 40% of the set, balls so wide that the near-constant samples
+# of a 3-step run scored precision 1 (0 at k = 3).
 MOBILENET_PR_K = 10
+# a space's k is used only where it is at most 1/PR_K_SHARE of the images a side (k = 10 from 350 images), else n // 35
+PR_K_SHARE = 35
 
 
 class FeatureExtractor(Protocol):
