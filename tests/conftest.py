@@ -27,6 +27,13 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
+# Shared real files beside the repository (absent elsewhere: the tests that need them skip).
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+EMOJI = SHARED / "data" / "noto-emoji-64"  # 3,786 real 64x64 RGBA PNGs (data/README.md there)
+# torch.hub's cache with the MobileNetV2 file torchvision downloads: tests and CI never download it.
+# Only here: the product keeps torch.hub's own TORCH_HOME (~/.cache/torch unless the user sets it).
+os.environ.setdefault("TORCH_HOME", str(SHARED / "weights" / "torch-hub"))
+
 TINY = {"latent_dim": 8, "widths": (8, 16), "hidden": 64}  # the tiny run's model (z = 8)
 MICRO = {"latent_dim": 4, "widths": (4, 8), "hidden": 16}  # a smaller conv model for the training tests
 TRAIN = {"epochs": 2, "batch_size": 32, "device": "cpu", "seed": 3}  # start_tiny's training settings
@@ -146,6 +153,41 @@ def ck(tiny_run: Path) -> list[str]:
     return ["--checkpoint", str(tiny_run)]
 
 
+@pytest.fixture(scope="session")
+def mobilenet_weights() -> Path:
+    """The MobileNetV2 weights file in TORCH_HOME's torch.hub cache; the test is skipped without it."""
+    from vaecli.eval.features import hub_weights_path, mobilenet_url
+
+    path = hub_weights_path(mobilenet_url())
+    if not path.is_file():
+        pytest.skip(f"no MobileNetV2 weights at {path} (TORCH_HOME={os.environ.get('TORCH_HOME')}): tests never download them")
+    return path
+
+
+@pytest.fixture(scope="session")
+def emoji() -> torch.Tensor:
+    """400 real colour images of noto-emoji-64 (a seeded choice of files), float RGB (400, 3, 64, 64) in
+    [0, 1], transparency composited on white by vaecli's loader; the test is skipped without the folder."""
+    import torch
+
+    from vaecli.data.files import image_names, load_image
+
+    if not EMOJI.is_dir():
+        pytest.skip(f"no {EMOJI} (the real colour images beside the repository)")
+    names = image_names(EMOJI)
+    pick = torch.randperm(len(names), generator=torch.Generator().manual_seed(0))[:400].tolist()
+    return torch.stack([load_image(EMOJI / names[i], channels=3) for i in pick]).float() / 255
+
+
+@pytest.fixture(scope="session")
+def tiny_colour_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run trained for 3 steps on 100 random 16x16 RGB PNGs (10 test images)."""
+    folder = noisy_folder(tmp_path_factory.mktemp("colour16") / "imgs", 100, size=(16, 16))
+    from vaecli.config import DataConfig
+
+    return _train_tiny(tmp_path_factory.mktemp("colour16-home"), "colour16", data=DataConfig(name=str(folder)), epochs=1, max_steps=3)
+
+
 @pytest.fixture(scope="module")
 def small_data() -> tuple[Any, Any]:
     """96 training and 32 test images of fashion-mnist-mini: 3 steps an epoch at batch 32."""
@@ -244,3 +286,23 @@ def fake_fidelity(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     monkeypatch.setitem(sys.modules, "torch_fidelity", pkg)
     monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", mod)
     return mod
+
+
+def no_download(monkeypatch: pytest.MonkeyPatch, copy_from: Path | None = None) -> list[str]:
+    """torch.hub's downloads as offline: each fails with a URLError; or, with ``copy_from``, "downloads"
+    by copying that file. Returns the URLs asked for (tests never reach the network)."""
+    import shutil
+    import urllib.error
+
+    import torch
+
+    asked: list[str] = []
+
+    def download(url: str, dst: str, *args: object, **kwargs: object) -> None:
+        asked.append(url)
+        if copy_from is None:
+            raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+        shutil.copyfile(copy_from, dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    return asked

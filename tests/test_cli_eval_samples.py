@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import fake_fidelity, one_error_line, vae
+from conftest import fake_fidelity, no_download, noisy_folder, one_error_line, vae
 
 from vaecli.data import load_data, to_float
 from vaecli.eval import fidelity
-from vaecli.eval.features import fmnist_net
+from vaecli.eval.features import MOBILENET, MOBILENET_PR_K, fmnist_net
 from vaecli.eval.inference import sample
 from vaecli.runs import store as ckpt
 
@@ -116,3 +116,56 @@ def test_inception_features_through_the_cli(ck: list[str], monkeypatch: pytest.M
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda url, **kw: {})  # "downloaded"
     out = ok_json("eval-samples", "-n", 50, "--features", "inception-v3-pool3", *ck)
     assert out["features"] == "inception-v3-pool3" and out["feature_dim"] == 2048 and out["n"] == 50
+
+
+def test_inception_download_keeps_json_stdout_clean(ck: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.hub prints "Downloading: ..." on stdout; --json must still print only its JSON."""
+    fake_fidelity(monkeypatch)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda url, dst, *a, **kw: torch.save({}, dst))
+    out = ok_json("eval-samples", "-n", 50, "--features", "inception-v3-pool3", *ck)  # json.loads of the whole stdout
+    assert out["features"] == "inception-v3-pool3" and (tmp_path / "torch" / "hub" / "checkpoints").is_dir()
+
+
+# ----------------------------------------------------------------------------- colour: mobilenet-v2-imagenet, offline
+
+
+def test_colour_run_scores_offline_in_mobilenet_features(tiny_colour_run: Path, mobilenet_weights: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    asked = no_download(monkeypatch)  # offline: the weights come from TORCH_HOME
+    ck = ["--checkpoint", str(tiny_colour_run)]
+    out = ok_json("eval-samples", *ck)
+    assert asked == []
+    assert out["features"] == MOBILENET and out["feature_dim"] == 1280 and MOBILENET_PR_K == 10
+    assert out["n"] == 10 and out["split"] == "test" and out["k"] == 3  # the folder's 10 test images: too few for k = 10
+    for r in (out, out["reconstructions"]):
+        assert r["fd"] > 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
+    assert out["memorisation"]["train_images"] == 81 and out["memorisation"]["ratio"] > 0  # 90 less the validation split
+    r = vae("eval-samples", *ck)
+    assert r.exit_code == 0, r.output
+    assert MOBILENET in r.stdout and "1280-d" in r.stdout and "k = 3" in r.stdout
+
+
+def test_mobilenet_weights_download_once_then_offline(tiny_colour_run: Path, mobilenet_weights: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    ck = ["--checkpoint", str(tiny_colour_run), "-n", 10]
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / mobilenet_weights.name
+    line = one_error_line(vae("eval-samples", *ck, "--json"))  # offline, nothing cached
+    assert line.startswith("vae: error: the MobileNetV2 weights") and str(cached) in line and "TORCH_HOME=" in line
+    asked = no_download(monkeypatch, copy_from=mobilenet_weights)  # online: "downloaded" into TORCH_HOME
+    first = ok_json("eval-samples", *ck)  # the whole stdout is the JSON: torch.hub's "Downloading" line held back
+    assert len(asked) == 1 and cached.read_bytes() == mobilenet_weights.read_bytes()
+    no_download(monkeypatch)  # offline again: the cached file is used
+    assert ok_json("eval-samples", *ck) == first
+
+
+def test_train_eval_samples_on_a_colour_folder(tmp_path: Path, mobilenet_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    no_download(monkeypatch)
+    folder = noisy_folder(tmp_path / "imgs", 60, size=(16, 16))
+    r = vae("train", "--data", folder, "--latent-dim", 4, "--widths", "8,16", "--hidden", 32, "--batch-size", 32, "--device", "cpu",
+            "--max-steps", 2, "--name", "c", "--eval-samples", "--json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)["eval_samples"]
+    assert out["features"] == MOBILENET and out["n"] == 6 and out["k"] == 3 and out["fd"] > 0
+    assert ckpt.read_summary(tmp_path / "runs" / "c")["eval_samples"] == out

@@ -166,6 +166,12 @@ def test_precision_recall_match_the_definition_written_out() -> None:
         assert fid.precision_recall(real, fake, k) == pytest.approx(_pr_loops(real, fake, k), abs=1e-12)
 
 
+def test_the_k_of_precision_recall_by_feature_space_and_n() -> None:
+    # the Fashion-MNIST net's 3 everywhere (below n); MobileNetV2's 10 from 350 images a side, n // 35 (>= 3) below
+    assert [fid.pr_k(3, n) for n in (2, 3, 4, 10, 10_000)] == [1, 2, 3, 3, 3]
+    assert [fid.pr_k(10, n) for n in (2, 3, 10, 25, 139, 140, 200, 349, 350, 379, 10_000)] == [1, 2, 3, 3, 3, 4, 5, 9, 10, 10, 10]
+
+
 def test_precision_recall_of_a_subset_of_the_whole_set() -> None:
     g = torch.Generator().manual_seed(8)
     real = torch.randn(2000, 10, generator=g)
@@ -208,8 +214,8 @@ def test_shipped_feature_net_classifies_real_images(mini, net) -> None:  # type:
     assert acc > 0.85  # the 500 mini test images come from the Fashion-MNIST test split
     f = net(test[:7])
     assert f.shape == (7, 128) and f.dtype == torch.float32 and (f >= 0).all()
-    assert feat.default_features(1, 28) == feat.FMNIST_NET and feat.default_features(3, 28) == feat.INCEPTION
-    assert feat.default_features(1, 64) == feat.INCEPTION
+    assert feat.default_features(1, 28) == feat.FMNIST_NET and feat.default_features(3, 28) == feat.MOBILENET
+    assert feat.default_features(1, 64) == feat.MOBILENET
     with pytest.raises(ConfigError):
         net(torch.zeros(2, 3, 28, 28))
     with pytest.raises(ConfigError):

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pytest
 import typer
-from conftest import SRC, noisy_folder, ok, one_error_line, src_env, vae
+from conftest import SRC, no_download, noisy_folder, ok, one_error_line, src_env, vae
 from PIL import Image
 
 from vaecli.cli import app
 from vaecli.cli.sweep import train_flags
 from vaecli.errors import ConfigError
+from vaecli.eval.features import MOBILENET
 from vaecli.experiments import sweep as sw
-from vaecli.experiments.compare import aggregate
+from vaecli.experiments.compare import aggregate, run_row, study_run
 
 BASE = [
     "--data",
@@ -381,3 +382,17 @@ def test_split_seed_given_to_a_sweep_or_swept():
     assert plan_of("--beta", "1,2", "--max-steps", "2").runs[0].args.count("--split-seed") == 0  # no seeds swept: as vae train
     grid = plan_of("--seed", "0,1", "--split-seed", "0,5", "--max-steps", "2")  # a factor: repeats within each split
     assert grid.factors == ["split_seed"] and [r.name for r in grid.runs][:2] == ["s-seed0-split_seed0", "s-seed0-split_seed5"]
+
+
+def test_scores_of_a_colour_run_in_mobilenet_features_or_a_note_offline(tiny_colour_run, mobilenet_weights, tmp_path, monkeypatch):
+    row, cache = run_row(tiny_colour_run), tmp_path / "cache"
+    cache.mkdir()
+    no_download(monkeypatch)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))  # offline, nothing cached: a note, no scores
+    scores, notes, _ = study_run(row, score=True, n=10, cache=cache, pictures=False)
+    assert scores.get("fd") is None and [n for n in notes if n.startswith("no sample scores: the MobileNetV2 weights")], notes
+    assert not list(cache.iterdir())  # not cached: scored once the weights are there
+    monkeypatch.setenv("TORCH_HOME", str(mobilenet_weights.parents[2]))
+    scores, notes, _ = study_run(row, score=True, n=10, cache=cache, pictures=False)
+    assert scores["features"] == MOBILENET and scores["fd"] > 0 and scores["samples_scored"] == 10 and not notes
+    assert (cache / f"{row['run']}.json").is_file()

@@ -59,6 +59,8 @@ def print_table(res: dict[str, Any], console: Any = None) -> None:
     """The scores as a rich table (samples, then reconstructions as the reference)."""
     from rich.table import Table
 
+    from ..eval.features import INCEPTION
+
     console = console or stdout_console()
     t = Table(
         title=f"run {res['run']}: {res['n']:,} images vs the {res['split']} split, {res['features']} features ({res['feature_dim']}-d)"
@@ -88,7 +90,9 @@ def print_table(res: dict[str, Any], console: Any = None) -> None:
         f"Samples: decoder means of z from {spread}; reconstructions: the posterior means of the same real images decoded (a reference). "
         f"Fréchet distance (Heusel et al. 2017), KID = unbiased MMD² with a cubic kernel, mean ± std over {res['kid_subsets']} subsets of "
         f"{res['kid_subset_size']:,} (Bińkowski et al. 2018), precision/recall with k = {res['k']} (Kynkäänniemi et al. 2019). "
-        f"Feature space {res['features']}: not comparable with Inception FIDs.",
+        f"Feature space {res['features']}: "
+        + ("Inception v3 pool3, as FID papers use (their n, preprocessing and splits differ)." if res["features"] == INCEPTION
+           else "not comparable with Inception FIDs."),
         highlight=False, markup=False, soft_wrap=True,
     )  # fmt: skip
 
@@ -118,7 +122,9 @@ def eval_samples_cmd(
         str,
         typer.Option(
             "--features",
-            help="auto (28x28 grayscale: vaecli-fmnist-net-v1, else inception-v3-pool3) | vaecli-fmnist-net-v1 | inception-v3-pool3 (needs torch-fidelity: the 'fid' extra of vaecli).",
+            help="auto (28x28 grayscale: vaecli-fmnist-net-v1, else mobilenet-v2-imagenet) | vaecli-fmnist-net-v1 | mobilenet-v2-imagenet "
+            "(torchvision's ImageNet MobileNetV2; its weights download once into $TORCH_HOME) | inception-v3-pool3 (needs torch-fidelity: "
+            "the 'fid' extra of vaecli).",
         ),
     ] = "auto",
     as_json: Json = False,
@@ -126,8 +132,8 @@ def eval_samples_cmd(
     model_source: ModelSource = ModelSource(),
 ) -> None:
     """Sample quality as numbers: prior samples (decoder means) vs real images of a split, in a feature space:
-    Fréchet distance, KID ± std, precision and recall (k = 3), the memorisation check (nearest training
-    images); the run's reconstructions as a reference."""
+    Fréchet distance, KID ± std, precision and recall (k nearest neighbours, per feature space), the memorisation
+    check (nearest training images); the run's reconstructions as a reference."""
     from .prior import check_prior_choice
 
     _check(n, temperature, split, features)

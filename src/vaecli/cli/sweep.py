@@ -22,8 +22,8 @@ OptStr = Optional[str]  # noqa: UP045 - Typer reads these annotations at run tim
 OptInt = Optional[int]  # noqa: UP045
 
 SCORE_HELP = (
-    "Score each finished run: sample quality (FD, KID, precision, recall) where a shipped feature space fits the images "
-    "(28x28 grayscale), MIG and FactorVAE score on --data shapes."
+    "Score each finished run: sample quality (FD, KID, precision, recall) in the default feature space of `vae eval-samples` "
+    "(28x28 grayscale: vaecli-fmnist-net-v1, else mobilenet-v2-imagenet), MIG and FactorVAE score on --data shapes."
 )
 N_SCORED = 2000  # default -n: enough for stable FD/KID ranks of a sweep, a few seconds per run on a CPU
 N_HELP = "Prior samples scored per run against as many test images (FD and KID depend on n: compare at the same n)."

@@ -12,8 +12,9 @@ returns plain floats. :func:`evaluate_samples` runs the whole comparison for a t
   averaged over random subsets; its standard deviation over the subsets comes with it.
 * Precision and recall (Kynkäänniemi et al. 2019, "Improved Precision and Recall Metric for
   Assessing Generative Models", eqs. 1-3): each set's manifold is the union of balls around its
-  points with the radius to the k-th nearest neighbour (k = 3); precision is the share of generated
-  points inside the real manifold, recall the share of real points inside the generated one.
+  points with the radius to the k-th nearest neighbour (k = 3; a feature space may ask for more where
+  there are images enough, see :func:`pr_k`); precision is the share of generated points inside the
+  real manifold, recall the share of real points inside the generated one.
 * Memorisation: the distance from each sample to its nearest training image, against the same for
   held-out real images (the nearest-neighbour test of Meehan et al. 2020 and of the "copy" checks
   in the GAN literature, reduced to one ratio): ``median_i d(sample_i, train) / median_j
@@ -30,10 +31,10 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from .features import PR_K, PR_K_SHARE  # 3 (Kynkäänniemi et al.); a feature space may set its own (FeatureExtractor.pr_k)
 
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
-PR_K = 3
 _CHUNK = 1024  # rows of a distance matrix at a time (10,000 x 1,024 float64 = 80 MB)
 
 
@@ -143,6 +144,13 @@ def _kth_radius(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat(out)
 
 
+def pr_k(space_k: int, n: int) -> int:
+    """The k of precision/recall for ``n`` images a side in a feature space that asks for ``space_k``: that k
+    where it is at most ``n // PR_K_SHARE`` (a small share of the set), else ``n // PR_K_SHARE`` but at least
+    :data:`PR_K` (3), and never above n - 1. MobileNetV2's k = 10 holds from 350 images a side."""
+    return max(1, min(space_k, max(PR_K, n // PR_K_SHARE), n - 1))
+
+
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = PR_K) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019) with k-th-nearest-neighbour balls:
     precision = share of ``fake`` points within the ball of some real point, recall = share of
@@ -247,11 +255,12 @@ def evaluate_samples(model: Any, real_images: torch.Tensor, n: int, extractor: A
     real_f = extractor(real)
     fake = sample(model, n, temperature, g, prior)
     fake_f = extractor(fake)
+    k = pr_k(getattr(extractor, "pr_k", PR_K), n)
     out: dict[str, Any] = {"features": extractor.name, "feature_dim": int(real_f.shape[1]), "n": n, "temperature": temperature,
-                           "seed": seed, "k": PR_K, "kid_subsets": KID_SUBSETS, "kid_subset_size": min(KID_SUBSET_SIZE, n)}  # fmt: skip
-    out.update(compare(real_f, fake_f, seed).to_dict())
+                           "seed": seed, "k": k, "kid_subsets": KID_SUBSETS, "kid_subset_size": min(KID_SUBSET_SIZE, n)}  # fmt: skip
+    out.update(compare(real_f, fake_f, seed, k).to_dict())
     if reconstructions:
-        out["reconstructions"] = compare(real_f, extractor(reconstruct(model, real)), seed).to_dict()
+        out["reconstructions"] = compare(real_f, extractor(reconstruct(model, real)), seed, k).to_dict()
     if train_images is not None:
         held_f = real_f if held_out is None else extractor(held_out)
         out["memorisation"] = memorisation(extractor(train_images), held_f, fake_f).to_dict()

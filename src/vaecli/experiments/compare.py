@@ -5,8 +5,9 @@ Per run (from ``summary.json``, the test split scored with the kept weights): **
 (nats/image), **distortion** = test reconstruction -log p(x|z), **-ELBO** = their sum, in the unit
 of the run's likelihood (BCE nats, Gaussian nats, or nats of a discrete likelihood, with bits/dim),
 active units, images/s and training seconds. Scores, when asked for: sample quality (FD, KID,
-precision, recall; :mod:`vaecli.eval.fidelity`) where a shipped feature space fits the images (28x28
-grayscale), MIG and the FactorVAE score (:mod:`vaecli.eval.disentangle`) for runs on ``shapes``.
+precision, recall; :mod:`vaecli.eval.fidelity`) in the default feature space of the run's images
+(:func:`vaecli.eval.features.default_features`; a note instead when its weights cannot be had), MIG and
+the FactorVAE score (:mod:`vaecli.eval.disentangle`) for runs on ``shapes``.
 
 Files: ``NAME.json`` and ``NAME.csv`` (a header and one row per run), ``rd.png`` (distortion against
 rate, one labelled point per run or per group of seeds, a line through each series: the
@@ -151,13 +152,6 @@ class Study:
     traverse_labels: list[str]
 
 
-def sample_features_fit(row: dict[str, Any]) -> bool:
-    """Whether a shipped feature space fits the run's images (28x28 grayscale: vaecli-fmnist-net-v1)."""
-    from ..eval.features import FMNIST_NET, default_features
-
-    return default_features(*row["image"]) == FMNIST_NET
-
-
 def _score_key(row: dict[str, Any], n: int, seed: int, prior: str) -> dict[str, Any]:
     """What cached scores must have been computed for: the same weights (steps, seconds), n, seed and prior."""
     return {"steps": row["steps"], "train_seconds": row["train_seconds"], "n": n, "seed": seed, "prior": prior}
@@ -205,7 +199,7 @@ def study_run(
             scores = cached
         else:
             scores = _scores(model, cfg, row, n, seed, votes, notes, test, prior)
-            if cache is not None:
+            if not scores.pop("_incomplete", False) and cache is not None:  # incomplete: scored again once the weights can be had
                 atomic_write_json(cache / f"{row['run']}.json", {"key": key, "scores": scores, "notes": notes})
         notes.extend(scores.pop("_notes", []))
     if not pictures:
@@ -236,19 +230,19 @@ def _read_cache(cache: Path | None, run: str, key: dict[str, Any]) -> dict[str, 
 def _scores(
     model: Any, cfg: Any, row: dict[str, Any], n: int, seed: int, votes: int, notes: list[str], test: Any, prior: Any
 ) -> dict[str, Any]:
-    """Sample quality where a shipped feature space fits, MIG and FactorVAE on shapes."""
-    out: dict[str, Any] = {}
-    if sample_features_fit(row):
-        from ..eval.fidelity import evaluate_run
+    """Sample quality in the default feature space of the run's images (a note and ``_incomplete`` when
+    its weights cannot be had: offline before the first download), MIG and FactorVAE on shapes."""
+    from ..errors import DataError
+    from ..eval.fidelity import evaluate_run
 
+    out: dict[str, Any] = {}
+    try:
         res = evaluate_run(model, cfg, n, seed=seed, reconstructions=False, data=test, prior=prior)
-        out.update({k: res[k] for k in ("fd", "kid", "kid_std", "precision", "recall")}, samples_scored=res["n"], features=res["features"])
+    except DataError as exc:
+        notes.append(f"no sample scores: {exc}")
+        out["_incomplete"] = True
     else:
-        c, s = row["image"]
-        notes.append(
-            f"no sample scores ({c} channel{'s' if c > 1 else ''}, {s} px: the shipped feature net is for 28x28 "
-            "grayscale; `vae eval-samples --features inception-v3-pool3` scores it where the Inception weights can be downloaded)"
-        )
+        out.update({k: res[k] for k in ("fd", "kid", "kid_std", "precision", "recall")}, samples_scored=res["n"], features=res["features"])
     if cfg.data.name == "shapes":
         from ..eval.disentangle import evaluate_run as disentangle
 
@@ -436,6 +430,5 @@ __all__ = [
     "rd_png",
     "samples_png",
     "traverse_png",
-    "sample_features_fit",
     "NUMBERS",
 ]
