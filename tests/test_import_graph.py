@@ -121,3 +121,15 @@ def test_the_layer_check_finds_an_upward_import() -> None:
 
 def test_the_cycle_finder_finds_one() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_package_root_re_exports_what_the_docs_use() -> None:
+    import vaecli
+
+    for name in vaecli.__all__:
+        assert getattr(vaecli, name) is not None, name
+    from vaecli import VAE, load_model
+    from vaecli.model.vae import VAE as ModelVAE
+    from vaecli.runs.store import load_model as store_load_model
+
+    assert VAE is ModelVAE and load_model is store_load_model

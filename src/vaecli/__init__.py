@@ -15,12 +15,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .runs.store import load_model
 
 _LAZY = {
-    "VAE": "model",
+    "VAE": "model.vae",
     "ModelConfig": "config",
     "DataConfig": "config",
     "TrainConfig": "config",
     "RunConfig": "config",
-    "load_model": "checkpoint",
+    "load_model": "runs.store",
     "VaeError": "errors",
 }
 

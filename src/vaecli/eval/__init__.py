@@ -1,0 +1,1 @@
+"""Evaluation of trained models: inference (encode, decode, sample, traverse), the ELBO and its parts, latent statistics, feature spaces and sample-quality scores, disentanglement scores, and the explained numbers."""

@@ -1,0 +1,1 @@
+"""Experiments over runs: sweeps (plan, status, executor) and comparing finished runs."""

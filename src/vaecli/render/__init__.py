@@ -1,0 +1,1 @@
+"""Pictures: image grids, traversals and GIFs (images) and charts (plot), drawn with Pillow."""

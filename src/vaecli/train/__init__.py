@@ -1,0 +1,1 @@
+"""Training: the run lifecycle (run), the session clock (session), the loop (trainer), its hooks, the summary, the objective and schedules, the one rule for defaults (recipe), training health, the weights average, and fitting a prior after training."""
