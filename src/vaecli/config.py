@@ -371,20 +371,30 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def unread_by(settings: dict[str, Any], name: str) -> tuple[str, Any] | None:
+    """The (setting, value) of the model of ``settings`` that makes it not read field ``name``
+    (``("arch", "mlp")`` for ``blocks``), or None when it reads it (or may: a setting not known yet)."""
+    for setting, readers in READ_UNDER.get(name, {}).items():
+        value = settings.get(setting)
+        if value is not None and value not in readers:
+            return setting, value
+    return None
+
+
 def check_read(settings: dict[str, Any], given: Collection[str], default: str = "the default") -> None:
     """Refuse an option the user gave (a field named in ``given``) that the model of ``settings``
     (its arch, likelihood, logistic_scale and prior, those known so far) does not read, in one line:
     ``--blocks is not read by --arch mlp (the default ...): give --arch conv, conv-mlp or spatial``.
     ``default`` says where a setting the user did not give came from."""
     for name in sorted(given):
-        for setting, readers in READ_UNDER.get(name, {}).items():
-            value = settings.get(setting)
-            if value is None or value in readers:
-                continue
-            why = "; ".join(w for w in (_WHAT.get((setting, value)), None if setting in given else default) if w)
-            choices = " or ".join(", ".join(readers).rsplit(", ", 1))
-            where = f" ({why})" if why else ""
-            raise ConfigError(f"{_flag(name)} is not read by {_flag(setting)} {value}{where}: give {_flag(setting)} {choices}")
+        unread = unread_by(settings, name)
+        if unread is None:
+            continue
+        setting, value = unread
+        why = "; ".join(w for w in (_WHAT.get((setting, value)), None if setting in given else default) if w)
+        choices = " or ".join(", ".join(READ_UNDER[name][setting]).rsplit(", ", 1))
+        where = f" ({why})" if why else ""
+        raise ConfigError(f"{_flag(name)} is not read by {_flag(setting)} {value}{where}: give {_flag(setting)} {choices}")
 
 
 def check_given(given: dict[str, Any]) -> None:

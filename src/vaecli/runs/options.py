@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..config import MODEL_FIELDS, TRAIN_FIELDS, RunConfig
+from ..config import MODEL_FIELDS, TRAIN_FIELDS, RunConfig, unread_by
 from ..errors import ConfigError
 from ..fileio import atomic_write_text
 
@@ -108,7 +108,7 @@ def run_options(cfg: RunConfig) -> dict[str, Any]:
     data = cfg.data.to_dict()
     out: dict[str, Any] = {opt: data[f] for f, opt in DATA_OPTIONS.items()}
     model = cfg.model.to_dict()
-    out.update({k: model[k] for k in sorted(MODEL_FIELDS, key=list(model).index)})
+    out.update({k: model[k] for k in sorted(MODEL_FIELDS, key=list(model).index) if unread_by(model, k) is None})  # what the model reads
     train = cfg.train.to_dict()
     out.update({k: v for k, v in train.items() if k in TRAIN_FIELDS - NOT_OPTIONS and k != "log_images_every"})
     if cfg.train.tensorboard is not None:  # its folder is where the run logged, as its name: a new run logs in its own
