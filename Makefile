@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make demo   - venv, install, train on the embedded Fashion-MNIST sample (~1 min), sample grid
-#   make test   - venv, install .[test,tensorboard], run the test suite
+#   make test   - venv, install .[test,tensorboard,onnx,hub], run the test suite
 #   make test-fast - the suite without the tests marked slow (torchrun, real sweeps, long runs, the browser, fuzzers, benchmark modes)
 #   make lint   - ruff check, ruff format --check and mypy on src/ (CI runs it before the tests)
 PYTHON ?= python3
@@ -15,7 +15,7 @@ DEMO_SECONDS ?= 60
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e '.[test,tensorboard]'
+	$(PY) -m pip install -q -e '.[test,tensorboard,onnx,hub]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -83,6 +83,7 @@ LAYERS = (
     ("runs", ("vaecli.runs",)),
     ("train", ("vaecli.train",)),
     ("experiments", ("vaecli.experiments",)),
+    ("share", ("vaecli.share",)),
     ("explore", ("vaecli.explore",)),
     ("cli", ("vaecli.cli", "vaecli.__main__")),
 )

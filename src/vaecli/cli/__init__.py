@@ -8,7 +8,19 @@ from importlib import import_module
 from .app import app
 
 # The command modules, imported to register their commands; `vae --help` lists them in this order.
-COMMAND_MODULES = ("train", "generate", "reconstruct", "eval_kl", "eval_samples", "prior", "disentangle", "sweep", "explore", "runs")
+COMMAND_MODULES = (
+    "train",
+    "generate",
+    "reconstruct",
+    "eval_kl",
+    "eval_samples",
+    "prior",
+    "disentangle",
+    "sweep",
+    "explore",
+    "export",
+    "runs",
+)
 for _name in COMMAND_MODULES:
     import_module(f"{__name__}.{_name}")
 
