@@ -232,3 +232,24 @@ def test_push_uploads_the_hub_folder(share_runs: dict[str, Path], monkeypatch: p
     assert seen["created"] == ("someone/mlp-vae", True)
     assert seen["repo_id"] == "someone/mlp-vae" and seen["repo_type"] == "model"
     assert seen["files"] == ["README.md", "config.json", "model.safetensors", "samples.png", "summary.json"]
+
+
+def test_the_torchscript_exporter_takes_over_where_dynamo_fails(
+    share_runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import torch
+
+    real = torch.onnx.export
+
+    def export(*args: Any, dynamo: bool = True, **kwargs: Any) -> Any:
+        if dynamo:
+            raise RuntimeError("dynamo cannot trace this graph")
+        return real(*args, dynamo=False, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", export)
+    ok("export", str(share_runs["mlp"]), "--format", "onnx", "--out", tmp_path)
+    info = json.loads((tmp_path / "export.json").read_text())
+    assert {g["exporter"] for g in info["graphs"].values()} == {"torchscript"}
+    assert all(g["max_abs_diff_vs_torch"] < 1e-4 for g in info["graphs"].values())
