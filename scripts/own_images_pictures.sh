@@ -5,8 +5,9 @@
 #   VAE_HOME=... scripts/own_images_pictures.sh RUN HELD_DIR PREFIX
 #
 # writes PREFIX-reconstructions.png (16 held-out files above their reconstructions), PREFIX-samples.png
-# (32 samples from N(0, I), seed 0) and PREFIX-traverse.png (the first held-out file's posterior mean,
-# the 6 latent dimensions of highest KL, -3 to +3 prior sigmas).
+# (32 samples, seed 0, from what `vae sample` draws: the run's fitted prior when it has one; PRIOR=normal
+# for N(0, I)) and PREFIX-traverse.png (the first held-out file's posterior mean, the 6 latent
+# dimensions of highest KL, -3 to +3 prior sigmas).
 set -euo pipefail
 run=$1 held=$2 prefix=$3
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,5 +15,5 @@ vae() { PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python}" -m
 mkdir -p "$(dirname "$prefix")"
 mapfile -t files < <(find -L "$held" -type f -name '*.png' | sort | head -n 16)
 vae reconstruct --run "$run" "${files[@]}" --nrow 8 -o "$prefix-reconstructions.png"
-vae sample --run "$run" --prior normal -n 32 --nrow 8 --seed 0 -o "$prefix-samples.png"
+vae sample --run "$run" --prior "${PRIOR:-auto}" -n 32 --nrow 8 --seed 0 -o "$prefix-samples.png"
 vae traverse --run "$run" --image "${files[0]}" --top 6 --steps 9 -o "$prefix-traverse.png"

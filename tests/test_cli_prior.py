@@ -184,7 +184,9 @@ def test_train_fit_prior_then_eval_samples(tmp_path: Path) -> None:
     out = json.loads(r.stdout)
     assert out["fit_prior"]["kind"] == "gmm" and (tmp_path / "runs" / "fp" / PRIOR_JSON).is_file()
     assert out["eval_samples"]["prior"]["kind"] == "gmm"  # fitted first, then scored with it
-    assert "--fit-prior must be gmm or flow, got 'x'" in one_error_line(vae("train", "--data", "fashion-mnist-mini", "--fit-prior", "x"))
+    assert "--fit-prior must be gmm, flow or none, got 'x'" in one_error_line(
+        vae("train", "--data", "fashion-mnist-mini", "--fit-prior", "x")
+    )
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["fp"]  # the refused command left no run
 
 

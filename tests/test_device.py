@@ -27,9 +27,11 @@ def test_precision_auto_follows_the_measurements_and_emulated_bf16_warns(monkeyp
     from vaecli.train.recipe import build_configs
 
     cpu = torch.device("cpu")
-    colour, _ = build_configs({}, 64, 3)  # the spatial colour default: bf16 won at equal wall time on native bf16
+    colour, _ = build_configs({"arch": "spatial"}, 64, 3)  # the spatial colour net: bf16 won at equal wall time on native bf16
     gray, _ = build_configs({}, 28, 1)  # the mlp: fp32 won
-    assert colour.arch == "spatial" and gray.arch == "mlp"
+    flat, _ = build_configs({}, 64, 3)  # the flat colour default: not measured in bf16, fp32
+    assert colour.arch == "spatial" and gray.arch == "mlp" and flat.arch == "conv"
+    assert resolve_precision("auto", cpu, flat) == "fp32"
     for native in (False, True):
         monkeypatch.setattr(dev, "cpu_has_bf16", lambda native=native: native)
         assert resolve_precision("auto", cpu) == "fp32"

@@ -41,7 +41,7 @@ def test_build_hooks_follows_the_config() -> None:
     hooks = build_hooks(TrainConfig(ema=0.99, early_stop=3, fit_prior="gmm", eval_samples=True))
     assert [type(h) for h in hooks] == [ExponentialAverage, Checkpointing, EarlyStopping, FitPrior, EvalSamples]
     assert [h.name for h in hooks] == ["ema", "checkpoint", "early_stop", "fit_prior", "eval_samples"]
-    with pytest.raises(Exception, match="--fit-prior must be gmm or flow"):
+    with pytest.raises(Exception, match="--fit-prior must be gmm, flow or none"):
         build_hooks(TrainConfig(fit_prior="kde"))
 
 
@@ -174,3 +174,22 @@ def test_a_nonfinite_step_before_any_copy_rolls_back_to_the_start(monkeypatch: p
     assert any(not torch.equal(a, b) for a, b in zip(start, tr.model.parameters()))  # it went on training
     assert all(torch.isfinite(p).all() for p in tr.model.parameters())
     assert Path(res.path, ckpt.MODEL).exists()
+
+
+# ----------------------------------------------------------------------------- the colour default's prior
+
+
+def test_a_colour_run_fits_its_default_prior_and_sample_draws_from_it(tmp_path: Path) -> None:
+    from conftest import noisy_folder
+
+    folder = noisy_folder(tmp_path / "imgs", 60, size=(16, 16))
+    ok("train", "--data", folder, "--max-steps", "3", "--name", "col", "--device", "cpu", "-q")
+    tc = _config("col")["train"]
+    assert tc["fit_prior"] == "gmm" and _summary("col")["hooks"][-1] == "fit_prior"  # by the rule for colour data
+    assert (ckpt.runs_dir() / "col" / ckpt.PRIOR_INFO).exists()
+    r = ok("sample", "--run", "col", "-n", "4", "-o", tmp_path / "s.png")
+    assert "sampling from the run's fitted prior" in r.stderr
+    ok("train", "--data", folder, "--max-steps", "3", "--name", "off", "--fit-prior", "none", "--device", "cpu", "-q")
+    assert _config("off")["train"]["fit_prior"] == "none" and "fit_prior" not in _summary("off")["hooks"]
+    assert not (ckpt.runs_dir() / "off" / ckpt.PRIOR_INFO).exists()
+    assert "none" in one_error_line(vae("train", "--data", folder, "--fit-prior", "kde", "--max-steps", "1"))

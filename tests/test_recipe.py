@@ -46,10 +46,12 @@ def test_recipe_follows_the_data_and_keeps_the_28px_default() -> None:
     assert gray["arch"] == "mlp" and gray["widths"] == (512, 512) and gray["lr"] == 2e-3 and gray["batch_size"] == 128
     conv = default_recipe(28, 1, arch="conv")  # the measured 28 px conv recipe is kept for --arch conv
     assert conv["widths"] == (16, 32) and conv["lr"] == 5e-3 and conv["batch_size"] == 128
-    colour = default_recipe(64, 3)  # colour: conv stages with a spatial latent of 8 maps, a discrete likelihood
-    assert colour["arch"] == "spatial" and colour["widths"] == (16, 32, 64) and colour["latent_dim"] == 8 * 8 * 8
-    assert colour["likelihood"] == "discrete-gaussian" and colour["lr"] == conv["lr"]
-    assert default_recipe(64, 3, arch="conv")["lr"] < conv["lr"]  # the flat latent's wide layer: a smaller rate
+    colour = default_recipe(64, 3)  # colour: a flat latent with residual blocks, a discrete likelihood, a fitted GMM to sample
+    assert colour["arch"] == "conv" and colour["widths"] == (16, 32, 64) and colour["latent_dim"] == 64 and colour["blocks"] == 1
+    assert colour["likelihood"] == "discrete-gaussian" and colour["fit_prior"] == "gmm" and colour["lr"] < conv["lr"]
+    spatial = default_recipe(64, 3, arch="spatial")  # reconstruction first: conv stages with a spatial latent of 8 maps
+    assert spatial["latent_dim"] == 8 * 8 * 8 and spatial["lr"] == conv["lr"] and "blocks" not in spatial
+    assert "fit_prior" not in gray and "fit_prior" not in default_recipe(64, 1)
     assert default_recipe(64, 1)["arch"] == "conv" and default_recipe(64, 1)["likelihood"] == "bernoulli"
     assert max(default_recipe(512, 3)["widths"]) <= 256
     seed = default_recipe(28, 1, arch="seed")

@@ -240,7 +240,7 @@ class TrainConfig(_Config):
     max_nonfinite: int = 3  # the run stops at its Nth non-finite step; each earlier one is rolled back, lr halved
     early_stop: int = 0  # stop after N evaluations without a better validation -ELBO (0 = off)
     ema: float = 0.0  # decay of the exponential moving average of the weights that is evaluated and saved (0 = off)
-    fit_prior: str | None = None  # after training: fit a prior of this kind (gmm | flow) to the encoded training images
+    fit_prior: str | None = None  # after training: fit a prior of this kind (gmm | flow; none: no fit) to the encoded training images
     eval_samples: bool = False  # after training: score samples as `vae eval-samples` does (summary.json eval_samples)
     world_size: int = 1
     # other objectives and schedules; 0 = off

@@ -66,13 +66,14 @@ class Encoded:
         return self.posterior.mean if fit_on == "means" else self.posterior.sample(generator)
 
 
-def encode_splits(model: Any, data_cfg: Any) -> dict[str, Encoded]:
+def encode_splits(model: Any, data_cfg: Any, splits: dict[str, Any] | None = None) -> dict[str, Encoded]:
     """Encode the run's train, val and test splits as the model sees them (a ``--binarize`` run:
-    the fixed binarisation its test split gets, for the training and validation images too)."""
+    the fixed binarisation its test split gets, for the training and validation images too);
+    ``splits``: those splits already in memory (ImageData by name), else loaded by ``data_cfg``."""
     from ..data import binarize_fixed, load_splits, to_float
     from ..eval.inference import encode
 
-    splits = load_splits(data_cfg)
+    splits = splits if splits is not None else load_splits(data_cfg)
     out = {}
     for name, data in splits.items():
         if data_cfg.binarize and name != "test":  # load_splits binarises the test split already
@@ -81,10 +82,15 @@ def encode_splits(model: Any, data_cfg: Any) -> dict[str, Encoded]:
     return out
 
 
+NO_FIT = "none"  # vae train --fit-prior none: no prior fitted after training (where the rule for defaults fits one)
+
+
 def check_fit_options(kind: str, components: int | None = None, fit_on: str | None = None, flag: str = "--kind") -> None:
-    """Refuse bad fit options (one line) before any work; ``flag`` names the option that gave ``kind``."""
-    if kind not in KINDS:
-        raise ConfigError(f"{flag} must be {' or '.join(KINDS)}, got {kind!r}")
+    """Refuse bad fit options (one line) before any work; ``flag`` names the option that gave ``kind``
+    (``--fit-prior`` also takes ``none``)."""
+    kinds = (*KINDS, NO_FIT) if flag == "--fit-prior" else KINDS
+    if kind not in kinds:
+        raise ConfigError(f"{flag} must be {', '.join(kinds[:-1])} or {kinds[-1]}, got {kind!r}")
     if fit_on is not None and fit_on not in FIT_ON:
         raise ConfigError(f"--fit-on must be {' or '.join(FIT_ON)}, got {fit_on!r}")
     if components is not None:
@@ -95,19 +101,20 @@ def check_fit_options(kind: str, components: int | None = None, fit_on: str | No
 
 
 def fit_prior(model: Any, data_cfg: Any, kind: str = "gmm", components: int | None = None, fit_on: str | None = None,
-              seed: int = 0, report: Report = _quiet) -> FitResult:  # fmt: skip
+              seed: int = 0, report: Report = _quiet, splits: dict[str, Any] | None = None) -> FitResult:  # fmt: skip
     """Fit a prior of ``kind`` to the encoded training split of a run (model + its DataConfig).
 
     Validation (the run's val split; without one, 10% carved from the encoded training split, said
     in ``info["validation"]``) chooses the components (``gmm``, unless ``components``) or the best
-    epoch (``flow``); the encoded test split is scored once, under the prior and under N(0, I)."""
+    epoch (``flow``); the encoded test split is scored once, under the prior and under N(0, I).
+    ``splits``: the run's train, val and test ImageData already in memory (a trainer's), else loaded."""
     check_fit_options(kind, components, fit_on)
     fit_on = fit_on or DEFAULT_FIT_ON
     start, cpu_start = time.perf_counter(), time.process_time()
     model.eval()
     fitted_to = {"sha256": weights_fingerprint(model)}  # what sampling compares with (vaecli.runs.priors.load_prior)
     report("encoding the train, val and test splits", False)
-    enc = encode_splits(model, data_cfg)
+    enc = encode_splits(model, data_cfg, splits)
     g = torch.Generator().manual_seed(seed)
     train, val, val_source = _train_and_validation(enc, g)
     x_val = val.vectors(fit_on, g)

@@ -132,7 +132,8 @@ class FitPrior(AfterTraining):
         from .fit_prior import fit_prior
 
         model, cfg, folder = ckpt.load_model(trainer.path, str(trainer.device))
-        result = fit_prior(model, cfg.data, self.kind)
+        splits = {"train": trainer.train_data, "val": trainer.val_data, "test": trainer.test_data}  # the trainer's: no second load
+        result = fit_prior(model, cfg.data, self.kind, splits=splits)
         save_prior(folder, result, folder / ckpt.MODEL)
         return result.info
 
@@ -286,10 +287,11 @@ def build_hooks(train: TrainConfig) -> list[Hook]:
     if train.early_stop:
         hooks.append(EarlyStopping(train.early_stop))
     if train.fit_prior:
-        from .fit_prior import check_fit_options
+        from .fit_prior import NO_FIT, check_fit_options
 
         check_fit_options(train.fit_prior, flag="--fit-prior")
-        hooks.append(FitPrior(train.fit_prior))
+        if train.fit_prior != NO_FIT:
+            hooks.append(FitPrior(train.fit_prior))
     if train.eval_samples:
         hooks.append(EvalSamples())
     if train.tensorboard is not None:

@@ -25,6 +25,8 @@ SEED_RECIPE: dict[str, Any] = {"batch_size": 128, "lr": 1e-3, "lr_schedule": "co
 MLP_RECIPE: dict[str, Any] = {"widths": (512, 512), "batch_size": 128, "lr": 2e-3, "warmup_steps": 0}
 MLP_MAX_SIDE = 28  # gray images up to this side get the mlp arch by default: it won on Fashion-MNIST
 CONV_BASE_LR = 5e-3
+COLOUR_LATENT, COLOUR_BLOCKS = 64, 1  # the colour default: a flat latent of 64 dimensions, 1 residual block a stage
+COLOUR_PRIOR = "gmm"  # colour runs fit a Gaussian mixture to the encoded training images after training (--fit-prior none: off)
 SPATIAL_MAPS = 8  # --arch spatial: latent maps at the last stage's side (512 dims: 25.1 dB, 256: 22.8, 1024: 25.3 at 64 px)
 CONV_WARMUP_STEPS = 100  # linear learning-rate warm-up of the conv recipes
 REFERENCE_FAN_IN = 32 * 7 * 7  # the 28 px conv net's widest layer (1,568 inputs): trains at 5e-3 without a warm-up
@@ -62,12 +64,14 @@ def accepted_image_size(size: int, arch: str | None = None, widths: tuple[int, .
 
 def default_arch(image_size: int, channels: int) -> str:
     """``mlp`` for small gray images (where it measured better per CPU-second than the conv net),
-    ``spatial`` for colour (conv stages with a spatial latent: 25.1 dB of held-out PSNR on the emoji
-    folder at 240 CPU-seconds, against 21.2 for the flat-latent conv net; benchmarks/results/
-    bench_own_images_search.json), ``conv`` for larger gray images."""
+    ``conv`` for the rest: for colour a flat latent (:data:`COLOUR_LATENT` dimensions, residual
+    blocks) with a fitted Gaussian mixture drawn from, chosen by its samples and reconstructions
+    together (benchmarks/results/bench_generation_600.json, docs/own-images.md): at 600 s on the
+    emoji folder its samples are recognisable emoji (FD 229 in MobileNetV2 features) where the
+    spatial latent's, sharper in reconstruction (26.2 against 20.5 dB), are colour blobs (FD 267)."""
     if channels == 1:
         return "mlp" if image_size <= MLP_MAX_SIDE else "conv"
-    return "spatial"
+    return "conv"
 
 
 def max_fan_in(arch: str, image_size: int, channels: int, widths: tuple[int, ...], hidden: int, latent_dim: int) -> int:
@@ -125,6 +129,8 @@ def default_recipe(
     else:
         model["widths"] = conv_widths(image_size)
         base_lr, batch, warmup = CONV_BASE_LR, 128 if image_size < 64 else 64, CONV_WARMUP_STEPS
+        if channels == 3 and arch == "conv":  # the colour default (see default_arch)
+            model.update(latent_dim=COLOUR_LATENT, blocks=COLOUR_BLOCKS)
         if arch == "spatial":  # latent maps of the last stage's side: SPATIAL_MAPS of them
             side = max(1, image_size // 2 ** len(given.get("widths") or model["widths"]))
             model["latent_dim"] = SPATIAL_MAPS * side * side
@@ -133,7 +139,8 @@ def default_recipe(
     if device_type == "cuda":
         lr = min(CUDA_MAX_LR, lr * (CUDA_BATCH / batch) ** 0.5)
         batch, warmup = CUDA_BATCH, max(warmup, CUDA_WARMUP_STEPS)
-    return {**model, "batch_size": batch, "lr": lr, "lr_schedule": "cosine", "warmup_steps": warmup}
+    prior = {"fit_prior": COLOUR_PRIOR} if channels == 3 and arch != "seed" else {}  # vae sample then draws from it
+    return {**model, "batch_size": batch, "lr": lr, "lr_schedule": "cosine", "warmup_steps": warmup, **prior}
 
 
 # archs whose held-out figure measured better in bf16 than in fp32 at equal wall time on a CPU with
