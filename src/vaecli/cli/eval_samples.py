@@ -97,18 +97,6 @@ def print_table(res: dict[str, Any], console: Any = None) -> None:
     )  # fmt: skip
 
 
-def eval_after_training(run_path: str | Path, device: str, as_json: bool) -> dict[str, Any]:
-    """`vae train --eval-samples`: score the saved run with the defaults, store the result in its
-    summary.json under ``eval_samples``, print the table (on stderr with --json) and return it."""
-    from ..runs import store as ckpt
-
-    model, cfg, folder = ckpt.load_model(run_path, device)
-    res = score_run(model, cfg, folder)
-    ckpt.write_summary(folder, {**ckpt.read_summary(folder), "eval_samples": res})
-    print_table(res, stderr_console() if as_json else stdout_console())
-    return res
-
-
 @app.command("eval-samples")
 @model_options
 def eval_samples_cmd(

@@ -89,16 +89,6 @@ def _weights(model_source: ModelSource, folder: Path) -> Path:
     return folder / ckpt.MODEL
 
 
-def fit_after_training(run_path: str | Path, device: str, kind: str, as_json: bool) -> dict[str, Any]:
-    """`vae train --fit-prior KIND`: fit and store a prior for the saved run with the defaults, print
-    the result (on stderr with --json) and return ``prior.json``'s content."""
-    source = ModelSource(checkpoint=str(run_path), device=device)
-    model, cfg, folder = source.load()
-    result = fit_and_store(model, cfg, folder, _weights(source, folder), kind, None, None, 0)
-    print_fit(folder, result.info, stderr_console() if as_json else stdout_console())
-    return result.info
-
-
 @app.command("fit-prior")
 @model_options
 def fit_prior_cmd(

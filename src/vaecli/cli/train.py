@@ -118,8 +118,14 @@ def train_cmd(
 # What `vae train --resume` may change (applied and recorded in config.json); every other option is
 # the run's own and refused. max_steps is per invocation; --time-budget is the training time of this
 # invocation (the run's own budget, what is left of it, when not given).
-RESUME_OPTIONS = frozenset({"resume", "name", "data_dir", "no_cache", "quiet", "as_json", "epochs", "max_steps", "time_budget", "device",
-                            "precision", "save_every", "skip_nonfinite", "max_nonfinite", "early_stop", "fit_prior", "eval_samples"})  # fmt: skip
+RESUME_CLI_ONLY = frozenset({"resume", "name", "data_dir", "no_cache", "quiet", "as_json"})  # how this invocation runs, not the run
+
+
+def _resume_options() -> frozenset[str]:
+    """The options `vae train --resume` accepts: what the library lets a resume change, and how this invocation runs."""
+    from ..train.run import RESUME_OVERRIDES
+
+    return (RESUME_OVERRIDES - {"world_size"}) | RESUME_CLI_ONLY
 
 
 def _given_options(ctx: typer.Context, options: dict[str, Any]) -> dict[str, Any]:
@@ -218,12 +224,11 @@ def _resume(resume: str, given: dict[str, Any], ctx: typer.Context) -> Any:
     if given.get("name") not in (None, resume):
         raise ConfigError("--name and --resume name different runs")
     flag = {param: f"--{key.replace('_', '-')}" for key, (param, _) in option_kinds(ctx.command).items()}
-    fixed = sorted(flag[k] for k in set(given) - RESUME_OPTIONS)
+    fixed = sorted(flag[k] for k in set(given) - _resume_options())
     if fixed:
         raise ConfigError(f"{', '.join(fixed)} cannot change when resuming run {resume!r} (it keeps its own); "
                           f"start a new run with --name, or give only budget, early-stop, device and after-training options")  # fmt: skip
-    keys = RESUME_OPTIONS - {"resume", "name", "data_dir", "no_cache", "quiet", "as_json"}
-    return resume_run(resume, {k: v for k, v in given.items() if k in keys})
+    return resume_run(resume, {k: v for k, v in given.items() if k not in RESUME_CLI_ONLY})
 
 
 def _start(options: dict[str, Any], given: dict[str, Any], quiet: bool) -> Any:
