@@ -144,7 +144,7 @@ def default_recipe(
 
 
 # archs whose held-out figure measured better in bf16 than in fp32 at equal wall time on a CPU with
-# native bf16 (docs/performance.md, "bf16 on CPUs that have it"): the 64 px colour default, 120 s on
+# native bf16 (docs/performance.md, "bf16 on CPUs that have it"): the 64 px spatial net (the colour default then), 120 s on
 # 2 cores of an AVX-512-BF16/AMX Xeon, 24.55 against 24.25 dB held-out PSNR, 4.062 against 4.087
 # bits/dim (982 against 882 img/s). The 28 px mlp lost there (236.06 against 235.73 nats: autocast
 # costs more than it saves on its small matmuls), so it stays fp32; other archs are not measured.
