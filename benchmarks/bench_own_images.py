@@ -129,7 +129,11 @@ def run_config(
     run = home / run_name
     summary = json.loads((run / "summary.json").read_text())
     cfg = json.loads((run / "config.json").read_text())
-    generation = {kind: samples_of(run_name, kind, env, args) for kind in args.priors.split(",") if kind} if args.samples else {}
+    generation = {}
+    temps = [None] if cfg["model"]["arch"] != "hvae" else [float(t) for t in args.group_temperatures.split(",")]
+    for kind in [k for k in args.priors.split(",") if k] if args.samples else []:
+        for i, t in enumerate(temps):  # a hierarchical model: each group temperature, the prior fitted once
+            generation[kind if t is None else f"{kind}@{t:g}"] = samples_of(run_name, kind, env, args, t, fit=i == 0)
     return {
         "config": name, "flags": flags, "budget_s": budget, "clock": args.clock, "wall_s": round(wall, 1),
         **psnr_of(run, held_files, out_dir),
@@ -141,13 +145,16 @@ def run_config(
     }  # fmt: skip
 
 
-def samples_of(run_name: str, kind: str, env: dict[str, str], args: argparse.Namespace) -> dict:
+def samples_of(
+    run_name: str, kind: str, env: dict[str, str], args: argparse.Namespace, group_temperature: float | None = None, fit: bool = True
+) -> dict:
     """Generation as `vae sample` draws it with prior ``kind`` (normal: N(0, I); gmm / flow: fitted
     first with `vae fit-prior --kind KIND`): FD, KID, precision and recall of ``--samples`` samples
     against the run's training files in ``--features``, the seconds the fit took, and a grid of 64
-    samples (``--images DIR``)."""
+    samples (``--images DIR``); a hierarchical model's groups at ``group_temperature``."""
     out: dict = {}
-    if kind != "normal":
+    temp = [] if group_temperature is None else ["--group-temperature", f"{group_temperature:g}"]
+    if kind != "normal" and fit:
         t0 = time.perf_counter()
         fit = vae(["fit-prior", "--run", run_name, "--kind", kind, "--json"], env, "wall", args.threads)
         if fit.returncode != 0:
@@ -156,7 +163,7 @@ def samples_of(run_name: str, kind: str, env: dict[str, str], args: argparse.Nam
         out.update(fit_seconds=round(time.perf_counter() - t0, 1), prior=info.get("config"), chosen=info.get("chosen"))
     choice = "normal" if kind == "normal" else "fitted"
     ev = vae(["eval-samples", "--run", run_name, "-n", str(args.samples), "--split", "train", "--features", args.features,
-              "--prior", choice, "--json"], env, "wall", args.threads)  # fmt: skip
+              "--prior", choice, "--json", *temp], env, "wall", args.threads)  # fmt: skip
     if ev.returncode != 0:
         return {**out, "error": ev.stderr.strip().splitlines()[-1:]}
     res = json.loads(ev.stdout)
@@ -164,8 +171,8 @@ def samples_of(run_name: str, kind: str, env: dict[str, str], args: argparse.Nam
     out.update({k: res[k] for k in keep if k in res})
     if args.images:
         Path(args.images).mkdir(parents=True, exist_ok=True)
-        grid = Path(args.images) / f"{run_name}-{kind}-samples.png"
-        vae(["sample", "--run", run_name, "-n", "64", "--prior", choice, "--seed", "1", "-o", str(grid)], env, "wall", args.threads)
+        grid = Path(args.images) / f"{run_name}-{kind}{'' if group_temperature is None else f'-t{group_temperature:g}'}-samples.png"
+        vae(["sample", "--run", run_name, "-n", "64", "--prior", choice, "--seed", "1", "-o", str(grid), *temp], env, "wall", args.threads)
         out["grid"] = str(grid)
     return out
 
@@ -182,6 +189,7 @@ def main() -> int:
     p.add_argument("--samples", type=int, default=0, help="score generation: N samples per prior against the training files (0: off)")
     p.add_argument("--priors", default="normal,gmm,flow", help="with --samples: the priors scored (normal, gmm, flow; fitted in turn)")
     p.add_argument("--features", default="mobilenet-v2-imagenet", help="with --samples: the feature space")
+    p.add_argument("--group-temperatures", default="1,0.7", help="with --samples, hierarchical runs: the group temperatures scored")
     p.add_argument("--images", default=None, help="with --samples: a folder for 64-sample grids of every run and prior")
     p.add_argument("--keep", action="store_true", help="keep the work folder (the split, the runs, the reconstructions) and print its path")
     args = p.parse_args()

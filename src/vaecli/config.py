@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from .errors import ConfigError
 
-ARCHS = ("conv", "mlp", "conv-mlp", "seed", "spatial")
+ARCHS = ("conv", "mlp", "conv-mlp", "seed", "spatial", "hvae")
 # The fields each arch reads besides those all read (channels, image_size, latent_dim, likelihood,
 # prior and theirs): vaecli.model.vae's builder of each arch reads these and no other
 # (tests/test_model.py checks it), and a flag of another field is refused with that arch.
@@ -30,6 +30,7 @@ ARCH_FIELDS: dict[str, frozenset[str]] = {
     "conv-mlp": frozenset({"widths", "hidden", "norm", "blocks"}),  # its MLP decoder: no upsampling
     "seed": frozenset(),  # the seed document's fixed layer table
     "spatial": frozenset({"widths", "norm", "blocks", "upsample"}),  # no fully connected layer
+    "hvae": frozenset({"widths", "hidden", "blocks", "upsample", "groups"}),  # hierarchical: a top vector, spatial groups below
 }
 NORMS = ("none", "group", "batch")
 LIKELIHOODS = ("bernoulli", "gaussian", "logistic", "discrete-gaussian")
@@ -139,6 +140,7 @@ class ModelConfig(_Config):
     upsample: str = "transposed"  # the conv decoder's stages: transposed (k4 s2) convs, or resize (nearest x2 + 3x3 conv)
     prior: str = "normal"  # p(z): normal (N(0, I)) or vamp (the VampPrior of pseudo_inputs learned pseudo-inputs)
     pseudo_inputs: int = 500  # K of the VampPrior
+    groups: tuple[int, ...] = (8, 4)  # hvae: channels of the spatial latent groups, one per conv stage, deepest first (0: none there)
 
     def validate(self) -> None:
         _check(self.norm in NORMS, f"unknown norm {self.norm!r} (choose from {', '.join(NORMS)})")
@@ -164,6 +166,10 @@ class ModelConfig(_Config):
             8 <= self.image_size <= 512 and self.image_size % m == 0,
             f"--image-size must be a multiple of {m} between 8 and 512 for arch {self.arch}, got {self.image_size}",
         )
+        if self.arch == "hvae":
+            _check(1 <= len(self.groups) <= len(self.widths) and all(0 <= c <= 64 for c in self.groups) and any(self.groups),
+                   f"--groups must be 1 to {len(self.widths)} (one per stage of --widths) channel counts 0..64, not all 0, "
+                   f"got {','.join(map(str, self.groups))}")  # fmt: skip
         if self.arch == "spatial":  # after the size check: the latent maps have at least one position
             cells = (self.image_size // m) ** 2
             _check(self.latent_dim % cells == 0, f"--latent-dim must be a multiple of {cells} for arch spatial at {self.image_size} px "

@@ -97,12 +97,29 @@ def _report(res: EvalResult, model: Any, run: str, split: str, use_binary: bool)
         "likelihood": label,
     }
     lines = [f"nats/image: {label}" + (f"; -ELBO = {fmt(res.bits_per_dim, 4)} bits/dim" if res.bits_per_dim is not None else "")]
+    if res.group_kl:  # a hierarchical model: the table is the top latent's, its groups below
+        out["groups"] = _groups(res, model)
+        parts = [f"top latent {fmt(sum(res.per_dim_kl), 2)} nats ({res.active_units}/{len(res.per_dim_kl)} active)"]
+        parts += [
+            f"group {i + 1} ({g['shape']}) {fmt(g['kl'], 2)} nats ({g['active_units']}/{g['dims']} active)"
+            for i, g in enumerate(out["groups"])
+        ]
+        lines.append("KL per group, top down: " + "; ".join(parts) + " (the table below is the top latent's)")
     if res.per_dim_marginal:
         lines.append(
             f"KL per dimension: to each marginal of the {model.prior.kind} prior, which does not factorise "
             "(the dimensions do not add up to the total KL, a one-sample estimate log q(z|x) - log p(z))"
         )
     return out, lines
+
+
+def _groups(res: EvalResult, model: Any) -> list[dict[str, Any]]:
+    """A hierarchical model's groups below the top latent, deepest first: shape, KL (nats/image), active units."""
+    shapes = model.group_shapes()
+    return [
+        {"shape": "x".join(map(str, shape)), "dims": shape[0] * shape[1] * shape[2], "kl": kl, "active_units": active}
+        for shape, kl, active in zip(shapes, res.group_kl, res.group_active_units)
+    ]
 
 
 def _importance_weighted(out: dict[str, Any], model: Any, data: Any, k: int, batch_size: int, dev: Any, seed: int) -> str:

@@ -10,7 +10,7 @@ import typer
 
 from .app import app
 from .common import check_positive, fmt, print_json, stderr_console, stdout_console
-from .options import Json, ModelSource, PriorChoice, Seed, Split, Temperature, model_options
+from .options import GroupTemperature, Json, ModelSource, PriorChoice, Seed, Split, Temperature, model_options, parse_group_temperature
 
 N_DEFAULT = 10_000
 N_MIN = 10  # a covariance and 3 nearest neighbours need a few points
@@ -31,7 +31,8 @@ def _check(n: int, temperature: float, split: str, features: str) -> None:
 
 
 def score_run(model: Any, cfg: Any, folder: Path, *, n: int = N_DEFAULT, split: str = "test", temperature: float = 1.0,
-              seed: int = 0, features: str = "auto", prior: str = "auto") -> dict[str, Any]:  # fmt: skip
+              seed: int = 0, features: str = "auto", prior: str = "auto",
+              group_temperature: list[float] | None = None) -> dict[str, Any]:  # fmt: skip
     """The scores of one loaded run as the JSON object of `vae eval-samples --json`.
 
     The real side is the run's ``split`` on its original pixels (a ``--binarize`` run is compared with
@@ -48,7 +49,8 @@ def score_run(model: Any, cfg: Any, folder: Path, *, n: int = N_DEFAULT, split: 
     picked = pick_prior(folder, prior, model)
     name = default_features(cfg.model.channels, cfg.model.image_size) if features == "auto" else features
     with stderr_console().status(f"scoring up to {n:,} samples and reconstructions in {name} features"):
-        res = evaluate_run(model, cfg, n, split, temperature, seed, name, prior=picked.prior, memorise=True)
+        res = evaluate_run(model, cfg, n, split, temperature, seed, name, prior=picked.prior, memorise=True,
+                           group_temperature=group_temperature)  # fmt: skip
     if res["n"] < n:
         stderr_console().print(f"note: -n {n:,} is more than the {res['n']:,} images of the {split} split: using n = {res['n']:,}",
                                highlight=False, markup=False, soft_wrap=True)  # fmt: skip
@@ -105,6 +107,7 @@ def eval_samples_cmd(
     ] = N_DEFAULT,
     split: Split = "test",
     temperature: Temperature = 1.0,
+    group_temperature: GroupTemperature = None,
     prior: PriorChoice = "auto",
     features: Annotated[
         str,
@@ -127,7 +130,8 @@ def eval_samples_cmd(
     _check(n, temperature, split, features)
     check_prior_choice(prior)
     model, cfg, folder = model_source.load()
-    res = score_run(model, cfg, folder, n=n, split=split, temperature=temperature, seed=seed, features=features, prior=prior)
+    res = score_run(model, cfg, folder, n=n, split=split, temperature=temperature, seed=seed, features=features, prior=prior,
+                    group_temperature=parse_group_temperature(group_temperature))  # fmt: skip
     if as_json:
         print_json(res)
     else:

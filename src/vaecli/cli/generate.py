@@ -17,6 +17,7 @@ from .common import check_outputs, files_in, image_files, seeded_generator, spli
 from .options import (
     Fps,
     GridOutput,
+    GroupTemperature,
     ModelSource,
     OptInt,
     OptInts,
@@ -28,6 +29,7 @@ from .options import (
     Split,
     Temperature,
     model_options,
+    parse_group_temperature,
 )
 
 if TYPE_CHECKING:
@@ -42,6 +44,7 @@ def sample_cmd(
     output: GridOutput = None,
     out_dir: Annotated[OptStr, typer.Option("--out-dir", help="Also write one PNG per sample (000000.png ...).")] = None,
     temperature: Temperature = 1.0,
+    group_temperature: GroupTemperature = None,
     nrow: Annotated[OptInt, typer.Option("--nrow", help="Images per grid row (default ceil(sqrt(n))).")] = None,
     padding: Padding = 2,
     scale: Scale = 1,
@@ -50,8 +53,9 @@ def sample_cmd(
     seed: Seed = 0,
 ) -> None:
     """Decode z drawn from the prior: the run's fitted prior when it has one (`vae fit-prior`), else the
-    one it trained with (N(0, temperature^2 I): the seed's generation from noise, or its VampPrior)."""
-    from ..eval.inference import check_num_samples, check_temperature, decode, sample_latents
+    one it trained with (N(0, temperature^2 I): the seed's generation from noise, or its VampPrior). A
+    hierarchical model draws its groups below top-down from their learned priors (--group-temperature)."""
+    from ..eval.inference import check_num_samples, check_temperature, sample
     from ..render.images import default_nrow, grid_png, image_png
     from .prior import check_prior_choice, pick_prior
 
@@ -61,9 +65,9 @@ def sample_cmd(
     if output is None and out_dir is None:
         output = "sample.png"
     check_outputs(output, out_dir=out_dir, nrow=nrow, padding=padding)
+    groups = parse_group_temperature(group_temperature)
     model, _, folder = model_source.load()
-    z = sample_latents(pick_prior(folder, prior, model).prior, n, temperature, seeded_generator(seed))
-    images = decode(model, z)
+    images = sample(model, n, temperature, seeded_generator(seed), pick_prior(folder, prior, model).prior, groups)
     files: list[tuple[str, bytes]] = []
     if output is not None:
         files.append((output, grid_png(images, nrow or default_nrow(n), padding, scale)))

@@ -51,6 +51,27 @@ Temperature = Annotated[
     ),
 ]
 
+GroupTemperature = Annotated[
+    OptStr,
+    typer.Option(
+        "--group-temperature",
+        help="Hierarchical models (--arch hvae): spread of each latent group's learned prior below the top latent, one value or "
+        "one per group (deepest first), e.g. 0.8 or 1,0.7 (default 1: the priors as learned; 0: their means).",
+    ),
+]
+
+
+def parse_group_temperature(text: str | None) -> list[float] | None:
+    """``"1,0.7"`` -> ``[1.0, 0.7]`` (None stays None); not numbers: one usage error."""
+    from ..errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        return [float(t) for t in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--group-temperature takes numbers like 0.8 or 1,0.7, got {text!r}") from None
+
 
 @dataclass(frozen=True)
 class ModelSource:

@@ -55,7 +55,7 @@ def train_cmd(
     grad_clip: Annotated[OptFloat, _opt("--grad-clip", "Gradient-norm clip (default 1.0; 0 = off).")] = None,
     ema: Annotated[OptFloat, _opt("--ema", "Evaluate, save and sample a moving average of the weights with this decay, e.g. 0.999 (0 = off; " + RULE + ").")] = None,
     latent_dim: Annotated[OptInt, _opt("--latent-dim", "Latent dimensions; --arch spatial: a multiple of the latent side squared (" + RULE + ": 32 for gray, 512 = 8 maps of 8x8 for 64 px colour).")] = None,
-    arch: Annotated[OptStr, _opt("--arch", "conv (strided convs; stages follow the image size) | spatial (conv stages with a latent of maps, 1x1 conv heads) | mlp (dense layers, fast on a CPU) | conv-mlp | seed (the seed document's layer table and recipe, docs/train.md). " + RULE.capitalize() + ".")] = None,
+    arch: Annotated[OptStr, _opt("--arch", "conv (strided convs; stages follow the image size) | hvae (hierarchical: a top latent vector and spatial latent groups below it with learned conditional priors, docs/hierarchical.md) | spatial (conv stages with a latent of maps, 1x1 conv heads) | mlp (dense layers, fast on a CPU) | conv-mlp | seed (the seed document's layer table and recipe, docs/train.md). " + RULE.capitalize() + ".")] = None,
     widths: Annotated[OptStr, _opt("--widths", "conv, conv-mlp: channels of the strided conv stages (each halves the side); mlp: units of the encoder's hidden layers (the decoder mirrors them). Comma-separated; " + RULE + ".")] = None,
     hidden: Annotated[OptInt, _opt("--hidden", "conv: units of the fully connected layer; conv-mlp: of the decoder's two hidden layers.")] = None,
     norm: Annotated[OptStr, _opt("--norm", "conv archs: normalisation after each conv stage, none | group | batch.")] = None,
@@ -64,6 +64,7 @@ def train_cmd(
     logistic_scale: Annotated[OptStr, _opt("--logistic-scale", "--likelihood logistic: pixel (a scale per pixel and channel, predicted) | shared (one learned scale per channel) (" + RULE + ").")] = None,
     upsample: Annotated[OptStr, _opt("--upsample", "conv archs, the decoder's stages: transposed (k4 s2 transposed convs) | resize (nearest x2 then a 3x3 conv: no checkerboard) (" + RULE + ").")] = None,
     blocks: Annotated[OptInt, _opt("--blocks", "conv archs: residual blocks after each conv stage, encoder and decoder (" + RULE + ").")] = None,
+    groups: Annotated[OptStr, _opt("--groups", "hvae (hierarchical): channels of the spatial latent groups, one per conv stage, deepest first (0: none there). Comma-separated; " + RULE + ".")] = None,
     prior: Annotated[OptStr, _opt("--prior", "normal (N(0, I)) | vamp (the VampPrior: a mixture of the posteriors of learned pseudo-inputs, Tomczak & Welling 2018).")] = None,
     pseudo_inputs: Annotated[OptInt, _opt("--pseudo-inputs", "--prior vamp: the number K of pseudo-inputs (default 500).")] = None,
     seed: Annotated[int, _opt("--seed", "Random seed (weights, shuffling, sampling; the data splits unless --split-seed).")] = 0,
@@ -190,8 +191,9 @@ def _check_fields(values: dict[str, Any], where: str) -> None:
 
     fields = {k: v for k, v in values.items() if k in MODEL_FIELDS | TRAIN_FIELDS}
     try:
-        if "widths" in fields:
-            fields["widths"] = parse_widths(fields["widths"])
+        for key in ("widths", "groups"):
+            if key in fields:
+                fields[key] = parse_widths(fields[key], f"--{key}", 0 if key == "groups" else 1)
         check_given(fields)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
@@ -239,6 +241,7 @@ def _start(options: dict[str, Any], given: dict[str, Any], quiet: bool) -> Any:
     o = options
     fields = {k: v for k, v in o.items() if k in MODEL_FIELDS | TRAIN_FIELDS}
     fields["widths"] = parse_widths(o["widths"]) if o["widths"] is not None else None
+    fields["groups"] = parse_widths(o["groups"], "--groups", 0) if o["groups"] is not None else None
     fields["skip_nonfinite"] = bool(o["skip_nonfinite"])
     fields["tensorboard"] = _tensorboard_folder(o["tb_on"], o["tb_dir"])
     data_cfg = DataConfig(name=o["data"], root=o["data_dir"], image_size=o["image_size"], channels=o["channels"], split_seed=o["seed"] if o["split_seed"] is None else o["split_seed"],
@@ -308,16 +311,16 @@ def _fit_until_stopped(trainer: Any, quiet: bool, err: Any) -> Any:
             signal.signal(signal.SIGINT, old)
 
 
-def parse_widths(text: str) -> tuple[int, ...]:
-    """``"16,32"`` -> ``(16, 32)``; anything else is a usage error."""
+def parse_widths(text: str, flag: str = "--widths", low: int = 1) -> tuple[int, ...]:
+    """``"16,32"`` -> ``(16, 32)``, each ``low``..4096; anything else is a usage error naming ``flag``."""
     from ..errors import ConfigError
 
     try:
         widths = tuple(int(w) for w in text.split(","))
     except ValueError:
-        raise ConfigError(f"--widths takes comma-separated channel counts like 16,32, got {text!r}") from None
-    if not widths or any(w < 1 or w > 4096 for w in widths):
-        raise ConfigError(f"--widths must be 1..4096 each, got {text!r}")
+        raise ConfigError(f"{flag} takes comma-separated channel counts like 16,32, got {text!r}") from None
+    if not widths or any(w < low or w > 4096 for w in widths):
+        raise ConfigError(f"{flag} must be {low}..4096 each, got {text!r}")
     return widths
 
 
@@ -409,7 +412,8 @@ def _model_brief(m: Any) -> str:
     """``conv 16,32 z=32`` / ``seed z=32``: the model in a few words."""
     shared = " shared scale" if m.logistic_scale == "shared" else ""
     lk = f", {m.likelihood}" + (f" x{m.mixtures}{shared}" if m.likelihood == "logistic" else "")
-    return f"{m.arch}{' ' + ','.join(map(str, m.widths)) if m.arch != 'seed' else ''} z={m.latent_dim}{lk}"
+    groups = f" groups {','.join(map(str, m.groups))}" if m.arch == "hvae" else ""
+    return f"{m.arch}{' ' + ','.join(map(str, m.widths)) if m.arch != 'seed' else ''} z={m.latent_dim}{groups}{lk}"
 
 
 def _objective(cfg: Any) -> str:

@@ -234,7 +234,7 @@ def compare(real: torch.Tensor, fake: torch.Tensor, seed: int = 0, k: int = PR_K
 
 def evaluate_samples(model: Any, real_images: torch.Tensor, n: int, extractor: Any, temperature: float = 1.0, seed: int = 0,
                      reconstructions: bool = True, prior: Any = None, train_images: torch.Tensor | None = None,
-                     held_out: torch.Tensor | None = None) -> dict[str, Any]:  # fmt: skip
+                     held_out: torch.Tensor | None = None, group_temperature: float | list[float] | None = None) -> dict[str, Any]:  # fmt: skip
     """Compare ``n`` prior samples of ``model`` (decoder means of z drawn from ``prior`` at
     ``temperature``; default the model's own prior, N(0, I)) with ``n`` of the ``real_images`` (float,
     in [0, 1]; a seeded random subset when there are more), in the feature space of ``extractor``;
@@ -253,10 +253,11 @@ def evaluate_samples(model: Any, real_images: torch.Tensor, n: int, extractor: A
     idx = torch.randperm(total, generator=g)[:n].sort().values if n < total else torch.arange(total)
     real = real_images[idx]
     real_f = extractor(real)
-    fake = sample(model, n, temperature, g, prior)
+    fake = sample(model, n, temperature, g, prior, group_temperature)
     fake_f = extractor(fake)
     k = pr_k(getattr(extractor, "pr_k", PR_K), n)
     out: dict[str, Any] = {"features": extractor.name, "feature_dim": int(real_f.shape[1]), "n": n, "temperature": temperature,
+                           **({"group_temperature": group_temperature} if group_temperature is not None else {}),
                            "seed": seed, "k": k, "kid_subsets": KID_SUBSETS, "kid_subset_size": min(KID_SUBSET_SIZE, n)}  # fmt: skip
     out.update(compare(real_f, fake_f, seed, k).to_dict())
     if reconstructions:
@@ -268,7 +269,8 @@ def evaluate_samples(model: Any, real_images: torch.Tensor, n: int, extractor: A
 
 
 def evaluate_run(model: Any, cfg: Any, n: int, split: str = "test", temperature: float = 1.0, seed: int = 0, features: str = "auto",
-                 reconstructions: bool = True, data: Any = None, prior: Any = None, memorise: bool = False) -> dict[str, Any]:  # fmt: skip
+                 reconstructions: bool = True, data: Any = None, prior: Any = None, memorise: bool = False,
+                 group_temperature: float | list[float] | None = None) -> dict[str, Any]:  # fmt: skip
     """:func:`evaluate_samples` of a loaded run (``cfg`` its RunConfig) against a split of its own data, as
     `vae eval-samples` scores it. The real side is ``split`` on its original pixels (a ``--binarize`` run is
     compared with the grayscale images its decoder means estimate); ``n`` above the split's size is clamped
@@ -289,7 +291,7 @@ def evaluate_run(model: Any, cfg: Any, n: int, split: str = "test", temperature:
     train_images = to_float(splits["train"].images) if memorise else None
     held_out = to_float(splits["test"].images) if memorise and split == "train" else None
     res = evaluate_samples(model, to_float(data.images), min(n, len(data)), extractor, temperature, seed, reconstructions,
-                           prior=prior, train_images=train_images, held_out=held_out)  # fmt: skip
+                           prior=prior, train_images=train_images, held_out=held_out, group_temperature=group_temperature)  # fmt: skip
     if memorise:
         res["memorisation"]["held_out_split"] = "test" if split == "train" else split
     return {"split": split, **res}

@@ -11,12 +11,14 @@ import math
 import torch
 
 from ..errors import ConfigError
+from ..model.hvae import HVAE
 from ..model.posterior import Posterior
 from ..model.priors import Prior
 from ..model.vae import VAE
 
 MAX_SAMPLES = 100_000  # -n of `vae sample`: beyond this the decoded images alone outgrow memory
 MAX_STEPS = 1_000  # --steps of interpolations and traversals
+SAMPLE_GROUP_TEMPERATURE = 1.0  # a hierarchical model's samples: its groups below the top from their priors as learned
 
 
 def _device(model: VAE) -> torch.device:
@@ -40,8 +42,13 @@ def encode(model: VAE, images: torch.Tensor, batch_size: int = 500) -> Posterior
 
 
 @torch.no_grad()
-def decode(model: VAE, z: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Decode latents (N, D) to images (N, C, H, W) in [0, 1], on the CPU."""
+def decode(
+    model: VAE, z: torch.Tensor, batch_size: int = 500, temperature: float | list[float] | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Decode latents (N, D) to images (N, C, H, W) in [0, 1], on the CPU. A hierarchical model's
+    groups below z are drawn from their priors at ``temperature`` (one value, or one per group; None:
+    0, each group's prior mean given the groups above); a flat model takes none."""
     model.eval()
     d = model.config.latent_dim
     if z.ndim != 2 or z.shape[1] != d:
@@ -49,11 +56,30 @@ def decode(model: VAE, z: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     if not torch.isfinite(z).all():
         raise ConfigError("latent vectors must be finite numbers")
     dev = _device(model)
-    outs = [model.decode(z[i : i + batch_size].to(dev).float()).cpu() for i in range(0, z.shape[0], batch_size)]
+    if isinstance(model, HVAE):
+        temps = check_group_temperature(model, 0.0 if temperature is None else temperature)
+        outs = [model.decode(z[i : i + batch_size].to(dev).float(), temps, generator).cpu() for i in range(0, z.shape[0], batch_size)]
+    else:
+        if temperature is not None:
+            raise ConfigError("--group-temperature is read by hierarchical models only (--arch hvae)")
+        outs = [model.decode(z[i : i + batch_size].to(dev).float()).cpu() for i in range(0, z.shape[0], batch_size)]
     if not outs:
         c, s = model.config.channels, model.config.image_size
         return torch.empty(0, c, s, s)
     return torch.cat(outs)
+
+
+def check_group_temperature(model: HVAE, temperature: float | list[float]) -> list[float]:
+    """One temperature per latent group of ``model`` from one value or one per group, each a finite
+    number >= 0 (``--group-temperature``)."""
+    values = [temperature] if isinstance(temperature, (int, float)) else list(temperature)
+    for t in values:
+        if not math.isfinite(t) or t < 0:
+            raise ConfigError(f"--group-temperature must be finite numbers >= 0, got {t}")
+    g = model.num_groups()
+    if len(values) not in (1, g):
+        raise ConfigError(f"--group-temperature takes one value or one per latent group ({g}), got {len(values)}")
+    return model.temperatures(values)
 
 
 def check_num_samples(n: int) -> None:
@@ -76,18 +102,34 @@ def sample_latents(prior: Prior, n: int, temperature: float = 1.0, generator: to
 
 
 def sample(
-    model: VAE, n: int, temperature: float = 1.0, generator: torch.Generator | None = None, prior: Prior | None = None
-) -> torch.Tensor:
+    model: VAE, n: int, temperature: float = 1.0, generator: torch.Generator | None = None, prior: Prior | None = None,
+    group_temperature: float | list[float] | None = None,
+) -> torch.Tensor:  # fmt: skip
     """Decode ``n`` draws from ``prior`` (default: the model's own: N(0, I), the seed's "generation
-    from noise", or the VampPrior it trained)."""
-    return decode(model, sample_latents(prior if prior is not None else model.prior, n, temperature, generator))
+    from noise", or the VampPrior it trained). A hierarchical model draws its groups below top-down
+    from their learned priors at ``group_temperature`` (None: :data:`SAMPLE_GROUP_TEMPERATURE`)."""
+    z = sample_latents(prior if prior is not None else model.prior, n, temperature, generator)
+    if isinstance(model, HVAE) and group_temperature is None:
+        group_temperature = SAMPLE_GROUP_TEMPERATURE
+    return decode(model, z, temperature=group_temperature, generator=generator)
 
 
 @torch.no_grad()
-def reconstruct(model: VAE, images: torch.Tensor, sample_z: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Decode the posterior mean (or a posterior sample when ``sample_z``) of each image."""
-    q = encode(model, images)
-    return decode(model, q.sample(generator) if sample_z else q.mean)
+def reconstruct(
+    model: VAE, images: torch.Tensor, sample_z: bool = False, generator: torch.Generator | None = None, batch_size: int = 500
+) -> torch.Tensor:
+    """Decode the posterior mean (or a posterior sample when ``sample_z``) of each image; a
+    hierarchical model's groups are inferred top-down the same way (every group's posterior mean)."""
+    if not isinstance(model, HVAE):
+        q = encode(model, images)
+        return decode(model, q.sample(generator) if sample_z else q.mean)
+    model.eval()
+    dev = _device(model)
+    outs = []
+    for i in range(0, images.shape[0], batch_size):
+        out = model(images[i : i + batch_size].to(dev).float(), generator=generator, sample=sample_z)
+        outs.append(model.likelihood.mean(out.params).cpu())
+    return torch.cat(outs) if outs else torch.empty(0, *images.shape[1:])
 
 
 MODES = ("lerp", "slerp")

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ..data import ImageData, to_float
+from ..model.hvae import HVAE, group_dims
 from ..model.likelihoods import bits_per_dim
 from ..model.posterior import Posterior
 from ..model.vae import VAE
@@ -37,6 +38,10 @@ class EvalResult:
     mu_variance: list[float] = field(default_factory=list)
     bits_per_dim: float | None = None  # -ELBO in bits per dimension, for a discrete likelihood only
     per_dim_marginal: bool = False  # per_dim_kl are KLs to the prior's marginals (a prior that does not factorise)
+    # a hierarchical model's spatial groups, deepest first: KL per image (nats) and active units of each
+    # (kl is the top latent's plus these; per_dim_kl and active_units are the top latent's)
+    group_kl: list[float] = field(default_factory=list)
+    group_active_units: list[int] = field(default_factory=list)
 
     def brief(self) -> dict[str, float]:
         """The headline numbers: -ELBO, reconstruction and KL (nats/image), and bits/dim where they apply."""
@@ -52,21 +57,26 @@ class ElboTerms(NamedTuple):
     recon: torch.Tensor  # -log p(x|z), (B,)
     kl: torch.Tensor  # KL(q(z|x) || p(z)), (B,): closed form, or the one-sample estimate for a mixture prior
     kl_dims: torch.Tensor  # per dimension, (B, D): exact where the prior factorises, else KL to each marginal
-    exact_dims: bool  # kl is the sum of kl_dims
+    exact_dims: bool  # kl is the sum of kl_dims (of the top latent's, for a hierarchical model: plus its groups')
     q: Posterior
+    groups: list[Any] | None = None  # a hierarchical model's spatial groups (model.hvae.GroupPass each), else None
 
 
 def one_sample_elbo(model: VAE, x: torch.Tensor, generator: torch.Generator | None = None) -> ElboTerms:
     """The one-sample ELBO's terms for a batch, with z ~ q(z|x) drawn once (Kingma & Welling 2014,
-    eq. 10): -ELBO = recon + KL. For a prior that does not factorise (the VampPrior) the KL is the
+    eq. 10): -ELBO = recon + KL (a hierarchical model: the KLs of all its groups, its ``kl_dims`` the
+    top latent's). For a prior that does not factorise (the VampPrior) the KL is the
     estimate log q(z|x) - log p(z) and the per-dimension figures are KLs to the prior's marginals."""
-    q = model.encode(x)
-    z = q.sample(generator)
-    recon = model.likelihood.nll(model.decode_params(z), x)
+    out = model(x, generator=generator)  # a hierarchical model infers its groups top-down here
+    q, z = out.posterior, out.z
+    recon = model.likelihood.nll(out.params, x)
+    groups = out.group_kl()
     kl_dims = model.prior.kl_per_dim(q, z)
     if kl_dims is not None:
-        return ElboTerms(recon, kl_dims.sum(-1), kl_dims, True, q)
-    return ElboTerms(recon, model.prior.kl(q, z), model.prior.marginal_kl_per_dim(q, z), False, q)
+        kl = kl_dims.sum(-1)
+        return ElboTerms(recon, kl if groups is None else kl + groups, kl_dims, True, q, out.groups)
+    kl = model.prior.kl(q, z, out.prior)
+    return ElboTerms(recon, kl if groups is None else kl + groups, model.prior.marginal_kl_per_dim(q, z), False, q, out.groups)
 
 
 @torch.no_grad()
@@ -142,46 +152,68 @@ def _elbo_sums(
     model: VAE, data: ImageData, batch_size: int, device: torch.device, seed: int, shard: tuple[int, int]
 ) -> tuple[torch.Tensor, bool]:
     """This rank's sums over its batches, one posterior sample per image (generator seeded ``seed +
-    rank``): reconstruction, KL, KL per dimension, and the posterior means' sum and sum of squares, in
-    one tensor of 2 + 3 latent_dim (so that DDP all-reduces them at once); and whether the KL per
-    dimension adds up to the total (False for a prior whose dimensions do not factorise)."""
+    rank``): reconstruction, KL, KL per dimension, the posterior means' sum and sum of squares, and a
+    hierarchical model's KL per group and its groups' posterior means' sums and sums of squares, in
+    one tensor (:func:`_layout`, so that DDP all-reduces them at once); and whether the KL per
+    dimension adds up to the top latent's KL (False for a prior whose dimensions do not factorise)."""
     from ..device import accumulator_dtype
 
     rank, world = shard
     gen = torch.Generator(device=device).manual_seed(seed + rank)
-    d = model.config.latent_dim
     acc = accumulator_dtype(device)  # float64; float32 on MPS (no float64 there)
-    sums = torch.zeros(2 + 3 * d, dtype=acc, device=device)
-    sum_recon, sum_kl, sum_kl_dims, mu_sum, mu_sq = _parts(sums, d)
+    d, gdims = model.config.latent_dim, group_dims(model)
+    sums = torch.zeros(_layout(d, gdims)[-1], dtype=acc, device=device)
+    p = _parts(sums, d, gdims)
     exact = True
     for start in range(rank * batch_size, len(data), batch_size * world):
-        recon, kl, kl_dims, exact, q = one_sample_elbo(model, to_float(data.images[start : start + batch_size].to(device)), gen)
-        sum_recon += recon.to(acc).sum()
-        sum_kl += kl.to(acc).sum()
-        sum_kl_dims += kl_dims.to(acc).sum(0)
-        mu = q.mu.to(acc)
-        mu_sum += mu.sum(0)
-        mu_sq += mu.pow(2).sum(0)
+        t = one_sample_elbo(model, to_float(data.images[start : start + batch_size].to(device)), gen)
+        exact = t.exact_dims
+        p["recon"] += t.recon.to(acc).sum()
+        p["kl"] += t.kl.to(acc).sum()
+        p["kl_dims"] += t.kl_dims.to(acc).sum(0)
+        mu = t.q.mu.to(acc)
+        p["mu_sum"] += mu.sum(0)
+        p["mu_sq"] += mu.pow(2).sum(0)
+        for g, gp in enumerate(t.groups or []):
+            p["group_kl"][g] += gp.kl.to(acc).sum()
+            gm = gp.q_mean.flatten(1).to(acc)
+            p["group_mu_sum"][g] += gm.sum(0)
+            p["group_mu_sq"][g] += gm.pow(2).sum(0)
     return sums, exact
 
 
-def _parts(sums: torch.Tensor, d: int) -> tuple[torch.Tensor, ...]:
-    """Views of the sums of :func:`_elbo_sums`: reconstruction, KL, KL per dimension, mu sum, mu^2 sum."""
-    return sums[0], sums[1], sums[2 : 2 + d], sums[2 + d : 2 + 2 * d], sums[2 + 2 * d :]
+def _layout(d: int, gdims: list[int]) -> list[int]:
+    """Offsets in the sums of :func:`_elbo_sums`: recon, KL, KL per dim (d), mu sum (d), mu^2 sum (d),
+    KL per group, then each group's mean sums and mean^2 sums; the last entry is the length."""
+    g, total = len(gdims), sum(gdims)
+    sizes = [1, 1, d, d, d, g, total, total]
+    return [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+
+
+def _parts(sums: torch.Tensor, d: int, gdims: list[int]) -> dict[str, Any]:
+    """Views of the sums of :func:`_elbo_sums` by name (``group_mu_sum``, ``group_mu_sq``: one view per group)."""
+    o = _layout(d, gdims)
+    names = ("recon", "kl", "kl_dims", "mu_sum", "mu_sq", "group_kl", "group_mu_sum", "group_mu_sq")
+    views: dict[str, Any] = {n: sums[o[i] : o[i + 1]] for i, n in enumerate(names)}
+    views["recon"], views["kl"] = views["recon"][0], views["kl"][0]
+    for n in ("group_mu_sum", "group_mu_sq"):
+        views[n] = list(torch.split(views[n], gdims)) if gdims else []
+    return views
 
 
 def _result(model: VAE, data: ImageData, sums: torch.Tensor, exact: bool) -> EvalResult:
     """The means per image of :func:`_elbo_sums`' sums over the whole of ``data``, and what follows
-    from them: active units, Var(mu) per dimension, bits/dim where the likelihood is discrete."""
-    n, d = len(data), model.config.latent_dim
+    from them: active units (the top latent's and each group's), Var(mu) per dimension, bits/dim where
+    the likelihood is discrete."""
+    n, d, gdims = len(data), model.config.latent_dim, group_dims(model)
     if n == 0:
         return EvalResult(images=0, neg_elbo=float("nan"), recon=float("nan"), kl=float("nan"))
-    sum_recon, sum_kl, sum_kl_dims, mu_sum, mu_sq = _parts(sums, d)
-    mean = mu_sum / n
-    var = (mu_sq / n - mean.pow(2)).clamp_min(0).cpu()
-    per_dim = (sum_kl_dims / n).cpu()
-    recon_mean = float(sum_recon / n)
-    kl_mean = float(per_dim.sum()) if exact else float(sum_kl / n)  # the total is the sum of its dimensions where it can be
+    p = _parts(sums, d, gdims)
+    var = _variance(p["mu_sum"], p["mu_sq"], n)
+    per_dim = (p["kl_dims"] / n).cpu()
+    recon_mean = float(p["recon"] / n)
+    group_kl = [float(v) for v in (p["group_kl"] / n).cpu()]
+    kl_mean = (float(per_dim.sum()) + sum(group_kl)) if exact else float(p["kl"] / n)  # a sum of its parts where it can be
     discrete = model.likelihood.is_discrete(is_binarized(data))
     return EvalResult(
         images=n,
@@ -193,7 +225,15 @@ def _result(model: VAE, data: ImageData, sums: torch.Tensor, exact: bool) -> Eva
         active_units=sum(active_mask(var.tolist())),
         mu_variance=[float(v) for v in var],
         bits_per_dim=bits_per_dim(recon_mean + kl_mean, image_dims(data)) if discrete else None,
+        group_kl=group_kl,
+        group_active_units=[sum(active_mask(_variance(a, b, n).tolist())) for a, b in zip(p["group_mu_sum"], p["group_mu_sq"])],
     )
+
+
+def _variance(total: torch.Tensor, squares: torch.Tensor, n: int) -> torch.Tensor:
+    """Var over n images from the sum and the sum of squares, clamped at 0, on the CPU."""
+    mean = total / n
+    return (squares / n - mean.pow(2)).clamp_min(0).cpu()
 
 
 def bce_floor(data: ImageData, batch_size: int = 1000) -> float:
@@ -239,12 +279,18 @@ def log_importance_weights(
 ) -> torch.Tensor:
     """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x), z_i ~ q(z|x), shape (B, k).
 
-    Burda et al. (2016), eq. 8. Decoded in chunks of at most ``max_decode`` images.
+    Burda et al. (2016), eq. 8; for a hierarchical model z is every group, drawn top-down, and
+    log p(z) - log q(z|x) sums the groups' terms. Decoded in chunks of at most ``max_decode`` images.
     """
-    q = model.encode(x)
     b = x.shape[0]
     chunk = max(1, min(k, max_decode // max(1, b)))
     out = []
+    if isinstance(model, HVAE):  # every group drawn top-down from q, its log p - log q added
+        for start in range(0, k, chunk):
+            c = min(chunk, k - start)
+            out.append(model.log_weights(x, c, generator).t())
+        return _weights(out, x.device)
+    q = model.encode(x)
     for start in range(0, k, chunk):
         c = min(chunk, k - start)
         z = q.sample(generator, n=c)  # (c, B, D)
@@ -252,9 +298,13 @@ def log_importance_weights(
         xr = x.unsqueeze(0).expand(c, *x.shape).reshape(c * b, *x.shape[1:])
         log_px_z = -model.likelihood.nll(params, xr).reshape(c, b)
         out.append((log_px_z + model.prior.log_prob(z) - q.log_prob(z)).t())
+    return _weights(out, x.device)
+
+
+def _weights(chunks: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     from ..device import accumulator_dtype
 
-    return torch.cat(out, dim=1).to(accumulator_dtype(x.device))  # float64; float32 on MPS
+    return torch.cat(chunks, dim=1).to(accumulator_dtype(device))  # float64; float32 on MPS
 
 
 @torch.no_grad()

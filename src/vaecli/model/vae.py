@@ -34,6 +34,13 @@ class VAEOutput:
     logvar: torch.Tensor  # posterior log-variances (B, D)
     z: torch.Tensor  # the sample that was decoded (B, D)
     prior: Posterior | None = None  # a VampPrior's components q(z|u_k) of this pass (else None)
+    groups: list[Any] | None = None  # the hierarchical model's spatial groups (hvae.GroupPass each: KL, mean), else None
+
+    def group_kl(self) -> torch.Tensor | None:
+        """The spatial groups' KLs per image summed, (B,), or None for a flat model."""
+        if not self.groups:
+            return None
+        return torch.stack([g.kl for g in self.groups]).sum(0)
 
     @property
     def posterior(self) -> Posterior:
@@ -278,6 +285,16 @@ class VAE(nn.Module):
     (:mod:`vaecli.model.likelihoods`). Inputs are float images in [0, 1], shape (B, C, H, W).
     """
 
+    def __new__(cls, config: ModelConfig | None = None, *args: Any, **kwargs: Any) -> VAE:
+        """``VAE(config)`` builds the hierarchical model (:class:`vaecli.model.hvae.HVAE`, a VAE)
+        when ``config.arch`` is ``hvae``, so every place that rebuilds a run's model builds it (no
+        ``config``: a copy being made, of the class it copies)."""
+        if cls is VAE and getattr(config, "arch", None) == "hvae":
+            from .hvae import HVAE
+
+            return super().__new__(HVAE)
+        return super().__new__(cls)
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         config.validate()
@@ -337,7 +354,7 @@ def upgrade_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor]) -> di
     nn.Sequential each: ``encoder.3.weight``) under their names now (``encoder.body.3.weight``); the
     layers, their order and so the parameters' order are the same. Other tensors and other models'
     state dicts come back as they are."""
-    if not isinstance(model, VAE):
+    if not isinstance(model, VAE) or not isinstance(model.decoder, Decoder):  # hvae: named parts from the start
         return tensors
     parts: dict[str, _Parts] = {"encoder": model.encoder, "decoder": model.decoder}
     out: dict[str, torch.Tensor] = {}

@@ -146,7 +146,9 @@ def export_onnx(run: Path, out: Path) -> dict[str, Any]:
     m = cfg.model
     info.update(
         latent_dim=m.latent_dim, image_size=m.image_size, channels=m.channels, likelihood=m.likelihood,
-        pixels="the decoder's image is the likelihood's mean in [0, 1], as `vae sample` shows it",
+        pixels="the decoder's image is the likelihood's mean in [0, 1], as `vae sample` shows it" + (
+            "; hierarchical: z is the top latent, the groups below at their prior means (as `vae decode`; "
+            "`vae sample` draws them at --group-temperature)" if m.arch == "hvae" else ""),
         prior=export_prior(run, model, out), opset=OPSET, vaecli_version=__version__, torch_version=torch.__version__,
     )  # fmt: skip
     atomic_write_json(out / INFO, info)

@@ -5,6 +5,8 @@ weighted and reshaped (beta-VAE: Higgins et al. 2017):
 
     -ELBO_beta(x) = E_q[-log p(x|z)] + beta * KL(q(z|x) || p(z))
 
+(for the hierarchical model the KL is the sum of its groups', :mod:`vaecli.model.hvae`)
+
 * plain: recon + beta * KL, beta on a schedule (constant, ``--anneal`` ramp, ``--cyclical``);
 * capacity C: recon + beta * |KL - C|, C ramped 0 -> C_max (Burgess et al. 2018, eq. 8, gamma = beta);
 * free bits lambda: recon + beta * sum_j max(lambda, E_batch[KL_j]) (Kingma et al. 2016, eq. 15);
@@ -68,10 +70,13 @@ class Objective:
         recon = model.likelihood.nll(out.params, x).mean()
         kl_dims = model.prior.kl_per_dim(q, z)
         kl = (kl_dims.sum(-1) if kl_dims is not None else model.prior.kl(q, z, out.prior)).mean()
+        groups = out.group_kl()  # the hierarchical model's spatial groups (hvae): their KLs add to the top's
+        kl_groups = groups.mean() if groups is not None else kl.new_zeros(())
+        kl = kl + kl_groups
         beta = self.beta_at(epoch_progress)
-        if t.free_bits > 0:
+        if t.free_bits > 0:  # per top-latent dimension; a hierarchical model's groups unclamped
             assert kl_dims is not None, "free bits need a factorised prior"
-            loss = recon + beta * kl_dims.mean(0).clamp_min(t.free_bits).sum()
+            loss = recon + beta * (kl_dims.mean(0).clamp_min(t.free_bits).sum() + kl_groups)
         elif (cap := self.capacity_at(epoch_progress)) is not None:
             loss = recon + beta * (kl - cap).abs()
         elif t.tc_beta > 0:

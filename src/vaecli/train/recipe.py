@@ -27,6 +27,8 @@ MLP_MAX_SIDE = 28  # gray images up to this side get the mlp arch by default: it
 CONV_BASE_LR = 5e-3
 COLOUR_LATENT, COLOUR_BLOCKS = 64, 1  # the colour default: a flat latent of 64 dimensions, 1 residual block a stage
 COLOUR_PRIOR = "gmm"  # colour runs fit a Gaussian mixture to the encoded training images after training (--fit-prior none: off)
+HVAE_LATENT, HVAE_BLOCKS = 32, 1  # --arch hvae: the top latent's dimensions, residual blocks a stage
+HVAE_GROUPS = (8, 4)  # --arch hvae: latent channels of the spatial groups at the two deepest stages
 SPATIAL_MAPS = 8  # --arch spatial: latent maps at the last stage's side (512 dims: 25.1 dB, 256: 22.8, 1024: 25.3 at 64 px)
 CONV_WARMUP_STEPS = 100  # linear learning-rate warm-up of the conv recipes
 REFERENCE_FAN_IN = 32 * 7 * 7  # the 28 px conv net's widest layer (1,568 inputs): trains at 5e-3 without a warm-up
@@ -56,7 +58,7 @@ def conv_widths(image_size: int) -> tuple[int, ...]:
 def accepted_image_size(size: int, arch: str | None = None, widths: tuple[int, ...] | None = None) -> int:
     """``size`` rounded down to the nearest side the architecture accepts (the default arch's
     stages for ``size`` when neither ``arch`` nor ``widths`` is given)."""
-    if arch in (None, "conv", "conv-mlp", "spatial") and not widths:
+    if arch in (None, "conv", "conv-mlp", "spatial", "hvae") and not widths:
         widths = conv_widths(size)
     m = size_multiple(arch or "conv", widths or (1,))
     return max(m, (size // m) * m)
@@ -131,6 +133,8 @@ def default_recipe(
         base_lr, batch, warmup = CONV_BASE_LR, 128 if image_size < 64 else 64, CONV_WARMUP_STEPS
         if channels == 3 and arch == "conv":  # the colour default (see default_arch)
             model.update(latent_dim=COLOUR_LATENT, blocks=COLOUR_BLOCKS)
+        if arch == "hvae":
+            model.update(latent_dim=HVAE_LATENT, blocks=HVAE_BLOCKS, groups=HVAE_GROUPS[: len(given.get("widths") or model["widths"])])
         if arch == "spatial":  # latent maps of the last stage's side: SPATIAL_MAPS of them
             side = max(1, image_size // 2 ** len(given.get("widths") or model["widths"]))
             model["latent_dim"] = SPATIAL_MAPS * side * side
@@ -139,7 +143,7 @@ def default_recipe(
     if device_type == "cuda":
         lr = min(CUDA_MAX_LR, lr * (CUDA_BATCH / batch) ** 0.5)
         batch, warmup = CUDA_BATCH, max(warmup, CUDA_WARMUP_STEPS)
-    prior = {"fit_prior": COLOUR_PRIOR} if channels == 3 and arch != "seed" else {}  # vae sample then draws from it
+    prior = {"fit_prior": COLOUR_PRIOR} if channels == 3 and arch not in ("seed", "hvae") else {}  # vae sample then draws from it
     return {**model, "batch_size": batch, "lr": lr, "lr_schedule": "cosine", "warmup_steps": warmup, **prior}
 
 

@@ -78,6 +78,7 @@ def run_facts(trainer: Any, s: Session, kept: VAE, test: EvalResult) -> dict[str
     facts: dict[str, Any] = {
         "test_per_dim_kl": test.per_dim_kl,
         "test_mu_variance": test.mu_variance,
+        **({"test_group_kl": test.group_kl, "test_group_active_units": test.group_active_units} if test.group_kl else {}),
         "epochs_done": round(st.progress(s.steps_per_epoch), 4),
         "val_size": len(trainer.val_data),
         "likelihood": kept.likelihood.label(binarize),
