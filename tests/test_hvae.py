@@ -207,3 +207,20 @@ def test_a_copy_of_the_model_is_the_hierarchical_model_and_ema_trains_it(small_d
     assert isinstance(c, HVAE) and torch.equal(c.decode(torch.zeros(1, 4)), m.decode(torch.zeros(1, 4)))
     res = start_tiny("hema", small_data, model=HV, ema=0.9, max_steps=3).fit()
     assert res.steps == 3 and math.isfinite(res.test["neg_elbo"])
+
+
+def test_top_first_weighs_the_groups_more_early_and_leaves_the_reported_elbo() -> None:
+    from vaecli.train.objective import TOP_FIRST_WEIGHT
+
+    m, x = _model(), _images()
+    with torch.no_grad():
+        out = m(x, generator=torch.Generator().manual_seed(0))
+        assert out.groups is not None
+        groups = float(torch.stack([g.kl for g in out.groups]).sum(0).mean())
+        obj = Objective(TrainConfig(top_first=4))
+        start, half, end = (obj(m, out, x, p) for p in (0.0, 2.0, 4.0))
+    assert float(start.neg_elbo) == pytest.approx(float(end.neg_elbo)) == pytest.approx(float(end.loss), rel=1e-6)
+    assert float(start.loss - end.loss) == pytest.approx((TOP_FIRST_WEIGHT - 1) * groups, rel=1e-4)
+    assert float(half.loss - end.loss) == pytest.approx((TOP_FIRST_WEIGHT - 1) / 2 * groups, rel=1e-4)
+    line = one_error_line(vae("train", "--data", "fashion-mnist-mini", "--top-first", "3", "--max-steps", "1"))
+    assert "--top-first" in line and "hvae" in line

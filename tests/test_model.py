@@ -85,11 +85,11 @@ def test_every_arch_in_the_config_has_a_builder():
     from vaecli.config import ARCHS
     from vaecli.model.vae import _BUILDERS
 
-    assert set(ARCHS) == set(_BUILDERS)
+    assert set(ARCHS) == set(_BUILDERS) | {"hvae"}  # hvae: VAE(config) builds model.hvae.HVAE
 
 
 PARTS = {"image_size": 8, "channels": 1, "latent_dim": 8, "widths": (4, 8), "hidden": 16}  # every arch: 2 px maps of 2 stages
-FIELD_CHANGES = {"widths": (4, 6), "hidden": 12, "norm": "group", "blocks": 1, "upsample": "resize"}
+FIELD_CHANGES = {"widths": (4, 6), "hidden": 12, "norm": "group", "blocks": 1, "upsample": "resize", "groups": (3,)}
 
 
 def _layout(m: torch.nn.Module) -> list[tuple[str, str]]:
@@ -97,7 +97,7 @@ def _layout(m: torch.nn.Module) -> list[tuple[str, str]]:
     return [(n, type(mod).__name__) for n, mod in m.named_modules()] + [(k, str(tuple(v.shape))) for k, v in m.state_dict().items()]
 
 
-@pytest.mark.parametrize("arch", ["conv", "mlp", "conv-mlp", "seed", "spatial"])
+@pytest.mark.parametrize("arch", ["conv", "mlp", "conv-mlp", "seed", "spatial", "hvae"])
 def test_each_arch_reads_the_fields_it_declares_and_no_other(arch):
     """config.ARCH_FIELDS is what the builders read: changing a declared field changes the model,
     changing any other arch field builds the same model (so refusing its flag loses nothing)."""

@@ -50,7 +50,9 @@ def test_loss_decreases_on_real_images(small_data):
 
 @pytest.mark.parametrize("arch", ["conv", "seed", "hvae"])
 def test_resume_is_bit_exact(small_data, arch):
-    model = {"arch": "seed", "latent_dim": 4} if arch == "seed" else {**MICRO, "arch": "hvae", "groups": (2, 2)} if arch == "hvae" else MICRO
+    model = (
+        {"arch": "seed", "latent_dim": 4} if arch == "seed" else {**MICRO, "arch": "hvae", "groups": (2, 2)} if arch == "hvae" else MICRO
+    )
     start_tiny(f"straight-{arch}", small_data, model=model, epochs=2).fit()
     # same run, stopped twice (mid-epoch and at an epoch boundary) and resumed: the last weights (the
     # resume point) are the straight run's; the best weights may differ, as a stop adds an evaluation

@@ -255,6 +255,7 @@ class TrainConfig(_Config):
     capacity_epochs: int = 0  # epochs for C to reach C_max (0 = the whole run)
     free_bits: float = 0.0  # free bits per latent dimension, nats (Kingma et al. 2016)
     tc_beta: float = 0.0  # weight of the total correlation (beta-TCVAE, Chen et al. 2018)
+    top_first: int = 0  # hvae: epochs over which the spatial groups' KL weight falls from TOP_FIRST_WEIGHT to 1
     # TensorBoard logging (vaecli.train.hooks.TensorBoard): its folder, relative to the run folder
     # unless absolute (None = off), and the epochs between image grids (0 = no images)
     tensorboard: str | None = None
@@ -289,6 +290,7 @@ class TrainConfig(_Config):
         _check(self.cyclical >= 0, f"--cyclical must be >= 0, got {self.cyclical}")
         _check(not (self.cyclical and self.anneal), "--cyclical and --anneal are two beta schedules: choose one")
         _check(self.capacity_epochs >= 0, f"--capacity-epochs must be >= 0, got {self.capacity_epochs}")
+        _check(self.top_first >= 0, f"--top-first must be >= 0 (0 = off), got {self.top_first}")
         for flag, v in (("--capacity", self.capacity), ("--free-bits", self.free_bits), ("--tc-beta", self.tc_beta)):
             _finite(flag, v)
             _check(v >= 0, f"{flag} must be >= 0, got {v}")
@@ -356,11 +358,14 @@ MODEL_FIELDS = frozenset(f.name for f in fields(ModelConfig)) - {"image_size", "
 TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))
 
 
-def check_pair(model: ModelConfig, train: TrainConfig) -> None:
-    """Settings of the model and the objective that do not go together."""
+def check_pair(model: ModelConfig, train: TrainConfig, arch_given: bool = True) -> None:
+    """Settings of the model and the objective that do not go together (``arch_given``: whether the
+    user chose the arch, for the message)."""
     if model.prior != "normal":
         used = [f for f, v in (("--free-bits", train.free_bits), ("--tc-beta", train.tc_beta)) if v]
         _check(not used, f"{' and '.join(used)} need a prior that factorises over dimensions: not with --prior {model.prior}")
+    _check(not train.top_first or model.arch == "hvae",
+           f"--top-first weighs the latent groups of --arch hvae: not read by --arch {model.arch}{'' if arch_given else ' (the default for this data)'}")  # fmt: skip
 
 
 # The model fields that only some settings read: field -> {setting: the values of it that read the field}.
@@ -420,4 +425,5 @@ def check_given(given: dict[str, Any]) -> None:
         model["latent_dim"] = (size // size_multiple(arch, model.get("widths") or ModelConfig.widths)) ** 2
     m = ModelConfig(**model, image_size=size)
     m.validate()
-    check_pair(m, TrainConfig(**{k: v for k, v in given.items() if k in TRAIN_FIELDS}))
+    if "arch" in model:  # else the arch comes from the data: checked then (recipe.build_configs)
+        check_pair(m, TrainConfig(**{k: v for k, v in given.items() if k in TRAIN_FIELDS}))

@@ -46,6 +46,7 @@ def train_cmd(
     capacity_epochs: Annotated[OptInt, _opt("--capacity-epochs", "Epochs for C to reach --capacity (0 = the whole run).")] = None,
     free_bits: Annotated[OptFloat, _opt("--free-bits", "Free bits: nats per latent dimension not penalised (Kingma et al. 2016; 0 = off).")] = None,
     tc_beta: Annotated[OptFloat, _opt("--tc-beta", "beta-TCVAE: weight of the total correlation, the rest of the KL keeps --beta (Chen et al. 2018; 0 = off).")] = None,
+    top_first: Annotated[OptInt, _opt("--top-first", "hvae: the latent groups' KL weighs 8x at the start and falls linearly to 1x over N epochs, so that the top latent learns the global structure first (0 = off; " + RULE + ").")] = None,
     epochs: Annotated[OptInt, _opt("--epochs", "Total epochs of the run (default: 10 plus any --anneal/--capacity-epochs ramp; with --time-budget: until the budget ends).")] = None,
     early_stop: Annotated[OptInt, _opt("--early-stop", "End the run after N evaluations without a better validation -ELBO (0 = off).")] = None,
     batch_size: Annotated[OptInt, _opt("--batch-size", "Images per step (per rank under torchrun; " + RULE + ").")] = None,

@@ -34,7 +34,7 @@ from ..config import ModelConfig
 from .likelihoods import build_likelihood
 from .posterior import LOG_2PI, Posterior
 from .priors import Prior, VampPrior, build_prior
-from .vae import VAE, Encoder, ResBlock, VAEOutput, _act, _autocast_on, _Reshape, _upsample
+from .vae import ARCH_CLASSES, VAE, Encoder, ResBlock, VAEOutput, _act, _autocast_on, _Reshape, _upsample
 
 LOGVAR_BOUND = 7.0  # the groups' log-variances are soft-clamped to (-7, 7): sigma in (0.03, 33)
 
@@ -280,6 +280,9 @@ class HVAE(VAE):
             assert gp.log_ratio is not None
             out = out + gp.log_ratio
         return out.reshape(k, b)
+
+
+ARCH_CLASSES["hvae"] = HVAE
 
 
 def group_dims(model: VAE) -> list[int]:

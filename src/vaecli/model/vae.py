@@ -266,6 +266,8 @@ def _build_seed(cfg: ModelConfig, out_ch: int) -> tuple[Encoder, Decoder, int]:
     return enc, dec, 512
 
 
+ARCH_CLASSES: dict[str, type[VAE]] = {}  # archs built by a subclass of VAE (hvae: model.hvae.HVAE registers itself)
+
 _BUILDERS: dict[str, Any] = {
     "conv": _build_conv,
     "mlp": _build_mlp,
@@ -287,12 +289,11 @@ class VAE(nn.Module):
 
     def __new__(cls, config: ModelConfig | None = None, *args: Any, **kwargs: Any) -> VAE:
         """``VAE(config)`` builds the hierarchical model (:class:`vaecli.model.hvae.HVAE`, a VAE)
-        when ``config.arch`` is ``hvae``, so every place that rebuilds a run's model builds it (no
-        ``config``: a copy being made, of the class it copies)."""
-        if cls is VAE and getattr(config, "arch", None) == "hvae":
-            from .hvae import HVAE
-
-            return super().__new__(HVAE)
+        when ``config.arch`` is ``hvae`` (:data:`ARCH_CLASSES`, which that module fills when the
+        package is imported), so every place that rebuilds a run's model builds it (no ``config``: a
+        copy being made, of the class it copies)."""
+        if cls is VAE and config is not None and config.arch in ARCH_CLASSES:
+            return super().__new__(ARCH_CLASSES[config.arch])
         return super().__new__(cls)
 
     def __init__(self, config: ModelConfig) -> None:

@@ -10,6 +10,9 @@ weighted and reshaped (beta-VAE: Higgins et al. 2017):
 * plain: recon + beta * KL, beta on a schedule (constant, ``--anneal`` ramp, ``--cyclical``);
 * capacity C: recon + beta * |KL - C|, C ramped 0 -> C_max (Burgess et al. 2018, eq. 8, gamma = beta);
 * free bits lambda: recon + beta * sum_j max(lambda, E_batch[KL_j]) (Kingma et al. 2016, eq. 15);
+* hierarchical (hvae) with ``--top-first N``: the spatial groups' KL weighted by w falling linearly
+  from :data:`TOP_FIRST_WEIGHT` to 1 over the first N epochs, so that the top latent learns the global
+  structure before the groups take the detail (a coarse-to-fine schedule; the reported -ELBO is unweighted);
 * beta-TCVAE: recon + beta * KL + (tc_beta - beta) * TC, i.e. the mutual information and the
   dimension-wise KL weighted by beta and the total correlation by ``tc_beta`` (Chen et al. 2018, eq. 4).
 
@@ -30,6 +33,7 @@ from ..model.posterior import Posterior
 from ..model.vae import VAE, VAEOutput
 from .schedules import beta_at, capacity_at
 
+TOP_FIRST_WEIGHT = 8.0  # --top-first: the spatial groups' KL weight at the start of the run
 TC_CHUNK_ELEMENTS = 1 << 24  # (rows, B, D) elements per chunk of total_correlation: 64 MB in fp32
 
 
@@ -63,6 +67,12 @@ class Objective:
         t = self.train
         return capacity_at(epoch_progress, t.capacity, t.capacity_epochs or t.epochs) if t.capacity else None
 
+    def group_weight_at(self, epoch_progress: float) -> float:
+        """The weight of a hierarchical model's spatial groups' KL relative to the top latent's: from
+        :data:`TOP_FIRST_WEIGHT` down to 1 over ``--top-first`` epochs, 1 after (and without it)."""
+        n = self.train.top_first
+        return 1.0 + (TOP_FIRST_WEIGHT - 1.0) * max(0.0, 1.0 - epoch_progress / n) if n else 1.0
+
     def __call__(self, model: VAE, out: VAEOutput, x: torch.Tensor, epoch_progress: float) -> LossTerms:
         """The terms for the forward pass ``out`` of the batch ``x``."""
         t = self.train
@@ -74,6 +84,7 @@ class Objective:
         kl_groups = groups.mean() if groups is not None else kl.new_zeros(())
         kl = kl + kl_groups
         beta = self.beta_at(epoch_progress)
+        extra = (self.group_weight_at(epoch_progress) - 1.0) * kl_groups  # --top-first: the groups weigh more early
         if t.free_bits > 0:  # per top-latent dimension; a hierarchical model's groups unclamped
             assert kl_dims is not None, "free bits need a factorised prior"
             loss = recon + beta * (kl_dims.mean(0).clamp_min(t.free_bits).sum() + kl_groups)
@@ -83,6 +94,7 @@ class Objective:
             loss = recon + beta * kl + (t.tc_beta - beta) * total_correlation(z, q)
         else:
             loss = recon + beta * kl
+        loss = loss + beta * extra
         return LossTerms(loss=loss, neg_elbo=recon + kl, recon=recon, kl=kl, beta=beta)
 
 

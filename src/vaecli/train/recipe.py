@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-from ..config import MODEL_FIELDS, TRAIN_FIELDS, ModelConfig, TrainConfig, check_given, check_read, size_multiple
+from ..config import MODEL_FIELDS, TRAIN_FIELDS, ModelConfig, TrainConfig, check_given, check_pair, check_read, size_multiple
 
 DEFAULT_EPOCHS = 10  # epochs of a run given neither --epochs nor --time-budget (plus any ramp, see default_epochs)
 BUDGET_EPOCHS = 1000  # epochs of a run given only a --time-budget: the budget ends it
@@ -29,6 +29,7 @@ COLOUR_LATENT, COLOUR_BLOCKS = 64, 1  # the colour default: a flat latent of 64 
 COLOUR_PRIOR = "gmm"  # colour runs fit a Gaussian mixture to the encoded training images after training (--fit-prior none: off)
 HVAE_LATENT, HVAE_BLOCKS = 32, 1  # --arch hvae: the top latent's dimensions, residual blocks a stage
 HVAE_GROUPS = (8, 4)  # --arch hvae: latent channels of the spatial groups at the two deepest stages
+HVAE_TOP_FIRST = 8  # --arch hvae: epochs over which the groups' KL weight falls to 1 (--top-first)
 SPATIAL_MAPS = 8  # --arch spatial: latent maps at the last stage's side (512 dims: 25.1 dB, 256: 22.8, 1024: 25.3 at 64 px)
 CONV_WARMUP_STEPS = 100  # linear learning-rate warm-up of the conv recipes
 REFERENCE_FAN_IN = 32 * 7 * 7  # the 28 px conv net's widest layer (1,568 inputs): trains at 5e-3 without a warm-up
@@ -143,8 +144,9 @@ def default_recipe(
     if device_type == "cuda":
         lr = min(CUDA_MAX_LR, lr * (CUDA_BATCH / batch) ** 0.5)
         batch, warmup = CUDA_BATCH, max(warmup, CUDA_WARMUP_STEPS)
-    prior = {"fit_prior": COLOUR_PRIOR} if channels == 3 and arch not in ("seed", "hvae") else {}  # vae sample then draws from it
-    return {**model, "batch_size": batch, "lr": lr, "lr_schedule": "cosine", "warmup_steps": warmup, **prior}
+    prior = {"fit_prior": COLOUR_PRIOR} if channels == 3 and arch != "seed" else {}  # vae sample then draws from it
+    hier = {"top_first": HVAE_TOP_FIRST} if arch == "hvae" else {}
+    return {**model, "batch_size": batch, "lr": lr, "lr_schedule": "cosine", "warmup_steps": warmup, **prior, **hier}
 
 
 # archs whose held-out figure measured better in bf16 than in fp32 at equal wall time on a CPU with
@@ -211,6 +213,7 @@ def build_configs(given: dict[str, Any], image_size: int, channels: int, device_
     train = TrainConfig(**{k: v for k, v in merged.items() if k in TRAIN_FIELDS})
     model.validate()
     train.validate()
+    check_pair(model, train, "arch" in given)
     return model, train
 
 
