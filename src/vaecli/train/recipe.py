@@ -27,9 +27,11 @@ MLP_MAX_SIDE = 28  # gray images up to this side get the mlp arch by default: it
 CONV_BASE_LR = 5e-3
 COLOUR_LATENT, COLOUR_BLOCKS = 64, 1  # the colour default: a flat latent of 64 dimensions, 1 residual block a stage
 COLOUR_PRIOR = "gmm"  # colour runs fit a Gaussian mixture to the encoded training images after training (--fit-prior none: off)
-HVAE_LATENT, HVAE_BLOCKS = 32, 1  # --arch hvae: the top latent's dimensions, residual blocks a stage
-HVAE_GROUPS = (8, 4)  # --arch hvae: latent channels of the spatial groups at the two deepest stages
-HVAE_TOP_FIRST = 8  # --arch hvae: epochs over which the groups' KL weight falls to 1 (--top-first)
+HVAE_BLOCKS = 1  # --arch hvae: residual blocks a stage; its top latent: 32 dimensions for gray, COLOUR_LATENT for colour
+HVAE_GROUPS = (8, 4)  # --arch hvae, gray: latent channels of the spatial groups at the two deepest stages
+HVAE_COLOUR_GROUPS = (8,)  # --arch hvae, colour: one group at the deepest stage (120 s on noto-emoji-64: sample FD 253
+# against 295 with a second group at 16x16 below it, 4.35 against 4.38 bits/dim; docs/hierarchical.md)
+HVAE_TOP_FIRST = 8  # --arch hvae, colour: epochs over which the groups' KL weight falls to 1 (--top-first)
 SPATIAL_MAPS = 8  # --arch spatial: latent maps at the last stage's side (512 dims: 25.1 dB, 256: 22.8, 1024: 25.3 at 64 px)
 CONV_WARMUP_STEPS = 100  # linear learning-rate warm-up of the conv recipes
 REFERENCE_FAN_IN = 32 * 7 * 7  # the 28 px conv net's widest layer (1,568 inputs): trains at 5e-3 without a warm-up
@@ -135,7 +137,9 @@ def default_recipe(
         if channels == 3 and arch == "conv":  # the colour default (see default_arch)
             model.update(latent_dim=COLOUR_LATENT, blocks=COLOUR_BLOCKS)
         if arch == "hvae":
-            model.update(latent_dim=HVAE_LATENT, blocks=HVAE_BLOCKS, groups=HVAE_GROUPS[: len(given.get("widths") or model["widths"])])
+            top = COLOUR_LATENT if channels == 3 else 32
+            groups = HVAE_COLOUR_GROUPS if channels == 3 else HVAE_GROUPS
+            model.update(latent_dim=top, blocks=HVAE_BLOCKS, groups=groups[: len(given.get("widths") or model["widths"])])
         if arch == "spatial":  # latent maps of the last stage's side: SPATIAL_MAPS of them
             side = max(1, image_size // 2 ** len(given.get("widths") or model["widths"]))
             model["latent_dim"] = SPATIAL_MAPS * side * side
@@ -145,7 +149,7 @@ def default_recipe(
         lr = min(CUDA_MAX_LR, lr * (CUDA_BATCH / batch) ** 0.5)
         batch, warmup = CUDA_BATCH, max(warmup, CUDA_WARMUP_STEPS)
     prior = {"fit_prior": COLOUR_PRIOR} if channels == 3 and arch != "seed" else {}  # vae sample then draws from it
-    hier = {"top_first": HVAE_TOP_FIRST} if arch == "hvae" else {}
+    hier = {"top_first": HVAE_TOP_FIRST} if arch == "hvae" and channels == 3 else {}  # colour: global structure in the top latent
     return {**model, "batch_size": batch, "lr": lr, "lr_schedule": "cosine", "warmup_steps": warmup, **prior, **hier}
 
 
