@@ -230,3 +230,13 @@ def test_torchrun_run_resumes_on_one_process(ddp_home: Path, tmp_path: Path) -> 
     assert cfg.train.world_size == 1
     after = last_weights(tmp_path / "runs" / "ddp").state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained on
+
+
+@pytest.mark.slow
+def test_torchrun_trains_a_hierarchical_run_with_the_ranks_in_sync(tmp_path: Path) -> None:
+    """--arch hvae under DDP: every group's parameters get gradients on both ranks (none unused), and
+    the ranks end with the same weights."""
+    home = tmp_path / "runs"
+    _torchrun(home, tmp_path / "logs", "--data", "fashion-mnist-mini", "--arch", "hvae", "--widths", "4,8", "--hidden", "16",
+              "--max-steps", "3", "--batch-size", "32", "--name", "hddp", "--json", "--save-every", "1000")  # fmt: skip
+    _check_ranks_in_sync(home / "hddp")

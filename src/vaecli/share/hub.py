@@ -52,7 +52,7 @@ def export_hub(run: Path, out: Path) -> list[Path]:
     """Lay out run ``run`` as a Hub model repository in folder ``out`` (created); returns the files."""
     import torch
 
-    from ..eval.inference import decode, sample_latents
+    from ..eval.inference import sample
     from ..render.images import grid_png
 
     model, cfg, run = ckpt.load_model(run, "cpu")
@@ -63,9 +63,9 @@ def export_hub(run: Path, out: Path) -> list[Path]:
             shutil.copyfile(run / name, out / name)
             files.append(out / name)
     choice = load_prior(run, "auto", model)
-    z = sample_latents(choice.prior, SAMPLE_COUNT, 1.0, torch.Generator().manual_seed(0))
+    images = sample(model, SAMPLE_COUNT, 1.0, torch.Generator().manual_seed(0), choice.prior)  # as `vae sample` draws them
     scale = 2 if cfg.model.image_size <= 32 else 1
-    files.append(atomic_write_bytes(out / SAMPLES, grid_png(decode(model, z), 8, 2, scale)))
+    files.append(atomic_write_bytes(out / SAMPLES, grid_png(images, 8, 2, scale)))
     files.append(atomic_write_text(out / CARD, model_card(cfg, ckpt.read_summary(run), choice.label)))
     return files
 
