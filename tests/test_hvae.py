@@ -224,3 +224,15 @@ def test_top_first_weighs_the_groups_more_early_and_leaves_the_reported_elbo() -
     assert float(half.loss - end.loss) == pytest.approx((TOP_FIRST_WEIGHT - 1) / 2 * groups, rel=1e-4)
     line = one_error_line(vae("train", "--data", "fashion-mnist-mini", "--top-first", "3", "--max-steps", "1"))
     assert "--top-first" in line and "hvae" in line
+
+
+def test_a_nonfinite_step_of_a_hierarchical_run_is_rolled_back(small_data: tuple[object, object], monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import start_tiny
+
+    from vaecli.train import trainer
+
+    monkeypatch.setattr(trainer, "SNAPSHOT_STEPS", 2)
+    monkeypatch.setenv(trainer.NAN_STEPS_ENV, "4")
+    res = start_tiny("hnan", small_data, model=HV, epochs=3).fit()
+    (event,) = res.summary["recoveries"]
+    assert res.stopped == "done" and event["step"] == 4 and event["rolled_back_to"] <= 4 and math.isfinite(res.test["neg_elbo"])
