@@ -207,3 +207,15 @@ def test_spatial_latent_sizes_are_checked_against_the_real_image_size() -> None:
         build_configs({"arch": "spatial", "latent_dim": 50}, 28, 1)
     with pytest.raises(ConfigError, match="--image-size"):  # more stages than the image has pixels: a message, not 0 // 0
         build_configs({"arch": "spatial", "widths": (16, 32, 64, 128, 256)}, 28, 1)
+
+
+def test_the_hierarchical_recipe_by_channels() -> None:
+    from vaecli.train.recipe import COLOUR_LATENT, HVAE_COLOUR_GROUPS, HVAE_GROUPS, HVAE_TOP_FIRST, default_recipe
+
+    colour = default_recipe(64, 3, arch="hvae")
+    assert colour["latent_dim"] == COLOUR_LATENT and colour["groups"] == HVAE_COLOUR_GROUPS and colour["top_first"] == HVAE_TOP_FIRST
+    assert colour["likelihood"] == "discrete-gaussian" and colour["fit_prior"] == "gmm" and colour["widths"] == (16, 32, 64)
+    gray = default_recipe(28, 1, arch="hvae")
+    assert gray["latent_dim"] == 32 and gray["groups"] == HVAE_GROUPS and "top_first" not in gray and "fit_prior" not in gray
+    assert gray["likelihood"] == "bernoulli" and gray["widths"] == (16, 32)
+    assert default_recipe(16, 1, arch="hvae")["groups"] == HVAE_GROUPS[:1]  # one stage at 16 px: one group
