@@ -7,7 +7,8 @@
 # writes PREFIX-reconstructions.png (16 held-out files above their reconstructions), PREFIX-samples.png
 # (32 samples, seed 0, from what `vae sample` draws: the run's fitted prior when it has one; PRIOR=normal
 # for N(0, I)) and PREFIX-traverse.png (the first held-out file's posterior mean, the 6 latent
-# dimensions of highest KL, -3 to +3 prior sigmas).
+# dimensions of highest KL, -3 to +3 prior sigmas). A hierarchical run (--arch hvae): GROUP_TEMPERATURES="0 1"
+# also writes PREFIX-samples-tT.png for each group temperature T (the same top latents, seed 0).
 set -euo pipefail
 run=$1 held=$2 prefix=$3
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,4 +17,7 @@ mkdir -p "$(dirname "$prefix")"
 mapfile -t files < <(find -L "$held" -type f -name '*.png' | sort | head -n 16)
 vae reconstruct --run "$run" "${files[@]}" --nrow 8 -o "$prefix-reconstructions.png"
 vae sample --run "$run" --prior "${PRIOR:-auto}" -n 32 --nrow 8 --seed 0 -o "$prefix-samples.png"
+for t in ${GROUP_TEMPERATURES:-}; do
+  vae sample --run "$run" --prior "${PRIOR:-auto}" -n 32 --nrow 8 --seed 0 --group-temperature "$t" -o "$prefix-samples-t$t.png"
+done
 vae traverse --run "$run" --image "${files[0]}" --top 6 --steps 9 -o "$prefix-traverse.png"

@@ -197,7 +197,7 @@ def _model_cfg(run: str) -> dict:
 @pytest.mark.parametrize(
     "args,needle",
     [
-        ([], "--blocks is not read by --arch mlp (the default for 28 px gray images): give --arch conv, conv-mlp or spatial"),
+        ([], "--blocks is not read by --arch mlp (the default for 28 px gray images): give --arch conv, conv-mlp, spatial or hvae"),
         (["--arch", "mlp"], "--blocks is not read by --arch mlp: give --arch conv"),
         (["--arch", "seed"], "--blocks is not read by --arch seed (a fixed layer table)"),
     ],
@@ -215,12 +215,14 @@ def test_cli_blocks_where_the_arch_has_no_conv_stages_is_refused(args, needle):
     [
         (["--arch", "mlp", "--upsample", "resize"], "--upsample is not read by --arch mlp"),
         (["--upsample", "resize"], "--upsample is not read by --arch mlp (the default for 28 px gray images)"),
-        (["--arch", "conv-mlp", "--upsample", "resize"], "--upsample is not read by --arch conv-mlp: give --arch conv or spatial"),
+        (["--arch", "conv-mlp", "--upsample", "resize"], "--upsample is not read by --arch conv-mlp: give --arch conv, spatial or hvae"),
         (["--arch", "mlp", "--norm", "group"], "--norm is not read by --arch mlp"),
         (["--arch", "seed", "--norm", "batch"], "--norm is not read by --arch seed"),
-        (["--arch", "mlp", "--hidden", "64"], "--hidden is not read by --arch mlp: give --arch conv or conv-mlp"),
+        (["--arch", "mlp", "--hidden", "64"], "--hidden is not read by --arch mlp: give --arch conv, conv-mlp or hvae"),
         (["--arch", "spatial", "--hidden", "64"], "--hidden is not read by --arch spatial"),
         (["--arch", "seed", "--widths", "8,16"], "--widths is not read by --arch seed"),
+        (["--arch", "hvae", "--norm", "group"], "--norm is not read by --arch hvae"),
+        (["--arch", "spatial", "--groups", "4"], "--groups is not read by --arch spatial: give --arch hvae"),
         (
             ["--mixtures", "3"],
             "--mixtures is not read by --likelihood bernoulli (the default for 28 px gray images): give --likelihood logistic",
