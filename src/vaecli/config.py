@@ -358,14 +358,16 @@ MODEL_FIELDS = frozenset(f.name for f in fields(ModelConfig)) - {"image_size", "
 TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))
 
 
-def check_pair(model: ModelConfig, train: TrainConfig, arch_given: bool = True) -> None:
-    """Settings of the model and the objective that do not go together (``arch_given``: whether the
-    user chose the arch, for the message)."""
+def check_pair(model: ModelConfig, train: TrainConfig, arch_source: str = "given") -> None:
+    """Settings of the model and the objective that do not go together. ``arch_source``: where the
+    model's arch came from, ``given`` or ``default`` (for the message), or ``unknown`` (not decided
+    yet: the data decides it; what depends on it is checked then)."""
     if model.prior != "normal":
         used = [f for f, v in (("--free-bits", train.free_bits), ("--tc-beta", train.tc_beta)) if v]
         _check(not used, f"{' and '.join(used)} need a prior that factorises over dimensions: not with --prior {model.prior}")
-    _check(not train.top_first or model.arch == "hvae",
-           f"--top-first weighs the latent groups of --arch hvae: not read by --arch {model.arch}{'' if arch_given else ' (the default for this data)'}")  # fmt: skip
+    if arch_source != "unknown":
+        _check(not train.top_first or model.arch == "hvae", f"--top-first weighs the latent groups of --arch hvae: not read by "
+               f"--arch {model.arch}{' (the default for this data)' if arch_source == 'default' else ''}")  # fmt: skip
 
 
 # The model fields that only some settings read: field -> {setting: the values of it that read the field}.
@@ -425,5 +427,5 @@ def check_given(given: dict[str, Any]) -> None:
         model["latent_dim"] = (size // size_multiple(arch, model.get("widths") or ModelConfig.widths)) ** 2
     m = ModelConfig(**model, image_size=size)
     m.validate()
-    if "arch" in model:  # else the arch comes from the data: checked then (recipe.build_configs)
-        check_pair(m, TrainConfig(**{k: v for k, v in given.items() if k in TRAIN_FIELDS}))
+    train = TrainConfig(**{k: v for k, v in given.items() if k in TRAIN_FIELDS})
+    check_pair(m, train, "given" if "arch" in model else "unknown")  # the arch from the data: checked again then

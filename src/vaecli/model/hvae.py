@@ -31,9 +31,8 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from .likelihoods import build_likelihood
 from .posterior import LOG_2PI, Posterior
-from .priors import Prior, VampPrior, build_prior
+from .priors import VampPrior
 from .vae import ARCH_CLASSES, VAE, Encoder, ResBlock, VAEOutput, _act, _autocast_on, _Reshape, _upsample
 
 LOGVAR_BOUND = 7.0  # the groups' log-variances are soft-clamped to (-7, 7): sigma in (0.03, 33)
@@ -154,19 +153,12 @@ class HVAE(VAE):
     """The hierarchical VAE of this module: ``encode(x)`` is q(z_0 | x), the top latent (what
     ``traverse``, ``interpolate``, ``encode`` and a fitted prior act on); ``decode(z_0)`` decodes
     with the groups below at their prior means (temperature 0), ``decode(z_0, temperatures,
-    generator)`` draws them; ``decoder`` is the top-down path (:class:`TopDown`); ``forward`` infers every group and returns their KLs
-    (``VAEOutput.groups``). Built by ``VAE(config)`` when ``config.arch == "hvae"``."""
+    generator)`` draws them; ``decoder`` is the top-down path (:class:`TopDown`); ``forward`` infers
+    every group and returns their KLs (``VAEOutput.groups``). Built by ``VAE(config)`` when ``config.arch == "hvae"``."""
 
     def __init__(self, config: ModelConfig) -> None:
-        nn.Module.__init__(self)
-        config.validate()
-        self.config = config
-        self.likelihood = build_likelihood(config)
-        self.prior: Prior = build_prior(
-            config.latent_dim, config.prior, config.pseudo_inputs, (config.channels, config.image_size, config.image_size)
-        )
-        if isinstance(self.prior, VampPrior):
-            self.prior.encode = self.encode
+        nn.Module.__init__(self)  # not VAE.__init__: no flat encoder and decoder
+        self._start(config)
         stages: list[nn.Sequential] = []
         prev = config.channels
         for w in config.widths:

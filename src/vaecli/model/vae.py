@@ -298,14 +298,7 @@ class VAE(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        config.validate()
-        self.config = config
-        self.likelihood = build_likelihood(config)
-        self.prior: Prior = build_prior(
-            config.latent_dim, config.prior, config.pseudo_inputs, (config.channels, config.image_size, config.image_size)
-        )
-        if isinstance(self.prior, VampPrior):
-            self.prior.encode = self.encode
+        self._start(config)
         self.encoder, self.decoder, feat = _BUILDERS[config.arch](config, self.likelihood.out_channels(config.channels))
         if isinstance(feat, tuple):  # a feature map (channels) -> c latent maps: 1x1 conv heads
             self.fc_mu: nn.Module = nn.Conv2d(feat[0], feat[1], 1)
@@ -317,6 +310,18 @@ class VAE(nn.Module):
         assert isinstance(self.fc_logvar, (nn.Linear, nn.Conv2d)) and self.fc_logvar.bias is not None
         nn.init.zeros_(self.fc_logvar.weight)
         nn.init.constant_(self.fc_logvar.bias, -6.0 if config.arch == "seed" else -4.0)
+
+    def _start(self, config: ModelConfig) -> None:
+        """What every arch has: the checked config, the likelihood p(x|z) and the prior p(z) (a
+        VampPrior given this model's encoder)."""
+        config.validate()
+        self.config = config
+        self.likelihood = build_likelihood(config)
+        self.prior: Prior = build_prior(
+            config.latent_dim, config.prior, config.pseudo_inputs, (config.channels, config.image_size, config.image_size)
+        )
+        if isinstance(self.prior, VampPrior):
+            self.prior.encode = self.encode
 
     def encode(self, x: torch.Tensor) -> Posterior:
         """q(z|x), its parameters (mu, logvar) each (B, latent_dim) in fp32."""

@@ -217,7 +217,7 @@ def build_configs(given: dict[str, Any], image_size: int, channels: int, device_
     train = TrainConfig(**{k: v for k, v in merged.items() if k in TRAIN_FIELDS})
     model.validate()
     train.validate()
-    check_pair(model, train, "arch" in given)
+    check_pair(model, train, "given" if "arch" in given else "default")
     return model, train
 
 
