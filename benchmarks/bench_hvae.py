@@ -18,31 +18,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import harness
 from bench_own_images import CPU_CLOCK, ROOT, vae
 
 CONFIGS = {"plain": "", "hvae": "--arch hvae"}
 
 
-def cpu_name() -> str:
-    """The CPU model and its bf16 flags (every figure names its CPU)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), platform.processor())
-    flags = [f for f in ("avx512_bf16", "amx_bf16") if f in info]
-    return f"{name} ({os.cpu_count()} cores{', ' + ', '.join(flags) if flags else ''})"
-
-
 def _env(home: Path, args: argparse.Namespace) -> dict[str, str]:
-    return {**os.environ, "VAE_HOME": str(home), "VAE_DATA_DIR": args.data_dir, "PYTHONPATH": str(ROOT / "src"), "OMP_WAIT_POLICY": "PASSIVE"}
+    return {
+        **os.environ,
+        "VAE_HOME": str(home),
+        "VAE_DATA_DIR": args.data_dir,
+        "PYTHONPATH": str(ROOT / "src"),
+        "OMP_WAIT_POLICY": "PASSIVE",
+    }
 
 
 def _popen(argv: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
@@ -60,8 +55,22 @@ def mode_iw(args: argparse.Namespace, home: Path) -> dict:
     env = _env(home, args)
     budget = str(args.cpu_seconds)
     procs = {
-        name: _popen(["train", "--data", "fashion-mnist", "--binarize", "--time-budget", budget, "--name", f"iw-{name}", "--json", "-q",
-                      *flags.split()], env)  # fmt: skip
+        name: _popen(
+            [
+                "train",
+                "--data",
+                "fashion-mnist",
+                "--binarize",
+                "--time-budget",
+                budget,
+                "--name",
+                f"iw-{name}",
+                "--json",
+                "-q",
+                *flags.split(),
+            ],
+            env,
+        )  # fmt: skip
         for name, flags in CONFIGS.items()
     }
     trained = _wait_all(procs)
@@ -98,7 +107,9 @@ def mode_elbo(args: argparse.Namespace, home: Path) -> dict:
     for budget in args.budgets.split(","):
         for name, flags in CONFIGS.items():
             run = f"elbo-{name}-{budget}"
-            tr = vae(["train", "--data", "fashion-mnist", "--time-budget", budget, "--name", run, "--json", "-q", *flags.split()], env, "wall", 0)
+            tr = vae(
+                ["train", "--data", "fashion-mnist", "--time-budget", budget, "--name", run, "--json", "-q", *flags.split()], env, "wall", 0
+            )
             if tr.returncode != 0:
                 rows.append({"config": name, "budget_s": float(budget), "error": tr.stderr.strip().splitlines()[-1:]})
                 continue
@@ -129,8 +140,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-hvae-") as tmp:
         t0 = time.perf_counter()
         res = (mode_iw if args.mode == "iw" else mode_elbo)(args, Path(tmp))
-    res = {"mode": args.mode, "cpu": cpu_name(), "wall_s": round(time.perf_counter() - t0, 1), "configs": CONFIGS, **res}
-    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    res = {"mode": args.mode, "wall_s": round(time.perf_counter() - t0, 1), "configs": CONFIGS, **res}
+    harness.write_json(args.out, res)  # with the machine block: the CPU, its bf16, the load
     print(json.dumps(res, indent=2)[:3000])
     return 0
 
