@@ -121,6 +121,14 @@ def test_evaluate_reports_each_groups_kl_and_active_units() -> None:
     assert len(res.group_kl) == 2 and len(res.group_active_units) == 2
     assert res.kl == pytest.approx(sum(res.per_dim_kl) + sum(res.group_kl), rel=1e-6)
     assert 0 <= res.group_active_units[1] <= 3 * 14 * 14 and all(v > 0 for v in res.group_kl)
+    # one image 40 times: E_q[z | x] does not vary, so no unit is active (the means are taken with the
+    # groups above at their posterior means, not at the posterior draws of the ELBO's pass)
+    with torch.no_grad():  # a model whose groups' means depend strongly on the groups above
+        for p in m.decoder.parameters():
+            p.mul_(3)
+        m.fc_logvar.bias.fill_(0.0)
+    same = evaluate(m, ImageData(images=data.images[:1].repeat(40, 1, 1, 1)))
+    assert same.active_units == 0 and same.group_active_units == [0, 0]
 
 
 @pytest.mark.parametrize("groups", [(), (0, 0), (2, 2, 2), (65,)])
@@ -236,3 +244,16 @@ def test_a_nonfinite_step_of_a_hierarchical_run_is_rolled_back(small_data: tuple
     res = start_tiny("hnan", small_data, model=HV, epochs=3).fit()
     (event,) = res.summary["recoveries"]
     assert res.stopped == "done" and event["step"] == 4 and event["rolled_back_to"] <= 4 and math.isfinite(res.test["neg_elbo"])
+
+
+def test_under_bf16_autocast_the_groups_parameters_are_fp32() -> None:
+    m, x = _model(), _images(2)
+    g = m.decoder.groups[0]
+    assert isinstance(g, LatentGroup)
+    h = torch.randn(2, 8, 7, 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        p_mu, p_logvar, res = g._prior(h.bfloat16())
+        out = m(x, generator=torch.Generator().manual_seed(0))
+    assert p_mu.dtype == p_logvar.dtype == torch.float32 and res.dtype == torch.bfloat16
+    assert out.groups is not None and all(gp.kl.dtype == torch.float32 and bool(torch.isfinite(gp.kl).all()) for gp in out.groups)
+    assert out.params.dtype == torch.float32

@@ -242,7 +242,7 @@ def evaluate_samples(model: Any, real_images: torch.Tensor, n: int, extractor: A
     real images, as a reference. With ``train_images``: the :func:`memorisation` check, against the
     compared real images, or against ``held_out`` when given (when the real images are training images).
     ``n`` must not exceed the real images."""
-    from .inference import reconstruct, sample
+    from .inference import reconstruct, sample, sample_group_temperature
 
     if not math.isfinite(temperature) or temperature <= 0:
         raise ConfigError(f"--temperature must be a finite number > 0, got {temperature}")
@@ -257,7 +257,7 @@ def evaluate_samples(model: Any, real_images: torch.Tensor, n: int, extractor: A
     fake_f = extractor(fake)
     k = pr_k(getattr(extractor, "pr_k", PR_K), n)
     out: dict[str, Any] = {"features": extractor.name, "feature_dim": int(real_f.shape[1]), "n": n, "temperature": temperature,
-                           **({"group_temperature": group_temperature} if group_temperature is not None else {}),
+                           **({"group_temperature": gt} if (gt := sample_group_temperature(model, group_temperature)) is not None else {}),
                            "seed": seed, "k": k, "kid_subsets": KID_SUBSETS, "kid_subset_size": min(KID_SUBSET_SIZE, n)}  # fmt: skip
     out.update(compare(real_f, fake_f, seed, k).to_dict())
     if reconstructions:

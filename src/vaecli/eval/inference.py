@@ -109,9 +109,15 @@ def sample(
     from noise", or the VampPrior it trained). A hierarchical model draws its groups below top-down
     from their learned priors at ``group_temperature`` (None: :data:`SAMPLE_GROUP_TEMPERATURE`)."""
     z = sample_latents(prior if prior is not None else model.prior, n, temperature, generator)
+    return decode(model, z, temperature=sample_group_temperature(model, group_temperature), generator=generator)
+
+
+def sample_group_temperature(model: VAE, group_temperature: float | list[float] | None = None) -> float | list[float] | None:
+    """The group temperature :func:`sample` draws a model's groups at: ``group_temperature``, else
+    :data:`SAMPLE_GROUP_TEMPERATURE` for a hierarchical model; None for a flat one."""
     if isinstance(model, HVAE) and group_temperature is None:
-        group_temperature = SAMPLE_GROUP_TEMPERATURE
-    return decode(model, z, temperature=group_temperature, generator=generator)
+        return SAMPLE_GROUP_TEMPERATURE
+    return group_temperature
 
 
 @torch.no_grad()

@@ -174,9 +174,11 @@ def _elbo_sums(
         mu = t.q.mu.to(acc)
         p["mu_sum"] += mu.sum(0)
         p["mu_sq"] += mu.pow(2).sum(0)
+        if t.groups:  # activity: E_q[z_l | x] with every group above at its posterior mean too, not at a draw
+            means = model(to_float(data.images[start : start + batch_size].to(device)), sample=False).groups or []
         for g, gp in enumerate(t.groups or []):
             p["group_kl"][g] += gp.kl.to(acc).sum()
-            gm = gp.q_mean.flatten(1).to(acc)
+            gm = means[g].q_mean.flatten(1).to(acc)
             p["group_mu_sum"][g] += gm.sum(0)
             p["group_mu_sq"][g] += gm.pow(2).sum(0)
     return sums, exact

@@ -84,8 +84,8 @@ class LatentGroup(nn.Module):
 
     def _prior(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c = self.channels
-        out = self.prior(h)
-        return out[:, :c].float(), soft_clamp(out[:, c : 2 * c].float()), out[:, 2 * c :]
+        out = _fp32_last(self.prior, h)
+        return out[:, :c], soft_clamp(out[:, c : 2 * c]), out[:, 2 * c :].to(h.dtype)
 
     def infer(
         self, h: torch.Tensor, e: torch.Tensor, generator: torch.Generator | None, sample: bool, log_ratio: bool = False
@@ -93,7 +93,7 @@ class LatentGroup(nn.Module):
         """The posterior's pass: z ~ q(z | h, e) (its mean when not ``sample``), the new state and the
         group's KL to p(z | h) in closed form."""
         p_mu, p_logvar, res = self._prior(h)
-        out = self.posterior(torch.cat([h, e], 1)).float()
+        out = _fp32_last(self.posterior, torch.cat([h, e.to(h.dtype)], 1))
         q_mu, q_logvar = out[:, : self.channels], soft_clamp(out[:, self.channels :])
         z = q_mu + torch.exp(0.5 * q_logvar) * _noise(q_mu, generator) if sample else q_mu
         kl = gaussian_kl(q_mu, q_logvar, p_mu, p_logvar).flatten(1).sum(1)
@@ -108,6 +108,16 @@ class LatentGroup(nn.Module):
 
     def _update(self, h: torch.Tensor, res: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return h + res + self.proj(z.to(h.dtype))
+
+
+def _fp32_last(net: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
+    """``net(h)`` with its last layer in fp32 under bf16 autocast: a group's prior and posterior
+    parameters are computed in fp32, as every arch's posterior and likelihood (see vae._autocast_on)."""
+    h = net[:-1](h)
+    if not _autocast_on(h):
+        return net[-1](h).float()
+    with torch.autocast(h.device.type, enabled=False):
+        return net[-1](h.float())
 
 
 def _noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
