@@ -56,7 +56,8 @@ GroupTemperature = Annotated[
     typer.Option(
         "--group-temperature",
         help="Hierarchical models (--arch hvae): spread of each latent group's learned prior below the top latent, one value or "
-        "one per group (deepest first), e.g. 0.8 or 1,0.7 (default 1: the priors as learned; 0: their means).",
+        "one per group (deepest first), e.g. 0.8 or 1,0.7 (default 0: each group's prior mean given the groups above, "
+        "measured cleaner; 1: the priors as learned).",
     ),
 ]
 
