@@ -257,3 +257,17 @@ def test_under_bf16_autocast_the_groups_parameters_are_fp32() -> None:
     assert p_mu.dtype == p_logvar.dtype == torch.float32 and res.dtype == torch.bfloat16
     assert out.groups is not None and all(gp.kl.dtype == torch.float32 and bool(torch.isfinite(gp.kl).all()) for gp in out.groups)
     assert out.params.dtype == torch.float32
+
+
+def test_a_sweep_checks_the_groups_of_each_run_as_vae_train_does() -> None:
+    """`vae sweep --arch hvae --groups 2,2 ...`: each run's comma-separated --groups parsed before the
+    check (it was checked as the string "2,2" and refused)."""
+    from types import SimpleNamespace
+
+    from vaecli.cli.sweep import check_train_args
+    from vaecli.errors import ConfigError
+
+    ok_run = SimpleNamespace(name="r", args=["--arch", "hvae", "--groups", "2,2", "--beta", "2"])
+    check_train_args(ok_run)  # no error
+    with pytest.raises(ConfigError, match="--groups"):
+        check_train_args(SimpleNamespace(name="r", args=["--arch", "hvae", "--groups", "0,0"]))

@@ -69,7 +69,7 @@ def check_train_args(run: Any) -> None:
     (config.check_given), so that a bad value is one line before any run starts."""
     from ..config import MODEL_FIELDS, TRAIN_FIELDS, check_given
     from ..errors import ConfigError
-    from .train import parse_widths
+    from .train import parse_lists
 
     cmd = _train_command()
     try:
@@ -79,8 +79,7 @@ def check_train_args(run: Any) -> None:
             raise ConfigError(f"run {run.name}: {exc.format_message()}") from None
         raise
     given = {k: v for k, v in ctx.params.items() if k in MODEL_FIELDS | TRAIN_FIELDS}
-    if given.get("widths") is not None:
-        given["widths"] = parse_widths(given["widths"])
+    given.update(parse_lists(given))
     try:
         check_given(given)
     except ConfigError as exc:

@@ -192,9 +192,7 @@ def _check_fields(values: dict[str, Any], where: str) -> None:
 
     fields = {k: v for k, v in values.items() if k in MODEL_FIELDS | TRAIN_FIELDS}
     try:
-        for key in ("widths", "groups"):
-            if key in fields:
-                fields[key] = parse_widths(fields[key], f"--{key}", 0 if key == "groups" else 1)
+        fields.update(parse_lists(fields))
         check_given(fields)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
@@ -241,8 +239,7 @@ def _start(options: dict[str, Any], given: dict[str, Any], quiet: bool) -> Any:
 
     o = options
     fields = {k: v for k, v in o.items() if k in MODEL_FIELDS | TRAIN_FIELDS}
-    fields["widths"] = parse_widths(o["widths"]) if o["widths"] is not None else None
-    fields["groups"] = parse_widths(o["groups"], "--groups", 0) if o["groups"] is not None else None
+    fields.update(parse_lists(fields))
     fields["skip_nonfinite"] = bool(o["skip_nonfinite"])
     fields["tensorboard"] = _tensorboard_folder(o["tb_on"], o["tb_dir"])
     data_cfg = DataConfig(name=o["data"], root=o["data_dir"], image_size=o["image_size"], channels=o["channels"], split_seed=o["seed"] if o["split_seed"] is None else o["split_seed"],
@@ -310,6 +307,14 @@ def _fit_until_stopped(trainer: Any, quiet: bool, err: Any) -> Any:
     finally:
         if old is not None:
             signal.signal(signal.SIGINT, old)
+
+
+LIST_OPTIONS = {"widths": 1, "groups": 0}  # the comma-separated options of vae train and the least value of each
+
+
+def parse_lists(fields: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The comma-separated options among ``fields`` (``"16,32"``) parsed (``(16, 32)``); None ones left out."""
+    return {k: parse_widths(fields[k], f"--{k.replace('_', '-')}", low) for k, low in LIST_OPTIONS.items() if fields.get(k) is not None}
 
 
 def parse_widths(text: str, flag: str = "--widths", low: int = 1) -> tuple[int, ...]:

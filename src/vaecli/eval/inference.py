@@ -60,7 +60,7 @@ def decode(
         raise ConfigError("latent vectors must be finite numbers")
     dev = _device(model)
     if isinstance(model, HVAE):
-        temps = check_group_temperature(model, 0.0 if temperature is None else temperature)
+        temps = model.temperatures(0.0 if temperature is None else temperature)
         outs = [model.decode(z[i : i + batch_size].to(dev).float(), temps, generator).cpu() for i in range(0, z.shape[0], batch_size)]
     else:
         if temperature is not None:
@@ -70,19 +70,6 @@ def decode(
         c, s = model.config.channels, model.config.image_size
         return torch.empty(0, c, s, s)
     return torch.cat(outs)
-
-
-def check_group_temperature(model: HVAE, temperature: float | list[float]) -> list[float]:
-    """One temperature per latent group of ``model`` from one value or one per group, each a finite
-    number >= 0 (``--group-temperature``)."""
-    values = [temperature] if isinstance(temperature, (int, float)) else list(temperature)
-    for t in values:
-        if not math.isfinite(t) or t < 0:
-            raise ConfigError(f"--group-temperature must be finite numbers >= 0, got {t}")
-    g = model.num_groups()
-    if len(values) not in (1, g):
-        raise ConfigError(f"--group-temperature takes one value or one per latent group ({g}), got {len(values)}")
-    return model.temperatures(values)
 
 
 def check_num_samples(n: int) -> None:

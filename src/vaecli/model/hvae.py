@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..errors import ConfigError
 from .posterior import LOG_2PI, Posterior
 from .priors import VampPrior
 from .vae import ARCH_CLASSES, VAE, Encoder, ResBlock, VAEOutput, _act, _autocast_on, _Reshape, _upsample
@@ -237,15 +238,16 @@ class HVAE(VAE):
         return td.head(h), passes
 
     def temperatures(self, temperature: float | list[float]) -> list[float]:
-        """One temperature per group from one value (every group) or a list of one per group."""
+        """One temperature per group from one value (every group) or a list of one per group, each a
+        finite number >= 0 (``--group-temperature``); anything else is a :class:`ConfigError`."""
+        values = [float(temperature)] if isinstance(temperature, (int, float)) else [float(t) for t in temperature]
+        for t in values:
+            if not math.isfinite(t) or t < 0:
+                raise ConfigError(f"--group-temperature must be finite numbers >= 0, got {t}")
         g = self.num_groups()
-        if isinstance(temperature, (int, float)):
-            return [float(temperature)] * g
-        if len(temperature) == 1:
-            return [float(temperature[0])] * g
-        if len(temperature) != g:
-            raise ValueError(f"give one temperature or one per latent group ({g}), got {len(temperature)}")
-        return [float(t) for t in temperature]
+        if len(values) not in (1, g):
+            raise ConfigError(f"--group-temperature takes one value or one per latent group ({g}), got {len(values)}")
+        return values * g if len(values) == 1 else values
 
     def decode_params(
         self, z: torch.Tensor, temperature: float | list[float] = 0.0, generator: torch.Generator | None = None
