@@ -30,7 +30,8 @@ COLOUR_PRIOR = "gmm"  # colour runs fit a Gaussian mixture to the encoded traini
 HVAE_BLOCKS = 1  # --arch hvae: residual blocks a stage; its top latent: 32 dimensions for gray, COLOUR_LATENT for colour
 HVAE_GROUPS = (8, 4)  # --arch hvae, gray: latent channels of the spatial groups at the two deepest stages
 HVAE_COLOUR_GROUPS = (8,)  # --arch hvae, colour: one group at the deepest stage (120 s on noto-emoji-64: sample FD 253
-# against 295 with a second group at 16x16 below it, 4.35 against 4.38 bits/dim; docs/hierarchical.md)
+# against 295 with a second group at 16x16 below it, 1,000 samples, 4.35 against 4.38 bits/dim;
+# benchmarks/results/bench_hvae_explore_120.json, docs/hierarchical.md)
 HVAE_TOP_FIRST = 8  # --arch hvae, colour: epochs over which the groups' KL weight falls to 1 (--top-first)
 SPATIAL_MAPS = 8  # --arch spatial: latent maps at the last stage's side (512 dims: 25.1 dB, 256: 22.8, 1024: 25.3 at 64 px)
 CONV_WARMUP_STEPS = 100  # linear learning-rate warm-up of the conv recipes
