@@ -29,8 +29,8 @@ def test_precision_auto_follows_the_measurements_and_emulated_bf16_warns(monkeyp
     cpu = torch.device("cpu")
     colour, _ = build_configs({"arch": "spatial"}, 64, 3)  # the spatial colour net: bf16 won at equal wall time on native bf16
     gray, _ = build_configs({}, 28, 1)  # the mlp: fp32 won
-    flat, _ = build_configs({}, 64, 3)  # the flat colour default: not measured in bf16, fp32
-    assert colour.arch == "spatial" and gray.arch == "mlp" and flat.arch == "conv"
+    flat, _ = build_configs({}, 64, 3)  # the colour default (hvae): not measured in bf16, fp32
+    assert colour.arch == "spatial" and gray.arch == "mlp" and flat.arch == "hvae"
     assert resolve_precision("auto", cpu, flat) == "fp32"
     for native in (False, True):
         monkeypatch.setattr(dev, "cpu_has_bf16", lambda native=native: native)

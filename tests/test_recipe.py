@@ -46,9 +46,12 @@ def test_recipe_follows_the_data_and_keeps_the_28px_default() -> None:
     assert gray["arch"] == "mlp" and gray["widths"] == (512, 512) and gray["lr"] == 2e-3 and gray["batch_size"] == 128
     conv = default_recipe(28, 1, arch="conv")  # the measured 28 px conv recipe is kept for --arch conv
     assert conv["widths"] == (16, 32) and conv["lr"] == 5e-3 and conv["batch_size"] == 128
-    colour = default_recipe(64, 3)  # colour: a flat latent with residual blocks, a discrete likelihood, a fitted GMM to sample
-    assert colour["arch"] == "conv" and colour["widths"] == (16, 32, 64) and colour["latent_dim"] == 64 and colour["blocks"] == 1
+    colour = default_recipe(64, 3)  # colour: the hierarchical net, a discrete likelihood, a fitted GMM on its top latent to sample
+    assert colour["arch"] == "hvae" and colour["widths"] == (16, 32, 64) and colour["latent_dim"] == 64 and colour["groups"] == (8,)
     assert colour["likelihood"] == "discrete-gaussian" and colour["fit_prior"] == "gmm" and colour["lr"] < conv["lr"]
+    assert colour == default_recipe(64, 3, arch="hvae")  # the default is --arch hvae's recipe, nothing else
+    flat = default_recipe(64, 3, arch="conv")  # the flat colour net (the default before hvae): latent 64, residual blocks, a GMM
+    assert flat["latent_dim"] == 64 and flat["blocks"] == 1 and flat["fit_prior"] == "gmm" and "top_first" not in flat
     spatial = default_recipe(64, 3, arch="spatial")  # reconstruction first: conv stages with a spatial latent of 8 maps
     assert spatial["latent_dim"] == 8 * 8 * 8 and spatial["lr"] == conv["lr"] and "blocks" not in spatial
     assert "fit_prior" not in gray and "fit_prior" not in default_recipe(64, 1)
@@ -219,3 +222,18 @@ def test_the_hierarchical_recipe_by_channels() -> None:
     assert gray["latent_dim"] == 32 and gray["groups"] == HVAE_GROUPS and "top_first" not in gray and "fit_prior" not in gray
     assert gray["likelihood"] == "bernoulli" and gray["widths"] == (16, 32)
     assert default_recipe(16, 1, arch="hvae")["groups"] == HVAE_GROUPS[:1]  # one stage at 16 px: one group
+
+
+def test_a_conv_field_the_default_arch_does_not_read_means_the_flat_conv_net() -> None:
+    # gray 28 px: the default mlp reads neither --hidden nor --norm, and --widths there means conv stages
+    for given in ({"hidden": 64}, {"norm": "group"}, {"widths": (8, 16)}):
+        assert default_recipe(28, 1, given=given)["arch"] == "conv", given
+    # colour: the default hvae reads --hidden and --widths (it stays hvae) but has no norm layers (--norm: the flat net)
+    assert default_recipe(64, 3, given={"hidden": 64})["arch"] == "hvae"
+    assert default_recipe(64, 3, given={"widths": (8, 16, 32)})["arch"] == "hvae"
+    flat = default_recipe(64, 3, given={"norm": "group"})
+    assert flat["arch"] == "conv" and flat["latent_dim"] == 64 and "groups" not in flat
+    model, _ = build_configs({"norm": "group"}, 64, 3)
+    assert model.arch == "conv" and model.norm == "group"
+    with pytest.raises(ConfigError, match="--norm"):  # named with the arch: refused, a flag it would not read
+        build_configs({"arch": "hvae", "norm": "group"}, 64, 3)

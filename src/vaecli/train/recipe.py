@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-from ..config import MODEL_FIELDS, TRAIN_FIELDS, ModelConfig, TrainConfig, check_given, check_pair, check_read, size_multiple
+from ..config import ARCH_FIELDS, MODEL_FIELDS, TRAIN_FIELDS, ModelConfig, TrainConfig, check_given, check_pair, check_read, size_multiple
 
 DEFAULT_EPOCHS = 10  # epochs of a run given neither --epochs nor --time-budget (plus any ramp, see default_epochs)
 BUDGET_EPOCHS = 1000  # epochs of a run given only a --time-budget: the budget ends it
@@ -25,14 +25,14 @@ SEED_RECIPE: dict[str, Any] = {"batch_size": 128, "lr": 1e-3, "lr_schedule": "co
 MLP_RECIPE: dict[str, Any] = {"widths": (512, 512), "batch_size": 128, "lr": 2e-3, "warmup_steps": 0}
 MLP_MAX_SIDE = 28  # gray images up to this side get the mlp arch by default: it won on Fashion-MNIST
 CONV_BASE_LR = 5e-3
-COLOUR_LATENT, COLOUR_BLOCKS = 64, 1  # the colour default: a flat latent of 64 dimensions, 1 residual block a stage
+COLOUR_LATENT, COLOUR_BLOCKS = 64, 1  # colour, --arch conv (and hvae's top latent): a flat latent of 64 dimensions, 1 residual block a stage
 COLOUR_PRIOR = "gmm"  # colour runs fit a Gaussian mixture to the encoded training images after training (--fit-prior none: off)
 HVAE_BLOCKS = 1  # --arch hvae: residual blocks a stage; its top latent: 32 dimensions for gray, COLOUR_LATENT for colour
 HVAE_GROUPS = (8, 4)  # --arch hvae, gray: latent channels of the spatial groups at the two deepest stages
 HVAE_COLOUR_GROUPS = (8,)  # --arch hvae, colour: one group at the deepest stage (120 s on noto-emoji-64: sample FD 253
 # against 295 with a second group at 16x16 below it, 1,000 samples, 4.35 against 4.38 bits/dim;
 # benchmarks/results/bench_hvae_explore_120.json, docs/hierarchical.md)
-HVAE_TOP_FIRST = 8  # --arch hvae, colour: epochs over which the groups' KL weight falls to 1 (--top-first)
+HVAE_TOP_FIRST = 8  # hvae (the colour default): epochs over which the groups' KL weight falls to 1 (--top-first)
 SPATIAL_MAPS = 8  # --arch spatial: latent maps at the last stage's side (512 dims: 25.1 dB, 256: 22.8, 1024: 25.3 at 64 px)
 CONV_WARMUP_STEPS = 100  # linear learning-rate warm-up of the conv recipes
 REFERENCE_FAN_IN = 32 * 7 * 7  # the 28 px conv net's widest layer (1,568 inputs): trains at 5e-3 without a warm-up
@@ -70,14 +70,15 @@ def accepted_image_size(size: int, arch: str | None = None, widths: tuple[int, .
 
 def default_arch(image_size: int, channels: int) -> str:
     """``mlp`` for small gray images (where it measured better per CPU-second than the conv net),
-    ``conv`` for the rest: for colour a flat latent (:data:`COLOUR_LATENT` dimensions, residual
-    blocks) with a fitted Gaussian mixture drawn from, chosen by its samples and reconstructions
-    together (benchmarks/results/bench_generation_600.json, docs/own-images.md): at 600 s on the
-    emoji folder its samples are recognisable emoji (FD 229 in MobileNetV2 features) where the
-    spatial latent's, sharper in reconstruction (26.2 against 20.5 dB), are colour blobs (FD 267)."""
+    ``conv`` for larger gray ones, ``hvae`` for colour: a top latent of :data:`COLOUR_LATENT`
+    dimensions with a fitted Gaussian mixture drawn from and one spatial group below it
+    (docs/hierarchical.md), chosen by its samples and reconstructions together on the emoji folder at
+    600 s (benchmarks/results/bench_colour_default.json, docs/own-images.md): samples as good as the
+    flat latent's (FD in MobileNetV2 features) with reconstructions 5 dB sharper, where the spatial
+    latent, as sharp, draws colour blobs."""
     if channels == 1:
         return "mlp" if image_size <= MLP_MAX_SIDE else "conv"
-    return "conv"
+    return "hvae"
 
 
 def max_fan_in(arch: str, image_size: int, channels: int, widths: tuple[int, ...], hidden: int, latent_dim: int) -> int:
@@ -116,9 +117,10 @@ def default_recipe(
     lr_schedule, warmup_steps). ``arch`` given by the user selects that arch's recipe; ``given``
     (the user's other model fields, optional) sizes the learning rate for the model actually built."""
     given = {k: v for k, v in (given or {}).items() if v is not None}
-    if arch is None:  # --hidden means the flat-latent conv net; --widths or --norm mean conv stages (not the mlp's)
-        arch = default_arch(image_size, channels)
-        if "hidden" in given or (arch == "mlp" and any(k in given for k in ("widths", "norm"))):
+    if arch is None:  # a conv-net field the default arch does not read means the flat-latent conv net: --hidden or
+        arch = default_arch(image_size, channels)  # --norm for the mlp, --norm for hvae; --widths means conv stages (not the mlp's)
+        flat_only = ({"hidden", "norm"} - ARCH_FIELDS[arch]) | ({"widths"} if arch == "mlp" else set())
+        if any(k in given for k in flat_only):
             arch = "conv"
     model: dict[str, Any] = {
         "arch": arch,
@@ -135,7 +137,7 @@ def default_recipe(
     else:
         model["widths"] = conv_widths(image_size)
         base_lr, batch, warmup = CONV_BASE_LR, 128 if image_size < 64 else 64, CONV_WARMUP_STEPS
-        if channels == 3 and arch == "conv":  # the colour default (see default_arch)
+        if channels == 3 and arch == "conv":  # the flat colour net (the colour default before hvae)
             model.update(latent_dim=COLOUR_LATENT, blocks=COLOUR_BLOCKS)
         if arch == "hvae":
             top = COLOUR_LATENT if channels == 3 else 32
