@@ -41,6 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from vaecli.eval.inference import SAMPLE_GROUP_TEMPERATURE  # noqa: E402  (after the path: the checkout's vaecli)
+
 CPU_CLOCK = (
     "import sys, time, torch; torch.set_num_threads({threads}); from vaecli.train import session; "
     "session.clock = time.process_time; "
@@ -189,7 +191,11 @@ def main() -> int:
     p.add_argument("--samples", type=int, default=0, help="score generation: N samples per prior against the training files (0: off)")
     p.add_argument("--priors", default="normal,gmm,flow", help="with --samples: the priors scored (normal, gmm, flow; fitted in turn)")
     p.add_argument("--features", default="mobilenet-v2-imagenet", help="with --samples: the feature space")
-    p.add_argument("--group-temperatures", default="1,0.7", help="with --samples, hierarchical runs: the group temperatures scored")
+    p.add_argument(
+        "--group-temperatures",
+        default=f"{SAMPLE_GROUP_TEMPERATURE:g}",
+        help="with --samples, hierarchical runs: the group temperatures scored (default: what vae sample draws)",
+    )
     p.add_argument("--images", default=None, help="with --samples: a folder for 64-sample grids of every run and prior")
     p.add_argument("--keep", action="store_true", help="keep the work folder (the split, the runs, the reconstructions) and print its path")
     args = p.parse_args()
