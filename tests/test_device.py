@@ -29,14 +29,15 @@ def test_precision_auto_follows_the_measurements_and_emulated_bf16_warns(monkeyp
     cpu = torch.device("cpu")
     colour, _ = build_configs({"arch": "spatial"}, 64, 3)  # the spatial colour net: bf16 won at equal wall time on native bf16
     gray, _ = build_configs({}, 28, 1)  # the mlp: fp32 won
-    flat, _ = build_configs({}, 64, 3)  # the colour default (hvae): not measured in bf16, fp32
-    assert colour.arch == "spatial" and gray.arch == "mlp" and flat.arch == "hvae"
-    assert resolve_precision("auto", cpu, flat) == "fp32"
+    hier, _ = build_configs({}, 64, 3)  # the colour default (hvae): bf16 won at equal wall time on native bf16 too
+    flat, _ = build_configs({"arch": "conv"}, 64, 3)  # the flat colour net: not measured in bf16, fp32
+    assert colour.arch == "spatial" and gray.arch == "mlp" and hier.arch == "hvae" and flat.arch == "conv"
     for native in (False, True):
         monkeypatch.setattr(dev, "cpu_has_bf16", lambda native=native: native)
         assert resolve_precision("auto", cpu) == "fp32"
-        assert resolve_precision("auto", cpu, gray) == "fp32"
+        assert resolve_precision("auto", cpu, gray) == "fp32" and resolve_precision("auto", cpu, flat) == "fp32"
         assert resolve_precision("auto", cpu, colour) == ("bf16" if native else "fp32")
+        assert resolve_precision("auto", cpu, hier) == ("bf16" if native else "fp32")
         assert resolve_precision("fp32", cpu, colour) == "fp32"
         assert resolve_precision("bf16", cpu) == "bf16"
         warning = dev.bf16_warning("bf16", cpu)

@@ -186,9 +186,15 @@ def test_a_colour_run_fits_its_default_prior_and_sample_draws_from_it(tmp_path: 
     ok("train", "--data", folder, "--max-steps", "3", "--name", "col", "--device", "cpu", "-q")
     tc = _config("col")["train"]
     assert tc["fit_prior"] == "gmm" and _summary("col")["hooks"][-1] == "fit_prior"  # by the rule for colour data
-    assert (ckpt.runs_dir() / "col" / ckpt.PRIOR_INFO).exists()
+    assert _config("col")["model"]["arch"] == "hvae"  # the colour default: the prior is fitted to its top latent
+    info = ckpt.runs_dir() / "col" / ckpt.PRIOR_INFO
+    assert info.exists() and json.loads(info.read_text())["latent_dim"] == _config("col")["model"]["latent_dim"]
     r = ok("sample", "--run", "col", "-n", "4", "-o", tmp_path / "s.png")
     assert "sampling from the run's fitted prior" in r.stderr
+    before = info.stat().st_mtime_ns
+    ok("train", "--resume", "col", "--max-steps", "5", "-q")  # a resumed run fits it again, to the weights it ends with
+    assert _summary("col")["hooks"][-1] == "fit_prior" and info.stat().st_mtime_ns > before
+    assert "sampling from the run's fitted prior" in ok("sample", "--run", "col", "-n", "4", "-o", tmp_path / "s2.png").stderr
     ok("train", "--data", folder, "--max-steps", "3", "--name", "off", "--fit-prior", "none", "--device", "cpu", "-q")
     assert _config("off")["train"]["fit_prior"] == "none" and "fit_prior" not in _summary("off")["hooks"]
     assert not (ckpt.runs_dir() / "off" / ckpt.PRIOR_INFO).exists()

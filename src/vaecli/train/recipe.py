@@ -25,7 +25,10 @@ SEED_RECIPE: dict[str, Any] = {"batch_size": 128, "lr": 1e-3, "lr_schedule": "co
 MLP_RECIPE: dict[str, Any] = {"widths": (512, 512), "batch_size": 128, "lr": 2e-3, "warmup_steps": 0}
 MLP_MAX_SIDE = 28  # gray images up to this side get the mlp arch by default: it won on Fashion-MNIST
 CONV_BASE_LR = 5e-3
-COLOUR_LATENT, COLOUR_BLOCKS = 64, 1  # colour, --arch conv (and hvae's top latent): a flat latent of 64 dimensions, 1 residual block a stage
+COLOUR_LATENT, COLOUR_BLOCKS = (
+    64,
+    1,
+)  # colour, --arch conv (and hvae's top latent): a flat latent of 64 dimensions, 1 residual block a stage
 COLOUR_PRIOR = "gmm"  # colour runs fit a Gaussian mixture to the encoded training images after training (--fit-prior none: off)
 HVAE_BLOCKS = 1  # --arch hvae: residual blocks a stage; its top latent: 32 dimensions for gray, COLOUR_LATENT for colour
 HVAE_GROUPS = (8, 4)  # --arch hvae, gray: latent channels of the spatial groups at the two deepest stages
@@ -159,9 +162,11 @@ def default_recipe(
 # archs whose held-out figure measured better in bf16 than in fp32 at equal wall time on a CPU with
 # native bf16 (docs/performance.md, "bf16 on CPUs that have it"): the 64 px spatial net (the colour default then), 120 s on
 # 2 cores of an AVX-512-BF16/AMX Xeon, 24.55 against 24.25 dB held-out PSNR, 4.062 against 4.087
-# bits/dim (982 against 882 img/s). The 28 px mlp lost there (236.06 against 235.73 nats: autocast
-# costs more than it saves on its small matmuls), so it stays fp32; other archs are not measured.
-BF16_ARCHS_NATIVE_CPU = frozenset({"spatial"})
+# bits/dim (982 against 882 img/s); the 64 px hvae (the colour default), 120 s on 2 cores of an AMD EPYC with
+# avx512_bf16, 22.24 against 21.12 dB, 4.218 against 4.328 bits/dim, sample FD 232.9 against 242.1 (489 against
+# 368 img/s; benchmarks/results/bench_bf16_hvae_120.json). The 28 px mlp lost there (236.06 against 235.73 nats:
+# autocast costs more than it saves on its small matmuls), so it stays fp32; other archs are not measured.
+BF16_ARCHS_NATIVE_CPU = frozenset({"spatial", "hvae"})
 
 
 def auto_precision(model: ModelConfig | None, device_type: str, native_bf16: bool) -> str:
